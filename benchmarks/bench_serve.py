@@ -1,0 +1,167 @@
+"""Latency of GET /v1/users/{id}/recommendations under a fixed request rate, with the real champion.
+
+Starts `newsrec serve` on loopback against a registry (its champion is what gets measured), then an
+open-loop async load generator sends requests at a fixed rate (default 200/s) for a bounded time and
+count. Latency is measured from each request's *scheduled* send time, so a server that falls behind
+shows it (no coordinated omission). Prints throughput and p50/p95/p99, optionally appends JSON.
+
+    benchmarks/champion.sh demo /tmp/bench/demo        # a champion on the demo profile
+    .venv/bin/python benchmarks/bench_serve.py --tracking-uri sqlite:////tmp/bench/demo/mlflow.db --label demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(tracking_uri: str, port: int, workers: int, redis_url: str | None, logdir: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "NEWSREC__MLFLOW__TRACKING_URI": tracking_uri,
+        "NEWSREC__SERVE__IMPRESSION_LOG": str(logdir / "impressions.jsonl"),
+        "NEWSREC__SERVE__CLICK_LOG": str(logdir / "clicks.jsonl"),
+        "NEWSREC__SERVE__CHALLENGER_SHARE": "0",
+    }
+    cmd = [str(ROOT / ".venv/bin/newsrec"), "serve", "--port", str(port), "--workers", str(workers),
+           "--log-level", "warning"]
+    if redis_url:
+        cmd += ["--redis-url", redis_url]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> float:
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return time.perf_counter() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+async def open_loop(url: str, paths: list[str], rate: float, duration: float, max_requests: int,
+                    concurrency: int) -> dict:
+    """Send paths[i % len] at t0 + i/rate until duration or max_requests; latency from scheduled time."""
+    n = min(max_requests, int(rate * duration))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    latencies = np.full(n, np.nan)
+    service = np.full(n, np.nan)
+    statuses = np.zeros(n, dtype=np.int32)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time() + 0.05
+
+        async def one(i: int) -> None:
+            scheduled = t0 + i / rate
+            delay = scheduled - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent = loop.time()
+            try:
+                r = await client.get(paths[i % len(paths)])
+                statuses[i] = r.status_code
+            except httpx.HTTPError:
+                statuses[i] = -1
+            done = loop.time()
+            latencies[i] = done - scheduled
+            service[i] = done - sent
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        elapsed = loop.time() - t0
+    ok = statuses == 200
+    lat = latencies[ok] * 1000
+    svc = service[ok] * 1000
+    return {
+        "requests": int(n),
+        "ok": int(ok.sum()),
+        "errors": int((~ok).sum()),
+        "target_rps": rate,
+        "achieved_rps": round(float(ok.sum() / elapsed), 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "p95_ms": round(float(np.percentile(lat, 95)), 2),
+        "p99_ms": round(float(np.percentile(lat, 99)), 2),
+        "max_ms": round(float(lat.max()), 2),
+        "service_p50_ms": round(float(np.percentile(svc, 50)), 2),
+        "service_p99_ms": round(float(np.percentile(svc, 99)), 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tracking-uri", required=True, help="registry whose champion is served")
+    parser.add_argument("--rate", type=float, default=200.0, help="requests per second (open loop)")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of measured load")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of load before measuring")
+    parser.add_argument("--max-requests", type=int, default=20_000)
+    parser.add_argument("--users", type=int, default=2000, help="distinct known users to cycle through")
+    parser.add_argument("--cold-share", type=float, default=0.1, help="share of requests for unknown users")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--redis-url", help="serve with user state in Redis (needed for --workers > 1)")
+    parser.add_argument("--concurrency", type=int, default=200, help="max open connections of the generator")
+    parser.add_argument("--label", default="", help="name of this run in the output (e.g. demo, globo)")
+    parser.add_argument("--json", type=Path, help="append the result as one JSON line here")
+    args = parser.parse_args(argv)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as logdir:
+        proc = start_server(args.tracking_uri, port, args.workers, args.redis_url, Path(logdir))
+        try:
+            ready_s = wait_ready(url, proc, timeout=900)
+            known = httpx.get(f"{url}/v1/users", params={"n": min(args.users, 1000), "order": "random"},
+                              timeout=60).json()
+            ids = [u["user_id"] for u in known]
+            models = httpx.get(f"{url}/v1/models", timeout=60).json()
+            rng = np.random.default_rng(0)
+            n_paths = 5000
+            cold = rng.random(n_paths) < args.cold_share
+            users = np.where(cold, 10**12 + np.arange(n_paths), rng.choice(ids, n_paths))
+            paths = [f"/v1/users/{int(u)}/recommendations?k={args.k}" for u in users]
+            asyncio.run(open_loop(url, paths, args.rate, args.warmup, args.max_requests, args.concurrency))
+            result = asyncio.run(open_loop(url, paths[::-1], args.rate, args.duration, args.max_requests,
+                                           args.concurrency))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    result = {"label": args.label, "model_version": models["champion"]["version"], "workers": args.workers,
+              "cold_share": args.cold_share, "k": args.k, "startup_s": round(ready_s, 1), **result}
+    print(f"{'label':<10}{'rps target':>11}{'rps got':>9}{'ok':>7}{'err':>5}{'p50 ms':>8}{'p95 ms':>8}"
+          f"{'p99 ms':>8}{'max ms':>8}")
+    print(f"{result['label']:<10}{result['target_rps']:>11.0f}{result['achieved_rps']:>9.1f}{result['ok']:>7}"
+          f"{result['errors']:>5}{result['p50_ms']:>8.1f}{result['p95_ms']:>8.1f}{result['p99_ms']:>8.1f}"
+          f"{result['max_ms']:>8.1f}")
+    print(json.dumps(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        with args.json.open("a") as fh:
+            fh.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds a champion for the serving benchmark without touching the project's data/ or registry:
+# the whole offline flow (synth -> validate -> split -> aggregates -> candidates -> features -> train ->
+# evaluate -> register -> promote) on one synthetic profile, in DIR with its own SQLite MLflow registry.
+#   benchmarks/champion.sh demo /tmp/bench/demo
+#   HOURS=96 benchmarks/champion.sh globo /tmp/bench/globo   # Globo's catalogue and users, first 96 hours
+# then: benchmarks/bench_serve.py --tracking-uri sqlite:////tmp/bench/demo/mlflow.db
+set -euo pipefail
+PROFILE=${1:?profile (tiny|demo|globo)}
+DIR=$(realpath -m "${2:?work folder}")
+BIN=$(dirname "$0")/../.venv/bin
+mkdir -p "$DIR"
+export NEWSREC__MLFLOW__TRACKING_URI="sqlite:///$DIR/mlflow.db"
+export NEWSREC__MLFLOW__ARTIFACT_ROOT="$DIR/mlartifacts"
+D="$DIR/data"
+t() { local s=$SECONDS; "$@"; echo "  [$1 $2: $((SECONDS - s)) s]" >&2; }
+[ -d "$D/raw/clicks" ] || t "$BIN/newsrec" synth --profile "$PROFILE" --out "$D/raw" ${HOURS:+--hours "$HOURS"}
+mkdir -p "$D/quarantine/clicks"
+[ -d "$D/validated" ] || t "$BIN/newsrec" validate --data-root "$D" --all
+t "$BIN/newsrec" split --data-root "$D" --out "$D/split.json"
+t "$BIN/newsrec" aggregates --data-root "$D" --all
+t "$BIN/newsrec" candidates --data-root "$D" --split "$D/split.json" --out "$D/candidates" \
+  --index-out "$D/indexes" --metrics "$DIR/metrics/candidates.json"
+t "$BIN/newsrec" features --data-root "$D" --split "$D/split.json" --out "$D/features"
+t "$BIN/newsrec" train --split "$D/split.json" --candidates "$D/candidates" --features "$D/features" \
+  --raw "$D/raw" --out "$DIR/models/ranker"
+t "$BIN/newsrec" evaluate --data-root "$D" --split "$D/split.json" --candidates "$D/candidates" \
+  --indexes "$D/indexes" --model "$DIR/models/ranker" --features "$D/features" --out "$DIR/metrics"
+t "$BIN/newsrec" register --data-root "$D" --split "$D/split.json" --ranker "$DIR/models/ranker" \
+  --features "$D/features" --indexes "$D/indexes" --eval "$DIR/metrics/eval.json" \
+  --eval-table "$DIR/metrics/eval_table.md" --bundle-out "$DIR/models/bundle" --out "$DIR/models/registered.json"
+"$BIN/newsrec" promote || true
+echo "champion ready: tracking URI $NEWSREC__MLFLOW__TRACKING_URI"

@@ -1,0 +1,105 @@
+"""clicks_hourly: one run per hour of click data.
+
+wait_for_drop -> stage_drop -> validate -> aggregates        (landed)
+                                        -> alert_quarantined  (quarantined: email, the run stays green)
+
+The run for hour N has logical date `data.epoch_ms + N h`: the schedule is hourly data intervals from
+the epoch, so scheduled and backfilled runs map to hours exactly, and a backfill of a range replays those
+hours (Globo's data is from October 2017; catchup is off, so nothing replays unless asked).
+
+Timing, chosen per task: the sensor pokes every minute in reschedule mode (no worker slot held while
+waiting) and fails after 3 h without a drop; work tasks retry twice (transient I/O) within a 15 min
+execution timeout; the alert retries for half an hour (an SMTP server may be briefly away). Airflow 3
+removed SLAs; the bound used instead is `dagrun_timeout`: a run not finished 4 h after it started is
+failed, and `on_failure_callback` emails every failed run (a drop that never came included).
+`validate` depends on its previous run: the volume check compares an hour with the hours before it,
+so hours are judged in order even when a backfill runs several at once.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import PokeReturnValue, dag, task
+from airflow.timetables.interval import DeltaDataIntervalTimetable
+
+from pipelines import flows
+from pipelines.alerts import run_failed
+from pipelines.config import load_params
+
+EPOCH_MS = int(load_params("data", flows.params_file())["epoch_ms"])
+
+
+@dag(
+    dag_id="clicks_hourly",
+    schedule=DeltaDataIntervalTimetable(timedelta(hours=1)),
+    start_date=flows.epoch_datetime(EPOCH_MS),
+    catchup=False,
+    max_active_runs=4,
+    default_args={
+        "owner": "newsrec",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "execution_timeout": timedelta(minutes=15),
+    },
+    dagrun_timeout=timedelta(hours=4),
+    on_failure_callback=run_failed,
+    tags=["newsrec", "hourly"],
+    doc_md=__doc__,
+)
+def clicks_hourly():
+    @task.sensor(mode="reschedule", poke_interval=60, timeout=3 * 3600, retries=0)
+    def wait_for_drop(logical_date=None) -> PokeReturnValue:
+        with flows.project(flows.params_file()) as p:
+            hour = flows.hour_of(logical_date, p["data"]["epoch_ms"])
+            landed = flows.drop_available(p["data"]["root"], hour, p.get("storage", {}).get("raw_uri"))
+        return PokeReturnValue(is_done=landed, xcom_value=hour)
+
+    @task
+    def stage_drop(hour: int) -> int:
+        with flows.project(flows.params_file()) as p:
+            flows.stage_drop(p["data"]["root"], hour, p.get("storage", {}).get("raw_uri"))
+        return hour
+
+    @task(depends_on_past=True)
+    def validate(hour: int) -> dict:
+        from pipelines.validate import Settings, quiet_gx, validate_hour
+
+        quiet_gx()
+        with flows.project(flows.params_file()) as p:
+            result = validate_hour(p["data"]["root"], hour, epoch_ms=p["data"]["epoch_ms"],
+                                   settings=Settings.from_params(p["validate"]), gx_dir=p["validate"]["gx_dir"])
+        return result.to_dict()
+
+    @task
+    def aggregates(result: dict) -> dict[str, str]:
+        from airflow.exceptions import AirflowSkipException
+
+        from pipelines.aggregates import aggregate_hour
+
+        if result["status"] != "landed":
+            raise AirflowSkipException(f"hour {result['hour']} was quarantined: nothing to aggregate")
+        with flows.project(flows.params_file()) as p:
+            outs = aggregate_hour(p["data"]["root"], result["hour"], p["data"]["epoch_ms"],
+                                  p["aggregates"]["coclick_max_distance"])
+        return {kind: str(path) for kind, path in outs.items()}
+
+    @task(retries=6, retry_delay=timedelta(minutes=5), execution_timeout=timedelta(minutes=2))
+    def alert_quarantined(result: dict) -> str:
+        from airflow.exceptions import AirflowSkipException
+
+        from pipelines.alerts import send_alert, settings_for_airflow
+
+        if result["status"] == "landed":
+            raise AirflowSkipException(f"hour {result['hour']} landed: nothing to report")
+        with flows.project(flows.params_file()) as p:
+            subject, body, files = flows.quarantine_alert(p["data"]["root"], result, p["data"]["epoch_ms"])
+            send_alert(subject, body, settings_for_airflow(p["alerts"]), files)
+        return subject
+
+    result = validate(stage_drop(wait_for_drop()))
+    aggregates(result)
+    alert_quarantined(result)
+
+
+clicks_hourly()

@@ -1,0 +1,76 @@
+"""drift_monitor: Evidently drift of the latest hours against the champion's training window.
+
+windows -> report -> alert_drift (email only when drift is detected)
+
+Runs after every train_ranker run (the `newsrec_ranker` asset) and every 6 hours. The reference window
+is every validated hour before the champion's test window (what it was trained and early-stopped on;
+without a champion, the `drift.reference_hours` before the current window); the current window is the
+latest `drift.current_hours` validated hours. Input features always; the candidate lists' scores and the
+trained ranker's scores of them (train snapshots vs the test snapshot) when the training outputs exist.
+Reports land in `<drift.out>/<run id>/` and are kept per run.
+
+Timing: a report takes about a minute, so tasks time out after 20 min and retry once; the alert retries
+for half an hour (an SMTP server may be briefly away); a run that takes over an hour fails, and every
+failed run is emailed (`on_failure_callback`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import Asset, dag, task
+from airflow.timetables.assets import AssetOrTimeSchedule
+from airflow.timetables.trigger import CronTriggerTimetable
+
+from pipelines import flows
+from pipelines.alerts import run_failed
+
+MODEL = Asset(name=flows.MODEL_ASSET, uri=flows.MODEL_ASSET_URI)
+
+
+@dag(
+    dag_id="drift_monitor",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 */6 * * *", timezone="UTC"), assets=[MODEL]),
+    start_date=datetime(2024, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=1),
+    on_failure_callback=run_failed,
+    default_args={
+        "owner": "newsrec",
+        "retries": 1,
+        "retry_delay": timedelta(minutes=2),
+        "execution_timeout": timedelta(minutes=20),
+    },
+    tags=["newsrec", "monitoring"],
+    doc_md=__doc__,
+)
+def drift_monitor():
+    @task
+    def windows() -> dict:
+        with flows.project(flows.params_file()) as p:
+            return flows.drift_windows(p)
+
+    @task
+    def report(windows: dict, run_id=None) -> str:
+        with flows.project(flows.params_file()) as p:
+            return str(flows.drift_run(p, windows, flows.run_folder(run_id)))
+
+    @task(retries=6, retry_delay=timedelta(minutes=5), execution_timeout=timedelta(minutes=2))
+    def alert_drift(run_dir: str) -> str:
+        from airflow.exceptions import AirflowSkipException
+
+        from pipelines.alerts import send_alert, settings_for_airflow
+
+        with flows.project(flows.params_file()) as p:
+            summary = flows.read_json(f"{run_dir}/summary.json")
+            if not summary["drift_detected"]:
+                raise AirflowSkipException(f"no drift: {len(summary['columns'])} columns within thresholds")
+            subject, body, files = flows.drift_alert(summary, run_dir)
+            send_alert(subject, body, settings_for_airflow(p["alerts"]), files)
+        return subject
+
+    alert_drift(report(windows()))
+
+
+drift_monitor()

@@ -1,0 +1,89 @@
+"""train_ranker: daily retraining on every validated hour.
+
+split -> candidates, features -> train -> evaluate -> register -> promote
+
+Each task runs the DVC stage of the same name (the command and paths dvc.yaml declares, so `dvc repro`
+and this DAG produce the same files) with the params file the DAGs run with. `register` leaves the
+promotion gate to its own task, so the grid shows the decision; a refused challenger is an answer, not a
+failure. `promote` updates the `newsrec_ranker` asset, which triggers drift_monitor.
+
+Timing: one run at a time (each retrains on everything); stages retry once after 5 min (MLflow's SQLite
+or the file system may be briefly busy) within a 1 h execution timeout each. Airflow 3 removed SLAs; the
+bound used instead is `dagrun_timeout` (a run still going after 4 h is failed) with an
+`on_failure_callback` that emails every failed run. (3.1's DeadlineAlert is experimental and breaks a
+succeeding run when pruning its deadline, so it is not used.)
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import Asset, dag, task
+
+from pipelines import flows
+from pipelines.alerts import run_failed
+
+MODEL = Asset(name=flows.MODEL_ASSET, uri=flows.MODEL_ASSET_URI)
+
+
+def _stage(name: str, **overrides) -> None:
+    with flows.project(flows.params_file()) as p:
+        flows.run_stage(name, p, flows.params_file(), overrides)
+
+
+@dag(
+    dag_id="train_ranker",
+    schedule="@daily",
+    start_date=datetime(2024, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=4),
+    on_failure_callback=run_failed,
+    default_args={
+        "owner": "newsrec",
+        "retries": 1,
+        "retry_delay": timedelta(minutes=5),
+        "execution_timeout": timedelta(hours=1),
+    },
+    tags=["newsrec", "training"],
+    doc_md=__doc__,
+)
+def train_ranker():
+    @task
+    def split() -> None:
+        _stage("split")
+
+    @task
+    def candidates() -> None:
+        _stage("candidates")
+
+    @task
+    def features() -> None:
+        _stage("features")
+
+    @task
+    def train() -> None:
+        _stage("train")
+
+    @task
+    def evaluate() -> None:
+        _stage("evaluate")
+
+    @task
+    def register() -> None:
+        _stage("register", **{"register.auto_promote": False})
+
+    @task(outlets=[MODEL])
+    def promote() -> dict:
+        with flows.project(flows.params_file()) as p:
+            return flows.promotion_gate(p)
+
+    s = split()
+    c, f = candidates(), features()
+    s >> [c, f]
+    t = train()
+    [c, f] >> t
+    t >> evaluate() >> register() >> promote()
+
+
+train_ranker()

@@ -1,0 +1,231 @@
+"""Hourly popularity and co-click aggregates, and the point-in-time readers over them.
+
+Each validated hour NNN gets its own partitions, computed from that hour's file alone, so the step
+is incremental (the hourly DAG runs it for the new hour) and idempotent (re-running overwrites):
+
+    <root>/aggregates/popularity/hour=NNN/part-0.parquet   article_id, click_hour, clicks, users
+    <root>/aggregates/coclick/hour=NNN/part-0.parquet      article_a, article_b, click_hour, weight
+
+`click_hour` is the hour of the click itself (of the later click for a pair), not of the file: a
+late outlier of hour 10 stamped in hour 40 counts in hour 40. Readers take a cutoff hour and keep
+click_hour < cutoff, so nothing at or after a cutoff reaches what is fitted at it. Time decay is
+applied when reading, relative to the cutoff, which keeps the stored partitions cutoff-free.
+
+Co-click pairs are ordered pairs (a, b) and (b, a) of distinct articles read in the same session,
+weighted 1/distance between their positions in the session (sessions ordered by click time), up to
+`coclick_max_distance` positions apart (long sessions would otherwise grow quadratically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.columns import (
+    ARTICLE_A,
+    ARTICLE_B,
+    ARTICLE_ID,
+    CLICK_ARTICLE_ID,
+    CLICK_HOUR,
+    CLICK_TIMESTAMP,
+    CLICKS,
+    HOUR,
+    HOUR_MS,
+    SESSION_ID,
+    USER_ID,
+    USERS,
+    WEIGHT,
+)
+from pipelines.config import load_params
+
+POPULARITY = "popularity"
+COCLICK = "coclick"
+PART = "part-0.parquet"
+
+
+def _partition(data_root: Path, kind: str, hour: int) -> Path:
+    return Path(data_root) / "aggregates" / kind / f"{HOUR}={hour:03d}" / PART
+
+
+def _validated_file(data_root: Path, hour: int) -> Path:
+    return Path(data_root) / "validated" / "clicks" / f"{HOUR}={hour:03d}" / PART
+
+
+def _copy_atomic(con, sql: str, args: list, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    con.execute(f"COPY ({sql}) TO '{tmp}' (FORMAT parquet)", args)
+    tmp.replace(out)
+
+
+def aggregate_hour(
+    data_root: str | Path, hour: int, epoch_ms: int, coclick_max_distance: int
+) -> dict[str, Path]:
+    """Write the popularity and co-click partitions of one validated hour; returns their paths."""
+    import duckdb
+
+    if coclick_max_distance < 1:
+        raise ValueError(f"coclick_max_distance must be >= 1, got {coclick_max_distance}")
+    data_root = Path(data_root)
+    src = _validated_file(data_root, hour)
+    if not src.exists():
+        raise FileNotFoundError(f"hour {hour} is not validated: {src} missing (run `newsrec validate` first)")
+    click_hour = f"CAST(floor(({{ts}} - {int(epoch_ms)}) / {HOUR_MS}) AS BIGINT)"
+    pop_sql = f"""
+        SELECT {CLICK_ARTICLE_ID} AS {ARTICLE_ID}, {click_hour.format(ts=CLICK_TIMESTAMP)} AS {CLICK_HOUR},
+               count(*) AS {CLICKS}, count(DISTINCT {USER_ID}) AS {USERS}
+        FROM read_parquet(?) GROUP BY 1, 2 ORDER BY 2, 1"""
+    cocl_sql = f"""
+        WITH c AS (
+            SELECT {USER_ID} AS u, {SESSION_ID} AS s, {CLICK_ARTICLE_ID} AS a, {CLICK_TIMESTAMP} AS ts,
+                   row_number() OVER (PARTITION BY {USER_ID}, {SESSION_ID}
+                                      ORDER BY {CLICK_TIMESTAMP}, {CLICK_ARTICLE_ID}) AS pos
+            FROM read_parquet(?))
+        SELECT x.a AS {ARTICLE_A}, y.a AS {ARTICLE_B},
+               {click_hour.format(ts="greatest(x.ts, y.ts)")} AS {CLICK_HOUR},
+               sum(1.0 / abs(x.pos - y.pos)) AS {WEIGHT}
+        FROM c x JOIN c y ON x.u = y.u AND x.s = y.s AND x.pos <> y.pos AND x.a <> y.a
+                         AND abs(x.pos - y.pos) <= ?
+        GROUP BY 1, 2, 3 ORDER BY 3, 1, 2"""
+    outs = {
+        POPULARITY: _partition(data_root, POPULARITY, hour),
+        COCLICK: _partition(data_root, COCLICK, hour),
+    }
+    with duckdb.connect() as con:
+        con.execute("SET threads TO 2")
+        _copy_atomic(con, pop_sql, [str(src)], outs[POPULARITY])
+        _copy_atomic(con, cocl_sql, [str(src), int(coclick_max_distance)], outs[COCLICK])
+    return outs
+
+
+def aggregate_all(data_root: str | Path, epoch_ms: int, coclick_max_distance: int) -> list[int]:
+    """Aggregate every validated hour and drop partitions whose hour is no longer validated."""
+    from pipelines.split import validated_hours
+
+    data_root = Path(data_root)
+    hours = validated_hours(data_root / "validated" / "clicks")
+    if not hours:
+        raise FileNotFoundError(f"no validated hours under {data_root / 'validated' / 'clicks'}")
+    for hour in hours:
+        aggregate_hour(data_root, hour, epoch_ms, coclick_max_distance)
+    keep = {f"{HOUR}={h:03d}" for h in hours}
+    for kind in (POPULARITY, COCLICK):
+        for part in (data_root / "aggregates" / kind).glob(f"{HOUR}=*"):
+            if part.name not in keep:
+                for f in part.iterdir():
+                    f.unlink()
+                part.rmdir()
+    return hours
+
+
+def _glob(data_root: Path, kind: str) -> str:
+    base = Path(data_root) / "aggregates" / kind
+    if not any(base.glob(f"{HOUR}=*/{PART}")):
+        raise FileNotFoundError(f"no {kind} aggregates under {base} (run `newsrec aggregates --all` first)")
+    return str(base / "*" / PART)
+
+
+def read_popularity(
+    data_root: str | Path, cutoff_hour: int, windows: Sequence[int], half_life_hours: float
+) -> pd.DataFrame:
+    """Per article clicked before the cutoff: `clicks` (all history), `clicks_<w>h` for each window (the
+    last w hours before the cutoff), `users` (sum of hourly distinct users), `trend` (clicks decayed with
+    the given half-life from the cutoff) and `last_click_hour`. Only click_hour < cutoff_hour is read."""
+    import duckdb
+
+    if half_life_hours <= 0:
+        raise ValueError(f"half_life_hours must be > 0, got {half_life_hours}")
+    cols = [
+        f"sum({CLICKS}) FILTER (WHERE {CLICK_HOUR} >= {int(cutoff_hour) - int(w)}) AS {CLICKS}_{int(w)}h"
+        for w in windows
+    ]
+    sql = f"""
+        SELECT {ARTICLE_ID}, sum({CLICKS}) AS {CLICKS}, {", ".join(cols) + "," if cols else ""}
+               sum({USERS}) AS {USERS},
+               sum({CLICKS} * pow(0.5, ({int(cutoff_hour)} - {CLICK_HOUR} - 0.5) / ?)) AS trend,
+               max({CLICK_HOUR}) AS last_click_hour
+        FROM read_parquet(?, hive_partitioning=true, hive_types={{'hour': BIGINT}})
+        WHERE {HOUR} < ? AND {CLICK_HOUR} < ?
+        GROUP BY 1 ORDER BY 1"""
+    with duckdb.connect() as con:
+        frame = con.execute(
+            sql, [float(half_life_hours), _glob(data_root, POPULARITY), int(cutoff_hour), int(cutoff_hour)]
+        ).df()
+    counts = [CLICKS, USERS] + [f"{CLICKS}_{int(w)}h" for w in windows]
+    frame[counts] = frame[counts].fillna(0).astype("int64")
+    return frame
+
+
+def read_coclick(
+    data_root: str | Path,
+    cutoff_hour: int,
+    half_life_hours: float,
+    top_k: int,
+    targets: Sequence[int] | None = None,
+) -> pd.DataFrame:
+    """Each article's `top_k` co-read neighbours before the cutoff: article_a, article_b, weight (sum of
+    1/distance weights decayed with the given half-life from the cutoff), rank (1 = strongest). With
+    `targets`, only those articles can be neighbours (b), e.g. the recommendable pool."""
+    import duckdb
+
+    if half_life_hours <= 0 or top_k < 1:
+        raise ValueError(f"need half_life_hours > 0 and top_k >= 1, got {half_life_hours}, {top_k}")
+    only = f"AND {ARTICLE_B} IN (SELECT {ARTICLE_ID} FROM targets)" if targets is not None else ""
+    sql = f"""
+        SELECT {ARTICLE_A}, {ARTICLE_B}, w AS {WEIGHT},
+               row_number() OVER (PARTITION BY {ARTICLE_A} ORDER BY w DESC, {ARTICLE_B}) AS rank
+        FROM (SELECT {ARTICLE_A}, {ARTICLE_B},
+                     sum({WEIGHT} * pow(0.5, ({int(cutoff_hour)} - {CLICK_HOUR} - 0.5) / ?)) AS w
+              FROM read_parquet(?, hive_partitioning=true, hive_types={{'hour': BIGINT}})
+              WHERE {HOUR} < ? AND {CLICK_HOUR} < ? {only}
+              GROUP BY 1, 2)
+        QUALIFY rank <= ?
+        ORDER BY 1, 4"""
+    with duckdb.connect() as con:
+        if targets is not None:
+            con.register("targets", pd.DataFrame({ARTICLE_ID: np.asarray(targets, dtype=np.int64)}))
+        return con.execute(
+            sql,
+            [
+                float(half_life_hours),
+                _glob(data_root, COCLICK),
+                int(cutoff_hour),
+                int(cutoff_hour),
+                int(top_k),
+            ],
+        ).df()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="newsrec aggregates", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", type=Path, required=True, help="data root with validated/clicks/")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--hour", type=int, help="aggregate this validated hour only")
+    which.add_argument("--all", action="store_true", help="aggregate every validated hour")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    params = load_params("aggregates", args.params)
+    epoch_ms = int(load_params("data", args.params)["epoch_ms"])
+    max_d = int(params["coclick_max_distance"])
+    try:
+        if args.all:
+            hours = aggregate_all(args.data_root, epoch_ms, max_d)
+            print(
+                f"aggregated {len(hours)} hours ({hours[0]}..{hours[-1]}) into {args.data_root / 'aggregates'}"
+            )
+        else:
+            outs = aggregate_hour(args.data_root, args.hour, epoch_ms, max_d)
+            print(f"hour {args.hour}: " + ", ".join(str(p) for p in outs.values()))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"newsrec aggregates: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,472 @@
+"""Ranking features, point-in-time correct: fit at a cutoff from history only, then assemble per candidate.
+
+`fit_tables` builds the user, user x category and article tables from clicks strictly before the
+cutoff; `request_context` describes the request a user arrives with (offline: the first click of
+the target window); `assemble` joins a candidate frame with all of it into the model's matrix.
+Serving calls the same `assemble` for one user, so nothing here loops over users or clicks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines import columns as C
+
+USER_FEATURES = [
+    "u_clicks",
+    "u_sessions",
+    "u_clicks_24h",
+    "u_hours_since_last",
+    "u_hours_since_first",
+    "u_mean_session_size",
+    "u_n_categories",
+    "u_top_cat_share",
+    "u_mean_click_age_h",
+    "u_mean_words",
+    "u_device",
+    "u_os",
+    "u_referrer",
+    "u_region",
+]
+# Kept in the user table for pair features, not fed to the model as such.
+USER_KEYS = ["u_last_article", "u_last_category"]
+
+ARTICLE_FEATURES = [
+    "a_age_h",
+    "a_clicks_1h",
+    "a_clicks_6h",
+    "a_clicks_24h",
+    "a_clicks_all",
+    "a_users_24h",
+    "a_trend",
+    "a_hours_since_last_click",
+    "a_category",
+    "a_words",
+    "a_cat_clicks_24h",
+]
+CONTEXT_FEATURES = ["c_hour_of_day", "c_device", "c_os", "c_referrer", "c_region", "c_environment"]
+PAIR_FEATURES = [
+    "ua_emb_sim",
+    "ua_last_sim",
+    "ua_cat_share",
+    "ua_last_cat_match",
+    "ua_age_vs_habit",
+    "c_device_habit",
+]
+# Each candidate source's score and rank, plus the fused score (pipelines.candidates writes them).
+SOURCE_FEATURES = [f(s) for s in C.CANDIDATE_SOURCES for f in (C.score_col, C.rank_col)] + [C.score_col(C.FUSED)]
+FEATURES = USER_FEATURES + ARTICLE_FEATURES + CONTEXT_FEATURES + PAIR_FEATURES + SOURCE_FEATURES
+# Ids whose numeric order means nothing: LightGBM splits them as categories.
+CATEGORICAL = ["u_device", "u_os", "u_referrer", "u_region", "c_device", "c_os", "c_referrer", "c_region",
+               "c_environment", "a_category"]
+
+# Context habits: the user's most frequent value of each click context column.
+_HABITS = {
+    "u_device": C.CLICK_DEVICE_GROUP,
+    "u_os": C.CLICK_OS,
+    "u_referrer": C.CLICK_REFERRER_TYPE,
+    "u_region": C.CLICK_REGION,
+}
+_CONTEXT = {
+    "c_device": C.CLICK_DEVICE_GROUP,
+    "c_os": C.CLICK_OS,
+    "c_referrer": C.CLICK_REFERRER_TYPE,
+    "c_region": C.CLICK_REGION,
+    "c_environment": C.CLICK_ENVIRONMENT,
+}
+_FILES = {
+    "users": "users.parquet",
+    "user_categories": "user_categories.parquet",
+    "articles": "articles.parquet",
+    "context": "context.parquet",
+}
+_PROFILE = "profile"
+
+
+@dataclass
+class FeatureTables:
+    """Everything known at `cutoff_ms` that the ranker's features are computed from.
+
+    `profiles[i]` is the L2-normalised recency-weighted profile of `users.index[i]`; `embeddings` is
+    the whole catalogue's L2-normalised matrix (row = article_id), shared, never saved with the tables.
+    `context` (one row per user) is present for offline snapshots; online the request supplies it.
+    """
+
+    cutoff_ms: int
+    users: pd.DataFrame
+    profiles: np.ndarray
+    user_categories: pd.DataFrame
+    articles: pd.DataFrame
+    embeddings: np.ndarray = field(repr=False)
+    context: pd.DataFrame | None = None
+    # Column blocks as arrays and the category-share hash index, built on first use: the API assembles one
+    # user's rows per request, which must not copy or re-hash whole tables each time.
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def matrix(self, table: str, columns: list[str], dtype=np.float32) -> np.ndarray:
+        """`getattr(self, table)[columns]` as a cached array (tables are not modified after fit/load)."""
+        key = (table, tuple(columns), np.dtype(dtype).str)
+        if key not in self._cache:
+            self._cache[key] = getattr(self, table)[columns].to_numpy(dtype=dtype)
+        return self._cache[key]
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write the tables as parquet (profiles as a fixed-size list column) plus meta.json."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        users = pa.Table.from_pandas(self.users.reset_index(), preserve_index=False)
+        dim = self.profiles.shape[1]
+        flat = pa.array(np.ascontiguousarray(self.profiles, dtype=np.float32).ravel())
+        users = users.append_column(_PROFILE, pa.FixedSizeListArray.from_arrays(flat, dim))
+        pq.write_table(users, out / _FILES["users"])
+        self.user_categories.to_parquet(out / _FILES["user_categories"], index=False)
+        self.articles.reset_index().to_parquet(out / _FILES["articles"], index=False)
+        if self.context is not None:
+            self.context.reset_index().to_parquet(out / _FILES["context"], index=False)
+        (out / "meta.json").write_text(json.dumps({"cutoff_ms": int(self.cutoff_ms), "profile_dim": dim}))
+        return out
+
+    @classmethod
+    def load(cls, in_dir: str | Path, embeddings: np.ndarray) -> FeatureTables:
+        """Read tables written by `save`; `embeddings` = `normalise_embeddings(read_embeddings(...))`."""
+        import pyarrow.parquet as pq
+
+        src = Path(in_dir)
+        meta_path = src / "meta.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"no feature tables in {src} (meta.json missing): run `newsrec features` first")
+        meta = json.loads(meta_path.read_text())
+        table = pq.read_table(src / _FILES["users"])
+        dim = int(meta["profile_dim"])
+        profiles = table.column(_PROFILE).combine_chunks().flatten().to_numpy().reshape(-1, dim)
+        users = table.drop([_PROFILE]).to_pandas().set_index(C.USER_ID)
+        context_path = src / _FILES["context"]
+        return cls(
+            cutoff_ms=int(meta["cutoff_ms"]),
+            users=users,
+            profiles=np.asarray(profiles, dtype=np.float32),
+            user_categories=pd.read_parquet(src / _FILES["user_categories"]),
+            articles=pd.read_parquet(src / _FILES["articles"]).set_index(C.ARTICLE_ID),
+            embeddings=embeddings,
+            context=pd.read_parquet(context_path).set_index(C.USER_ID) if context_path.exists() else None,
+        )
+
+
+def read_articles(path: str | Path) -> pd.DataFrame:
+    """articles_metadata.csv with the contract's int64 dtypes."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"articles metadata not found: {p}")
+    frame = pd.read_csv(p)
+    missing = set(C.METADATA_COLUMNS) - set(frame.columns)
+    if missing:
+        raise ValueError(f"{p}: missing columns {sorted(missing)}")
+    return frame[C.METADATA_COLUMNS].astype(C.METADATA_DTYPES)
+
+
+def read_embeddings(path: str | Path) -> np.ndarray:
+    """articles_embeddings.pickle as float32 [n_articles, dim] (row = article_id)."""
+    import pickle
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"article embeddings not found: {p}")
+    with p.open("rb") as fh:
+        matrix = np.asarray(pickle.load(fh), dtype=np.float32)
+    if matrix.ndim != 2:
+        raise ValueError(f"{p}: expected a 2-d matrix, got shape {matrix.shape}")
+    return matrix
+
+
+def normalise_embeddings(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero), so dot products are cosines."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return (matrix / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+
+
+def _history_before(clicks: pd.DataFrame, cutoff_ms: int) -> pd.DataFrame:
+    missing = {C.USER_ID, C.SESSION_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP} - set(clicks.columns)
+    if missing:
+        raise ValueError(f"clicks frame lacks columns {sorted(missing)}")
+    # The cutoff is enforced here too, so a caller that passes a wider frame cannot leak the future.
+    return clicks[clicks[C.CLICK_TIMESTAMP] < cutoff_ms]
+
+
+def user_profiles(
+    history: pd.DataFrame, embeddings: np.ndarray, cutoff_ms: int, half_life_h: float
+) -> tuple[pd.Index, np.ndarray]:
+    """Recency-weighted mean of each user's clicked embeddings (L2-normalised), users sorted by id."""
+    from scipy.sparse import csr_matrix
+
+    h = _history_before(history, cutoff_ms)
+    users, pos = np.unique(h[C.USER_ID].to_numpy(), return_inverse=True)
+    age_h = (cutoff_ms - h[C.CLICK_TIMESTAMP].to_numpy()) / C.HOUR_MS
+    weights = np.power(0.5, age_h / half_life_h).astype(np.float32)
+    # A sparse users x articles weight matrix times the embeddings: one pass over the clicks, no
+    # per-click copy of a 250-dim row (np.add.at over 3M clicks takes minutes).
+    mix = csr_matrix(
+        (weights, (pos, h[C.CLICK_ARTICLE_ID].to_numpy())), shape=(len(users), embeddings.shape[0])
+    )
+    profiles = np.asarray(mix @ embeddings, dtype=np.float32)
+    return pd.Index(users, name=C.USER_ID), normalise_embeddings(profiles)
+
+
+def _mode(frame: pd.DataFrame, key: str, value: str) -> pd.Series:
+    """Most frequent `value` per `key` (ties: the smallest value), vectorised."""
+    counts = frame.groupby([key, value]).size().rename("n").reset_index()
+    counts = counts.sort_values([key, "n", value], ascending=[True, False, True])
+    return counts.drop_duplicates(key).set_index(key)[value]
+
+
+def fit_user_tables(
+    history: pd.DataFrame, articles: pd.DataFrame, cutoff_ms: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """User table (index user_id; USER_FEATURES + USER_KEYS) and user x category shares, from history only."""
+    h = _history_before(history, cutoff_ms)
+    meta = articles.set_index(C.ARTICLE_ID)
+    h = h.assign(
+        _cat=meta[C.CATEGORY_ID].reindex(h[C.CLICK_ARTICLE_ID]).to_numpy(),
+        _created=meta[C.CREATED_AT_TS].reindex(h[C.CLICK_ARTICLE_ID]).to_numpy(),
+        _words=meta[C.WORDS_COUNT].reindex(h[C.CLICK_ARTICLE_ID]).to_numpy(),
+    )
+    ts = h[C.CLICK_TIMESTAMP]
+    g = h.groupby(C.USER_ID, sort=True)
+    users = pd.DataFrame(
+        {
+            "u_clicks": g.size(),
+            "u_sessions": g[C.SESSION_ID].nunique(),
+            "u_clicks_24h": (ts >= cutoff_ms - 24 * C.HOUR_MS).groupby(h[C.USER_ID]).sum(),
+            "u_hours_since_last": (cutoff_ms - g[C.CLICK_TIMESTAMP].max()) / C.HOUR_MS,
+            "u_hours_since_first": (cutoff_ms - g[C.CLICK_TIMESTAMP].min()) / C.HOUR_MS,
+            "u_n_categories": g["_cat"].nunique(),
+            "u_mean_click_age_h": ((ts - h["_created"]).clip(lower=0) / C.HOUR_MS).groupby(h[C.USER_ID]).mean(),
+            "u_mean_words": g["_words"].mean(),
+        }
+    )
+    users["u_mean_session_size"] = users["u_clicks"] / users["u_sessions"]
+    cats = h.groupby([C.USER_ID, "_cat"]).size().rename("clicks").reset_index()
+    cats["share"] = cats["clicks"] / users["u_clicks"].reindex(cats[C.USER_ID]).to_numpy()
+    users["u_top_cat_share"] = cats.groupby(C.USER_ID)["share"].max()
+    for name, col in _HABITS.items():
+        users[name] = _mode(h, C.USER_ID, col) if col in h.columns else -1
+    last = h.sort_values([C.USER_ID, C.CLICK_TIMESTAMP]).drop_duplicates(C.USER_ID, keep="last")
+    last = last.set_index(C.USER_ID)
+    users["u_last_article"] = last[C.CLICK_ARTICLE_ID]
+    users["u_last_category"] = last["_cat"]
+    users.index.name = C.USER_ID
+    user_categories = cats.rename(columns={"_cat": C.CATEGORY_ID})[[C.USER_ID, C.CATEGORY_ID, "share"]]
+    return users[USER_FEATURES + USER_KEYS], user_categories
+
+
+def fit_article_table(history: pd.DataFrame, articles: pd.DataFrame, cutoff_ms: int) -> pd.DataFrame:
+    """Article table (index article_id) for articles published before the cutoff: age, popularity windows."""
+    h = _history_before(history, cutoff_ms)
+    available = articles[articles[C.CREATED_AT_TS] < cutoff_ms].set_index(C.ARTICLE_ID)
+    ts = h[C.CLICK_TIMESTAMP]
+    by_article = h[C.CLICK_ARTICLE_ID]
+
+    def clicks_since(hours: int) -> pd.Series:
+        return (ts >= cutoff_ms - hours * C.HOUR_MS).groupby(by_article).sum()
+
+    recent = h[ts >= cutoff_ms - 24 * C.HOUR_MS]
+    table = pd.DataFrame(index=available.index)
+    table["a_age_h"] = (cutoff_ms - available[C.CREATED_AT_TS]) / C.HOUR_MS
+    for hours in (1, 6, 24):
+        table[f"a_clicks_{hours}h"] = clicks_since(hours).reindex(table.index, fill_value=0)
+    table["a_clicks_all"] = by_article.value_counts().reindex(table.index, fill_value=0)
+    table["a_users_24h"] = recent.groupby(C.CLICK_ARTICLE_ID)[C.USER_ID].nunique().reindex(table.index, fill_value=0)
+    # Hourly rate now vs the day's average: rising stories score above 1.
+    table["a_trend"] = table["a_clicks_1h"] / (table["a_clicks_24h"] / 24.0 + 1.0)
+    table["a_hours_since_last_click"] = (cutoff_ms - ts.groupby(by_article).max()).reindex(table.index) / C.HOUR_MS
+    table["a_category"] = available[C.CATEGORY_ID]
+    table["a_words"] = available[C.WORDS_COUNT]
+    cat_24h = table.groupby("a_category")["a_clicks_24h"].sum()
+    table["a_cat_clicks_24h"] = cat_24h.reindex(table["a_category"]).to_numpy()
+    for col in ("a_clicks_1h", "a_clicks_6h", "a_clicks_24h", "a_clicks_all", "a_users_24h", "a_cat_clicks_24h"):
+        table[col] = table[col].astype("int64")
+    table.index.name = C.ARTICLE_ID
+    return table[ARTICLE_FEATURES]
+
+
+def request_context(requests: pd.DataFrame) -> pd.DataFrame:
+    """Context of each user's request: the first click of `requests` per user (index user_id, CONTEXT_FEATURES).
+
+    Offline, `requests` is the target window, so the context is what the user arrived with; it
+    never carries which article they read. Online the API builds the same frame from the request.
+    """
+    needed = {C.USER_ID, C.CLICK_TIMESTAMP, *_CONTEXT.values()}
+    missing = needed - set(requests.columns)
+    if missing:
+        raise ValueError(f"request frame lacks columns {sorted(missing)}")
+    first = requests.sort_values([C.USER_ID, C.CLICK_TIMESTAMP]).drop_duplicates(C.USER_ID).set_index(C.USER_ID)
+    ctx = pd.DataFrame(index=first.index)
+    ctx["c_hour_of_day"] = (first[C.CLICK_TIMESTAMP] // C.HOUR_MS) % 24
+    for name, col in _CONTEXT.items():
+        ctx[name] = first[col]
+    return ctx[CONTEXT_FEATURES].astype("int64")
+
+
+def fit_tables(
+    history: pd.DataFrame,
+    articles: pd.DataFrame,
+    embeddings: np.ndarray,
+    cutoff_ms: int,
+    params: dict,
+    requests: pd.DataFrame | None = None,
+) -> FeatureTables:
+    """All feature tables at `cutoff_ms` from `history` (clicks at or after the cutoff are ignored)."""
+    if embeddings.shape[0] < len(articles):
+        raise ValueError(f"embeddings have {embeddings.shape[0]} rows for {len(articles)} articles")
+    users, user_categories = fit_user_tables(history, articles, cutoff_ms)
+    index, profiles = user_profiles(history, embeddings, cutoff_ms, float(params["profile_half_life_h"]))
+    assert index.equals(users.index)
+    return FeatureTables(
+        cutoff_ms=int(cutoff_ms),
+        users=users,
+        profiles=profiles,
+        user_categories=user_categories,
+        articles=fit_article_table(history, articles, cutoff_ms),
+        embeddings=embeddings,
+        context=request_context(requests) if requests is not None else None,
+    )
+
+
+def _rowwise_dot(a: np.ndarray, a_rows: np.ndarray, b: np.ndarray, b_rows: np.ndarray) -> np.ndarray:
+    """a[a_rows[i]] . b[b_rows[i]] for every i, in chunks so memory stays bounded; NaN where a row is -1."""
+    out = np.full(len(a_rows), np.nan, dtype=np.float32)
+    ok = np.flatnonzero((a_rows >= 0) & (b_rows >= 0))
+    step = 100_000
+    for start in range(0, len(ok), step):
+        idx = ok[start : start + step]
+        out[idx] = np.einsum("ij,ij->i", a[a_rows[idx]], b[b_rows[idx]])
+    return out
+
+
+def _take(frame: pd.DataFrame | np.ndarray, columns: list[str], pos: np.ndarray, dtype=np.float32) -> dict[str, np.ndarray]:
+    """frame[columns] (or an array of those columns) at row positions `pos`, NaN where pos is -1."""
+    values = frame if isinstance(frame, np.ndarray) else frame[columns].to_numpy(dtype=dtype)
+    taken = values[np.where(pos >= 0, pos, 0)] if len(values) else np.zeros((len(pos), len(columns)), dtype)
+    taken[pos < 0] = np.nan
+    return {col: taken[:, i] for i, col in enumerate(columns)}
+
+
+def assemble(
+    candidates: pd.DataFrame, tables: FeatureTables, context: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """The model matrix: one row per candidate row (same order and index), columns FEATURES, float32.
+
+    `candidates` has user_id, article_id and the candidate sources' score/rank columns; `context`
+    (index user_id, CONTEXT_FEATURES) defaults to the tables' own. Unknown users get NaN user
+    features (the cold path), unknown context gets NaN. Rows are independent of each other, so a
+    frame may be assembled in slices.
+    """
+    for col in (C.USER_ID, C.ARTICLE_ID):
+        if col not in candidates.columns:
+            raise ValueError(f"candidate frame lacks column '{col}'")
+    ctx = tables.context if context is None else context
+    user_ids = candidates[C.USER_ID].to_numpy()
+    article_ids = candidates[C.ARTICLE_ID].to_numpy()
+    user_pos = tables.users.index.get_indexer(user_ids)
+    art_pos = tables.articles.index.get_indexer(article_ids)
+    known_user = user_pos >= 0
+
+    X = _take(tables.matrix("users", USER_FEATURES), USER_FEATURES, user_pos)
+    X |= _take(tables.matrix("articles", ARTICLE_FEATURES), ARTICLE_FEATURES, art_pos)
+    if ctx is not None:
+        X |= _take(ctx, CONTEXT_FEATURES, ctx.index.get_indexer(user_ids))
+    else:
+        X |= {col: np.full(len(candidates), np.nan, dtype=np.float32) for col in CONTEXT_FEATURES}
+    # Ids stay float64: float32 cannot hold every article id of a large catalogue exactly.
+    keys = _take(tables.matrix("users", USER_KEYS, np.float64), USER_KEYS, user_pos, dtype=np.float64)
+
+    n_articles = tables.embeddings.shape[0]
+    art_rows = np.where((article_ids >= 0) & (article_ids < n_articles), article_ids, -1)
+    X["ua_emb_sim"] = _rowwise_dot(tables.profiles, user_pos, tables.embeddings, art_rows)
+    last_rows = np.nan_to_num(keys["u_last_article"], nan=-1).astype(np.int64)
+    X["ua_last_sim"] = _rowwise_dot(tables.embeddings, last_rows, tables.embeddings, art_rows)
+
+    # Category share of the user for the article's category: a hash join on one int64 key.
+    category = X["a_category"]
+    uc = tables.user_categories
+    if "share_keys" not in tables._cache:
+        # Sized by the catalogue's categories too, so the key stays valid for any candidate article.
+        n_cat = 1 + max(int(tables.articles["a_category"].max()) if len(tables.articles) else 0,
+                        int(uc[C.CATEGORY_ID].max()) if len(uc) else 0)
+        keys_uc = uc[C.USER_ID].to_numpy(np.int64) * n_cat + uc[C.CATEGORY_ID].to_numpy(np.int64)
+        tables._cache["share_keys"] = (n_cat, pd.Index(keys_uc), uc["share"].to_numpy(np.float32))
+    n_cat, share_keys, share_values = tables._cache["share_keys"]
+    in_range = np.isfinite(category) & (np.nan_to_num(category, nan=0) < n_cat)
+    row_keys = user_ids.astype(np.int64) * n_cat + np.nan_to_num(category, nan=0).astype(np.int64)
+    hit = np.where(in_range, share_keys.get_indexer(row_keys), -1)
+    share = np.where(hit >= 0, share_values[np.maximum(hit, 0)], 0.0)
+    X["ua_cat_share"] = np.where(known_user, share, np.nan).astype(np.float32)
+    X["ua_last_cat_match"] = np.where(known_user, (keys["u_last_category"] == category), np.nan).astype(np.float32)
+    # How far this article's age is from the ages the user usually reads at (log scale: hours to days).
+    X["ua_age_vs_habit"] = np.log1p(np.clip(X["a_age_h"], 0, None)) - np.log1p(X["u_mean_click_age_h"])
+    X["c_device_habit"] = np.where(
+        known_user & ~np.isnan(X["c_device"]), X["c_device"] == X["u_device"], np.nan
+    ).astype(np.float32)
+
+    for col in SOURCE_FEATURES:
+        X[col] = (candidates[col].to_numpy(dtype=np.float32) if col in candidates.columns
+                  else np.full(len(candidates), np.nan, dtype=np.float32))
+    return pd.DataFrame({col: X[col] for col in FEATURES}, index=candidates.index)
+
+
+def build_snapshot_features(
+    data_root: str | Path, snapshots: list, out_dir: str | Path, params: dict
+) -> dict[str, Path]:
+    """Fit and save the tables of every snapshot under `<out_dir>/<snapshot name>/`.
+
+    Each snapshot's history is read up to its cutoff only; its target window (absent for the
+    serve snapshot) supplies the request context and nothing else.
+    """
+    from pipelines.split import snapshot_clicks
+
+    root = Path(data_root)
+    articles = read_articles(root / "raw" / C.METADATA_FILE)
+    embeddings = normalise_embeddings(read_embeddings(root / "raw" / C.EMBEDDINGS_FILE))
+    written = {}
+    for snap in snapshots:
+        history, target = snapshot_clicks(root / "validated" / "clicks", snap)
+        tables = fit_tables(
+            history, articles, embeddings, snap.cutoff_ms, params, requests=target if len(target) else None
+        )
+        written[snap.name] = tables.save(Path(out_dir) / snap.name)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    from pipelines.config import load_params
+    from pipelines.split import read_snapshots
+
+    parser = argparse.ArgumentParser(prog="newsrec features", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", type=Path, required=True, help="dataset root with raw/ and validated/")
+    parser.add_argument("--split", type=Path, required=True, help="snapshot file written by `newsrec split`")
+    parser.add_argument("--out", type=Path, required=True, help="folder for <snapshot>/ feature tables")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    params = load_params("features", args.params)
+    try:
+        written = build_snapshot_features(args.data_root, read_snapshots(args.split), args.out, params)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"newsrec features: {exc}", file=sys.stderr)
+        return 1
+    for name, path in written.items():
+        print(f"{name:<12} {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

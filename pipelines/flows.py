@@ -1,0 +1,310 @@
+"""What the Airflow DAGs need around the steps: which params file, which hour a run is, whether its drop
+has landed, and the texts of the alerts they send.
+
+Kept light on purpose (stdlib, yaml): DAG files import it at parse time for the epoch and the params
+path; everything heavy is imported inside the functions that the tasks call.
+
+Hour of a run: the run for hour N has logical date `epoch + N h` (UTC), the start of the hour it
+processes. Scheduled and backfill runs of an hourly data-interval schedule starting at the epoch get
+exactly that (logical date = data interval start), and `dag.test(logical_date=...)` or a manual trigger
+with a logical date picks an hour the same way. A logical date that is not the start of an hour after
+the epoch is an error, never rounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import re
+import shlex
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pipelines import columns as C
+from pipelines.config import load_params
+
+PARAMS_ENV = "NEWSREC_PARAMS"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The Airflow asset train_ranker updates and drift_monitor listens to: the registered ranker.
+MODEL_ASSET = "newsrec_ranker"
+MODEL_ASSET_URI = "models:/newsrec-ranker"
+
+
+def params_file() -> Path:
+    """The params.yaml the DAGs run with: `$NEWSREC_PARAMS`, else the project's own."""
+    return Path(os.environ.get(PARAMS_ENV) or PROJECT_ROOT / "params.yaml").resolve()
+
+
+@contextlib.contextmanager
+def project(params_path: str | Path) -> Iterator[dict[str, Any]]:
+    """Work from the params file's folder and yield its params.
+
+    Relative paths in params.yaml (data/, monitoring/reports, sqlite:///mlflow.db) mean the same as
+    under DVC, whatever folder the Airflow worker was started in.
+    """
+    params_path = Path(params_path).resolve()
+    before = Path.cwd()
+    os.chdir(params_path.parent)
+    try:
+        yield load_params(path=params_path)
+    finally:
+        os.chdir(before)
+
+
+def epoch_datetime(epoch_ms: int) -> datetime:
+    """Start of hour 000 as an aware UTC datetime (the hourly DAG's start_date)."""
+    return datetime.fromtimestamp(int(epoch_ms) / 1000, tz=UTC)
+
+
+def hour_start(hour: int, epoch_ms: int) -> datetime:
+    """Logical date of the run that processes hour `hour`."""
+    return epoch_datetime(epoch_ms) + timedelta(hours=int(hour))
+
+
+def hour_of(logical_date: datetime | None, epoch_ms: int) -> int:
+    """The hour a run processes, from its logical date (see the module docstring)."""
+    if logical_date is None:
+        raise ValueError("this run has no logical date: trigger it with the start of the hour to process")
+    if logical_date.tzinfo is None:
+        raise ValueError(f"logical date {logical_date} has no time zone")
+    offset_ms = round(logical_date.timestamp() * 1000) - int(epoch_ms)
+    if offset_ms < 0:
+        raise ValueError(f"logical date {logical_date.isoformat()} is before hour 000 ({epoch_datetime(epoch_ms)})")
+    if offset_ms % C.HOUR_MS:
+        raise ValueError(
+            f"logical date {logical_date.isoformat()} is not the start of an hour counted from "
+            f"{epoch_datetime(epoch_ms).isoformat()}"
+        )
+    return offset_ms // C.HOUR_MS
+
+
+def drop_available(data_root: str | Path, hour: int, raw_uri: str | None = None) -> bool:
+    """Whether hour `hour`'s drop is there: at the raw location (local or S3), or for a local raw folder
+    also inside raw/clicks.zip or back from quarantine for a re-run (wherever validation finds it)."""
+    from pipelines import storage
+
+    raw = storage.raw_uri(data_root, raw_uri)
+    if storage.hour_available(raw, hour):
+        return True
+    if raw_uri:
+        return False
+    from pipelines.validate import find_drop
+
+    try:
+        find_drop(data_root, hour)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def stage_drop(data_root: str | Path, hour: int, raw_uri: str | None = None) -> list[str]:
+    """Copy the drop (and side files when changed) from a remote raw location into `<data_root>/raw/`."""
+    from pipelines import storage
+
+    if not raw_uri:
+        return []  # validation reads the local raw folder (or its clicks.zip) itself
+    return [str(p) for p in storage.stage_raw(raw_uri, data_root, [hour])]
+
+
+def _hour_span(hour: int, epoch_ms: int) -> str:
+    start = hour_start(hour, epoch_ms)
+    return f"{start:%Y-%m-%d %H:%M}-{start + timedelta(hours=1):%H:%M} UTC"
+
+
+def quarantine_alert(data_root: str | Path, result: Mapping[str, Any], epoch_ms: int) -> tuple[str, str, list[Path]]:
+    """(subject, body, attachments) for a quarantined drop, from validation's HourResult dict."""
+    hour = int(result["hour"])
+    folder = Path(data_root) / str(result["path"])
+    folder = folder if folder.is_dir() else folder.parent
+    rows = "unreadable" if result.get("rows") is None else f"{int(result['rows']):,} rows"
+    body = "\n".join([
+        f"Hourly drop {hour:03d} ({_hour_span(hour, epoch_ms)}) failed validation and was quarantined.",
+        "",
+        f"reason: {result['reason']}",
+        f"failed checks: {', '.join(result.get('checks') or []) or '-'}",
+        f"drop: {result.get('source', '?')} ({rows})",
+        f"now in: {folder.resolve()}",
+        "",
+        "Nothing from this hour reaches training. Fix the drop (or the metadata) and re-run the hour:",
+        f"  newsrec validate --data-root {Path(data_root).resolve()} --hour {hour}",
+    ])
+    attachments = [p for p in (folder / "reason.txt", folder / "result.json") if p.is_file()]
+    return f"quarantined hourly drop {hour:03d}", body, attachments
+
+
+def drift_alert(summary: Mapping[str, Any], run_dir: str | Path) -> tuple[str, str, list[Path]]:
+    """(subject, body, attachments) for a drift run: the summary text, summary.json and the HTML reports."""
+    from pipelines.drift import summary_text
+
+    run_dir = Path(run_dir)
+    drifted = ", ".join(summary["drifted_columns"]) or "none"
+    subject = f"drift detected (current hours {summary['current_hours']}): {drifted}"
+    attachments = [run_dir / "summary.json"]
+    attachments += [run_dir / r["html"] for r in summary["reports"].values()]
+    return subject, summary_text(summary, run_dir), [p for p in attachments if p.is_file()]
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file another task wrote (tasks hand each other paths, not payloads)."""
+    return json.loads(Path(path).read_text())
+
+
+def stage_command(stage: str, params: Mapping[str, Any], dvc_yaml: str | Path = PROJECT_ROOT / "dvc.yaml") -> list[str]:
+    """The `newsrec` argv of DVC stage `stage`, its `${section.key}` filled from `params`.
+
+    train_ranker's tasks run exactly what `dvc repro` runs: dvc.yaml is the one place a stage's paths live.
+    """
+    import yaml
+
+    stages = (yaml.safe_load(Path(dvc_yaml).read_text()) or {}).get("stages", {})
+    if stage not in stages:
+        raise KeyError(f"{dvc_yaml} has no stage '{stage}'")
+
+    def value(match: re.Match) -> str:
+        node: Any = params
+        for key in match.group(1).split("."):
+            if not isinstance(node, Mapping) or key not in node:
+                raise KeyError(f"stage '{stage}' uses ${{{match.group(1)}}}, which the params do not have")
+            node = node[key]
+        return shlex.quote(str(node))
+
+    argv = shlex.split(re.sub(r"\$\{([\w.]+)\}", value, stages[stage]["cmd"]))
+    if argv[:1] != ["newsrec"] or {"&&", "||", ";", "|"} & set(argv):
+        raise ValueError(f"stage '{stage}' is not a single newsrec command: {stages[stage]['cmd']!r}")
+    return argv[1:]
+
+
+def run_stage(stage: str, params: Mapping[str, Any], params_path: str | Path,
+              overrides: Mapping[str, Any] | None = None) -> list[str]:
+    """Run DVC stage `stage` in this process with `params_path`; a non-zero exit raises.
+
+    `overrides` ({"section.key": value}) go through the NEWSREC__SECTION__KEY environment overrides of
+    pipelines.config for this call only.
+    """
+    from pipelines.cli import main
+
+    argv = [*stage_command(stage, params), "--params", str(params_path)]
+    env = {"NEWSREC__" + k.replace(".", "__").upper(): json.dumps(v) for k, v in (overrides or {}).items()}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        rc = main(argv)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    if rc != 0:
+        raise RuntimeError(f"`newsrec {shlex.join(argv)}` exited with {rc}")
+    return argv
+
+
+def promotion_gate(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Run the registry's promotion gate; the decision (promoted or why not) as a dict. A refusal is an answer,
+    not an error."""
+    from dataclasses import asdict
+
+    from mlflow import MlflowClient
+
+    from pipelines.registry import promote, use_tracking
+
+    gate = params["promote"]
+    use_tracking(dict(params["mlflow"]))
+    decision = promote(MlflowClient(), gate["model_name"], gate["metric"], float(gate["min_gain"]),
+                       float(gate["cold_tolerance"]))
+    return asdict(decision)
+
+
+def champion_test_start(params: Mapping[str, Any]) -> tuple[int, str] | None:
+    """(first hour of the champion's test window, its version) from the registry, or None without a champion.
+
+    Everything before that hour is what the champion was trained and early-stopped on: drift_monitor's
+    reference window.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.registry import CHAMPION, WINDOW_TAG, use_tracking
+
+    use_tracking(dict(params["mlflow"]))
+    try:
+        version = MlflowClient().get_model_version_by_alias(params["promote"]["model_name"], CHAMPION)
+    except MlflowException:
+        return None
+    window = version.tags.get(WINDOW_TAG, "")
+    match = re.match(r"hours (\d+)-(\d+)\b", window)
+    if not match:
+        raise ValueError(f"champion v{version.version} has test window tag {window!r}, expected 'hours A-B, ...'")
+    return int(match.group(1)), str(version.version)
+
+
+def run_folder(run_id: str) -> str:
+    """A file-system-safe folder name for an Airflow run id (`scheduled__2017-10-01T03:00:00+00:00`)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("_")
+
+
+def _options(argv: list[str]) -> dict[str, str]:
+    return {a[2:]: b for a, b in itertools.pairwise(argv) if a.startswith("--") and not b.startswith("--")}
+
+
+def training_outputs(params: Mapping[str, Any]) -> dict[str, Path] | None:
+    """Where train_ranker's latest outputs are (from the train stage in dvc.yaml): split file, candidate
+    lists, feature tables, ranker. None until a training run has written them all."""
+    opts = _options(stage_command("train", params))
+    paths = {"split": Path(opts["split"]), "candidates": Path(opts["candidates"]),
+             "features": Path(opts["features"]), "model": Path(opts["out"])}
+    return paths if all(p.exists() for p in paths.values()) else None
+
+
+def drift_windows(params: Mapping[str, Any]) -> dict[str, str]:
+    """drift_monitor's windows as hour specs, and what the reference is based on."""
+    from pipelines.drift import format_hours, resolve_windows
+    from pipelines.split import validated_hours
+
+    settings = params["drift"]
+    available = validated_hours(Path(params["data"]["root"]) / "validated" / C.CLICKS_DIR)
+    champion = champion_test_start(params)
+    if champion is None:
+        reference, basis = None, f"no champion yet: the {settings['reference_hours']} hours before the current ones"
+    else:
+        test_start, version = champion
+        reference = [h for h in available if h < test_start]
+        basis = f"champion v{version}: the hours before its test window (hour {test_start})"
+    ref, cur = resolve_windows(available, None, reference, int(settings["current_hours"]),
+                               int(settings["reference_hours"]))
+    return {"reference": format_hours(ref), "current": format_hours(cur), "basis": basis}
+
+
+def drift_run(params: Mapping[str, Any], windows: Mapping[str, str], folder: str) -> Path:
+    """Write one drift_monitor report into `<drift.out>/<folder>/`; its absolute path.
+
+    Scores join in when a training run's outputs are there: the candidate lists of the val snapshot (the
+    reference) and of the test snapshot (the latest), with the trained ranker's scores of both. Not the
+    train snapshots: the booster was fitted on those, so its scores there are in-sample and would differ
+    from any later window's without anything having drifted.
+    """
+    from pipelines import drift
+    from pipelines.split import read_snapshots
+
+    settings = params["drift"]
+    run_dir = Path(settings["out"]) / folder
+    ref_scores: list[Path] = []
+    cur_scores: list[Path] = []
+    model_dir = features_dir = None
+    trained = training_outputs(params)
+    if trained is not None:
+        snaps = read_snapshots(trained["split"])
+        ref_scores = [trained["candidates"] / f"{s.name}.parquet" for s in snaps if s.role == "val"]
+        cur_scores = [trained["candidates"] / f"{s.name}.parquet" for s in snaps if s.role == "test"]
+        model_dir, features_dir = trained["model"], trained["features"]
+    drift.drift_report(
+        params["data"]["root"], drift.parse_hours(windows["reference"]), drift.parse_hours(windows["current"]),
+        run_dir, drift.load_config(settings["config"]), ref_scores, cur_scores, model_dir, features_dir,
+        notes={"reference_basis": windows.get("basis", "")},
+    )
+    return run_dir.resolve()

@@ -1,0 +1,100 @@
+"""Ranking metrics over frames of recommendations, vectorised across users.
+
+A recommendation frame has one row per (user, article) with a 1-based `rank`; a truth frame has one
+row per (user, article) the user really clicked. Every metric is computed per user (users in the
+truth frame; a user with no recommendations scores 0) and averaged, the way recommenders' and
+RecBole's evaluators do it. Relevance is binary.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipelines.columns import ARTICLE_ID, RANK, USER_ID
+
+METRICS = ["recall", "ndcg", "mrr", "hr"]
+
+
+def _check(frame: pd.DataFrame, cols: list[str], what: str) -> None:
+    missing = [c for c in cols if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} frame lacks column(s) {missing}; has {list(frame.columns)}")
+
+
+def rank_by_score(
+    scored: pd.DataFrame, score: str, k: int | None = None, tiebreak: str | None = None
+) -> pd.DataFrame:
+    """Each user's articles ordered by `score` (desc; then `tiebreak` desc, then article id) with a 1-based
+    `rank`; only the top `k` per user are kept when k is given. NaN scores rank last."""
+    _check(scored, [USER_ID, ARTICLE_ID, score] + ([tiebreak] if tiebreak else []), "scored")
+    by = [USER_ID, score] + ([tiebreak] if tiebreak else []) + [ARTICLE_ID]
+    asc = [True, False] + ([False] if tiebreak else []) + [True]
+    ranked = scored.sort_values(by, ascending=asc, na_position="last", kind="mergesort")
+    ranked = ranked.assign(**{RANK: ranked.groupby(USER_ID, sort=False).cumcount().to_numpy() + 1})
+    if k is not None:
+        ranked = ranked[ranked[RANK] <= k]
+    return ranked.reset_index(drop=True)
+
+
+def per_user_metrics(recs: pd.DataFrame, truth: pd.DataFrame, k: int = 10) -> pd.DataFrame:
+    """Recall@k, NDCG@k, MRR@k and HR@k per user of `truth` (index user_id).
+
+    recall = hits in top k / relevant; ndcg = DCG / ideal DCG with gains 1/log2(rank+1) and the ideal
+    putting min(relevant, k) hits first; mrr = 1 / rank of the first hit (0 if none in top k);
+    hr = 1 if any hit in top k.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    _check(recs, [USER_ID, ARTICLE_ID, RANK], "recommendation")
+    _check(truth, [USER_ID, ARTICLE_ID], "truth")
+    truth = truth[[USER_ID, ARTICLE_ID]].drop_duplicates()
+    n_rel = truth.groupby(USER_ID).size().rename("n_rel")
+    top = recs.loc[recs[RANK] <= k, [USER_ID, ARTICLE_ID, RANK]]
+    if top.duplicated([USER_ID, ARTICLE_ID]).any():
+        raise ValueError("recommendation frame lists an article twice for the same user")
+    hits = top.merge(truth, on=[USER_ID, ARTICLE_ID], how="inner")
+    gain = 1.0 / np.log2(hits[RANK].to_numpy(dtype=float) + 1.0)
+    g = pd.DataFrame({USER_ID: hits[USER_ID].to_numpy(), "gain": gain, RANK: hits[RANK].to_numpy()})
+    agg = g.groupby(USER_ID).agg(n_hit=(RANK, "size"), dcg=("gain", "sum"), first=(RANK, "min"))
+    out = pd.DataFrame(index=n_rel.index).join(n_rel).join(agg)
+    out[["n_hit", "dcg"]] = out[["n_hit", "dcg"]].fillna(0.0)
+    # Ideal DCG for n relevant items: the prefix sum of the discounts, looked up by min(n, k).
+    discounts = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))])
+    idcg = discounts[np.minimum(out["n_rel"].to_numpy(), k)]
+    res = pd.DataFrame(index=out.index)
+    res["recall"] = out["n_hit"] / out["n_rel"]
+    res["ndcg"] = out["dcg"].to_numpy() / idcg
+    res["mrr"] = (1.0 / out["first"]).fillna(0.0)
+    res["hr"] = (out["n_hit"] > 0).astype(float)
+    return res
+
+
+def candidate_recall(candidates: pd.DataFrame, truth: pd.DataFrame) -> pd.Series:
+    """Per user of `truth`: the share of their relevant articles present anywhere in their candidate list
+    (the ceiling any reranker of that list can reach)."""
+    _check(candidates, [USER_ID, ARTICLE_ID], "candidate")
+    _check(truth, [USER_ID, ARTICLE_ID], "truth")
+    truth = truth[[USER_ID, ARTICLE_ID]].drop_duplicates()
+    found = truth.merge(
+        candidates[[USER_ID, ARTICLE_ID]].drop_duplicates(),
+        on=[USER_ID, ARTICLE_ID],
+        how="left",
+        indicator=True,
+    )
+    return (found["_merge"] == "both").groupby(found[USER_ID]).mean().rename("candidate_recall")
+
+
+def coverage(recs: pd.DataFrame, catalogue_size: int, k: int = 10) -> float:
+    """Catalogue coverage: distinct articles shown in anyone's top k / articles in the catalogue."""
+    if catalogue_size < 1:
+        raise ValueError(f"catalogue_size must be >= 1, got {catalogue_size}")
+    _check(recs, [ARTICLE_ID, RANK], "recommendation")
+    return float(recs.loc[recs[RANK] <= k, ARTICLE_ID].nunique()) / float(catalogue_size)
+
+
+def summarise(per_user: pd.DataFrame, k: int) -> dict[str, float]:
+    """Mean of each per-user metric, keyed `recall@10` etc., plus the number of users."""
+    out = {f"{m}@{k}": float(per_user[m].mean()) if len(per_user) else float("nan") for m in METRICS}
+    out["users"] = len(per_user)
+    return out

@@ -1,0 +1,512 @@
+"""MLflow model registry: register the ranker with its serving bundle, promote behind a gate, roll back.
+
+The registered model `newsrec-ranker` is a pyfunc (pipelines.ranker_pyfunc) whose artifacts carry
+the SERVING BUNDLE: the booster and feature list, plus the candidate index and feature tables
+fitted at the end of the data, so `models:/newsrec-ranker@champion` is all the API needs.
+
+Aliases: a new version gets `challenger`. `promote` moves `champion` to it only if its test metric
+beats the champion's on the same test window by `promote.min_gain` and cold users do not lose more
+than `promote.cold_tolerance`. Every champion change is appended to the registered model's
+`champion_history` tag, which is what `rollback` walks back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines import columns as C
+from pipelines.features import (
+    CONTEXT_FEATURES,
+    FeatureTables,
+    normalise_embeddings,
+    read_articles,
+    read_embeddings,
+)
+from pipelines.train import Ranker, score_candidates
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+HISTORY_TAG = "champion_history"
+WINDOW_TAG = "test_window"
+# Version tags holding the test metrics a promotion compares: test.<segment>.<metric>.
+SEGMENTS = ("all", "warm", "cold")
+
+_BUNDLE_FILES = {"ranker": "ranker", "features": "features", "index": "index"}
+_EMBEDDINGS = "embeddings.npy"
+_ARTICLES = "articles.parquet"
+_META = "bundle.json"
+_HISTORY = "history.parquet"
+# Clicks before the cutoff, per user: the API's starting point for one user's candidates and features.
+HISTORY_COLUMNS = [C.USER_ID, C.SESSION_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP, *C.CONTEXT_COLUMNS]
+
+
+# --------------------------------------------------------------------------------------------- bundle
+
+
+@dataclass
+class ServingBundle:
+    """Everything online scoring needs, fitted at one cutoff (the end of the data)."""
+
+    ranker: Ranker
+    tables: FeatureTables
+    index: Any  # pipelines.candidates.CandidateIndex
+    articles: pd.DataFrame
+    meta: dict
+    history: pd.DataFrame | None = None  # HISTORY_COLUMNS sorted by user, time (absent in older bundles)
+
+    @property
+    def cutoff_ms(self) -> int:
+        return self.tables.cutoff_ms
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path) -> ServingBundle:
+        from pipelines.candidates import CandidateIndex
+
+        src = Path(bundle_dir)
+        if not (src / _META).exists():
+            raise FileNotFoundError(f"no serving bundle in {src} ({_META} missing)")
+        embeddings = np.load(src / _EMBEDDINGS, mmap_mode="r")
+        return cls(
+            ranker=Ranker.load(src / _BUNDLE_FILES["ranker"]),
+            tables=FeatureTables.load(src / _BUNDLE_FILES["features"], embeddings),
+            index=CandidateIndex.load(src / _BUNDLE_FILES["index"]),
+            articles=pd.read_parquet(src / _ARTICLES),
+            meta=json.loads((src / _META).read_text()),
+            history=pd.read_parquet(src / _HISTORY) if (src / _HISTORY).exists() else None,
+        )
+
+    def score(self, candidates: pd.DataFrame) -> np.ndarray:
+        """Scores for a candidate frame; context columns (CONTEXT_FEATURES), when present, are the request's."""
+        present = [c for c in CONTEXT_FEATURES if c in candidates.columns]
+        context = None
+        if present:
+            if len(present) != len(CONTEXT_FEATURES):
+                missing = sorted(set(CONTEXT_FEATURES) - set(present))
+                raise ValueError(f"candidate frame has some context columns but lacks {missing}")
+            context = candidates[[C.USER_ID, *CONTEXT_FEATURES]].drop_duplicates(C.USER_ID).set_index(C.USER_ID)
+        return score_candidates(self.ranker, candidates, self.tables, context)
+
+
+def build_bundle(
+    ranker_dir: str | Path,
+    features_dir: str | Path,
+    index_dir: str | Path,
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    validated_dir: str | Path | None = None,
+    feature_params: dict | None = None,
+) -> Path:
+    """Assemble the serving bundle folder from the serve snapshot's tables and index and the trained ranker.
+
+    With `validated_dir`, the clicks before the cutoff go in too (HISTORY_COLUMNS), and `feature_params`
+    (params.yaml `features`) are kept in the meta: the API refits one user's features from them after a
+    click it receives.
+    """
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    raw = Path(raw_dir)
+    ranker = Ranker.load(ranker_dir)
+    embeddings = normalise_embeddings(read_embeddings(raw / C.EMBEDDINGS_FILE))
+    tables = FeatureTables.load(features_dir, embeddings)
+    if not Path(index_dir).is_dir():
+        raise FileNotFoundError(f"candidate index not found: {index_dir} (run `newsrec candidates`)")
+    ranker.save(out / _BUNDLE_FILES["ranker"])
+    tables.save(out / _BUNDLE_FILES["features"])
+    shutil.copytree(index_dir, out / _BUNDLE_FILES["index"])
+    np.save(out / _EMBEDDINGS, embeddings)
+    read_articles(raw / C.METADATA_FILE).to_parquet(out / _ARTICLES, index=False)
+    if validated_dir is not None:
+        from pipelines.split import load_clicks
+
+        history = load_clicks(validated_dir, None, tables.cutoff_ms, columns=HISTORY_COLUMNS)
+        history = history[HISTORY_COLUMNS].sort_values([C.USER_ID, C.CLICK_TIMESTAMP], kind="mergesort")
+        history.to_parquet(out / _HISTORY, index=False)
+    meta = {"cutoff_ms": tables.cutoff_ms, "features": ranker.features, "ranker": ranker.meta,
+            "feature_params": dict(feature_params or {})}
+    (out / _META).write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def signature():
+    """Input: a candidate frame (ids, source scores/ranks, optional request context); output: one score."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    inputs = [ColSpec("long", C.USER_ID), ColSpec("long", C.ARTICLE_ID)]
+    # Scores are NaN where a source did not propose the article, ranks are 0 there (pipelines.candidates).
+    for source in C.CANDIDATE_SOURCES:
+        inputs += [ColSpec("double", C.score_col(source), required=False),
+                   ColSpec("long", C.rank_col(source), required=False)]
+    inputs += [ColSpec("double", C.score_col(C.FUSED), required=False)]
+    inputs += [ColSpec("long", col, required=False) for col in CONTEXT_FEATURES]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("double")]))
+
+
+# --------------------------------------------------------------------------------------------- MLflow
+
+
+def use_tracking(mlflow_params: dict) -> str:
+    """Point mlflow at the configured store and experiment; its id.
+
+    A new experiment's artifacts go to `artifact_root`: a local folder, an object-store URI the client
+    writes to itself (`s3://bucket/prefix`, endpoint from MLFLOW_S3_ENDPOINT_URL), or null to let a tracking
+    server decide (its proxied `--artifacts-destination`, so clients need no bucket credentials).
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_params["tracking_uri"])
+    # The registry follows the tracking store, even when something earlier in the process pointed it elsewhere.
+    mlflow.set_registry_uri(mlflow_params["tracking_uri"])
+    name = mlflow_params["experiment"]
+    exp = mlflow.get_experiment_by_name(name)
+    artifact_root = mlflow_params.get("artifact_root")
+    if exp is None and not artifact_root:
+        exp_id = mlflow.create_experiment(name)
+    elif exp is None and "://" in str(artifact_root):
+        exp_id = mlflow.create_experiment(name, artifact_location=str(artifact_root))
+    elif exp is None:
+        root = Path(artifact_root).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        exp_id = mlflow.create_experiment(name, artifact_location=root.as_uri())
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def metric_tag(segment: str, metric: str) -> str:
+    """Version tag key of a test metric, e.g. `test.cold.ndcg_at_10` for ("cold", "ndcg@10")."""
+    return f"test.{segment}.{metric.replace('@', '_at_')}"
+
+
+def register(
+    bundle_dir: str | Path,
+    test_metrics: dict[str, dict[str, float]],
+    test_window: str,
+    model_name: str,
+    alias: str,
+    run_id: str | None = None,
+    run_artifacts: list[Path] | None = None,
+) -> str:
+    """Log the pyfunc with its bundle (in the training run when it still exists), register it, alias it.
+
+    `test_metrics` is {segment: {metric: value}} of the reranker on the test window `test_window`;
+    both are stored as version tags so a later `promote` compares like with like. Returns the version.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from pipelines import ranker_pyfunc
+
+    client = MlflowClient()
+    if run_id is not None:
+        try:
+            client.get_run(run_id)
+        except MlflowException:  # the tracking store was reset since training: log into a fresh run
+            run_id = None
+    with mlflow.start_run(run_id=run_id):
+        for path in run_artifacts or []:
+            mlflow.log_artifact(str(path), artifact_path="evaluation")
+        mlflow.log_metrics(
+            {metric_tag(seg, m).removeprefix("test.").replace(".", "_"): float(v)
+             for seg, values in test_metrics.items() for m, v in values.items()}
+        )
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=ranker_pyfunc.__file__,
+            artifacts={ranker_pyfunc.BUNDLE_ARTIFACT: str(Path(bundle_dir).resolve())},
+            signature=signature(),
+            # Declared, not inferred: inference re-imports the model in a subprocess and takes minutes.
+            pip_requirements=["newsrec"],
+            registered_model_name=model_name,
+        )
+    version = str(info.registered_model_version)
+    client.set_model_version_tag(model_name, version, WINDOW_TAG, test_window)
+    for seg, values in test_metrics.items():
+        for metric, value in values.items():
+            client.set_model_version_tag(model_name, version, metric_tag(seg, metric), repr(float(value)))
+    client.set_registered_model_alias(model_name, alias, version)
+    return version
+
+
+@dataclass
+class Decision:
+    promoted: bool
+    reason: str
+    challenger: str | None
+    champion: str | None
+
+
+def _alias_version(client, model_name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None
+
+
+def _history(client, model_name: str) -> list[str]:
+    tags = client.get_registered_model(model_name).tags
+    return [str(v) for v in json.loads(tags.get(HISTORY_TAG, "[]"))]
+
+
+def _set_champion(client, model_name: str, version: str, history: list[str]) -> None:
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+    client.set_registered_model_tag(model_name, HISTORY_TAG, json.dumps(history))
+
+
+def _tag_metric(mv, segment: str, metric: str) -> float | None:
+    value = mv.tags.get(metric_tag(segment, metric))
+    return None if value is None else float(value)
+
+
+def promote(client, model_name: str, metric: str, min_gain: float, cold_tolerance: float) -> Decision:
+    """Move `champion` to `challenger` if it wins on the same test window; otherwise say why and change nothing."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException as exc:
+        raise LookupError(f"no registered model '{model_name}' (run `newsrec register` first)") from exc
+    chal = _alias_version(client, model_name, CHALLENGER)
+    if chal is None:
+        raise LookupError(f"model '{model_name}' has no '{CHALLENGER}' alias: nothing to promote")
+    champ = _alias_version(client, model_name, CHAMPION)
+    history = _history(client, model_name)
+
+    def decide(ok: bool, reason: str) -> Decision:
+        return Decision(ok, reason, str(chal.version), str(champ.version) if champ else None)
+
+    if champ is None:
+        _set_champion(client, model_name, str(chal.version), history + [str(chal.version)])
+        return decide(True, f"no champion yet: version {chal.version} becomes champion")
+    if str(champ.version) == str(chal.version):
+        return decide(False, f"version {chal.version} is already champion")
+    if champ.tags.get(WINDOW_TAG) != chal.tags.get(WINDOW_TAG):
+        return decide(
+            False,
+            f"not comparable: champion v{champ.version} was tested on {champ.tags.get(WINDOW_TAG)!r}, "
+            f"challenger v{chal.version} on {chal.tags.get(WINDOW_TAG)!r}",
+        )
+    missing = [
+        f"v{mv.version} {metric_tag(seg, metric)}"
+        for mv in (chal, champ)
+        for seg in ("all", "cold")
+        if _tag_metric(mv, seg, metric) is None
+    ]
+    if missing:
+        return decide(False, f"missing test metrics: {', '.join(missing)}")
+    new, old = _tag_metric(chal, "all", metric), _tag_metric(champ, "all", metric)
+    new_cold, old_cold = _tag_metric(chal, "cold", metric), _tag_metric(champ, "cold", metric)
+    if new < old + min_gain:
+        return decide(
+            False,
+            f"challenger v{chal.version} {metric} {new:.4f} does not beat champion v{champ.version} "
+            f"{old:.4f} by the required {min_gain} (gain {new - old:+.4f})",
+        )
+    if new_cold < old_cold - cold_tolerance:
+        return decide(
+            False,
+            f"challenger v{chal.version} regresses on cold users: {metric} {new_cold:.4f} vs champion "
+            f"{old_cold:.4f} (tolerance {cold_tolerance})",
+        )
+    _set_champion(client, model_name, str(chal.version), history + [str(chal.version)])
+    return decide(
+        True,
+        f"challenger v{chal.version} {metric} {new:.4f} beats champion v{champ.version} {old:.4f} "
+        f"(gain {new - old:+.4f}; cold {new_cold:.4f} vs {old_cold:.4f})",
+    )
+
+
+def rollback(client, model_name: str) -> Decision:
+    """Point `champion` back at the version that was champion before the current one."""
+    champ = _alias_version(client, model_name, CHAMPION)
+    if champ is None:
+        raise LookupError(f"model '{model_name}' has no '{CHAMPION}' alias: nothing to roll back")
+    history = _history(client, model_name)
+    current = str(champ.version)
+    if not history or history[-1] != current:
+        # Someone moved the alias by hand: the live champion is what is being rolled back.
+        history.append(current)
+    if len(history) < 2:
+        raise LookupError(f"version {champ.version} is the first champion of '{model_name}': no previous one")
+    previous = history[-2]
+    _set_champion(client, model_name, previous, history[:-1])
+    return Decision(True, f"champion moved back from v{champ.version} to v{previous}", None, previous)
+
+
+def aliases(client, model_name: str) -> dict[str, str]:
+    """alias -> version of a registered model ({} when it is not registered)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return {alias: str(version) for alias, version in client.get_registered_model(model_name).aliases.items()}
+    except MlflowException:
+        return {}
+
+
+# --------------------------------------------------------------------------------------------- stage
+
+
+def window_id(validated_dir: str | Path, snapshot) -> str:
+    """Identity of a test window: its hours and a digest of its clicks, so two evaluations on the same
+    window agree and a window over other data (another dataset, re-validated hours) does not."""
+    from pipelines.split import load_clicks
+
+    clicks = load_clicks(validated_dir, snapshot.cutoff_ms, snapshot.end_ms, columns=[C.USER_ID,
+                         C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP])
+    digest = int(pd.util.hash_pandas_object(clicks[[C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP]],
+                                            index=False).sum()) & 0xFFFFFFFFFFFF
+    return f"hours {snapshot.cutoff_hour}-{snapshot.end_hour - 1}, {len(clicks)} clicks, {digest:012x}"
+
+
+def reranker_metrics(eval_results: dict) -> dict[str, dict[str, float]]:
+    """{segment: {metric: value}} of the reranker from `newsrec evaluate`'s eval.json."""
+    from pipelines.evaluate import RERANKER
+
+    methods = eval_results.get("methods", {})
+    if RERANKER not in methods:
+        raise ValueError("eval.json has no reranker results: run `newsrec evaluate` with --model")
+    return {seg: {m: float(v) for m, v in methods[RERANKER][seg].items()} for seg in SEGMENTS}
+
+
+def run_register(args: argparse.Namespace) -> dict:
+    """The DVC stage: bundle at the serve snapshot, register with the test metrics, optionally promote."""
+    from mlflow import MlflowClient
+
+    from pipelines.config import load_params
+    from pipelines.split import get_snapshot, read_snapshots
+
+    params = load_params("register", args.params)
+    mlflow_params = load_params("mlflow", args.params)
+    root = Path(args.data_root)
+    validated = root / "validated" / "clicks"
+    serve = read_snapshots(args.split, roles=["serve"])
+    if len(serve) != 1:
+        raise ValueError(f"{args.split}: expected exactly one serve snapshot, found {len(serve)}")
+    results = json.loads(Path(args.eval).read_text())
+    metrics = reranker_metrics(results)
+    window = window_id(validated, get_snapshot(args.split, results.get("snapshot", "test")))
+    bundle = build_bundle(
+        args.ranker,
+        Path(args.features) / serve[0].name,
+        Path(args.indexes) / serve[0].name,
+        root / "raw",
+        args.bundle_out,
+        validated_dir=validated,
+        feature_params=load_params("features", args.params),
+    )
+    run_file = Path(args.ranker) / "run.json"
+    run_id = json.loads(run_file.read_text())["run_id"] if run_file.exists() else None
+    use_tracking(mlflow_params)
+    version = register(bundle, metrics, window, params["model_name"], params["alias"], run_id,
+                       [Path(args.eval), Path(args.eval_table)])
+    out = {"model_name": params["model_name"], "version": version, "test_window": window,
+           "metrics": metrics["all"]}
+    if params["auto_promote"]:
+        gate = load_params("promote", args.params)
+        decision = promote(MlflowClient(), params["model_name"], gate["metric"], float(gate["min_gain"]),
+                           float(gate["cold_tolerance"]))
+        out["promotion"] = {"promoted": decision.promoted, "reason": decision.reason}
+    out["aliases"] = aliases(MlflowClient(), params["model_name"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`newsrec register`."""
+    parser = argparse.ArgumentParser(prog="newsrec register",
+                                     description="register the trained ranker and its serving bundle in MLflow")
+    parser.add_argument("--data-root", type=Path, required=True, help="data root with raw/ and validated/")
+    parser.add_argument("--split", type=Path, required=True, help="snapshot file written by `newsrec split`")
+    parser.add_argument("--ranker", type=Path, required=True, help="trained ranker folder (`newsrec train`)")
+    parser.add_argument("--features", type=Path, required=True, help="folder of <snapshot>/ feature tables")
+    parser.add_argument("--indexes", type=Path, required=True, help="folder of <snapshot>/ candidate indexes")
+    parser.add_argument("--eval", type=Path, required=True, help="eval.json of `newsrec evaluate`")
+    parser.add_argument("--eval-table", type=Path, required=True, help="eval_table.md of `newsrec evaluate`")
+    parser.add_argument("--bundle-out", type=Path, required=True, help="serving bundle folder to write")
+    parser.add_argument("--out", type=Path, required=True, help="registration summary to write (JSON)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    # Logging a model copies the bundle through MLflow's artifact repository: no per-file progress bars in logs.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        out = run_register(args)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"newsrec register: {exc}", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"registered {out['model_name']} version {out['version']} (test window {out['test_window']})")
+    if "promotion" in out:
+        print(("promoted: " if out["promotion"]["promoted"] else "not promoted: ") + out["promotion"]["reason"])
+    print("aliases: " + ", ".join(f"{a}=v{v}" for a, v in sorted(out["aliases"].items())))
+    return 0
+
+
+def _gate_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: params mlflow.tracking_uri)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    return parser
+
+
+def promote_main(argv: list[str] | None = None) -> int:
+    """`newsrec promote`: exit 0 when promoted, 3 when the gate refused (and why), 1 on error."""
+    from mlflow import MlflowClient
+
+    from pipelines.config import load_params
+
+    parser = _gate_parser("newsrec promote", "move alias champion to the challenger if it passes the gate")
+    parser.add_argument("--min-gain", type=float, help="override promote.min_gain")
+    args = parser.parse_args(argv)
+    gate = load_params("promote", args.params)
+    mlflow_params = load_params("mlflow", args.params)
+    if args.tracking_uri:
+        mlflow_params["tracking_uri"] = args.tracking_uri
+    use_tracking(mlflow_params)
+    min_gain = float(gate["min_gain"] if args.min_gain is None else args.min_gain)
+    try:
+        decision = promote(MlflowClient(), gate["model_name"], gate["metric"], min_gain, float(gate["cold_tolerance"]))
+    except LookupError as exc:
+        print(f"newsrec promote: {exc}", file=sys.stderr)
+        return 1
+    print(("promoted: " if decision.promoted else "not promoted: ") + decision.reason)
+    return 0 if decision.promoted else 3
+
+
+def rollback_main(argv: list[str] | None = None) -> int:
+    """`newsrec rollback`."""
+    from mlflow import MlflowClient
+
+    from pipelines.config import load_params
+
+    args = _gate_parser("newsrec rollback", "point alias champion back at the previous champion").parse_args(argv)
+    mlflow_params = load_params("mlflow", args.params)
+    if args.tracking_uri:
+        mlflow_params["tracking_uri"] = args.tracking_uri
+    use_tracking(mlflow_params)
+    try:
+        decision = rollback(MlflowClient(), load_params("promote", args.params)["model_name"])
+    except LookupError as exc:
+        print(f"newsrec rollback: {exc}", file=sys.stderr)
+        return 1
+    print(decision.reason)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""`newsrec serve`: the recommendation API (serving.app) under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from serving.settings import Settings
+
+    parser = argparse.ArgumentParser(prog="newsrec serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--host", help="bind address (default: serve.host)")
+    parser.add_argument("--port", type=int, help="port (default: serve.port)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="uvicorn worker processes; more than one needs serve.redis_url (shared user state)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: mlflow.tracking_uri)")
+    parser.add_argument("--redis-url", help="online user state in Redis (default: serve.redis_url)")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "tracking_uri": args.tracking_uri,
+                                   "redis_url": args.redis_url}.items() if v is not None}
+    settings = Settings.from_params(args.params, **overrides)
+    if args.workers > 1 and not settings.redis_url:
+        # Each worker would keep its own in-process state: a click posted to one would be invisible to the others.
+        print("newsrec serve: --workers > 1 needs serve.redis_url (or --redis-url) so workers share user state",
+              file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    if args.workers > 1:
+        # Workers are separate processes: each builds its own app from the same params (see factory below).
+        import os
+
+        os.environ["NEWSREC_SERVE_PARAMS"] = str(args.params)
+        for key, value in overrides.items():
+            section = "MLFLOW" if key == "tracking_uri" else "SERVE"
+            os.environ[f"NEWSREC__{section}__{key.upper()}"] = str(value)
+        uvicorn.run("serving.app:app_from_env", factory=True, host=settings.host, port=settings.port,
+                    workers=args.workers, log_level=args.log_level)
+        return 0
+
+    from serving.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    return 0

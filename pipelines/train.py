@@ -1,0 +1,297 @@
+"""LightGBM LambdaRank reranker over candidate lists: one query group per (user, snapshot).
+
+Train snapshots give the training groups, the val snapshot early-stops, labels are the target
+window's clicks. `score_candidates` is the one way anything (evaluation, the registry's pyfunc,
+the API) turns a candidate frame into reranker scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines import columns as C
+from pipelines.features import CATEGORICAL, FEATURES, FeatureTables, assemble
+
+MODEL_FILE = "ranker.txt"
+META_FILE = "ranker.json"
+SCORE_CHUNK_ROWS = 1_000_000
+
+
+@dataclass
+class Ranker:
+    """A trained booster and the feature names it was trained on, in order."""
+
+    booster: Any  # lightgbm.Booster; imported lazily
+    features: list[str]
+    meta: dict
+
+    def save(self, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.booster.save_model(str(out / MODEL_FILE), num_iteration=self.booster.best_iteration or None)
+        (out / META_FILE).write_text(json.dumps({**self.meta, "features": self.features}, indent=2) + "\n")
+        return out
+
+    @classmethod
+    def load(cls, in_dir: str | Path) -> Ranker:
+        import lightgbm as lgb
+
+        src = Path(in_dir)
+        if not (src / MODEL_FILE).exists() or not (src / META_FILE).exists():
+            raise FileNotFoundError(f"no ranker in {src} (need {MODEL_FILE} and {META_FILE}): run `newsrec train`")
+        meta = json.loads((src / META_FILE).read_text())
+        features = meta.pop("features")
+        return cls(booster=lgb.Booster(model_file=str(src / MODEL_FILE)), features=features, meta=meta)
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        missing = [f for f in self.features if f not in X.columns]
+        if missing:
+            raise ValueError(f"feature matrix lacks {missing}")
+        if len(X) == 0:
+            return np.zeros(0, dtype=np.float64)
+        return np.asarray(self.booster.predict(X[self.features], num_threads=1), dtype=np.float64)
+
+
+def score_candidates(
+    model: str | Path | Ranker,
+    candidates: pd.DataFrame,
+    feature_tables: FeatureTables,
+    context: pd.DataFrame | None = None,
+) -> np.ndarray:
+    """Reranker scores for `candidates` (one per row, same order); higher = show first.
+
+    `model` is a folder written by `newsrec train` (or the serving bundle's ranker folder) or a
+    loaded `Ranker`; `feature_tables` are the tables fitted at the candidates' cutoff; `context`
+    (index user_id) overrides the tables' request context, as the API does for a live request.
+    """
+    ranker = model if isinstance(model, Ranker) else Ranker.load(model)
+    # Slices keep the feature matrix small at Globo scale (rows are independent, see `assemble`).
+    step = SCORE_CHUNK_ROWS
+    parts = [ranker.predict(assemble(candidates.iloc[i : i + step], feature_tables, context))
+             for i in range(0, len(candidates), step)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
+
+
+@dataclass
+class RankingSet:
+    """A feature matrix with labels and LightGBM query groups (rows of a group are contiguous)."""
+
+    X: pd.DataFrame
+    y: np.ndarray
+    groups: np.ndarray
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.groups)
+
+
+def sample_negatives(candidates: pd.DataFrame, max_negatives: int, seed: int) -> pd.DataFrame:
+    """Keep every clicked candidate and at most `max_negatives` random unclicked ones per user.
+
+    Training cost grows with rows while most of a long list's negatives teach LambdaRank little;
+    sampling them uniformly keeps the list's mix (every source, every depth) in proportion.
+    """
+    if max_negatives < 1:
+        raise ValueError(f"max_negatives must be >= 1, got {max_negatives}")
+    key = np.random.default_rng(seed).random(len(candidates))
+    neg = candidates[C.LABEL].to_numpy() == 0
+    order = pd.DataFrame({"u": candidates[C.USER_ID].to_numpy(), "neg": neg, "key": key})
+    position = order.groupby(["u", "neg"])["key"].rank(method="first").to_numpy()
+    return candidates[~neg | (position <= max_negatives)]
+
+
+def ranking_set(
+    candidates: pd.DataFrame,
+    tables: FeatureTables,
+    drop_no_positive: bool = True,
+    max_negatives: int | None = None,
+    seed: int = 0,
+    max_queries: int | None = None,
+) -> RankingSet:
+    """Group one snapshot's labelled candidates by user, assemble features, keep queries with a click.
+
+    A query without any clicked candidate gives LambdaRank no gradient and early stopping a free
+    NDCG of 1, so those are dropped unless asked otherwise. `max_negatives` samples each query's
+    unclicked candidates down to that many (training only: evaluation needs whole lists);
+    `max_queries` keeps that many random queries whole (a bounded early-stopping set).
+    """
+    if C.LABEL not in candidates.columns:
+        raise ValueError(f"candidate frame lacks the '{C.LABEL}' column (labelled candidates are needed to train)")
+    frame = candidates
+    if drop_no_positive:
+        positive = frame.groupby(C.USER_ID)[C.LABEL].transform("max") > 0
+        frame = frame[positive]
+    if max_queries is not None:
+        users = frame[C.USER_ID].unique()
+        if len(users) > max_queries:
+            keep = np.random.default_rng(seed).choice(users, size=int(max_queries), replace=False)
+            frame = frame[frame[C.USER_ID].isin(keep)]
+    if max_negatives is not None:
+        frame = sample_negatives(frame, max_negatives, seed)
+    frame = frame.sort_values(C.USER_ID, kind="mergesort").reset_index(drop=True)
+    groups = frame.groupby(C.USER_ID, sort=True).size().to_numpy()
+    X = assemble(frame, tables)
+    return RankingSet(X=X, y=frame[C.LABEL].to_numpy(dtype=np.int32), groups=groups)
+
+
+def concat_sets(sets: list[RankingSet]) -> RankingSet:
+    """Several snapshots' sets as one (groups never straddle snapshots)."""
+    if not sets:
+        raise ValueError("no ranking sets to concatenate")
+    return RankingSet(
+        X=pd.concat([s.X for s in sets], ignore_index=True),
+        y=np.concatenate([s.y for s in sets]),
+        groups=np.concatenate([s.groups for s in sets]),
+    )
+
+
+def fit_ranker(train: RankingSet, val: RankingSet, params: dict) -> Ranker:
+    """Train LambdaRank on `train`, early-stopping on NDCG@eval_at of `val`."""
+    import lightgbm as lgb
+
+    if train.n_queries == 0 or int(train.y.sum()) == 0:
+        raise ValueError("training set has no query with a clicked candidate: nothing to learn from")
+    if val.n_queries == 0:
+        raise ValueError("validation set has no query with a clicked candidate: cannot early-stop")
+    features = [f for f in FEATURES if f not in params.get("exclude_features", [])]
+    categorical = [f for f in CATEGORICAL if f in features]
+    eval_at = int(params["eval_at"])
+    lgb_params = {
+        **params["lgb"],
+        "objective": "lambdarank",
+        "metric": "ndcg",
+        "eval_at": [eval_at],
+        "verbosity": -1,
+    }
+    dtrain = lgb.Dataset(train.X[features], train.y, group=train.groups, categorical_feature=categorical,
+                         free_raw_data=False)
+    dval = lgb.Dataset(val.X[features], val.y, group=val.groups, reference=dtrain, categorical_feature=categorical)
+    evals: dict = {}
+    booster = lgb.train(
+        lgb_params,
+        dtrain,
+        num_boost_round=int(params["num_boost_round"]),
+        valid_sets=[dval],
+        valid_names=["val"],
+        callbacks=[
+            lgb.early_stopping(int(params["early_stopping_rounds"]), verbose=False),
+            lgb.record_evaluation(evals),
+        ],
+    )
+    curve = evals["val"][f"ndcg@{eval_at}"]
+    best = booster.best_iteration or len(curve)
+    meta = {
+        "best_iteration": int(best),
+        f"val_ndcg_at_{eval_at}": float(curve[best - 1]),
+        "train_queries": int(train.n_queries),
+        "train_rows": len(train.y),
+        "val_queries": int(val.n_queries),
+        "val_rows": len(val.y),
+    }
+    return Ranker(booster=booster, features=features, meta=meta)
+
+
+def feature_importance(ranker: Ranker) -> pd.DataFrame:
+    """Gain and split importance per feature, highest gain first."""
+    b = ranker.booster
+    frame = pd.DataFrame(
+        {
+            "feature": b.feature_name(),
+            "gain": b.feature_importance("gain", iteration=b.best_iteration or None),
+            "split": b.feature_importance("split", iteration=b.best_iteration or None),
+        }
+    )
+    return frame.sort_values("gain", ascending=False).reset_index(drop=True)
+
+
+def load_ranking_set(
+    candidates_dir: Path, features_dir: Path, snapshot: str, embeddings: np.ndarray, **kwargs
+) -> RankingSet:
+    """The ranking set of one snapshot from the candidates and features stages' outputs."""
+    path = candidates_dir / f"{snapshot}.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"candidates of snapshot '{snapshot}' not found: {path} (run `newsrec candidates`)")
+    tables = FeatureTables.load(features_dir / snapshot, embeddings)
+    return ranking_set(pd.read_parquet(path), tables, **kwargs)
+
+
+def train(
+    split_path: Path, candidates_dir: Path, features_dir: Path, raw_dir: Path, params: dict
+) -> Ranker:
+    """Fit the ranker on every train snapshot, early-stopping on the val snapshot."""
+    from pipelines.features import normalise_embeddings, read_embeddings
+    from pipelines.split import read_snapshots
+
+    embeddings = normalise_embeddings(read_embeddings(raw_dir / C.EMBEDDINGS_FILE))
+    train_names = [s.name for s in read_snapshots(split_path, roles=["train"])]
+    val_names = [s.name for s in read_snapshots(split_path, roles=["val"])]
+    if not train_names or len(val_names) != 1:
+        raise ValueError(f"{split_path}: need >= 1 train snapshot and exactly 1 val snapshot")
+    sampling = {"max_negatives": params.get("max_negatives"), "seed": int(params["lgb"].get("seed", 0))}
+    train_set = concat_sets(
+        [load_ranking_set(candidates_dir, features_dir, n, embeddings, **sampling) for n in train_names]
+    )
+    val_set = load_ranking_set(candidates_dir, features_dir, val_names[0], embeddings,
+                               max_queries=params.get("val_max_queries"), seed=sampling["seed"])
+    ranker = fit_ranker(train_set, val_set, params)
+    ranker.meta["train_snapshots"] = train_names
+    return ranker
+
+
+def log_run(ranker: Ranker, out_dir: Path, params: dict, mlflow_params: dict) -> str:
+    """Log the training run to MLflow (params, validation metrics, importance, the ranker files); its id."""
+    import mlflow
+
+    from pipelines.registry import use_tracking
+
+    use_tracking(mlflow_params)
+    flat = {k: v for k, v in params.items() if k != "lgb"} | {f"lgb.{k}": v for k, v in params["lgb"].items()}
+    with mlflow.start_run(run_name="train") as run:
+        mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v for k, v in flat.items()})
+        mlflow.log_metrics({k: float(v) for k, v in ranker.meta.items() if isinstance(v, (int, float))})
+        mlflow.log_artifacts(str(out_dir), artifact_path="ranker")
+        return run.info.run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    from pipelines.config import load_params
+
+    parser = argparse.ArgumentParser(prog="newsrec train", description=__doc__.splitlines()[0])
+    parser.add_argument("--split", type=Path, required=True, help="snapshot file written by `newsrec split`")
+    parser.add_argument("--candidates", type=Path, required=True, help="folder of <snapshot>.parquet candidates")
+    parser.add_argument("--features", type=Path, required=True, help="folder of <snapshot>/ feature tables")
+    parser.add_argument("--raw", type=Path, required=True, help="raw folder (articles_embeddings.pickle)")
+    parser.add_argument("--out", type=Path, required=True, help="model folder to write (ranker.txt, ranker.json)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    params = load_params("train", args.params)
+    try:
+        ranker = train(args.split, args.candidates, args.features, args.raw, params)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"newsrec train: {exc}", file=sys.stderr)
+        return 1
+    ranker.save(args.out)
+    feature_importance(ranker).to_csv(args.out / "importance.csv", index=False)
+    run_file = args.out / "run.json"
+    run_file.unlink(missing_ok=True)
+    if not args.no_mlflow:
+        run_id = log_run(ranker, args.out, params, load_params("mlflow", args.params))
+        run_file.write_text(json.dumps({"run_id": run_id}) + "\n")
+    summary = {k: ranker.meta[k] for k in ranker.meta if k != "train_snapshots"}
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

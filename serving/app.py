@@ -1,0 +1,426 @@
+"""The HTTP API: `create_app(settings)` builds a FastAPI app around the registry's champion (and challenger).
+
+Endpoints are `async def` on purpose: a recommendation is a few milliseconds of CPU (candidate lookup,
+feature assembly, LightGBM), which is cheaper inline on the event loop than handed to a thread pool
+and fought over under the GIL.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoint signatures at runtime, and the
+# query bounds (k_max) come from settings inside create_app, which string annotations cannot see.
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, HTTPException, Path, Query, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from serving import recommend as rec
+from serving.ab import CHALLENGER, CHAMPION, assign_variant
+from serving.eventlog import JsonLinesLog
+from serving.metrics import PrometheusMiddleware, ServiceMetrics
+from serving.models import BundleSource, ModelHolder, ServedModel
+from serving.settings import Settings
+from serving.state import UserStateStore, make_state_store
+
+log = logging.getLogger("newsrec.serving")
+
+# Ids and context codes end up in int64 columns; bounding them turns overflow into a 422. The bound is the
+# largest integer a JSON client (a float64 in JavaScript) can send exactly, far above any real id.
+MAX_ID = 2**53 - 1
+
+
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integer: 3 or 3.0, but not true or "3" (which pydantic's lax mode would take)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a JSON integer")  # noqa: TRY004 - pydantic reports ValueError as a 422
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Id = Annotated[int, Field(ge=0, le=MAX_ID), BeforeValidator(_json_integer)]
+
+
+# Request time: what the service treats as "now" (default: see serve.clock). Integers are epoch milliseconds.
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant a datetime can hold
+
+
+def _iso_only(value: Any) -> Any:
+    """The date-time branch takes ISO strings only: numbers belong to the epoch-ms branch and its bounds."""
+    numeric = not isinstance(value, str) or value.strip().lstrip("+-").replace(".", "", 1).isdigit()
+    if numeric and not isinstance(value, datetime):
+        raise ValueError("a number here is epoch milliseconds, between 0 and 253402300799999")
+    return value
+
+
+TimeValue = Annotated[int, Field(ge=0, le=MAX_TIME_MS)] | Annotated[datetime, BeforeValidator(_iso_only)]
+# In a JSON body the epoch-ms branch is a JSON integer (not true, not "3"), as for ids.
+TimeBody = Annotated[int, Field(ge=0, le=MAX_TIME_MS), BeforeValidator(_json_integer)] | Annotated[
+    datetime, BeforeValidator(_iso_only)]
+TimeParam = Annotated[
+    TimeValue | None,
+    Query(description="request time: ISO 8601 date-time (UTC when no offset) or epoch milliseconds"),
+]
+
+
+class ArticleOut(BaseModel):
+    article_id: int
+    category_id: int
+    created_at: datetime
+    age_hours: float = Field(description="hours between publication and the request time")
+    words_count: int
+
+
+class RecommendedArticle(ArticleOut):
+    rank: int
+    score: float = Field(description="the ranker's score (higher is better; comparable within one list)")
+    sources: list[str] = Field(description="candidate generators that proposed it: emb, cocl, pop, trend")
+
+
+class Recommendations(BaseModel):
+    user_id: int
+    impression_id: str = Field(description="echo it in POST /v1/events to attribute the click")
+    variant: str = Field(description="A/B arm: champion or challenger")
+    model_name: str
+    model_version: str
+    cold_start: bool = Field(description="no history for this user: trending/fresh path")
+    as_of: datetime
+    items: list[RecommendedArticle]
+
+
+class SimilarArticle(ArticleOut):
+    rank: int
+    score: float = Field(description="embedding cosine, or decayed co-read weight")
+
+
+class Similar(BaseModel):
+    article: ArticleOut
+    model_version: str
+    embedding: list[SimilarArticle] = Field(description="nearest recommendable articles by embedding")
+    coclick: list[SimilarArticle] = Field(description="articles most co-read with it in sessions")
+
+
+class ClickEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: Id
+    article_id: Id
+    timestamp: TimeBody | None = Field(
+        None, description="when the click happened: ISO 8601 or epoch ms (default: the service clock)")
+    impression_id: str | None = Field(None, max_length=64, description="the recommendation list it came from")
+
+
+class EventAccepted(BaseModel):
+    user_id: int
+    article_id: int
+    timestamp_ms: int
+    recent_clicks: int = Field(description="clicks the service now holds for this user since the model's data")
+
+
+class RecentRead(ArticleOut):
+    clicked_at: datetime
+    online: bool = Field(description="posted to this service after the model's data cutoff")
+
+
+class KnownUser(BaseModel):
+    user_id: int
+    clicks: int = Field(description="clicks in the model's data")
+
+
+class UserHistory(BaseModel):
+    user_id: int
+    known: bool = Field(description="the model's data has clicks of this user")
+    items: list[RecentRead]
+
+
+def _ms(dt: datetime) -> int:
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _model_meta(model: ServedModel) -> dict[str, Any]:
+    return {
+        "model_name": model.ref.name,
+        "version": model.ref.version,
+        "run_id": model.ref.run_id,
+        "loaded_at": _dt(int(model.loaded_at * 1000)).isoformat(),
+        "cutoff": _dt(rec.cutoff_ms(model.bundle)).isoformat(),
+        **model.info,
+    }
+
+
+def create_app(
+    settings: Settings,
+    *,
+    source: BundleSource | None = None,
+    state: UserStateStore | None = None,
+    wall: Callable[[], float] = time.time,
+    poll: bool = True,
+) -> FastAPI:
+    """The service. `source` defaults to the MLflow registry, `state` to what settings configure."""
+    if source is None:
+        from serving.registry_source import MlflowBundleSource
+
+        source = MlflowBundleSource(settings.tracking_uri, settings.model_name)
+    if state is None:
+        state = make_state_store(
+            settings.redis_url, settings.state_prefix, settings.state_max_clicks, settings.state_ttl_seconds,
+            settings.state_max_users,
+        )
+    metrics = ServiceMetrics.create()
+
+    def on_swap(slot: str, model: ServedModel | None) -> None:
+        ref = model.ref if model else None
+        metrics.set_model(slot, settings.model_name, ref.version if ref else None, ref.run_id if ref else None)
+        if model is not None:
+            metrics.swaps.labels(slot).inc()
+            log.info("serving %s as %s", ref.uri, slot)
+
+    holder = ModelHolder(source, settings.champion_alias, settings.challenger_alias, on_swap=on_swap)
+    impressions = clicks = None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        nonlocal impressions, clicks
+        impressions = JsonLinesLog(settings.impression_log, settings.log_flush_seconds)
+        clicks = JsonLinesLog(settings.click_log, settings.log_flush_seconds)
+        app.state.logs = (impressions, clicks)
+        holder.refresh()
+        if poll:
+            holder.start(settings.poll_seconds)
+        try:
+            yield
+        finally:
+            holder.stop()
+            impressions.close()
+            clicks.close()
+            state.close()
+
+    app = FastAPI(
+        title="newsrec",
+        version="1",
+        description="Personalised news recommendations from the registry's champion ranker, with an A/B split.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(PrometheusMiddleware, metrics=metrics)
+    app.state.holder = holder
+    app.state.state = state
+    app.state.metrics = metrics
+    app.state.settings = settings
+
+    def champion() -> ServedModel:
+        model = holder.slots.champion
+        if model is None:
+            raise HTTPException(503, f"no model in service yet: alias '{settings.champion_alias}' of "
+                                     f"'{settings.model_name}' is not loaded ({holder.last_error or 'not set'})")
+        return model
+
+    def as_of(model: ServedModel, time_: datetime | int | None) -> int:
+        if time_ is not None:
+            return time_ if isinstance(time_, int) else _ms(time_)
+        return rec.cutoff_ms(model.bundle) if settings.clock == "cutoff" else int(wall() * 1000)
+
+    def require_article(model: ServedModel, article_id: int) -> None:
+        if not rec.has_article(model.bundle, article_id):
+            raise HTTPException(404, f"article {article_id} is not in the catalogue of "
+                                     f"{model.ref.name} version {model.ref.version}")
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], summary="Readiness: a champion bundle is loaded and user state answers",
+             responses={503: {"description": "not ready, with the reasons"}})
+    async def readyz() -> JSONResponse:
+        slots = holder.slots
+        reasons = []
+        if slots.champion is None:
+            reasons.append(f"no champion loaded ({holder.last_error or 'alias not set'})")
+        if not state.ping():
+            reasons.append("user state store does not answer")
+        body = {
+            "status": "not ready" if reasons else "ready",
+            "reasons": reasons,
+            "champion": slots.champion.ref.version if slots.champion else None,
+            "challenger": slots.challenger.ref.version if slots.challenger else None,
+        }
+        return JSONResponse(body, status_code=503 if reasons else 200)
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", tags=["models"], summary="The model versions in service and what they were trained on")
+    async def models() -> dict[str, Any]:
+        slots = holder.slots
+        return {
+            "champion": _model_meta(slots.champion) if slots.champion else None,
+            "challenger": _model_meta(slots.challenger) if slots.challenger else None,
+            "challenger_share": settings.challenger_share,
+            "last_poll": _dt(int(holder.last_poll * 1000)).isoformat() if holder.last_poll else None,
+            "last_error": holder.last_error,
+        }
+
+    @app.get(
+        "/v1/users/{user_id}/recommendations",
+        tags=["recommendations"],
+        summary="Top-k articles for a user (unknown users get the cold-start path)",
+        response_model=Recommendations,
+        responses={503: {"description": "no model loaded yet"}},
+    )
+    async def recommendations(
+        user_id: Annotated[int, Path(ge=0, le=MAX_ID, description="Globo user id")],
+        k: Annotated[int, Query(ge=1, le=settings.k_max, description="how many articles")] = settings.k_default,
+        device: Annotated[int | None, Query(ge=0, le=MAX_ID, description="click_deviceGroup code")] = None,
+        os: Annotated[int | None, Query(ge=0, le=MAX_ID, description="click_os code")] = None,
+        referrer: Annotated[int | None, Query(ge=0, le=MAX_ID, description="click_referrer_type code")] = None,
+        region: Annotated[int | None, Query(ge=0, le=MAX_ID, description="click_region code")] = None,
+        environment: Annotated[int | None, Query(ge=0, le=MAX_ID, description="click_environment")] = None,
+        time: TimeParam = None,
+    ) -> Recommendations:
+        slots = holder.slots  # read once: a swap mid-request cannot mix two models
+        if slots.champion is None:
+            champion()
+        variant = assign_variant(settings.ab_salt, user_id, settings.challenger_share)
+        model = slots.champion
+        if variant == CHALLENGER:
+            if slots.challenger is not None:
+                model = slots.challenger
+            else:
+                variant = CHAMPION
+                metrics.fallbacks.labels("no_challenger").inc()
+        now_ms = as_of(model, time)
+        context = rec.Context(device=device, os=os, referrer=referrer, region=region, environment=environment)
+        result = rec.recommend(model.bundle, user_id, state.recent(user_id), context, now_ms, k)
+        if result.cold_start:
+            metrics.fallbacks.labels("cold_start").inc()
+        metrics.variants.labels(variant).inc()
+        impression_id = uuid.uuid4().hex
+        impressions.write({
+            "impression_id": impression_id,
+            "ts_ms": int(wall() * 1000),
+            "as_of_ms": now_ms,
+            "user_id": user_id,
+            "variant": variant,
+            "model_version": model.ref.version,
+            "cold_start": result.cold_start,
+            "articles": result.article_ids,
+        })
+        return Recommendations(
+            user_id=user_id,
+            impression_id=impression_id,
+            variant=variant,
+            model_name=model.ref.name,
+            model_version=model.ref.version,
+            cold_start=result.cold_start,
+            as_of=_dt(now_ms),
+            items=result.items,
+        )
+
+    @app.get(
+        "/v1/articles/{article_id}",
+        tags=["articles"],
+        summary="One article's details",
+        response_model=ArticleOut,
+        responses={404: {"description": "unknown article"}, 503: {"description": "no model loaded yet"}},
+    )
+    async def article(
+        article_id: Annotated[int, Path(ge=0, le=MAX_ID)],
+        time: TimeParam = None,
+    ) -> ArticleOut:
+        model = champion()
+        require_article(model, article_id)
+        return ArticleOut(**rec.article_details(model.bundle, [article_id], as_of(model, time))[0])
+
+    @app.get(
+        "/v1/articles/{article_id}/similar",
+        tags=["articles"],
+        summary="Articles nearest by embedding, and most co-read in sessions",
+        response_model=Similar,
+        responses={404: {"description": "unknown article"}, 503: {"description": "no model loaded yet"}},
+    )
+    async def similar(
+        article_id: Annotated[int, Path(ge=0, le=MAX_ID)],
+        k: Annotated[int, Query(ge=1, le=settings.similar_k_max)] = settings.k_default,
+        time: TimeParam = None,
+    ) -> Similar:
+        model = champion()
+        require_article(model, article_id)
+        now_ms = as_of(model, time)
+        return Similar(
+            article=ArticleOut(**rec.article_details(model.bundle, [article_id], now_ms)[0]),
+            model_version=model.ref.version,
+            **rec.similar(model.bundle, article_id, k, now_ms),
+        )
+
+    @app.get(
+        "/v1/users",
+        tags=["recommendations"],
+        summary="Users the model has history for: the most active, or a random sample",
+        responses={503: {"description": "no model loaded yet"}},
+    )
+    async def users(
+        n: Annotated[int, Query(ge=1, le=1000)] = 20,
+        order: Annotated[Literal["active", "random"], Query()] = "active",
+        seed: Annotated[int, Query(ge=0, le=2**32 - 1)] = 0,
+    ) -> list[KnownUser]:
+        return [KnownUser(**u) for u in rec.known_users(champion().bundle, n, order, seed)]
+
+    @app.get(
+        "/v1/users/{user_id}/history",
+        tags=["recommendations"],
+        summary="A user's most recent reads: the model's history plus clicks posted since",
+        response_model=UserHistory,
+        responses={503: {"description": "no model loaded yet"}},
+    )
+    async def history(
+        user_id: Annotated[int, Path(ge=0, le=MAX_ID)],
+        n: Annotated[int, Query(ge=1, le=settings.k_max)] = settings.k_default,
+    ) -> UserHistory:
+        model = champion()
+        known, items = rec.user_history(model.bundle, user_id, state.recent(user_id), n, as_of(model, None))
+        return UserHistory(user_id=user_id, known=known, items=items)
+
+    @app.post(
+        "/v1/events",
+        tags=["events"],
+        summary="Record a click; the user's next recommendations reflect it",
+        status_code=202,
+        response_model=EventAccepted,
+        responses={400: {"description": "the body is not JSON"}, 404: {"description": "unknown article"},
+                   503: {"description": "no model loaded yet"}},
+    )
+    async def events(event: ClickEvent) -> EventAccepted:
+        model = champion()
+        require_article(model, event.article_id)
+        ts = as_of(model, event.timestamp)
+        state.add_click(event.user_id, event.article_id, ts)
+        metrics.events.inc()
+        clicks.write({
+            "ts_ms": int(wall() * 1000),
+            "event_ms": ts,
+            "user_id": event.user_id,
+            "article_id": event.article_id,
+            "impression_id": event.impression_id,
+        })
+        return EventAccepted(user_id=event.user_id, article_id=event.article_id, timestamp_ms=ts,
+                             recent_clicks=len(state.recent(event.user_id)))
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """App factory for multi-worker uvicorn: every worker process builds its own app from params."""
+    import os
+
+    return create_app(Settings.from_params(os.environ.get("NEWSREC_SERVE_PARAMS", "params.yaml")))

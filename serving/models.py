@@ -1,0 +1,142 @@
+"""Which model bundles are in service, and how a new registry version replaces one without a failed request.
+
+`Slots` is an immutable pair (champion, challenger). Requests read `holder.slots` once and use that
+object to the end, so a swap — building the new bundle completely, then assigning one reference —
+can never hand a request half a model. Python assigns references atomically, so no lock is needed
+on the read path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+log = logging.getLogger("newsrec.serving")
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """What an alias points at, cheap to look up on every poll."""
+
+    name: str
+    version: str
+    run_id: str
+    source: str  # the URI artifacts are loaded from
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A fully built serving bundle and where it came from."""
+
+    ref: VersionRef
+    bundle: Any
+    loaded_at: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Slots:
+    champion: ServedModel | None = None
+    challenger: ServedModel | None = None
+
+
+class BundleSource(Protocol):
+    """Where bundles come from: the MLflow registry in service; a folder source is a valid stand-in."""
+
+    def resolve(self, alias: str) -> VersionRef | None:
+        """The version an alias points at now, or None when the alias is not set."""
+
+    def load(self, ref: VersionRef) -> ServedModel:
+        """Build the bundle for `ref` (slow: downloads artifacts, builds indexes)."""
+
+
+class ModelHolder:
+    """Keeps champion/challenger current by polling the aliases; swaps whole bundles atomically."""
+
+    def __init__(
+        self,
+        source: BundleSource,
+        champion_alias: str,
+        challenger_alias: str,
+        on_swap: Callable[[str, ServedModel | None], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.aliases = {"champion": champion_alias, "challenger": challenger_alias}
+        self.slots = Slots()
+        self.last_error: str | None = None
+        self.last_poll: float | None = None
+        self._on_swap = on_swap
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> bool:
+        """Re-read both aliases; load and swap in what changed. True when something was swapped.
+
+        A version that fails to load leaves the current one serving (and is retried next poll): a
+        broken registration must not take the service down.
+        """
+        with self._refresh_lock:
+            current = self.slots
+            new = {"champion": current.champion, "challenger": current.challenger}
+            changed = False
+            errors = []
+            for slot, alias in self.aliases.items():
+                try:
+                    ref = self.source.resolve(alias)
+                except Exception as exc:  # noqa: BLE001 - registry outages must not stop the poller
+                    errors.append(f"resolve {alias}: {exc}")
+                    continue
+                held = new[slot]
+                if ref is None:
+                    if held is not None:
+                        new[slot], changed = None, True
+                    continue
+                if held is not None and held.ref == ref:
+                    continue
+                other = new["champion" if slot == "challenger" else "challenger"]
+                if other is not None and other.ref == ref:
+                    new[slot] = other  # same version behind both aliases: share one bundle in memory
+                else:
+                    try:
+                        new[slot] = self.source.load(ref)
+                    except Exception as exc:
+                        log.exception("loading %s for alias %s failed; keeping the current one", ref.uri, alias)
+                        errors.append(f"load {ref.uri}: {exc}")
+                        continue
+                changed = True
+            self.last_poll = time.time()
+            self.last_error = "; ".join(errors) or None
+            if changed:
+                self.slots = Slots(**new)  # the one atomic swap
+                for slot in self.aliases:
+                    if getattr(current, slot) is not new[slot] and self._on_swap is not None:
+                        self._on_swap(slot, new[slot])
+            return changed
+
+    def start(self, poll_seconds: float) -> None:
+        """Poll in a daemon thread until `stop()`."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+
+        def run() -> None:
+            while not self._stop.wait(poll_seconds):
+                self.refresh()
+
+        self._thread = threading.Thread(target=run, name="model-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None

@@ -1,0 +1,292 @@
+"""One user's recommendations from a serving bundle, with the same code the offline pipeline runs.
+
+`prepare(bundle)` does once, at load time, what would otherwise cost every request: catalogue
+lookups as arrays indexed by article id, each user's history as a slice of sorted arrays, co-click
+neighbours grouped by article, context defaults. A request then calls the pipeline's own functions
+for one user: `CandidateIndex.candidates` (sources, fusion, read-article exclusion),
+`pipelines.train.score_candidates` (feature assembly + the booster), and, when the service has seen
+clicks since the bundle's cutoff, `pipelines.features.fit_user_tables` / `user_profiles` to refit
+that user's features with them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines import columns as C
+from pipelines.features import CONTEXT_FEATURES, fit_user_tables, user_profiles
+from pipelines.train import score_candidates
+from serving.state import Click
+
+# The session id given to clicks received online: one "live session" per user, distinct from any real one.
+ONLINE_SESSION = -1
+# Request context parameter -> (context feature, click column, the user's habit feature).
+CONTEXT_PARAMS = {
+    "device": ("c_device", C.CLICK_DEVICE_GROUP, "u_device"),
+    "os": ("c_os", C.CLICK_OS, "u_os"),
+    "referrer": ("c_referrer", C.CLICK_REFERRER_TYPE, "u_referrer"),
+    "region": ("c_region", C.CLICK_REGION, "u_region"),
+    "environment": ("c_environment", C.CLICK_ENVIRONMENT, None),
+}
+
+
+@dataclass(frozen=True)
+class Context:
+    """A request's context codes (Globo's integer codes); None = not sent."""
+
+    device: int | None = None
+    os: int | None = None
+    referrer: int | None = None
+    region: int | None = None
+    environment: int | None = None
+
+
+@dataclass
+class Result:
+    items: list[dict[str, Any]]
+    article_ids: list[int]
+    cold_start: bool
+
+
+@dataclass
+class Prepared:
+    """A serving bundle plus the lookup structures that keep per-request work small."""
+
+    bundle: Any  # pipelines.registry.ServingBundle
+    cutoff_ms: int
+    half_life_h: float
+    # Catalogue, indexed by article id (exists=False for ids with no metadata row).
+    exists: np.ndarray
+    category: np.ndarray
+    created: np.ndarray
+    words: np.ndarray
+    # History: clicks sorted by user; user u's rows are [start[i], end[i]) where users[i] == u.
+    hist_users: np.ndarray
+    hist_start: np.ndarray
+    hist_end: np.ndarray
+    hist: dict[str, np.ndarray]
+    # Co-click neighbours sorted by (article_a, rank), sliced the same way.
+    cocl_a: np.ndarray
+    cocl_start: np.ndarray
+    cocl_end: np.ndarray
+    cocl_b: np.ndarray
+    cocl_w: np.ndarray
+    context_default: dict[str, int]
+
+
+def prepare(bundle: Any) -> Prepared:
+    """Precompute what requests need from `bundle` (a pipelines.registry.ServingBundle)."""
+    meta = bundle.articles
+    size = int(meta[C.ARTICLE_ID].max()) + 1 if len(meta) else 0
+    ids = meta[C.ARTICLE_ID].to_numpy()
+    exists = np.zeros(size, dtype=bool)
+    exists[ids] = True
+    category, created, words = (np.full(size, -1, dtype=np.int64) for _ in range(3))
+    category[ids] = meta[C.CATEGORY_ID].to_numpy()
+    created[ids] = meta[C.CREATED_AT_TS].to_numpy()
+    words[ids] = meta[C.WORDS_COUNT].to_numpy()
+
+    from pipelines.registry import HISTORY_COLUMNS
+
+    history = bundle.history
+    if history is None:
+        raise ValueError("the serving bundle has no click history (built without validated_dir): rebuild it "
+                         "with `newsrec register`")
+    history = history[HISTORY_COLUMNS].sort_values([C.USER_ID, C.CLICK_TIMESTAMP], kind="mergesort")
+    hist = {c: history[c].to_numpy(dtype=np.int64) for c in HISTORY_COLUMNS}
+    users, starts, counts = np.unique(hist[C.USER_ID], return_index=True, return_counts=True)
+
+    cocl = bundle.index.coclick.sort_values([C.ARTICLE_A, C.RANK], kind="mergesort")
+    a_ids, a_starts, a_counts = np.unique(cocl[C.ARTICLE_A].to_numpy(), return_index=True, return_counts=True)
+
+    # A context code the request leaves out is filled with the commonest value in the data, so the
+    # model never sees a missing value it was not trained with.
+    context_default = {}
+    for param, (_, column, _) in CONTEXT_PARAMS.items():
+        values = hist[column]
+        context_default[param] = int(np.bincount(values - values.min()).argmax() + values.min()) if len(values) else 0
+
+    feature_params = bundle.meta.get("feature_params") or {}
+    return Prepared(
+        bundle=bundle,
+        cutoff_ms=int(bundle.cutoff_ms),
+        half_life_h=float(feature_params.get("profile_half_life_h", 24.0)),
+        exists=exists,
+        category=category,
+        created=created,
+        words=words,
+        hist_users=users,
+        hist_start=starts,
+        hist_end=starts + counts,
+        hist=hist,
+        cocl_a=a_ids,
+        cocl_start=a_starts,
+        cocl_end=a_starts + a_counts,
+        cocl_b=cocl[C.ARTICLE_B].to_numpy(dtype=np.int64),
+        cocl_w=cocl[C.WEIGHT].to_numpy(dtype=np.float64),
+        context_default=context_default,
+    )
+
+
+def cutoff_ms(prepared: Prepared) -> int:
+    """The end of the data the bundle was fitted on."""
+    return prepared.cutoff_ms
+
+
+def has_article(prepared: Prepared, article_id: int) -> bool:
+    return 0 <= article_id < len(prepared.exists) and bool(prepared.exists[article_id])
+
+
+def article_details(prepared: Prepared, article_ids: Sequence[int], as_of_ms: int) -> list[dict[str, Any]]:
+    """Metadata of catalogue articles (ids must exist), with age at `as_of_ms`."""
+    ids = np.asarray(article_ids, dtype=np.int64)
+    created = prepared.created[ids]
+    ages = (as_of_ms - created) / C.HOUR_MS
+    category, words = prepared.category[ids], prepared.words[ids]
+    return [
+        {"article_id": int(a), "category_id": int(c), "created_at": pd.Timestamp(int(t), unit="ms", tz="UTC"),
+         "age_hours": round(float(g), 3), "words_count": int(w)}
+        for a, c, t, g, w in zip(ids, category, created, ages, words, strict=True)
+    ]
+
+
+def _history_slice(prepared: Prepared, user_id: int) -> slice | None:
+    i = np.searchsorted(prepared.hist_users, user_id)
+    if i < len(prepared.hist_users) and prepared.hist_users[i] == user_id:
+        return slice(int(prepared.hist_start[i]), int(prepared.hist_end[i]))
+    return None
+
+
+def user_clicks(prepared: Prepared, user_id: int, recent: Sequence[Click], context: dict[str, int]) -> pd.DataFrame:
+    """The user's clicks before the cutoff plus those received since, in HISTORY_COLUMNS, oldest first."""
+    sl = _history_slice(prepared, user_id)
+    cols: dict[str, np.ndarray] = {}
+    for col, values in prepared.hist.items():
+        cols[col] = values[sl] if sl is not None else values[:0]
+    if recent:
+        online = np.asarray(recent, dtype=np.int64)[::-1]  # the store keeps newest first
+        n = len(online)
+        extra = {
+            C.USER_ID: np.full(n, user_id, dtype=np.int64),
+            C.SESSION_ID: np.full(n, ONLINE_SESSION, dtype=np.int64),
+            C.CLICK_ARTICLE_ID: online[:, 0],
+            C.CLICK_TIMESTAMP: online[:, 1],
+        }
+        for param, (_, column, _) in CONTEXT_PARAMS.items():
+            extra[column] = np.full(n, context[param], dtype=np.int64)
+        extra[C.CLICK_COUNTRY] = np.full(n, -1, dtype=np.int64)
+        cols = {c: np.concatenate([cols[c], extra[c]]) for c in cols}
+    return pd.DataFrame(cols)
+
+
+def resolve_context(prepared: Prepared, user_id: int, context: Context) -> dict[str, int]:
+    """Request context with gaps filled: the user's habit when known, else the data's commonest value."""
+    users = prepared.bundle.tables.users
+    pos = users.index.get_indexer([user_id])[0]
+    out = {}
+    for param, (_, _, habit) in CONTEXT_PARAMS.items():
+        value = getattr(context, param)
+        if value is None and habit is not None and pos >= 0:
+            h = users[habit].iat[pos]
+            value = None if pd.isna(h) else int(h)
+        out[param] = int(value) if value is not None else prepared.context_default[param]
+    return out
+
+
+def _context_frame(user_id: int, context: dict[str, int], as_of_ms: int) -> pd.DataFrame:
+    row = {"c_hour_of_day": (as_of_ms // C.HOUR_MS) % 24}
+    row.update({CONTEXT_PARAMS[p][0]: v for p, v in context.items()})
+    return pd.DataFrame([row], index=pd.Index([user_id], name=C.USER_ID))[CONTEXT_FEATURES].astype("int64")
+
+
+def _tables_with_online(prepared: Prepared, clicks: pd.DataFrame, as_of_ms: int):
+    """The bundle's feature tables with this user's rows refitted on history + online clicks."""
+    tables = prepared.bundle.tables
+    cut = max(int(as_of_ms), int(clicks[C.CLICK_TIMESTAMP].max()) + 1)
+    ids = np.unique(clicks[C.CLICK_ARTICLE_ID].to_numpy())
+    # Only the clicked articles' metadata: fit_user_tables indexes it by id, the whole catalogue would cost more.
+    meta = pd.DataFrame({C.ARTICLE_ID: ids, C.CATEGORY_ID: prepared.category[ids],
+                         C.CREATED_AT_TS: prepared.created[ids], C.WORDS_COUNT: prepared.words[ids]})
+    users, user_categories = fit_user_tables(clicks, meta, cut)
+    _, profiles = user_profiles(clicks, tables.embeddings, cut, prepared.half_life_h)
+    # The article-side caches stay valid; everything derived from the user tables must be rebuilt.
+    cache = {k: v for k, v in tables._cache.items() if isinstance(k, tuple) and k[0] == "articles"}
+    return dataclasses.replace(tables, users=users, profiles=profiles, user_categories=user_categories,
+                               _cache=cache)
+
+
+def recommend(
+    prepared: Prepared, user_id: int, recent: Sequence[Click], context: Context, as_of_ms: int, k: int
+) -> Result:
+    """Top-k articles for one user: candidates -> features -> ranker, read articles excluded."""
+    ctx = resolve_context(prepared, user_id, context)
+    clicks = user_clicks(prepared, user_id, recent, ctx)
+    cold = len(clicks) == 0
+    index = prepared.bundle.index
+    cands = index.candidates(clicks[[C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP]], users=[user_id])
+    if len(cands) == 0:
+        return Result(items=[], article_ids=[], cold_start=cold)
+    tables = _tables_with_online(prepared, clicks, as_of_ms) if recent else prepared.bundle.tables
+    scores = score_candidates(prepared.bundle.ranker, cands, tables, _context_frame(user_id, ctx, as_of_ms))
+    fused_rank = cands[C.rank_col(C.FUSED)].to_numpy()
+    order = np.lexsort((fused_rank, -scores))[:k]
+    top = cands.iloc[order]
+    ranks = {s: top[C.rank_col(s)].to_numpy() for s in C.CANDIDATE_SOURCES}
+    ids = top[C.ARTICLE_ID].to_numpy()
+    items = article_details(prepared, ids, as_of_ms)
+    for i, item in enumerate(items):
+        item["rank"] = i + 1
+        item["score"] = float(scores[order[i]])
+        item["sources"] = [s for s in C.CANDIDATE_SOURCES if ranks[s][i] > 0]
+    return Result(items=items, article_ids=[int(a) for a in ids], cold_start=cold)
+
+
+def similar(prepared: Prepared, article_id: int, k: int, as_of_ms: int) -> dict[str, list[dict[str, Any]]]:
+    """Nearest recommendable articles by embedding, and the most co-read ones (decayed session pairs)."""
+    emb = prepared.bundle.index.similar_articles([article_id], k)
+    emb_items = article_details(prepared, emb[C.ARTICLE_B].to_numpy(), as_of_ms)
+    for item, rank, score in zip(emb_items, emb[C.RANK].to_numpy(), emb[C.SCORE].to_numpy(), strict=True):
+        item.update(rank=int(rank), score=float(score))
+    i = np.searchsorted(prepared.cocl_a, article_id)
+    cocl_items: list[dict[str, Any]] = []
+    if i < len(prepared.cocl_a) and prepared.cocl_a[i] == article_id:
+        sl = slice(int(prepared.cocl_start[i]), min(int(prepared.cocl_end[i]), int(prepared.cocl_start[i]) + k))
+        cocl_items = article_details(prepared, prepared.cocl_b[sl], as_of_ms)
+        for r, (item, w) in enumerate(zip(cocl_items, prepared.cocl_w[sl], strict=True), 1):
+            item.update(rank=r, score=float(w))
+    return {"embedding": emb_items, "coclick": cocl_items}
+
+
+def user_history(
+    prepared: Prepared, user_id: int, recent: Sequence[Click], n: int, as_of_ms: int
+) -> tuple[bool, list[dict[str, Any]]]:
+    """(known before the cutoff, the n latest reads newest first with when and whether online)."""
+    sl = _history_slice(prepared, user_id)
+    past_ids = prepared.hist[C.CLICK_ARTICLE_ID][sl][::-1][:n] if sl is not None else np.zeros(0, np.int64)
+    past_ts = prepared.hist[C.CLICK_TIMESTAMP][sl][::-1][:n] if sl is not None else np.zeros(0, np.int64)
+    reads = [(c.article_id, c.timestamp_ms, True) for c in recent] + [
+        (int(a), int(t), False) for a, t in zip(past_ids, past_ts, strict=True)
+    ]
+    reads = [r for r in reads if has_article(prepared, r[0])][:n]
+    items = article_details(prepared, [r[0] for r in reads], as_of_ms)
+    for item, (_, ts, online) in zip(items, reads, strict=True):
+        item["clicked_at"] = pd.Timestamp(ts, unit="ms", tz="UTC")
+        item["online"] = online
+    return sl is not None, items
+
+
+def known_users(prepared: Prepared, n: int, order: str, seed: int = 0) -> list[dict[str, int]]:
+    """Users the bundle has history for: the n most active, or a random sample of n (seeded)."""
+    counts = prepared.hist_end - prepared.hist_start
+    if order == "active":
+        pick = np.argsort(-counts, kind="stable")[:n]
+    else:
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(counts), size=min(n, len(counts)), replace=False)
+    return [{"user_id": int(prepared.hist_users[i]), "clicks": int(counts[i])} for i in pick]

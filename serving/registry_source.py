@@ -1,0 +1,67 @@
+"""Serving bundles from the MLflow model registry, by alias."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from serving.models import ServedModel, VersionRef
+
+# Run metrics shown beside the version in /v1/models and the dashboard (when the training run logged them).
+_INFO_METRICS = ("ndcg", "recall", "mrr", "hr", "coverage")
+
+
+class MlflowBundleSource:
+    """Resolves `models:/<name>@<alias>` and loads the version's pyfunc, whose python model holds the bundle."""
+
+    def __init__(self, tracking_uri: str, model_name: str) -> None:
+        import os
+
+        from mlflow import MlflowClient
+
+        # Artifact download progress bars would fill the service log on every poll that loads a version.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    def resolve(self, alias: str) -> VersionRef | None:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+        try:
+            mv = self.client.get_model_version_by_alias(self.model_name, alias)
+        except MlflowException as exc:
+            # An alias (or the whole registered model) that does not exist yet is a normal state, not an error.
+            if exc.error_code in (ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+        return VersionRef(name=self.model_name, version=str(mv.version), run_id=mv.run_id or "", source=mv.source)
+
+    def load(self, ref: VersionRef) -> ServedModel:
+        import mlflow
+        import mlflow.pyfunc
+
+        # load_model resolves models:/ URIs against the process-wide registry URI.
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        model = mlflow.pyfunc.load_model(ref.uri)
+        bundle = model.unwrap_python_model().bundle
+        from serving.recommend import prepare
+
+        return ServedModel(ref=ref, bundle=prepare(bundle), loaded_at=time.time(), info=self._info(ref))
+
+    def _info(self, ref: VersionRef) -> dict[str, Any]:
+        """When the version was trained and its offline metrics, for people deciding whether to trust it."""
+        info: dict[str, Any] = {}
+        if not ref.run_id:
+            return info
+        run = self.client.get_run(ref.run_id)
+        info["trained_at"] = run.info.start_time
+        info["run_name"] = run.info.run_name
+        info["metrics"] = {k: v for k, v in sorted(run.data.metrics.items()) if k.split("_")[0] in _INFO_METRICS
+                           or any(m in k for m in _INFO_METRICS)}
+        mv = self.client.get_model_version(ref.name, ref.version)
+        info["version_tags"] = dict(mv.tags)
+        info["registered_at"] = mv.creation_timestamp
+        return info

@@ -1,0 +1,78 @@
+"""Service configuration, read once from params.yaml's `serve` section (plus the registry's model and URI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import DEFAULT_PARAMS, load_params
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service needs to start; `replace()` it in tests instead of editing params.yaml."""
+
+    host: str
+    port: int
+    tracking_uri: str
+    model_name: str
+    champion_alias: str
+    challenger_alias: str
+    poll_seconds: float
+    redis_url: str | None
+    state_prefix: str
+    state_ttl_seconds: int
+    state_max_clicks: int
+    state_max_users: int
+    ab_salt: str
+    challenger_share: float
+    impression_log: Path
+    click_log: Path
+    log_flush_seconds: float
+    k_default: int
+    k_max: int
+    similar_k_max: int
+    clock: str
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.challenger_share <= 1.0:
+            raise ValueError(f"serve.challenger_share must be in [0, 1], got {self.challenger_share}")
+        if not 1 <= self.k_default <= self.k_max:
+            raise ValueError(f"serve.k_default must be in [1, k_max={self.k_max}], got {self.k_default}")
+        if self.state_max_clicks < 1 or self.state_ttl_seconds < 1 or self.state_max_users < 1:
+            raise ValueError("serve.state_max_clicks, state_ttl_seconds and state_max_users must be >= 1")
+        if self.clock not in {"wall", "cutoff"}:
+            raise ValueError(f"serve.clock must be 'wall' or 'cutoff', got {self.clock!r}")
+
+    @classmethod
+    def from_params(cls, path: str | Path = DEFAULT_PARAMS, **overrides: Any) -> Settings:
+        """Settings from params.yaml (`serve` + `mlflow.tracking_uri`), with keyword overrides on top."""
+        from pipelines.registry import CHALLENGER, CHAMPION
+
+        serve = load_params("serve", path)
+        # Facts owned by other stages are read from them, not repeated under serve.
+        shared = {
+            "tracking_uri": load_params("mlflow", path)["tracking_uri"],
+            "model_name": load_params("register", path)["model_name"],
+            "champion_alias": CHAMPION,
+            "challenger_alias": CHALLENGER,
+        }
+        known = {f.name for f in fields(cls)}
+        unknown = set(serve) - (known - set(shared))
+        if unknown:
+            raise KeyError(f"params.yaml serve section has unknown keys: {sorted(unknown)}")
+        values: dict[str, Any] = {**shared, **serve, **overrides}
+        missing = known - set(values)
+        if missing:
+            raise KeyError(f"params.yaml serve section lacks: {sorted(missing)}")
+        values["impression_log"] = Path(values["impression_log"])
+        values["click_log"] = Path(values["click_log"])
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (paths given as str are converted)."""
+        for key in ("impression_log", "click_log"):
+            if key in changes:
+                changes[key] = Path(changes[key])
+        return replace(self, **changes)

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# MWAA runs this on every Airflow container before it starts. It only exports settings: each is one
+# params.yaml key (pipelines/config.py), so the DAGs run the same code as compose and `dvc repro`.
+# Terraform fills the ${...} placeholders (templatefile).
+export NEWSREC__STORAGE__RAW_URI="${raw_uri}"
+export NEWSREC__MLFLOW__TRACKING_URI="${mlflow_url}"
+export NEWSREC__MLFLOW__ARTIFACT_ROOT="null"   # MLflow proxies artifacts to S3
+export NEWSREC__DATA__ROOT="/usr/local/airflow/newsrec-data"
+export NEWSREC__ALERTS__FROM="${alerts_from}"
+export NEWSREC__ALERTS__TO="${alerts_to}"
+mkdir -p /usr/local/airflow/newsrec-data

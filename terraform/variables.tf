@@ -1,0 +1,117 @@
+variable "project" {
+  description = "Name prefix of every resource."
+  type        = string
+  default     = "newsrec"
+}
+
+variable "environment" {
+  description = "Deployment stage (prod, staging)."
+  type        = string
+  default     = "prod"
+}
+
+variable "region" {
+  description = "AWS region."
+  type        = string
+  default     = "eu-west-1"
+}
+
+variable "az_count" {
+  description = "Availability zones used (RDS Multi-AZ, ElastiCache failover and MWAA need at least 2)."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.az_count >= 2 && var.az_count <= 3
+    error_message = "az_count must be 2 or 3."
+  }
+}
+
+variable "availability_zones" {
+  description = "Zones the stack spreads over, named explicitly so a new zone never moves subnets."
+  type        = list(string)
+  default     = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+}
+
+variable "vpc_cidr" {
+  description = "CIDR of the VPC; split into public and private subnets per AZ."
+  type        = string
+  default     = "10.40.0.0/16"
+}
+
+variable "domain_name" {
+  description = "Public name of the API (api.<domain>) and dashboard (dashboard.<domain>); also the SES sending domain."
+  type        = string
+}
+
+variable "certificate_arn" {
+  description = "ACM certificate covering api.<domain> and dashboard.<domain>, for the ALB's HTTPS listener."
+  type        = string
+}
+
+variable "dashboard_allowed_cidrs" {
+  description = "Networks allowed to open the dashboard (office / VPN ranges): it shows per-user reading history."
+  type        = list(string)
+}
+
+variable "alarm_email" {
+  description = "Where CloudWatch alarms and drift alerts are sent (the on-call list)."
+  type        = string
+}
+
+variable "drift_alert_recipients" {
+  description = "Recipients of the drift report emails sent through SES."
+  type        = list(string)
+}
+
+variable "github_repository" {
+  description = "owner/name of the repository whose main branch may deploy (GitHub OIDC)."
+  type        = string
+}
+
+variable "image_tag" {
+  description = "Image tag (the git commit SHA) the services run; CI passes it on every deploy."
+  type        = string
+}
+
+variable "api_min_tasks" {
+  description = "API tasks always running (spread over the AZs)."
+  type        = number
+  default     = 2
+}
+
+variable "api_max_tasks" {
+  description = "Upper bound for API autoscaling."
+  type        = number
+  default     = 20
+}
+
+variable "api_p99_latency_threshold_s" {
+  description = "ALB-measured p99 latency of the API above which it scales out and the latency alarm fires."
+  type        = number
+  default     = 0.1
+}
+
+variable "mwaa_airflow_version" {
+  description = "Airflow version of the managed environment (the DAGs use only the Airflow 3 task SDK)."
+  type        = string
+  default     = "3.0.6"
+}
+
+variable "raw_retention_days" {
+  description = "Days raw click drops are kept before deletion (GDPR storage limitation; see docs/deployment.md)."
+  type        = number
+  default     = 90
+}
+
+variable "log_retention_days" {
+  description = "Days application and audit logs are kept."
+  type        = number
+  default     = 365
+}
+
+variable "fallback_rate_threshold_pct" {
+  description = "Share of recommendations served by a fallback path above which the API alarm fires."
+  type        = number
+  default     = 25
+}

@@ -1,0 +1,271 @@
+"""Airflow DAGs: they import cleanly into the expected task graphs, and each runs end to end with
+`dag.test()` on the tiny profile, against a throwaway Airflow home (SQLite) and the repo's airflow.cfg."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines import flows
+from pipelines.config import load_params
+
+pytestmark = pytest.mark.dag
+
+ROOT = Path(__file__).resolve().parents[1]
+DAG_IDS = {"clicks_hourly", "train_ranker", "drift_monitor"}
+HEAVY = ("great_expectations", "mlflow", "evidently", "lightgbm", "faiss", "duckdb", "pandas")
+EPOCH_MS = int(load_params("data", ROOT / "params.yaml")["epoch_ms"])
+# Windows small enough for a 24-hour dataset (as the serving tests use), and a quick booster.
+SPLIT = {"test_hours": 3, "val_hours": 3, "label_hours": 3, "train_snapshots": 3, "min_history_hours": 9}
+TRAIN_FAST = {"num_boost_round": 60, "early_stopping_rounds": 20}
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory):
+    """A fresh Airflow metadata DB, configured by config/airflow.cfg like `make airflow`.
+
+    Airflow reads its configuration once, when it is first imported: this must run before that.
+    """
+    home = tmp_path_factory.mktemp("airflow_home")
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW_CONFIG": str(ROOT / "config" / "airflow.cfg"),
+        "NEWSREC_HOME": str(ROOT),
+        "AIRFLOW__API_AUTH__JWT_SECRET": "dag-tests-only",
+        "AIRFLOW__API__SECRET_KEY": "dag-tests-only",
+    }
+    if "airflow" in sys.modules:
+        from airflow.configuration import conf
+
+        if conf.get("core", "dags_folder") != str(ROOT / "dags"):
+            pytest.fail("Airflow was imported before the DAG tests configured it; run tests/test_dags.py alone")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    from airflow.utils.db import initdb
+
+    initdb()
+    yield home
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def dagbag(airflow_home):
+    from airflow.models.dagbag import DagBag
+
+    return DagBag(dag_folder=str(ROOT / "dags"), include_examples=False)
+
+
+def write_params(folder: Path, data_root: Path, smtp=None, **sections) -> Path:
+    """A params.yaml for one test: the repo's, pointed at `data_root` and at loopback services."""
+    params = load_params(path=ROOT / "params.yaml")
+    params["data"]["root"] = str(data_root)
+    params["validate"]["gx_dir"] = str(ROOT / "great_expectations")
+    params["drift"]["config"] = str(ROOT / "monitoring" / "drift.yaml")
+    if smtp is not None:
+        params["alerts"].update(smtp_host=smtp.host, smtp_port=smtp.port)
+    for section, values in sections.items():
+        params[section] = {**params[section], **values}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def states(dag_run) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------------------ structure
+
+
+def test_dags_import_without_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dags) == DAG_IDS
+
+
+def test_task_graphs(dagbag):
+    def edges(dag_id):
+        dag = dagbag.dags[dag_id]
+        return {(t.task_id, d) for t in dag.tasks for d in sorted(t.downstream_task_ids)}
+
+    assert edges("clicks_hourly") == {
+        ("wait_for_drop", "stage_drop"), ("stage_drop", "validate"),
+        ("validate", "aggregates"), ("validate", "alert_quarantined"),
+    }
+    assert edges("train_ranker") == {
+        ("split", "candidates"), ("split", "features"), ("candidates", "train"), ("features", "train"),
+        ("train", "evaluate"), ("evaluate", "register"), ("register", "promote"),
+    }
+    assert edges("drift_monitor") == {("windows", "report"), ("report", "alert_drift")}
+
+
+def test_schedules_map_runs_to_hours_and_chain_training_to_drift(dagbag):
+    hourly = dagbag.dags["clicks_hourly"]
+    assert hourly.start_date == flows.epoch_datetime(EPOCH_MS) and not hourly.catchup
+    interval = hourly.timetable.infer_manual_data_interval(run_after=flows.hour_start(10, EPOCH_MS))
+    assert flows.hour_of(interval.end, EPOCH_MS) == 10  # hourly intervals aligned on the epoch
+    assert hourly.get_task("wait_for_drop").mode == "reschedule"
+    assert hourly.get_task("validate").depends_on_past
+    outlets = [a.name for a in dagbag.dags["train_ranker"].get_task("promote").outlets]
+    assert outlets == [flows.MODEL_ASSET]
+    assert flows.MODEL_ASSET in str(dagbag.dags["drift_monitor"].timetable.asset_condition)
+    for dag in dagbag.dags.values():
+        assert dag.dagrun_timeout is not None
+        assert all(t.execution_timeout is not None for t in dag.tasks if t.task_id != "wait_for_drop")
+
+
+def test_parsing_the_dags_imports_nothing_heavy(airflow_home):
+    code = (
+        "import sys\nfrom airflow.models.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(ROOT / 'dags')!r}, include_examples=False)\n"
+        "assert not bag.import_errors, bag.import_errors\n"
+        f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True)
+    (loaded,) = [line for line in out.stdout.splitlines() if line.startswith("HEAVY=")]
+    assert loaded == "HEAVY="
+
+
+# ------------------------------------------------------------------------------------------ clicks_hourly
+
+
+@pytest.fixture
+def hourly_root(tiny_raw, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_raw / "raw", root / "raw")
+    return root
+
+
+def run_hours(dagbag, hours):
+    dag = dagbag.dags["clicks_hourly"]
+    return {h: dag.test(logical_date=flows.hour_start(h, EPOCH_MS)) for h in hours}
+
+
+def test_backfilling_hours_twice_gives_identical_files(dagbag, hourly_root, tmp_path, monkeypatch):
+    monkeypatch.setenv(flows.PARAMS_ENV, str(write_params(tmp_path / "work", hourly_root)))
+    outputs = []
+    for _ in range(2):
+        runs = run_hours(dagbag, [0, 1, 2])
+        for hour, run in runs.items():
+            assert str(run.state) == "success", (hour, states(run))
+            assert states(run)["alert_quarantined"] == "skipped"
+        outputs.append({part: digest(hourly_root / part) for part in ("validated/clicks", "aggregates")})
+    assert outputs[0] == outputs[1]
+    assert sorted(outputs[0]["validated/clicks"]) == [f"hour={h:03d}/part-0.parquet" for h in (0, 1, 2)]
+    assert {p.split("/")[0] for p in outputs[0]["aggregates"]} == {"popularity", "coclick"}
+
+
+def test_quarantined_drop_sends_an_alert_and_the_run_succeeds(dagbag, hourly_root, tmp_path, monkeypatch,
+                                                              smtp_sink):
+    from pipelines.baddrops import inject_bad_drop
+
+    inject_bad_drop(hourly_root / "raw" / "clicks", 5, "click_before_session")
+    monkeypatch.setenv(flows.PARAMS_ENV, str(write_params(tmp_path / "work", hourly_root)))
+    # Inside Airflow the alert goes through Airflow's SMTP connection (here: the loopback sink).
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT",
+                       f"smtp://{smtp_sink.host}:{smtp_sink.port}?from_email=airflow%40newsrec.test")
+
+    run = run_hours(dagbag, [5])[5]
+
+    assert str(run.state) == "success", states(run)
+    assert states(run) == {"wait_for_drop": "success", "stage_drop": "success", "validate": "success",
+                           "aggregates": "skipped", "alert_quarantined": "success"}
+    assert (hourly_root / "quarantine" / "clicks" / "hour=005" / "reason.txt").is_file()
+    assert not (hourly_root / "validated" / "clicks" / "hour=005").exists()
+    (msg,) = smtp_sink.messages
+    assert msg["Subject"] == "[newsrec] quarantined hourly drop 005"
+    assert msg["From"] == "airflow@newsrec.test"
+    body = msg.get_body(("plain",)).get_content()
+    assert "click_timestamp" in body or "session" in body
+    assert {a.get_filename() for a in msg.iter_attachments()} == {"reason.txt", "result.json"}
+
+
+def test_a_missing_drop_keeps_the_sensor_waiting(dagbag, hourly_root, tmp_path, monkeypatch):
+    monkeypatch.setenv(flows.PARAMS_ENV, str(write_params(tmp_path / "work", hourly_root)))
+    with flows.project(flows.params_file()) as p:
+        assert flows.drop_available(p["data"]["root"], 23)
+        assert not flows.drop_available(p["data"]["root"], 24)  # tiny has hours 0-23
+
+
+# ------------------------------------------------------------------------------------------ training + drift
+
+
+@pytest.fixture(scope="module")
+def trained(dagbag, tmp_path_factory):
+    """A validated tiny dataset with a context shift from hour 18, its aggregates, and one train_ranker run."""
+    from pipelines.aggregates import aggregate_all
+    from pipelines.synth import Profile, synthesize
+    from pipelines.validate import LANDED, Settings, validate_all
+
+    work = tmp_path_factory.mktemp("train_work")
+    root = work / "data"
+    profile = Profile.from_params(load_params("synth", ROOT / "params.yaml"), "tiny")
+    synthesize(root / "raw", profile, seed=7, epoch_ms=EPOCH_MS, drift_from=18, drift_kind="context")
+    results = validate_all(root, epoch_ms=EPOCH_MS,
+                           settings=Settings.from_params(load_params("validate", ROOT / "params.yaml")),
+                           gx_dir=ROOT / "great_expectations", docs=False)
+    assert all(r.status == LANDED for r in results), [r.reason for r in results if r.status != LANDED]
+    aggregate_all(root, EPOCH_MS, int(load_params("aggregates", ROOT / "params.yaml")["coclick_max_distance"]))
+    params = write_params(work, root, split=SPLIT, train=TRAIN_FAST, drift={"out": str(work / "reports")})
+    mp = pytest.MonkeyPatch()
+    mp.setenv(flows.PARAMS_ENV, str(params))
+    run = dagbag.dags["train_ranker"].test()
+    mp.undo()
+    return {"work": work, "root": root, "params": params, "run": run}
+
+
+def test_train_ranker_trains_registers_and_gates(trained):
+    run, work = trained["run"], trained["work"]
+    assert str(run.state) == "success", states(run)
+    assert set(states(run).values()) == {"success"}
+    for produced in ("data/split.json", "models/ranker", "metrics/eval.json", "models/registered.json"):
+        assert (work / produced).exists(), produced
+    with flows.project(trained["params"]) as p:
+        from mlflow import MlflowClient
+
+        from pipelines.registry import use_tracking
+
+        use_tracking(p["mlflow"])
+        champion = MlflowClient().get_model_version_by_alias(p["register"]["model_name"], "champion")
+        assert flows.champion_test_start(p) == (21, str(champion.version))  # tiny: hours 0-23, test 21-23
+
+
+def test_drift_monitor_reports_against_the_champion_window_and_alerts(trained, dagbag, monkeypatch, smtp_sink):
+    # A new file beside the training params (same folder, so the same relative paths): params files are
+    # cached per path for the life of a process, and this one stays alive across tasks.
+    params = yaml.safe_load(trained["params"].read_text())
+    params["alerts"].update(smtp_host=smtp_sink.host, smtp_port=smtp_sink.port)
+    alerting = trained["params"].with_name(f"params-{smtp_sink.port}.yaml")
+    alerting.write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.setenv(flows.PARAMS_ENV, str(alerting))
+
+    run = dagbag.dags["drift_monitor"].test()
+
+    assert str(run.state) == "success", states(run)
+    (run_dir,) = (trained["work"] / "reports").iterdir()
+    summary = flows.read_json(run_dir / "summary.json")
+    assert summary["reference_hours"] == "0-17" and summary["current_hours"] == "18-23"
+    assert summary["reference_basis"].startswith("champion v")
+    assert {"features", "scores"} == set(summary["reports"])
+    assert "scores.model_score" in summary["columns"]
+    # The context shift from hour 18 is what drifted, and it was emailed with the reports.
+    assert summary["drift_detected"] and "features.click_referrer_type" in summary["drifted_columns"]
+    (msg,) = smtp_sink.messages
+    assert msg["Subject"].startswith("[newsrec] drift detected (current hours 18-23)")
+    assert {a.get_filename() for a in msg.iter_attachments()} >= {"summary.json", "features.html"}

@@ -1,0 +1,208 @@
+"""Offline evaluation: baselines and scorers on hand-made candidate lists, reports, and the stage on tiny data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import columns as C
+from pipelines.evaluate import BASELINES, RERANKER, evaluate_snapshot, markdown_table, write_reports
+
+
+def _candidates() -> pd.DataFrame:
+    """User 1 (warm) and user 2 (cold) over articles 10..14; trend order is 10, 11, 12, 13, 14."""
+    rows = []
+    for user, cocl in ((1, {13: 1.0}), (2, {})):
+        for a in range(10, 15):
+            row = {C.USER_ID: user, C.ARTICLE_ID: a}
+            scores = {
+                "emb": {14: 0.9, 12: 0.5} if user == 1 else {},
+                "cocl": cocl,
+                "pop": {10: 5.0, 11: 4.0, 12: 3.0, 13: 2.0, 14: 1.0},
+                "trend": {10: 5.0, 11: 4.0, 12: 3.0, 13: 2.0, 14: 1.0},
+            }
+            for s, sc in scores.items():
+                row[C.score_col(s)] = sc.get(a, np.nan)
+                order = sorted(sc, key=lambda x: -sc[x])
+                row[C.rank_col(s)] = order.index(a) + 1 if a in sc else 0
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame[C.score_col(C.FUSED)] = frame[C.score_col("trend")]
+    frame[C.rank_col(C.FUSED)] = (
+        frame.groupby(C.USER_ID)[C.score_col(C.FUSED)].rank(ascending=False).astype(int)
+    )
+    frame[C.LABEL] = ((frame[C.USER_ID] == 1) & (frame[C.ARTICLE_ID] == 14)).astype(int)
+    return frame
+
+
+TARGETS = pd.DataFrame({C.USER_ID: [1, 2], C.ARTICLE_ID: [14, 12], C.WARM: [True, False]})
+TREND = pd.Series([5.0, 4.0, 3.0, 2.0, 1.0], index=pd.Index(range(10, 15), name=C.ARTICLE_ID))
+
+
+def _oracle(frame: pd.DataFrame) -> np.ndarray:
+    """Knows the truth from TARGETS (not from the candidate frame, which it must not see labels in)."""
+    assert C.LABEL not in frame.columns
+    truth = set(zip(TARGETS[C.USER_ID], TARGETS[C.ARTICLE_ID]))
+    return np.array([float((u, a) in truth) for u, a in zip(frame[C.USER_ID], frame[C.ARTICLE_ID])])
+
+
+@pytest.mark.unit
+def test_baselines_and_an_oracle_reranker_on_hand_checkable_lists():
+    res = evaluate_snapshot(
+        _candidates(), TARGETS, TREND, catalogue_size=20, k=3, scorers={RERANKER: _oracle}
+    )
+    m = res["methods"]
+    assert set(m) == set(BASELINES) | {RERANKER}
+    assert res["users"] == {"all": 2, "warm": 1, "cold": 1}
+    # trending shows 10, 11, 12: user 2's article at rank 3, user 1's (14) not in the top 3
+    assert m["trending"]["cold"]["ndcg@3"] == pytest.approx(0.5)
+    assert m["trending"]["cold"]["mrr@3"] == pytest.approx(1 / 3)
+    assert m["trending"]["warm"]["hr@3"] == 0.0
+    # emb ranks 14 first for the warm user; for the cold user it has nothing and falls back to trending
+    assert m["emb_knn"]["warm"]["ndcg@3"] == 1.0
+    assert m["emb_knn"]["cold"] == {**m["trending"]["cold"], "candidate_recall": 0.0}
+    # co-click proposes only 13 to the warm user, then trending fills: 13, 10, 11 -> no hit
+    assert m["cocl"]["warm"]["recall@3"] == 0.0
+    assert m["cocl"]["warm"]["candidate_recall"] == 0.0
+    # the oracle is perfect and its ceiling is the whole candidate list
+    assert m[RERANKER]["all"]["ndcg@3"] == 1.0 and m[RERANKER]["all"]["candidate_recall"] == 1.0
+    # coverage: trending shows {10, 11, 12} to everyone = 3 of 20
+    assert m["trending"]["all"]["coverage@3"] == pytest.approx(3 / 20)
+    cmp = res["reranker_vs_best_baseline"]
+    assert cmp["beats_every_baseline"] and cmp["best_baseline"] in BASELINES
+    assert cmp["ratio"] == pytest.approx(1.0 / max(m[b]["all"]["ndcg@3"] for b in BASELINES))
+
+
+@pytest.mark.unit
+def test_scorers_see_chunks_without_labels_and_scores_come_back_in_row_order():
+    from pipelines.evaluate import method_scores
+
+    seen = []
+
+    def scorer(frame):
+        seen.append(len(frame))
+        assert C.LABEL not in frame.columns
+        return frame[C.ARTICLE_ID].to_numpy() * 10.0 + frame[C.USER_ID].to_numpy()
+
+    cands = _candidates()
+    got = method_scores(cands, {RERANKER: scorer}, chunk_rows=4)[RERANKER]
+    assert seen == [4, 4, 2]
+    np.testing.assert_array_equal(got, cands[C.ARTICLE_ID] * 10.0 + cands[C.USER_ID])
+
+
+@pytest.mark.unit
+def test_a_scorer_with_the_wrong_length_is_an_error():
+    with pytest.raises(ValueError, match="returned"):
+        evaluate_snapshot(_candidates(), TARGETS, TREND, 20, 3, scorers={RERANKER: lambda f: np.zeros(3)})
+
+
+@pytest.mark.unit
+def test_users_without_candidates_count_as_misses():
+    targets = pd.concat([TARGETS, pd.DataFrame({C.USER_ID: [3], C.ARTICLE_ID: [10], C.WARM: [False]})])
+    res = evaluate_snapshot(_candidates(), targets, TREND, 20, 3)
+    assert res["users"]["cold"] == 2
+    assert res["methods"]["trending"]["cold"]["ndcg@3"] == pytest.approx(0.25)  # (0.5 + 0) / 2
+
+
+@pytest.mark.unit
+def test_reports_hold_every_method_and_segment(tmp_path):
+    res = evaluate_snapshot(_candidates(), TARGETS, TREND, 20, 3, scorers={RERANKER: _oracle}, curve_k=4)
+    paths = write_reports(res, tmp_path)
+    saved = json.loads(paths["json"].read_text())
+    assert saved["methods"][RERANKER]["cold"]["ndcg@3"] == 1.0 and "curves" not in saved
+    table = paths["table"].read_text()
+    assert table.count("\n| ") == 2 + 3 * (len(BASELINES) + 1) - 1  # header + separator + rows
+    assert "beats every baseline" in table and table == markdown_table(res)
+    assert sorted(f.stem for f in paths["at_k"].glob("*.csv")) == sorted([*BASELINES, RERANKER])
+    curve = pd.read_csv(paths["at_k"] / "trending.csv")
+    assert curve["k"].tolist() == [1, 2, 3, 4]
+    # NDCG@3 in the curve is the all-users figure of the table
+    assert curve.loc[curve["k"] == 3, "ndcg"].item() == pytest.approx(
+        res["methods"]["trending"]["all"]["ndcg@3"]
+    )
+    cold = pd.read_csv(paths["by_method"] / "cold.csv").set_index("method")["ndcg@3"]
+    assert cold[RERANKER] == 1.0 and len(cold) == len(BASELINES) + 1
+    # a method that is gone from a later run leaves no stale series behind
+    res.pop("curves")
+    res["methods"].pop(RERANKER)
+    write_reports(res, tmp_path)
+    assert not any(paths["at_k"].glob("*.csv"))
+
+
+@pytest.mark.data
+def test_stage_evaluates_baselines_on_tiny_data(tiny_validated, tmp_path, capsys):
+    from pipelines.aggregates import aggregate_all
+    from pipelines.candidates import build_candidates
+    from pipelines.config import load_params
+    from pipelines.evaluate import main
+    from pipelines.split import get_snapshot, split
+
+    epoch = load_params("data")["epoch_ms"]
+    root = tmp_path / "root"
+    root.mkdir()
+    for sub in ("raw", "validated"):
+        (root / sub).symlink_to(tiny_validated / sub)
+    aggregate_all(root, epoch, 5)
+    split_file = tmp_path / "split.json"
+    split(
+        root,
+        split_file,
+        {"test_hours": 4, "val_hours": 4, "label_hours": 4, "train_snapshots": 1, "min_history_hours": 8},
+        epoch,
+    )
+    build_candidates(
+        root,
+        [get_snapshot(split_file, "test")],
+        tmp_path / "cands",
+        tmp_path / "idx",
+        load_params("candidates"),
+        epoch,
+    )
+    args = [
+        "--data-root",
+        str(root),
+        "--split",
+        str(split_file),
+        "--candidates",
+        str(tmp_path / "cands"),
+        "--indexes",
+        str(tmp_path / "idx"),
+        "--out",
+        str(tmp_path / "metrics"),
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| trending | cold |" in out
+    res = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    assert res["snapshot"] == "test" and res["users"]["all"] > 0
+    assert res["methods"]["emb_knn"]["warm"]["ndcg@10"] > 0
+    assert "reranker_vs_best_baseline" not in res
+    assert main([*args, "--model", str(tmp_path / "none")]) == 1  # a model needs its feature tables
+    assert "--features" in capsys.readouterr().err
+
+
+@pytest.mark.model
+def test_reranker_is_scored_through_the_trained_model(tiny_validated, serving_bundle):
+    """The serving fixture ran split -> features -> candidates -> train on a copy of tiny_validated; evaluate
+    its test snapshot with that ranker."""
+    from pipelines.config import load_params
+    from pipelines.evaluate import evaluate
+
+    work = serving_bundle.parent
+    res = evaluate(
+        tiny_validated,
+        work / "split.json",
+        work / "candidates",
+        work / "index",
+        load_params("evaluate"),
+        model_dir=work / "ranker",
+        features_dir=work / "features",
+    )
+    rr = res["methods"][RERANKER]
+    assert res["users"]["all"] > 0 and 0 <= rr["all"]["ndcg@10"] <= 1
+    # the reranker reorders the same candidate list fusion ranks, so they share the ceiling
+    assert rr["all"]["candidate_recall"] == res["methods"]["fusion"]["all"]["candidate_recall"]
+    assert res["reranker_vs_best_baseline"]["ratio"] > 0

@@ -1,0 +1,182 @@
+"""Feature tables: hand-checkable values on inline frames, point-in-time correctness, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import columns as C
+from pipelines import features as F
+
+H = C.HOUR_MS
+PARAMS = {"profile_half_life_h": 24}
+
+
+def _click(user, session, article, ts, device=1, os_=2, referrer=1, region=5, env=4):
+    return {
+        C.USER_ID: user, C.SESSION_ID: session, C.SESSION_START: ts, C.SESSION_SIZE: 2,
+        C.CLICK_ARTICLE_ID: article, C.CLICK_TIMESTAMP: ts, C.CLICK_ENVIRONMENT: env,
+        C.CLICK_DEVICE_GROUP: device, C.CLICK_OS: os_, C.CLICK_COUNTRY: 1, C.CLICK_REGION: region,
+        C.CLICK_REFERRER_TYPE: referrer,
+    }
+
+
+@pytest.fixture
+def articles() -> pd.DataFrame:
+    return pd.DataFrame({
+        C.ARTICLE_ID: [0, 1, 2, 3, 4],
+        C.CATEGORY_ID: [0, 0, 1, 1, 2],
+        C.CREATED_AT_TS: [0, 0, H, 2 * H, 10 * H],
+        C.PUBLISHER_ID: 0,
+        C.WORDS_COUNT: [100, 200, 300, 400, 500],
+    })
+
+
+@pytest.fixture
+def embeddings() -> np.ndarray:
+    return F.normalise_embeddings(np.eye(5, 8, dtype=np.float32) + 0.1)
+
+
+@pytest.fixture
+def history() -> pd.DataFrame:
+    return pd.DataFrame([
+        _click(1, 10, 0, 2 * H),
+        _click(1, 10, 2, 2 * H + 60_000, device=3),
+        _click(2, 20, 1, 3 * H),
+        _click(1, 11, 3, 5 * H + 30 * 60_000),
+    ])
+
+
+@pytest.mark.unit
+def test_user_table_values(history, articles):
+    users, cats = F.fit_user_tables(history, articles, 6 * H)
+    u1 = users.loc[1]
+    assert u1["u_clicks"] == 3 and u1["u_sessions"] == 2
+    assert u1["u_hours_since_last"] == pytest.approx(0.5)
+    assert u1["u_hours_since_first"] == pytest.approx(4.0)
+    assert u1["u_mean_session_size"] == pytest.approx(1.5)
+    assert u1["u_top_cat_share"] == pytest.approx(2 / 3)
+    assert u1["u_device"] == 1  # the habit is the most frequent device, not the last one
+    assert u1["u_last_article"] == 3 and u1["u_last_category"] == 1
+    shares = cats.set_index([C.USER_ID, C.CATEGORY_ID])["share"]
+    assert shares[(1, 1)] == pytest.approx(2 / 3) and shares[(2, 0)] == pytest.approx(1.0)
+
+
+@pytest.mark.unit
+def test_article_table_windows_and_availability(history, articles):
+    table = F.fit_article_table(history, articles, 6 * H)
+    assert 4 not in table.index  # published after the cutoff: not rankable yet
+    assert table.loc[3, "a_clicks_1h"] == 1 and table.loc[3, "a_age_h"] == pytest.approx(4.0)
+    assert table.loc[0, "a_clicks_1h"] == 0 and table.loc[0, "a_clicks_6h"] == 1
+    assert table.loc[1, "a_hours_since_last_click"] == pytest.approx(3.0)
+    assert table.loc[0, "a_cat_clicks_24h"] == 2  # articles 0 and 1 share category 0
+
+
+@pytest.mark.unit
+def test_fit_ignores_clicks_at_or_after_cutoff(history, articles, embeddings):
+    cutoff = 6 * H
+    future = pd.DataFrame([_click(1, 12, 1, cutoff), _click(3, 30, 4, cutoff + 5 * H), _click(2, 21, 0, 7 * H)])
+    before = F.fit_tables(history, articles, embeddings, cutoff, PARAMS)
+    after = F.fit_tables(pd.concat([history, future]), articles, embeddings, cutoff, PARAMS)
+    pd.testing.assert_frame_equal(before.users, after.users)
+    pd.testing.assert_frame_equal(before.articles, after.articles)
+    pd.testing.assert_frame_equal(before.user_categories, after.user_categories)
+    np.testing.assert_array_equal(before.profiles, after.profiles)
+
+
+@pytest.mark.unit
+def test_profile_weights_recent_clicks_more(articles, embeddings):
+    hist = pd.DataFrame([_click(1, 1, 0, 0), _click(1, 2, 3, 47 * H)])
+    _, profiles = F.user_profiles(hist, embeddings, 48 * H, half_life_h=6)
+    assert profiles[0] @ embeddings[3] > profiles[0] @ embeddings[0]
+    assert np.linalg.norm(profiles[0]) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.unit
+def test_request_context_is_first_click_and_carries_no_article(history):
+    target = pd.DataFrame([_click(1, 12, 0, 7 * H + 5, device=2), _click(1, 12, 1, 6 * H + 5, device=3)])
+    ctx = F.request_context(target)
+    assert list(ctx.columns) == F.CONTEXT_FEATURES
+    assert ctx.loc[1, "c_device"] == 3 and ctx.loc[1, "c_hour_of_day"] == 6
+
+
+@pytest.mark.unit
+def test_assemble_pair_features_and_cold_users(history, articles, embeddings):
+    tables = F.fit_tables(history, articles, embeddings, 6 * H, PARAMS)
+    cands = pd.DataFrame({
+        C.USER_ID: [1, 1, 99],
+        C.ARTICLE_ID: [2, 1, 1],
+        C.score_col("emb"): [0.5, np.nan, np.nan],
+        C.rank_col("emb"): [1, 0, 0],
+    })
+    ctx = pd.DataFrame({c: [3] for c in F.CONTEXT_FEATURES}, index=pd.Index([1], name=C.USER_ID))
+    X = F.assemble(cands, tables, ctx)
+    assert list(X.columns) == F.FEATURES and len(X) == 3
+    assert X.loc[0, "ua_cat_share"] == pytest.approx(2 / 3) and X.loc[1, "ua_cat_share"] == pytest.approx(1 / 3)
+    assert X.loc[0, "ua_last_cat_match"] == 1.0 and X.loc[1, "ua_last_cat_match"] == 0.0
+    assert X.loc[0, "ua_last_sim"] == pytest.approx(float(embeddings[3] @ embeddings[2]), rel=1e-5)
+    user_row = tables.users.index.get_loc(1)
+    assert X.loc[1, "ua_emb_sim"] == pytest.approx(float(tables.profiles[user_row] @ embeddings[1]), rel=1e-5)
+    assert X.loc[0, "c_device_habit"] == 0.0  # request on device 3, habit device 1
+    assert X.loc[0, "emb_score"] == 0.5 and np.isnan(X.loc[0, "cocl_score"])
+    # An unknown user is the cold path: no user or pair features, article features still there.
+    assert X.loc[2, ["u_clicks", "ua_emb_sim", "ua_cat_share"]].isna().all()
+    assert X.loc[2, "a_clicks_6h"] == 1
+
+
+@pytest.mark.unit
+def test_assemble_rejects_frame_without_ids(history, articles, embeddings):
+    tables = F.fit_tables(history, articles, embeddings, 6 * H, PARAMS)
+    with pytest.raises(ValueError, match="article_id"):
+        F.assemble(pd.DataFrame({C.USER_ID: [1]}), tables)
+
+
+@pytest.mark.unit
+def test_tables_round_trip(tmp_path, history, articles, embeddings):
+    target = pd.DataFrame([_click(1, 12, 0, 7 * H)])
+    tables = F.fit_tables(history, articles, embeddings, 6 * H, PARAMS, requests=target)
+    loaded = F.FeatureTables.load(tables.save(tmp_path / "snap"), embeddings)
+    pd.testing.assert_frame_equal(tables.users, loaded.users)
+    pd.testing.assert_frame_equal(tables.articles, loaded.articles)
+    pd.testing.assert_frame_equal(tables.context, loaded.context)
+    np.testing.assert_array_equal(tables.profiles, loaded.profiles)
+    assert loaded.cutoff_ms == 6 * H
+
+
+@pytest.mark.unit
+def test_load_without_tables_says_what_to_run(tmp_path, embeddings):
+    with pytest.raises(FileNotFoundError, match="newsrec features"):
+        F.FeatureTables.load(tmp_path, embeddings)
+
+
+@pytest.mark.data
+def test_features_stage_on_validated_data_is_point_in_time(tiny_validated, tmp_path):
+    """`newsrec features` on real validated hours; the test snapshot's tables equal a refit from all the
+    clicks (later hours included), so nothing after a cutoff reaches what is fitted at it."""
+    from pipelines.config import load_params
+    from pipelines.split import load_clicks, plan_snapshots, validated_hours, write_snapshots
+
+    validated = tiny_validated / "validated" / "clicks"
+    epoch_ms = int(load_params("data")["epoch_ms"])
+    snaps = plan_snapshots(validated_hours(validated), epoch_ms, test_hours=3, val_hours=3, label_hours=3,
+                           train_snapshots=2, min_history_hours=6)
+    split_file = write_snapshots(snaps, tmp_path / "split.json")
+    assert F.main(["--data-root", str(tiny_validated), "--split", str(split_file), "--out", str(tmp_path / "f")]) == 0
+
+    raw = tiny_validated / "raw"
+    articles = F.read_articles(raw / C.METADATA_FILE)
+    embeddings = F.normalise_embeddings(F.read_embeddings(raw / C.EMBEDDINGS_FILE))
+    test = next(s for s in snaps if s.role == "test")
+    saved = F.FeatureTables.load(tmp_path / "f" / "test", embeddings)
+    everything = load_clicks(validated, None, None)
+    assert (everything[C.CLICK_TIMESTAMP] >= test.cutoff_ms).any()
+    refit = F.fit_tables(everything, articles, embeddings, test.cutoff_ms, load_params("features"))
+    pd.testing.assert_frame_equal(saved.users, refit.users, check_dtype=False)
+    pd.testing.assert_frame_equal(saved.articles, refit.articles, check_dtype=False)
+    np.testing.assert_allclose(saved.profiles, refit.profiles, rtol=1e-6)
+    assert (saved.articles["a_age_h"] > 0).all()
+    # The context is the first target click of each user, and only target-window users have one.
+    target_users = set(everything.loc[everything[C.CLICK_TIMESTAMP] >= test.cutoff_ms, C.USER_ID])
+    assert set(saved.context.index) <= target_users
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == sorted(s.name for s in snaps)

@@ -1,0 +1,95 @@
+"""What the DAGs do around the steps: hour of a run, stage commands from dvc.yaml, alert texts (unit)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from pipelines import flows
+from pipelines.config import load_params
+
+EPOCH_MS = 1506826800000  # 2017-10-01 03:00 UTC, Globo's hour 000
+
+
+@pytest.mark.unit
+def test_a_runs_logical_date_is_the_start_of_its_hour():
+    start = datetime(2017, 10, 1, 3, tzinfo=UTC)
+    assert flows.epoch_datetime(EPOCH_MS) == start
+    assert flows.hour_of(start, EPOCH_MS) == 0
+    assert flows.hour_of(start + timedelta(hours=384), EPOCH_MS) == 384
+    for hour in (0, 7, 100):
+        assert flows.hour_of(flows.hour_start(hour, EPOCH_MS), EPOCH_MS) == hour
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("when", "message"),
+    [
+        (datetime(2017, 10, 1, 3, 30, tzinfo=UTC), "not the start of an hour"),
+        (datetime(2017, 10, 1, 2, tzinfo=UTC), "before hour 000"),
+        (datetime(2017, 10, 1, 3), "no time zone"),
+        (None, "no logical date"),
+    ],
+)
+def test_logical_dates_that_are_no_hour_are_refused(when, message):
+    with pytest.raises(ValueError, match=message):
+        flows.hour_of(when, EPOCH_MS)
+
+
+@pytest.mark.unit
+def test_stage_commands_come_from_dvc_yaml_with_params_filled_in(tmp_path):
+    params = load_params()
+    params["data"] = {**params["data"], "root": "/data/with space"}
+    argv = flows.stage_command("train", params)
+    assert argv[0] == "train"
+    assert argv[argv.index("--split") + 1] == "/data/with space/split.json"
+    dvc = tmp_path / "dvc.yaml"
+    dvc.write_text("stages:\n  a:\n    cmd: newsrec x --y ${nope.key}\n  b:\n    cmd: mkdir -p z && newsrec x\n")
+    with pytest.raises(KeyError, match="nope.key"):
+        flows.stage_command("a", params, dvc)
+    with pytest.raises(ValueError, match="not a single newsrec command"):
+        flows.stage_command("b", params, dvc)
+    with pytest.raises(KeyError, match="no stage 'c'"):
+        flows.stage_command("c", params, dvc)
+
+
+@pytest.mark.unit
+def test_training_outputs_are_the_train_stages_paths(tmp_path):
+    params = load_params()
+    params["data"] = {**params["data"], "root": str(tmp_path / "root")}
+    assert flows.training_outputs(params) is None  # nothing trained yet
+
+
+@pytest.mark.unit
+def test_run_folders_are_file_system_safe():
+    assert flows.run_folder("scheduled__2017-10-01T03:00:00+00:00") == "scheduled__2017-10-01T03_00_00_00_00"
+    assert flows.run_folder("manual/../x") == "manual_.._x"
+
+
+@pytest.mark.unit
+def test_project_works_from_the_params_folder_and_restores_the_cwd(tmp_path):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("data: {root: d, epoch_ms: 1}\n")
+    before = Path.cwd()
+    with flows.project(params_file) as p:
+        assert Path.cwd() == tmp_path.resolve()
+        assert p["data"]["root"] == "d"
+    assert Path.cwd() == before
+
+
+@pytest.mark.unit
+def test_quarantine_alert_names_the_hour_the_reason_and_the_files(tmp_path):
+    folder = tmp_path / "quarantine" / "clicks" / "hour=005"
+    folder.mkdir(parents=True)
+    (folder / "reason.txt").write_text("null_ids: 12 rows with a null user_id\n")
+    (folder / "result.json").write_text(json.dumps({"success": False}))
+    result = {"hour": 5, "status": "quarantined", "rows": 180, "checks": ["null_ids"],
+              "reason": "null_ids: 12 rows with a null user_id", "path": "quarantine/clicks/hour=005",
+              "source": "raw/clicks/clicks_hour_005.csv"}
+    subject, body, files = flows.quarantine_alert(tmp_path, result, EPOCH_MS)
+    assert subject == "quarantined hourly drop 005"
+    assert "2017-10-01 08:00-09:00 UTC" in body and "null_ids: 12 rows" in body and "180 rows" in body
+    assert [f.name for f in files] == ["reason.txt", "result.json"]

@@ -1,0 +1,243 @@
+"""`newsrec forget-user`: one user disappears from every place the project keeps them, and stays gone."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines import columns as C
+from pipelines import forget_user as F
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = b"test-erasure-key-0123456789"
+
+
+# --- unit: the pieces -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_csv_rows_of_others_keep_their_exact_text():
+    data = b"user_id,session_id,x\n7,1,a\n8,2,  b\n7,3,c\n10,4,d\n"
+    out, removed = F.csv_without_user(data, 7)
+    assert removed == 2
+    assert out == b"user_id,session_id,x\n8,2,  b\n10,4,d\n"
+    assert F.csv_without_user(data, 70) == (data, 0)
+    assert F.csv_without_user(b"", 7) == (b"", 0)
+
+
+@pytest.mark.unit
+def test_malformed_csv_falls_back_to_lines():
+    data = b'user_id,session_id\n7,1\n"8",2,extra,fields\n7\n'
+    out, removed = F.csv_without_user(data, 7)
+    assert removed == 2 and out == b'user_id,session_id\n"8",2,extra,fields\n'
+
+
+@pytest.mark.unit
+def test_gx_result_loses_the_id_only_on_user_columns():
+    result = {"results": [
+        {"expectation_config": {"kwargs": {"column": "user_id"}},
+         "result": {"partial_unexpected_list": [7, 9, 7], "partial_unexpected_counts": [{"value": 7, "count": 2}]}},
+        {"expectation_config": {"kwargs": {"column": "click_article_id"}},
+         "result": {"partial_unexpected_list": [7]}},
+    ]}
+    scrubbed, removed = F.scrub_gx_result(result, 7)
+    assert removed == 3
+    assert scrubbed["results"][0]["result"] == {"partial_unexpected_list": [9], "partial_unexpected_counts": []}
+    assert scrubbed["results"][1]["result"]["partial_unexpected_list"] == [7]  # an article id, not a user
+
+
+@pytest.mark.unit
+def test_tokens_are_keyed_and_the_key_is_required():
+    assert F.user_token(5, KEY) == F.user_token(5, KEY) != F.user_token(5, KEY + b"x")
+    assert len(F.user_token(5, KEY)) == 64
+    with pytest.raises(F.ErasureError, match="NEWSREC_ERASURE_KEY"):
+        F.erasure_key("NEWSREC_ERASURE_KEY", {})
+    with pytest.raises(F.ErasureError):
+        F.erasure_key("K", {"K": "short"})
+
+
+# --- the whole erasure on a real (tiny) data root ----------------------------------------------------------
+
+
+def _user_rows(root: Path, user_id: int) -> dict[str, int]:
+    """Rows mentioning the user in every csv, parquet and jsonl file under `root`."""
+    found = {}
+    for path in root.rglob("*"):
+        if not path.is_file():
+            continue
+        if path.suffix == ".csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            n = int((frame[C.USER_ID] == str(user_id)).sum()) if C.USER_ID in frame else 0
+        elif path.suffix == ".parquet":
+            frame = pd.read_parquet(path)
+            n = int((frame[C.USER_ID] == user_id).sum()) if C.USER_ID in frame else 0
+        elif path.suffix == ".jsonl" and path.name != "erasures.jsonl":
+            n = sum(json.loads(line).get(C.USER_ID) == user_id for line in path.read_text().splitlines())
+        elif path.name == "result.json":
+            n = path.read_text().count(f": {user_id},") + path.read_text().count(f"[{user_id}")
+        else:
+            continue
+        if n:
+            found[str(path.relative_to(root))] = n
+    return found
+
+
+@pytest.fixture
+def root(tiny_validated, tmp_path):
+    """A private copy of the validated tiny root with aggregates, a quarantined drop and event logs."""
+    from pipelines.aggregates import aggregate_hour
+    from pipelines.config import load_params
+
+    root = tmp_path / "root"
+    shutil.copytree(tiny_validated, root)
+    epoch = load_params("data")["epoch_ms"]
+    hours = sorted(int(p.name.split("=")[1]) for p in (root / "validated" / C.CLICKS_DIR).glob("hour=*"))
+    for hour in hours:
+        aggregate_hour(root, hour, epoch, 5)
+    return root
+
+
+def _busy_user(root: Path) -> tuple[int, list[int]]:
+    from pipelines.split import load_clicks
+
+    clicks = load_clicks(root / "validated" / C.CLICKS_DIR, None, None)
+    per_user = clicks.groupby(C.USER_ID)[C.HOUR].nunique()
+    user = int(per_user.idxmax())
+    return user, sorted(clicks.loc[clicks[C.USER_ID] == user, C.HOUR].unique().tolist())
+
+
+@pytest.mark.integration
+def test_forget_user_everywhere(root, tmp_path, s3_env, redis_server, monkeypatch):
+    from pipelines import storage
+    from pipelines.split import load_clicks
+    from serving.state import RedisUserState
+
+    user, hours = _busy_user(root)
+    assert len(hours) >= 2
+    other = 1 + user
+    clicks_dir = root / "raw" / C.CLICKS_DIR
+    before_rows = sum(len(pd.read_csv(p)) for p in clicks_dir.glob("*.csv"))
+
+    # A quarantined drop holding the user, with a GX result that names them.
+    q = root / "quarantine" / C.CLICKS_DIR / f"hour={hours[0]:03d}"
+    q.mkdir(parents=True)
+    shutil.copy(clicks_dir / C.hour_file_name(hours[0]), q / C.hour_file_name(hours[0]))
+    (q / "result.json").write_text(json.dumps({"results": [{
+        "expectation_config": {"kwargs": {"column": C.USER_ID}},
+        "result": {"partial_unexpected_list": [user, other]}}]}))
+    (q / "reason.txt").write_text("test quarantine\n")
+    # Serving's impression and click logs.
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "impressions.jsonl").write_text(
+        "".join(json.dumps({"user_id": u, "articles": [1, 2]}) + "\n" for u in (user, other, user)))
+    (logs / "clicks.jsonl").write_text(json.dumps({"user_id": user, "article_id": 3}) + "\n")
+    # The online store: a real Redis on loopback, under a prefix of this test's own.
+    prefix = f"newsrec-test-{uuid.uuid4().hex[:8]}:"
+    store = RedisUserState(redis_server, prefix, max_clicks=10, ttl_seconds=60)
+    store.add_click(user, 11, 1)
+    store.add_click(user, 12, 2)
+    store.add_click(other, 13, 3)
+    # The same drops landed on S3 (a versioned bucket, as in terraform/), so older versions exist.
+    bucket = f"forget-{uuid.uuid4().hex[:12]}"
+    storage.make_buckets([bucket])
+    storage.s3_client().put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    raw_uri = f"s3://{bucket}/globo"
+    storage.land_drops(root / "raw", raw_uri, hours)
+    # A derived per-user table (as features/ and candidates/ write them).
+    derived = root / "features" / "snap" / "users.parquet"
+    derived.parent.mkdir(parents=True)
+    pd.DataFrame({C.USER_ID: [user, other, user], "clicks": [3, 4, 5]}).to_parquet(derived)
+    # A validated partition as it was before the erasure, to restore afterwards.
+    restored = tmp_path / "backup.parquet"
+    shutil.copy(root / "validated" / C.CLICKS_DIR / f"hour={hours[0]:03d}" / "part-0.parquet", restored)
+    popularity_before = pd.read_parquet(root / "aggregates" / "popularity" / f"hour={hours[0]:03d}")["users"].sum()
+
+    assert _user_rows(root, user)
+    register = root / "erasures.jsonl"
+    try:
+        report, record = F.forget_user(
+            user, root, key=KEY, register=register, raw_uri=raw_uri,
+            event_logs=[logs / "impressions.jsonl", logs / "clicks.jsonl"], state_store=store,
+            now=lambda: dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        )
+        assert store.recent(user) == [] and len(store.recent(other)) == 1
+    finally:
+        store.forget(other)
+        store.close()
+
+    # Gone from every file under the data root and from the logs; other users untouched.
+    assert _user_rows(root, user) == {}
+    assert _user_rows(logs, user) == {}
+    assert _user_rows(root, other)
+    removed_raw = report.removed["raw"]
+    assert removed_raw > 0 and report.removed["validated"] == removed_raw
+    assert sum(len(pd.read_csv(p)) for p in clicks_dir.glob("*.csv")) == before_rows - removed_raw
+    assert report.removed["quarantine"] > 0 and report.removed["derived"] == 2
+    assert pd.read_parquet(derived)[C.USER_ID].tolist() == [other]
+    assert report.removed["event_logs"] == 3 and report.removed["online_store"] == 2
+    assert report.removed["raw_remote"] == removed_raw
+    assert json.loads((q / "result.json").read_text())["results"][0]["result"]["partial_unexpected_list"] == [other]
+    assert len((logs / "impressions.jsonl").read_text().splitlines()) == 1
+    # S3: the rewritten drops are clean and no older version keeps the user.
+    s3 = storage.s3_client()
+    for hour in hours:
+        key = storage.parse(storage.hour_uri(raw_uri, hour)).key
+        versions = s3.list_object_versions(Bucket=bucket, Prefix=key).get("Versions", [])
+        assert len(versions) == 1, versions
+        text = storage.read_bytes(storage.hour_uri(raw_uri, hour)).decode()
+        assert not any(line.split(",")[0] == str(user) for line in text.splitlines()[1:])
+    # Aggregates were rebuilt without the user's contribution.
+    popularity_after = pd.read_parquet(root / "aggregates" / "popularity" / f"hour={hours[0]:03d}")["users"].sum()
+    assert popularity_after < popularity_before
+
+    # The register holds a token, a time and counts: never the id.
+    line = register.read_text()
+    assert json.loads(line) == record and record["erased_at"] == "2026-01-02T03:04:05+00:00"
+    assert set(record) == {"token", "erased_at", "removed", "hours", "not_reached"}
+    assert record["token"] == F.user_token(user, KEY) and user not in record["removed"].values()
+
+    # A restored pre-erasure partition still never reaches training.
+    shutil.copy(restored, root / "validated" / C.CLICKS_DIR / f"hour={hours[0]:03d}" / "part-0.parquet")
+    monkeypatch.setenv("NEWSREC_ERASURE_KEY", KEY.decode())
+    clicks = load_clicks(root / "validated" / C.CLICKS_DIR, None, None)
+    assert user not in set(clicks[C.USER_ID]) and len(clicks) > 0
+    monkeypatch.delenv("NEWSREC_ERASURE_KEY")
+    with pytest.raises(F.ErasureError, match="NEWSREC_ERASURE_KEY"):
+        load_clicks(root / "validated" / C.CLICKS_DIR, None, None)
+
+
+@pytest.mark.integration
+def test_cli_asks_for_yes_then_erases(tiny_validated, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(tiny_validated, root)
+    user, _ = _busy_user(root)
+    cmd = [sys.executable, "-m", "pipelines.cli", "forget-user", str(user), "--data-root", str(root)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSREC")}
+    env["NEWSREC__SERVE__IMPRESSION_LOG"] = str(tmp_path / "logs" / "impressions.jsonl")
+    env["NEWSREC__SERVE__CLICK_LOG"] = str(tmp_path / "logs" / "clicks.jsonl")
+
+    dry = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert dry.returncode == 2 and "--yes" in dry.stderr
+    assert _user_rows(root, user)
+    no_key = subprocess.run([*cmd, "--yes"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert no_key.returncode == 1 and "NEWSREC_ERASURE_KEY" in no_key.stderr
+    assert _user_rows(root, user)
+
+    env["NEWSREC_ERASURE_KEY"] = KEY.decode()
+    done = subprocess.run([*cmd, "--yes"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert "erased: raw" in done.stdout and "not reachable from here" in done.stdout
+    assert _user_rows(root, user) == {}
+    assert len((root / "erasures.jsonl").read_text().splitlines()) == 1

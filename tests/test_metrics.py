@@ -1,0 +1,101 @@
+"""Ranking metrics on cases small enough to check by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.columns import ARTICLE_ID, RANK, USER_ID
+from pipelines.metrics import candidate_recall, coverage, per_user_metrics, rank_by_score, summarise
+
+pytestmark = pytest.mark.unit
+
+
+def recs(rows: dict[int, list[int]]) -> pd.DataFrame:
+    """{user: [article at rank 1, rank 2, ...]} -> recommendation frame."""
+    out = [(u, a, r + 1) for u, arts in rows.items() for r, a in enumerate(arts)]
+    return pd.DataFrame(out, columns=[USER_ID, ARTICLE_ID, RANK])
+
+
+def truth(rows: dict[int, list[int]]) -> pd.DataFrame:
+    return pd.DataFrame([(u, a) for u, arts in rows.items() for a in arts], columns=[USER_ID, ARTICLE_ID])
+
+
+def test_ideal_order_scores_one():
+    m = per_user_metrics(recs({1: [10, 11, 12, 13]}), truth({1: [10, 11]}), k=10).loc[1]
+    assert m.to_dict() == {"recall": 1.0, "ndcg": 1.0, "mrr": 1.0, "hr": 1.0}
+
+
+def test_no_hit_scores_zero():
+    m = per_user_metrics(recs({1: [20, 21, 22]}), truth({1: [10]}), k=10).loc[1]
+    assert m.to_dict() == {"recall": 0.0, "ndcg": 0.0, "mrr": 0.0, "hr": 0.0}
+
+
+def test_one_hit_at_rank_three():
+    m = per_user_metrics(recs({1: [20, 21, 10, 22]}), truth({1: [10]}), k=10).loc[1]
+    assert m["recall"] == 1.0
+    assert m["hr"] == 1.0
+    assert m["mrr"] == pytest.approx(1 / 3)
+    assert m["ndcg"] == pytest.approx(1 / math.log2(4))  # = 0.5
+
+
+def test_one_of_two_relevant_found_first():
+    m = per_user_metrics(recs({1: [10, 20, 21]}), truth({1: [10, 11]}), k=10).loc[1]
+    assert m["recall"] == 0.5
+    # DCG = 1, ideal DCG = 1 + 1/log2(3)
+    assert m["ndcg"] == pytest.approx(1 / (1 + 1 / math.log2(3)))
+    assert m["mrr"] == 1.0
+
+
+def test_hit_below_k_does_not_count_and_ideal_dcg_is_capped_at_k():
+    m = per_user_metrics(recs({1: [20, 21, 10]}), truth({1: [10]}), k=2).loc[1]
+    assert m.to_dict() == {"recall": 0.0, "ndcg": 0.0, "mrr": 0.0, "hr": 0.0}
+    # 3 relevant, k=2, both top slots hit: the ideal can only place 2 hits, so NDCG is 1, recall 2/3.
+    m = per_user_metrics(recs({1: [10, 11, 12]}), truth({1: [10, 11, 12]}), k=2).loc[1]
+    assert m["ndcg"] == pytest.approx(1.0)
+    assert m["recall"] == pytest.approx(2 / 3)
+
+
+def test_users_without_recommendations_count_as_zero_and_extra_users_are_ignored():
+    m = per_user_metrics(recs({1: [10], 9: [10]}), truth({1: [10], 2: [10]}), k=10)
+    assert sorted(m.index) == [1, 2]
+    assert m.loc[2].sum() == 0.0
+    s = summarise(m, 10)
+    assert s["hr@10"] == 0.5 and s["users"] == 2
+
+
+def test_duplicate_recommendation_is_an_error():
+    bad = pd.DataFrame({USER_ID: [1, 1], ARTICLE_ID: [10, 10], RANK: [1, 2]})
+    with pytest.raises(ValueError, match="twice"):
+        per_user_metrics(bad, truth({1: [10]}))
+
+
+def test_missing_column_is_a_clear_error():
+    with pytest.raises(ValueError, match="rank"):
+        per_user_metrics(truth({1: [10]}), truth({1: [10]}))
+
+
+def test_rank_by_score_orders_desc_with_tiebreak_and_nan_last():
+    scored = pd.DataFrame(
+        {
+            USER_ID: [1, 1, 1, 1, 2],
+            ARTICLE_ID: [10, 11, 12, 13, 10],
+            "s": [0.5, 0.9, 0.5, np.nan, 0.1],
+            "t": [1.0, 0.0, 2.0, 5.0, 0.0],
+        }
+    )
+    r = rank_by_score(scored, "s", tiebreak="t")
+    assert r[r[USER_ID] == 1][ARTICLE_ID].tolist() == [11, 12, 10, 13]
+    assert r[r[USER_ID] == 1][RANK].tolist() == [1, 2, 3, 4]
+    assert len(rank_by_score(scored, "s", k=2)) == 3
+
+
+def test_candidate_recall_and_coverage():
+    cands = recs({1: [10, 11, 12], 2: [30]})
+    cr = candidate_recall(cands, truth({1: [10, 99], 2: [30], 3: [10]}))
+    assert cr.to_dict() == {1: 0.5, 2: 1.0, 3: 0.0}
+    # top-2 of everyone shows articles {10, 11, 30}: 3 of a 6-article catalogue
+    assert coverage(cands, catalogue_size=6, k=2) == 0.5

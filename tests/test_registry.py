@@ -1,0 +1,207 @@
+"""The MLflow registry against a real SQLite backend: load by alias and score, the promotion gate, rollback.
+
+The bundle is the real one the tiny pipeline produces (conftest `serving_bundle`); versions differ
+only in the test metrics and window they are registered with, which is all the gate looks at.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import columns as C
+from pipelines import registry as R
+
+pytestmark = pytest.mark.model
+
+NAME = "newsrec-ranker"
+WINDOW = "hours 18-20, 500 clicks, 0123456789ab"
+
+
+def _metrics(all_: float, cold: float) -> dict[str, dict[str, float]]:
+    return {"all": {"ndcg@10": all_, "recall@10": all_}, "warm": {"ndcg@10": all_}, "cold": {"ndcg@10": cold}}
+
+
+# version -> (metrics, window) registered once for the module; tests pick which one is challenger.
+VERSIONS = {
+    "1": (_metrics(0.30, 0.20), WINDOW),
+    "2": (_metrics(0.29, 0.25), WINDOW),  # worse overall
+    "3": (_metrics(0.40, 0.10), WINDOW),  # better overall, worse on cold users
+    "4": (_metrics(0.45, 0.30), "hours 30-40, 900 clicks, ba9876543210"),  # another window
+    "5": (_metrics(0.35, 0.21), WINDOW),  # better on both
+}
+
+
+@pytest.fixture(scope="module")
+def registry(serving_bundle, tmp_path_factory):
+    from mlflow import MlflowClient
+
+    where = tmp_path_factory.mktemp("registry")
+    params = {"tracking_uri": f"sqlite:///{where / 'mlflow.db'}", "artifact_root": str(where / "mlartifacts"),
+              "experiment": "registry-tests"}
+    R.use_tracking(params)
+    for version, (metrics, window) in VERSIONS.items():
+        assert R.register(serving_bundle, metrics, window, NAME, R.CHALLENGER) == version
+    return params, MlflowClient(params["tracking_uri"])
+
+
+@pytest.fixture
+def client(registry):
+    """The module's registry with no champion, no challenger and no champion history."""
+    import mlflow
+
+    params, client = registry
+    mlflow.set_tracking_uri(params["tracking_uri"])
+    for alias in (R.CHAMPION, R.CHALLENGER):
+        client.delete_registered_model_alias(NAME, alias) if alias in R.aliases(client, NAME) else None
+    client.delete_registered_model_tag(NAME, R.HISTORY_TAG)
+    return client
+
+
+def _challenge(client, version: str):
+    client.set_registered_model_alias(NAME, R.CHALLENGER, version)
+    return R.promote(client, NAME, "ndcg@10", min_gain=0.001, cold_tolerance=0.0)
+
+
+def _champion(client) -> str:
+    return str(client.get_model_version_by_alias(NAME, R.CHAMPION).version)
+
+
+@pytest.fixture(scope="module")
+def candidate_frame(serving_bundle) -> pd.DataFrame:
+    """Candidates for a few known users and one unknown (cold) user, from the bundle's own index."""
+    bundle = R.ServingBundle.load(serving_bundle)
+    history = bundle.history
+    users = history[C.USER_ID].drop_duplicates().to_numpy()[:5]
+    clicks = history[history[C.USER_ID].isin(users)][[C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP]]
+    cold_user = int(history[C.USER_ID].max()) + 1
+    frame = bundle.index.candidates(clicks, users=[*users, cold_user])
+    assert frame[C.USER_ID].nunique() == 6 and cold_user in set(frame[C.USER_ID])
+    return frame
+
+
+def test_registered_model_loads_by_alias_and_scores_a_candidate_frame_consistently(client, candidate_frame,
+                                                                                    serving_bundle):
+    import mlflow
+
+    assert _challenge(client, "1").promoted
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@{R.CHAMPION}")
+    scores = np.asarray(model.predict(candidate_frame))
+    assert scores.shape == (len(candidate_frame),) and np.isfinite(scores).all()
+    np.testing.assert_allclose(scores, np.asarray(model.predict(candidate_frame)))
+    # The same bundle scored directly: the pyfunc adds nothing and drops nothing.
+    np.testing.assert_allclose(scores, R.ServingBundle.load(serving_bundle).score(candidate_frame))
+    # Scores depend on the row, not on where the row sits in the frame.
+    shuffled = candidate_frame.sample(frac=1.0, random_state=0)
+    np.testing.assert_allclose(np.asarray(model.predict(shuffled)), scores[shuffled.index.to_numpy()])
+    names = [c.name for c in model.metadata.signature.inputs.inputs]
+    assert names[:2] == [C.USER_ID, C.ARTICLE_ID] and C.score_col("emb") in names
+
+
+def test_request_context_columns_reach_the_features(client, candidate_frame):
+    import mlflow
+
+    from pipelines.features import CONTEXT_FEATURES
+    from pipelines.train import score_candidates
+
+    assert _challenge(client, "1").promoted
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@{R.CHAMPION}")
+    bundle = model.unwrap_python_model().bundle
+    values = {"c_hour_of_day": 9, "c_device": 1, "c_os": 2, "c_referrer": 1, "c_region": 5, "c_environment": 4}
+    with_context = candidate_frame.assign(**values)
+    context = pd.DataFrame(values, index=pd.Index(candidate_frame[C.USER_ID].unique(), name=C.USER_ID))
+    np.testing.assert_allclose(
+        np.asarray(model.predict(with_context)),
+        score_candidates(bundle.ranker, candidate_frame, bundle.tables, context[CONTEXT_FEATURES]),
+    )
+    with pytest.raises(ValueError, match="lacks"):
+        bundle.score(candidate_frame.assign(c_device=1))
+
+
+def test_model_rejects_a_frame_without_article_ids(client, candidate_frame):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    assert _challenge(client, "1").promoted
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@{R.CHAMPION}")
+    with pytest.raises(MlflowException, match=C.ARTICLE_ID):
+        model.predict(candidate_frame.drop(columns=[C.ARTICLE_ID]))
+
+
+def test_first_promotion_needs_no_comparison(client):
+    decision = _challenge(client, "2")
+    assert decision.promoted and "no champion yet" in decision.reason
+    assert _champion(client) == "2"
+
+
+def test_promote_refuses_a_worse_challenger_and_says_why(client):
+    assert _challenge(client, "1").promoted
+    decision = _challenge(client, "2")
+    assert not decision.promoted
+    assert "does not beat champion v1" in decision.reason and "0.2900" in decision.reason
+    assert _champion(client) == "1"
+
+
+def test_promote_refuses_a_cold_user_regression(client):
+    assert _challenge(client, "1").promoted
+    decision = _challenge(client, "3")
+    assert not decision.promoted and "regresses on cold users" in decision.reason
+    assert _champion(client) == "1"
+
+
+def test_promote_refuses_metrics_from_another_test_window(client):
+    assert _challenge(client, "1").promoted
+    decision = _challenge(client, "4")
+    assert not decision.promoted and "not comparable" in decision.reason
+    assert _champion(client) == "1"
+
+
+def test_promote_moves_champion_to_a_better_challenger(client):
+    assert _challenge(client, "1").promoted
+    decision = _challenge(client, "5")
+    assert decision.promoted and "beats champion v1" in decision.reason
+    assert _champion(client) == "5"
+    assert not _challenge(client, "5").promoted  # already champion: nothing to do
+
+
+def test_rollback_restores_the_previous_champion(client):
+    assert _challenge(client, "1").promoted
+    assert _challenge(client, "5").promoted
+    decision = R.rollback(client, NAME)
+    assert "v5 to v1" in decision.reason
+    assert _champion(client) == "1"
+    with pytest.raises(LookupError, match="no previous"):
+        R.rollback(client, NAME)
+    assert _challenge(client, "5").promoted  # history stays consistent after a rollback
+
+
+def test_gate_errors_name_what_is_missing(client):
+    with pytest.raises(LookupError, match="challenger"):
+        R.promote(client, NAME, "ndcg@10", 0.0, 0.0)
+    with pytest.raises(LookupError, match="champion"):
+        R.rollback(client, NAME)
+    with pytest.raises(LookupError, match="newsrec register"):
+        R.promote(client, "no-such-model", "ndcg@10", 0.0, 0.0)
+
+
+def test_report_prints_the_table_and_the_live_aliases(client, registry, tmp_path, monkeypatch, capsys):
+    import json
+
+    from pipelines import report
+
+    params, _ = registry
+    assert _challenge(client, "1").promoted
+    assert _challenge(client, "5").promoted
+    monkeypatch.setenv("NEWSREC__MLFLOW__TRACKING_URI", params["tracking_uri"])
+    table = tmp_path / "eval_table.md"
+    table.write_text("| method | users | ndcg@10 |\n|---|---|---:|\n| reranker | all | 0.3500 |\n")
+    registered = tmp_path / "registered.json"
+    registered.write_text(json.dumps({"model_name": NAME, "version": "5", "test_window": WINDOW,
+                                      "promotion": {"promoted": True, "reason": "beats champion v1"}}))
+    assert report.main(["--eval-table", str(table), "--registered", str(registered)]) == 0
+    out = capsys.readouterr().out
+    assert "| reranker | all | 0.3500 |" in out
+    assert "@champion   -> version 5  test ndcg@10 0.3500" in out
+    assert f"models:/{NAME}@champion" in out
+    assert report.main(["--eval-table", str(tmp_path / "missing.md"), "--registered", str(registered)]) == 1

@@ -1,0 +1,326 @@
+"""The HTTP API against a real champion: a bundle fitted by the pipeline's stages, served from MLflow."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from serving_support import ServerThread
+
+from pipelines import ab_report
+from pipelines.registry import ServingBundle
+from serving.app import create_app
+from serving.settings import Settings
+
+MODEL = "newsrec-ranker"
+
+
+def _settings(registry, tmp_path, **changes) -> Settings:
+    base = Settings.from_params(
+        tracking_uri=registry["tracking_uri"],
+        impression_log=tmp_path / "impressions.jsonl",
+        click_log=tmp_path / "clicks.jsonl",
+    )
+    return base.with_(**changes)
+
+
+@pytest.fixture(scope="module")
+def bundle(serving_bundle):
+    return ServingBundle.load(serving_bundle)
+
+
+@pytest.fixture(scope="module")
+def client(serving_registry, tmp_path_factory):
+    """One app for the read-mostly tests: champion v1, challenger v2 for half of the users."""
+    app = create_app(_settings(serving_registry, tmp_path_factory.mktemp("api_logs"), challenger_share=0.5),
+                     poll=False)
+    with TestClient(app) as c:
+        yield c
+
+
+def _warm_user(bundle, min_clicks=3) -> int:
+    counts = bundle.history.groupby("user_id").size()
+    return int(counts[counts >= min_clicks].index[0])
+
+
+@pytest.mark.integration
+def test_health_ready_and_models(client, serving_registry):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["champion"] == "1" and ready.json()["challenger"] == "2"
+    models = client.get("/v1/models").json()
+    assert models["champion"]["version"] == "1"
+    assert models["champion"]["metrics"]["all_ndcg_at_10"] == pytest.approx(0.3)
+    assert models["challenger_share"] == 0.5
+
+
+@pytest.mark.integration
+def test_user_listing(client, bundle):
+    counts = bundle.history.groupby("user_id").size()
+    active = client.get("/v1/users", params={"n": 3}).json()
+    assert [u["clicks"] for u in active] == sorted(counts, reverse=True)[:3]
+    sample = client.get("/v1/users", params={"n": 5, "order": "random", "seed": 1}).json()
+    assert sample == client.get("/v1/users", params={"n": 5, "order": "random", "seed": 1}).json()
+    assert all(counts[u["user_id"]] == u["clicks"] for u in sample)
+    assert client.get("/v1/users", params={"order": "newest"}).status_code == 422
+
+
+@pytest.mark.integration
+def test_recommendations_for_a_known_user(client, bundle):
+    user = _warm_user(bundle)
+    body = client.get(f"/v1/users/{user}/recommendations", params={"k": 7, "device": 1}).json()
+    items = body["items"]
+    assert len(items) == 7 and [i["rank"] for i in items] == list(range(1, 8))
+    scores = [i["score"] for i in items]
+    assert scores == sorted(scores, reverse=True)
+    assert body["cold_start"] is False
+    assert body["variant"] in {"champion", "challenger"}
+    assert body["model_version"] == ("1" if body["variant"] == "champion" else "2")
+    read = set(bundle.history.loc[bundle.history["user_id"] == user, "click_article_id"])
+    assert not read & {i["article_id"] for i in items}, "already-read articles were recommended"
+    meta = bundle.articles.set_index("article_id")
+    for item in items:
+        assert item["sources"] and set(item["sources"]) <= {"emb", "cocl", "pop", "trend"}
+        assert item["category_id"] == meta.loc[item["article_id"], "category_id"]
+        assert item["words_count"] == meta.loc[item["article_id"], "words_count"]
+        assert item["age_hours"] >= 0  # nothing published after the request time is recommended
+
+
+@pytest.mark.integration
+def test_unknown_user_gets_the_cold_start_path(client):
+    before = client.get("/metrics").text
+    body = client.get("/v1/users/987654321/recommendations", params={"k": 5, "referrer": 2}).json()
+    assert body["cold_start"] is True and len(body["items"]) == 5
+    assert all(set(i["sources"]) <= {"pop", "trend"} for i in body["items"])
+    after = client.get("/metrics").text
+    assert _counter(after, 'newsrec_fallbacks_total{reason="cold_start"}') == \
+        _counter(before, 'newsrec_fallbacks_total{reason="cold_start"}') + 1
+
+
+def _counter(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("/v1/users/1/recommendations?k=0", "greater than or equal to 1"),
+        ("/v1/users/1/recommendations?k=101", "less than or equal to 100"),
+        ("/v1/users/1/recommendations?k=ten", "valid integer"),
+        ("/v1/users/-3/recommendations", "greater than or equal to 0"),
+        ("/v1/users/1/recommendations?device=-1", "greater than or equal to 0"),
+        ("/v1/users/1/recommendations?time=yesterday", "datetime"),
+        ("/v1/users/99999999999999999999/recommendations", "less than or equal to"),
+        ("/v1/articles/1/similar?k=1000", "less than or equal to 100"),
+    ],
+)
+def test_bad_parameters_are_422_with_a_message(client, url, fragment):
+    r = client.get(url)
+    assert r.status_code == 422
+    assert fragment in json.dumps(r.json())
+
+
+@pytest.mark.integration
+def test_unknown_article_is_404(client, bundle):
+    missing = int(bundle.articles["article_id"].max()) + 10
+    for r in (client.get(f"/v1/articles/{missing}"), client.get(f"/v1/articles/{missing}/similar"),
+              client.post("/v1/events", json={"user_id": 1, "article_id": missing})):
+        assert r.status_code == 404
+        assert f"article {missing} is not in the catalogue" in r.json()["detail"]
+
+
+@pytest.mark.integration
+def test_similar_articles(client, bundle):
+    article = int(bundle.index.pool["article_id"].iloc[0])
+    body = client.get(f"/v1/articles/{article}/similar", params={"k": 5}).json()
+    assert body["article"]["article_id"] == article
+    emb = body["embedding"]
+    assert 0 < len(emb) <= 5 and article not in {i["article_id"] for i in emb}
+    assert [i["score"] for i in emb] == sorted((i["score"] for i in emb), reverse=True)
+    coread = bundle.index.coclick
+    expected = coread[coread["article_a"] == article].sort_values("rank")["article_b"].head(5).tolist()
+    assert [i["article_id"] for i in body["coclick"]] == expected
+
+
+@pytest.mark.integration
+def test_a_click_is_reflected_at_once(client, bundle):
+    user = 555_000_001  # unknown to the bundle: starts on the cold path
+    first = client.get(f"/v1/users/{user}/recommendations", params={"k": 10}).json()
+    assert first["cold_start"]
+    clicked = first["items"][0]["article_id"]
+    r = client.post("/v1/events", json={"user_id": user, "article_id": clicked,
+                                        "impression_id": first["impression_id"]})
+    assert r.status_code == 202 and r.json()["recent_clicks"] == 1
+    second = client.get(f"/v1/users/{user}/recommendations", params={"k": 10}).json()
+    assert second["cold_start"] is False
+    assert clicked not in {i["article_id"] for i in second["items"]}
+    # The profile now exists: the embedding and co-click sources propose articles for this user.
+    assert {"emb", "cocl"} & {s for i in second["items"] for s in i["sources"]}
+    history = client.get(f"/v1/users/{user}/history").json()
+    assert history["known"] is False
+    assert history["items"][0]["article_id"] == clicked and history["items"][0]["online"] is True
+
+
+@pytest.mark.integration
+def test_events_are_validated(client, bundle):
+    article = int(bundle.articles["article_id"].iloc[0])
+    assert client.post("/v1/events", json={"user_id": -1, "article_id": article}).status_code == 422
+    assert client.post("/v1/events", json={"user_id": 1}).status_code == 422
+    r = client.post("/v1/events", json={"user_id": 1, "article_id": article, "colour": "red"})
+    assert r.status_code == 422 and "colour" in json.dumps(r.json())
+
+
+@pytest.mark.integration
+def test_prometheus_metrics(client, bundle):
+    user = _warm_user(bundle)
+    client.get(f"/v1/users/{user}/recommendations")
+    text = client.get("/metrics").text
+    assert 'newsrec_request_latency_seconds_bucket{endpoint="/v1/users/{user_id}/recommendations",le="0.05",method="GET"}' in text
+    assert f'newsrec_model_info{{alias="champion",model_name="{MODEL}",' in text
+    assert 'version="1"' in text and 'version="2"' in text
+    assert _counter(text, 'newsrec_variant_requests_total{variant="champion"}') + \
+        _counter(text, 'newsrec_variant_requests_total{variant="challenger"}') >= 1
+    assert 'newsrec_requests_total{endpoint="/v1/users/{user_id}/recommendations",method="GET",status="200"}' in text
+
+
+@pytest.mark.integration
+def test_openapi_documents_every_endpoint(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/users/{user_id}/recommendations", "/v1/articles/{article_id}/similar", "/v1/events",
+            "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+    k = next(p for p in spec["paths"]["/v1/users/{user_id}/recommendations"]["get"]["parameters"]
+             if p["name"] == "k")
+    assert k["schema"]["maximum"] == 100 and k["schema"]["minimum"] == 1
+    assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.integration
+def test_no_champion_means_not_ready_and_503(tmp_path):
+    empty = {"tracking_uri": f"sqlite:///{tmp_path / 'empty.db'}"}
+    app = create_app(_settings(empty, tmp_path), poll=False)
+    with TestClient(app) as c:
+        assert c.get("/healthz").status_code == 200
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and "no champion" in ready.json()["reasons"][0]
+        r = c.get("/v1/users/1/recommendations")
+        assert r.status_code == 503 and "no model in service" in r.json()["detail"]
+
+
+@pytest.mark.integration
+def test_ab_experiment_end_to_end(serving_registry, bundle, tmp_path):
+    """Half the users see the challenger; simulated readers click its lists more; ab-report finds it."""
+    settings = _settings(serving_registry, tmp_path, challenger_share=0.5, ab_salt="exp-e2e")
+    app = create_app(settings, poll=False)
+    rng = np.random.default_rng(3)
+    click_prob = {"champion": 0.25, "challenger": 0.55}
+    known = bundle.history["user_id"].unique()
+    users = np.concatenate([known[:150], np.arange(10_000_000, 10_000_250)])
+    served = {"champion": set(), "challenger": set()}
+    with TestClient(app) as c:
+        for user in users:
+            body = c.get(f"/v1/users/{int(user)}/recommendations", params={"k": 5}).json()
+            served[body["variant"]].add(body["model_version"])
+            if rng.random() < click_prob[body["variant"]]:
+                article = body["items"][int(rng.integers(len(body["items"])))]["article_id"]
+                r = c.post("/v1/events", json={"user_id": int(user), "article_id": article,
+                                               "impression_id": body["impression_id"]})
+                assert r.status_code == 202
+    assert served == {"champion": {"1"}, "challenger": {"2"}}
+
+    out = tmp_path / "ab.json"
+    rc = ab_report.main(["--impressions", str(settings.impression_log), "--clicks", str(settings.click_log),
+                         "--out", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    variants = report["variants"]
+    assert variants["champion"]["users"] + variants["challenger"]["users"] == len(users)
+    assert 0.35 < variants["challenger"]["users"] / len(users) < 0.65
+    assert report["clicks_attributed"] == report["clicks_logged"]
+    test = report["comparisons"]["challenger_vs_champion"]
+    assert test["significant"] and test["diff"] > 0.15
+
+
+@pytest.mark.integration
+def test_alias_swap_under_load_fails_no_request(serving_registry, bundle, tmp_path):
+    """Champion moves v1 -> v2 while clients hammer the API: every request succeeds, v2 takes over."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=serving_registry["tracking_uri"],
+                          registry_uri=serving_registry["tracking_uri"])
+    settings = _settings(serving_registry, tmp_path, challenger_share=0.0, poll_seconds=0.2)
+    users = [int(u) for u in bundle.history["user_id"].unique()[:40]] + [424242]
+    statuses, versions = [], []
+    stop = threading.Event()
+
+    def hammer(offset: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            i = offset
+            while not stop.is_set():
+                r = http.get(f"/v1/users/{users[i % len(users)]}/recommendations", params={"k": 10})
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    versions.append(r.json()["model_version"])
+                i += 1
+
+    try:
+        with ServerThread(create_app(settings)) as server:
+            threads = [threading.Thread(target=hammer, args=(k,)) for k in range(3)]
+            for t in threads:
+                t.start()
+            time.sleep(1.0)
+            client.set_registered_model_alias(MODEL, "champion", "2")
+            deadline = time.time() + 180  # loading v2 takes seconds; generous for a busy CI machine
+            while time.time() < deadline and (not versions or versions[-1] != "2"):
+                time.sleep(0.2)
+            time.sleep(1.0)
+            stop.set()
+            for t in threads:
+                t.join()
+    finally:
+        client.set_registered_model_alias(MODEL, "champion", "1")
+    assert statuses and set(statuses) == {200}, f"failed requests during the swap: {set(statuses)}"
+    assert versions[0] == "1" and versions[-1] == "2"
+    # Once swapped, never back: requests read one slot snapshot, so no request mixes or reverts versions.
+    first_two = versions.index("2")
+    assert set(versions[first_two:]) == {"2"}
+
+
+@pytest.mark.integration
+def test_redis_state_is_shared_by_replicas(serving_registry, bundle, redis_server, tmp_path):
+    """Two app instances on one Redis: a click posted to one changes the other's recommendations."""
+    import uuid
+
+    import redis
+
+    prefix = f"newsrec-test:{uuid.uuid4().hex}:"
+    settings = _settings(serving_registry, tmp_path, redis_url=redis_server, state_prefix=prefix,
+                         challenger_share=0.0)
+    user = _warm_user(bundle)
+    try:
+        with TestClient(create_app(settings, poll=False)) as a, TestClient(create_app(settings, poll=False)) as b:
+            assert a.get("/readyz").status_code == 200
+            before = b.get(f"/v1/users/{user}/recommendations", params={"k": 5}).json()
+            clicked = before["items"][0]["article_id"]
+            assert a.post("/v1/events", json={"user_id": user, "article_id": clicked}).status_code == 202
+            after = b.get(f"/v1/users/{user}/recommendations", params={"k": 5}).json()
+            assert clicked not in {i["article_id"] for i in after["items"]}
+            history = b.get(f"/v1/users/{user}/history", params={"n": 1}).json()
+            assert history["known"] and history["items"][0] == {**history["items"][0], "article_id": clicked,
+                                                                 "online": True}
+        r = redis.Redis.from_url(redis_server)
+        assert r.lrange(f"{prefix}{user}", 0, -1) and 0 < r.ttl(f"{prefix}{user}") <= settings.state_ttl_seconds
+    finally:
+        r = redis.Redis.from_url(redis_server)
+        keys = r.keys(prefix + "*")
+        if keys:
+            r.delete(*keys)

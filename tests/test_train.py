@@ -1,0 +1,138 @@
+"""Reranker training on small inline snapshots: grouping, learning a planted signal, save/load, scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import columns as C
+from pipelines import features as F
+from pipelines import train as T
+
+H = C.HOUR_MS
+N_ARTICLES, N_USERS, DIM = 120, 150, 16
+PARAMS = {
+    "eval_at": 10,
+    "num_boost_round": 80,
+    "early_stopping_rounds": 20,
+    "exclude_features": [],
+    "lgb": {"learning_rate": 0.1, "num_leaves": 15, "min_data_in_leaf": 20, "seed": 1, "num_threads": 1,
+            "deterministic": True},
+}
+
+
+def _world(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    articles = pd.DataFrame({
+        C.ARTICLE_ID: np.arange(N_ARTICLES),
+        C.CATEGORY_ID: rng.integers(0, 6, N_ARTICLES),
+        C.CREATED_AT_TS: rng.integers(0, 10 * H, N_ARTICLES),
+        C.PUBLISHER_ID: 0,
+        C.WORDS_COUNT: rng.integers(50, 500, N_ARTICLES),
+    })
+    embeddings = F.normalise_embeddings(rng.normal(size=(N_ARTICLES, DIM)).astype(np.float32))
+    n = 2000
+    history = pd.DataFrame({
+        C.USER_ID: rng.integers(0, N_USERS, n),
+        C.SESSION_ID: rng.integers(0, 800, n),
+        C.SESSION_START: 0,
+        C.SESSION_SIZE: 2,
+        C.CLICK_ARTICLE_ID: rng.integers(0, N_ARTICLES, n),
+        C.CLICK_TIMESTAMP: rng.integers(10 * H, 30 * H, n),
+    })
+    for col in C.CONTEXT_COLUMNS:
+        history[col] = rng.integers(1, 4, n)
+    return rng, articles, embeddings, history
+
+
+def _snapshot(rng, articles, embeddings, history, cutoff):
+    """Labelled candidates where the user clicks the candidates most similar to their profile."""
+    tables = F.fit_tables(history, articles, embeddings, cutoff, {"profile_half_life_h": 24})
+    cands = pd.DataFrame({
+        C.USER_ID: np.repeat(tables.users.index.to_numpy(), 15),
+        C.ARTICLE_ID: rng.integers(0, N_ARTICLES, 15 * len(tables.users)),
+    }).drop_duplicates()
+    cands[C.score_col("pop")] = rng.random(len(cands))  # a distractor
+    sim = F.assemble(cands, tables)["ua_emb_sim"].to_numpy()
+    cands[C.LABEL] = (sim > 0.45).astype(int)
+    return cands, tables
+
+
+@pytest.fixture(scope="module")
+def trained():
+    rng, articles, embeddings, history = _world()
+    snaps = [_snapshot(rng, articles, embeddings, history, c) for c in (20 * H, 25 * H, 30 * H)]
+    train_set = T.concat_sets([T.ranking_set(c, t) for c, t in snaps[:2]])
+    val_cands, val_tables = snaps[2]
+    ranker = T.fit_ranker(train_set, T.ranking_set(val_cands, val_tables), PARAMS)
+    return ranker, val_cands, val_tables
+
+
+@pytest.mark.unit
+def test_ranking_set_groups_are_contiguous_and_keep_only_queries_with_a_click():
+    _rng, articles, embeddings, history = _world()
+    tables = F.fit_tables(history, articles, embeddings, 20 * H, {"profile_half_life_h": 24})
+    users = tables.users.index[:3].to_numpy()
+    cands = pd.DataFrame({
+        C.USER_ID: [users[1], users[0], users[1], users[2], users[0]],
+        C.ARTICLE_ID: [1, 2, 3, 4, 5],
+        C.LABEL: [0, 1, 1, 0, 0],
+    })
+    rs = T.ranking_set(cands, tables)
+    assert rs.groups.tolist() == [2, 2]  # users[2] never clicked: dropped
+    assert rs.y.tolist() == [1, 0, 0, 1]
+    assert len(rs.X) == 4
+
+
+@pytest.mark.unit
+def test_ranking_set_needs_labels():
+    _rng, articles, embeddings, history = _world()
+    tables = F.fit_tables(history, articles, embeddings, 20 * H, {"profile_half_life_h": 24})
+    with pytest.raises(ValueError, match="label"):
+        T.ranking_set(pd.DataFrame({C.USER_ID: [1], C.ARTICLE_ID: [1]}), tables)
+
+
+@pytest.mark.model
+def test_ranker_learns_the_planted_signal(trained):
+    ranker, val_cands, val_tables = trained
+    assert ranker.meta["val_ndcg_at_10"] > 0.9
+    top = T.feature_importance(ranker).iloc[0]["feature"]
+    assert top == "ua_emb_sim"
+    scores = T.score_candidates(ranker, val_cands, val_tables)
+    clicked = scores[val_cands[C.LABEL].to_numpy() == 1].mean()
+    skipped = scores[val_cands[C.LABEL].to_numpy() == 0].mean()
+    assert clicked > skipped
+
+
+@pytest.mark.unit
+def test_saved_ranker_scores_identically(tmp_path, trained):
+    ranker, val_cands, val_tables = trained
+    path = ranker.save(tmp_path / "ranker")
+    np.testing.assert_allclose(
+        T.score_candidates(path, val_cands, val_tables), T.score_candidates(ranker, val_cands, val_tables)
+    )
+    assert T.Ranker.load(path).features == ranker.features
+
+
+@pytest.mark.unit
+def test_score_candidates_keeps_row_order(trained):
+    ranker, val_cands, val_tables = trained
+    frame = val_cands.head(50)
+    forward = T.score_candidates(ranker, frame, val_tables)
+    backward = T.score_candidates(ranker, frame.iloc[::-1], val_tables)
+    np.testing.assert_allclose(forward, backward[::-1])
+
+
+@pytest.mark.unit
+def test_fit_refuses_a_training_set_without_clicks(trained):
+    _, val_cands, val_tables = trained
+    no_clicks = T.ranking_set(val_cands.assign(**{C.LABEL: 0}), val_tables, drop_no_positive=False)
+    with pytest.raises(ValueError, match="nothing to learn"):
+        T.fit_ranker(no_clicks, no_clicks, PARAMS)
+
+
+@pytest.mark.unit
+def test_load_missing_ranker_says_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="newsrec train"):
+        T.Ranker.load(tmp_path)
