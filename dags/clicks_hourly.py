@@ -75,11 +75,14 @@ def clicks_hourly():
     def aggregates(result: dict) -> dict[str, str]:
         from airflow.exceptions import AirflowSkipException
 
-        from pipelines.aggregates import aggregate_hour
+        from pipelines.aggregates import aggregate_hour, drop_hour
 
-        if result["status"] != "landed":
-            raise AirflowSkipException(f"hour {result['hour']} was quarantined: nothing to aggregate")
         with flows.project(flows.params_file()) as p:
+            if result["status"] != "landed":
+                # A replayed hour that is quarantined now must not leave its earlier aggregates behind.
+                removed = drop_hour(p["data"]["root"], result["hour"])
+                raise AirflowSkipException(f"hour {result['hour']} was quarantined: nothing to aggregate"
+                                           + (f", removed {len(removed)} stale partitions" if removed else ""))
             outs = aggregate_hour(p["data"]["root"], result["hour"], p["data"]["epoch_ms"],
                                   p["aggregates"]["coclick_max_distance"])
         return {kind: str(path) for kind, path in outs.items()}

@@ -13,7 +13,9 @@ applied when reading, relative to the cutoff, which keeps the stored partitions 
 
 Co-click pairs are ordered pairs (a, b) and (b, a) of distinct articles read in the same session,
 weighted 1/distance between their positions in the session (sessions ordered by click time), up to
-`coclick_max_distance` positions apart (long sessions would otherwise grow quadratically).
+`coclick_max_distance` positions apart (long sessions would otherwise grow quadratically). The terms
+are summed as decimals, which add exactly in any order: a float sum over several threads could differ
+in its last bit from run to run, and replaying an hour must give the same bytes.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def aggregate_hour(
             FROM read_parquet(?))
         SELECT x.a AS {ARTICLE_A}, y.a AS {ARTICLE_B},
                {click_hour.format(ts="greatest(x.ts, y.ts)")} AS {CLICK_HOUR},
-               sum(1.0 / abs(x.pos - y.pos)) AS {WEIGHT}
+               CAST(sum(CAST(1.0 / abs(x.pos - y.pos) AS DECIMAL(18, 12))) AS DOUBLE) AS {WEIGHT}
         FROM c x JOIN c y ON x.u = y.u AND x.s = y.s AND x.pos <> y.pos AND x.a <> y.a
                          AND abs(x.pos - y.pos) <= ?
         GROUP BY 1, 2, 3 ORDER BY 3, 1, 2"""
@@ -103,6 +105,19 @@ def aggregate_hour(
     return outs
 
 
+def drop_hour(data_root: str | Path, hour: int) -> list[Path]:
+    """Remove one hour's partitions (the hour is no longer validated, e.g. a re-run quarantined it)."""
+    removed = []
+    for kind in (POPULARITY, COCLICK):
+        part = _partition(data_root, kind, hour).parent
+        if part.is_dir():
+            for f in part.iterdir():
+                f.unlink()
+            part.rmdir()
+            removed.append(part)
+    return removed
+
+
 def aggregate_all(data_root: str | Path, epoch_ms: int, coclick_max_distance: int) -> list[int]:
     """Aggregate every validated hour and drop partitions whose hour is no longer validated."""
     from pipelines.split import validated_hours
@@ -113,13 +128,11 @@ def aggregate_all(data_root: str | Path, epoch_ms: int, coclick_max_distance: in
         raise FileNotFoundError(f"no validated hours under {data_root / 'validated' / 'clicks'}")
     for hour in hours:
         aggregate_hour(data_root, hour, epoch_ms, coclick_max_distance)
-    keep = {f"{HOUR}={h:03d}" for h in hours}
-    for kind in (POPULARITY, COCLICK):
-        for part in (data_root / "aggregates" / kind).glob(f"{HOUR}=*"):
-            if part.name not in keep:
-                for f in part.iterdir():
-                    f.unlink()
-                part.rmdir()
+    landed = set(hours)
+    stale = {int(part.name.split("=", 1)[1]) for kind in (POPULARITY, COCLICK)
+             for part in (data_root / "aggregates" / kind).glob(f"{HOUR}=*")}
+    for hour in sorted(stale - landed):
+        drop_hour(data_root, hour)
     return hours
 
 

@@ -176,6 +176,10 @@ def test_quarantined_drop_sends_an_alert_and_the_run_succeeds(dagbag, hourly_roo
     from pipelines.baddrops import inject_bad_drop
 
     inject_bad_drop(hourly_root / "raw" / "clicks", 5, "click_before_session")
+    # Aggregates from an earlier landing of hour 5: the replay that quarantines it must remove them.
+    stale = hourly_root / "aggregates" / "coclick" / "hour=005"
+    stale.mkdir(parents=True, exist_ok=True)
+    (stale / "part-0.parquet").write_bytes(b"from an earlier run")
     monkeypatch.setenv(flows.PARAMS_ENV, str(write_params(tmp_path / "work", hourly_root)))
     # Inside Airflow the alert goes through Airflow's SMTP connection (here: the loopback sink).
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT",
@@ -188,6 +192,7 @@ def test_quarantined_drop_sends_an_alert_and_the_run_succeeds(dagbag, hourly_roo
                            "aggregates": "skipped", "alert_quarantined": "success"}
     assert (hourly_root / "quarantine" / "clicks" / "hour=005" / "reason.txt").is_file()
     assert not (hourly_root / "validated" / "clicks" / "hour=005").exists()
+    assert not stale.exists()
     (msg,) = smtp_sink.messages
     assert msg["Subject"] == "[newsrec] quarantined hourly drop 005"
     assert msg["From"] == "airflow@newsrec.test"
