@@ -17,7 +17,8 @@ round-trip it through a folder, which is what the serving bundle carries.
 
 and returns one row per (user, article) with each source's score and rank plus a reciprocal-rank
 fusion. Articles the user already read are never proposed; users without clicks get pop and trend
-only. Everything is vectorised over users, so the API calls the same code for one user.
+only. Everything is vectorised over users with numpy (no per-row Python, no pandas inside a query),
+so the same code serves a snapshot of 20,000 users offline and one user per API request.
 
 `newsrec candidates` runs it for every snapshot of the split file, labels each row with the
 snapshot's target clicks and writes candidate recall per source for all, warm and cold users.
@@ -31,7 +32,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -112,40 +113,56 @@ class _PairKeys:
         return pd.Index(self.encode(users, articles)).isin(self.keys)
 
 
+class _Ranked(NamedTuple):
+    """One source's lists as parallel arrays: `article[i]` is proposed to `user[i]` at 1-based `rank[i]`."""
+
+    user: np.ndarray
+    article: np.ndarray
+    score: np.ndarray
+    rank: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: list[_Ranked]) -> _Ranked:
+        if not parts:
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int64))
+        return cls(*(np.concatenate(cols) for cols in zip(*parts, strict=True)))
+
+
 def _top_excluding(
     fetch: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, np.ndarray]],
     users: np.ndarray,
     read: _PairKeys,
     n: int,
     max_depth: int,
-) -> pd.DataFrame:
-    """Each user's top n unread items from a ranked source.
+) -> _Ranked:
+    """Each user's top n unread items from a ranked source; `users` sorted ascending.
 
     `fetch(users, depth)` returns (user, article, score) arrays with each user's first `depth` items in
     order, users in the given order. Depth starts just above n and grows only for users whose read
     articles crowd the list, so heavy readers never make everyone's list longer.
     """
-    out, todo, depth = [], np.asarray(users), min(n + 16, max_depth)
+    out, todo, depth = [], np.asarray(users, dtype=np.int64), min(n + 16, max_depth)
     while len(todo) and depth > 0:
         u, a, s = fetch(todo, depth)
         keep = ~read.contains(u, a)
         u, a, s = u[keep], a[keep], s[keep]
         r = _block_rank(u)
-        got = pd.Series(r < n).groupby(u).sum().reindex(todo, fill_value=0).to_numpy()
-        short = todo[(got < n)] if depth < max_depth else todo[:0]
+        got = np.bincount(np.searchsorted(todo, u[r < n]), minlength=len(todo))
+        short = todo[got < n] if depth < max_depth else todo[:0]
         ok = (r < n) & ~np.isin(u, short)
-        out.append(pd.DataFrame({USER_ID: u[ok], ARTICLE_ID: a[ok], SCORE: s[ok], RANK: r[ok] + 1}))
+        out.append(_Ranked(u[ok], a[ok], s[ok], r[ok] + 1))
         todo, depth = short, min(depth * 4, max_depth)
-    if not out:
-        return pd.DataFrame(
-            {
-                USER_ID: np.zeros(0, np.int64),
-                ARTICLE_ID: np.zeros(0, np.int64),
-                SCORE: np.zeros(0, np.float64),
-                RANK: np.zeros(0, np.int64),
-            }
-        )
-    return pd.concat(out, ignore_index=True)
+    return _Ranked.concat(out)
+
+
+def _slices(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)]) without the Python loop."""
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + offsets
 
 
 @dataclass
@@ -316,6 +333,12 @@ class CandidateIndex:
     def _search(self, vectors: np.ndarray, depth: int, prior: float) -> tuple[np.ndarray, np.ndarray]:
         """faiss search in bounded chunks, queries weighting the trend prior by `prior` (0 or 1); returns
         (scores, pool article ids), -1 ids where the pool ran out."""
+        import faiss
+
+        # faiss picks its scoring kernel by batch size (BLAS for large batches); kernels round differently,
+        # so one user's list (the API) would differ from the same user's in a batch (offline) wherever
+        # scores nearly tie. One kernel for every batch size keeps them identical, and is no slower here.
+        faiss.cvar.distance_compute_blas_threshold = 2**31 - 1
         idx = self._faiss_index()
         depth = min(depth, idx.ntotal)
         scores, rows = [], []
@@ -329,14 +352,37 @@ class CandidateIndex:
         return d, np.where(i >= 0, self.pool_ids[np.clip(i, 0, None)], -1)
 
     @staticmethod
-    def _check_clicks(user_clicks: pd.DataFrame) -> pd.DataFrame:
+    def _click_arrays(user_clicks: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(user, article, timestamp) int64 arrays of a QUERY_COLUMNS frame; missing values are an error."""
         missing = [c for c in QUERY_COLUMNS if c not in user_clicks.columns]
         if missing:
             raise ValueError(f"user clicks frame lacks column(s) {missing}; needs {QUERY_COLUMNS}")
-        frame = user_clicks[QUERY_COLUMNS]
-        if frame.isna().any().any():
-            raise ValueError("user clicks frame has missing values")
-        return frame.astype("int64")
+        arrays = []
+        for col in QUERY_COLUMNS:
+            values = user_clicks[col].to_numpy()
+            if values.dtype.kind not in "iu" and pd.isna(values).any():
+                raise ValueError("user clicks frame has missing values")
+            arrays.append(values.astype(np.int64, copy=False))
+        return arrays[0], arrays[1], arrays[2]
+
+    def _profiles(self, users: np.ndarray, articles: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`user_profile` on click arrays: (sorted user ids, profile matrix)."""
+        from scipy.sparse import csr_matrix
+
+        order = np.lexsort((-ts, users))  # by user, newest click first (stable: ties keep their order)
+        users, articles, ts = users[order], articles[order], ts[order]
+        keep = _block_rank(users) < int(self.params["profile_clicks"])
+        rows = self._emb_rows(articles[keep])
+        users, ts = users[keep][rows >= 0], ts[keep][rows >= 0]
+        rows = rows[rows >= 0]
+        if len(users) == 0:
+            return np.zeros(0, np.int64), np.zeros((0, self.emb.shape[1]), np.float32)
+        uniq, first, inv = np.unique(users, return_index=True, return_inverse=True)
+        last = ts[first][inv]  # each user's first row is their newest click
+        half_life_ms = float(self.params["profile_half_life_hours"]) * HOUR_MS
+        weights = np.power(0.5, (last - ts) / half_life_ms)
+        mix = csr_matrix((weights, (inv, rows)), shape=(len(uniq), len(self.emb_ids)))
+        return uniq, _normalise(np.asarray(mix @ self.emb))
 
     # ---- public queries --------------------------------------------------------------------------
     def user_profile(self, user_clicks: pd.DataFrame) -> tuple[pd.Index, np.ndarray]:
@@ -347,21 +393,8 @@ class CandidateIndex:
         Users whose clicked articles have no embedding in the index are left out. Returns (user ids
         sorted, matrix [users, dim]).
         """
-        from scipy.sparse import csr_matrix
-
-        uc = self._check_clicks(user_clicks).sort_values([USER_ID, CLICK_TIMESTAMP], ascending=[True, False])
-        uc = uc[_block_rank(uc[USER_ID].to_numpy()) < int(self.params["profile_clicks"])]
-        rows = self._emb_rows(uc[CLICK_ARTICLE_ID].to_numpy())
-        uc, rows = uc[rows >= 0], rows[rows >= 0]
-        if len(uc) == 0:
-            return pd.Index(np.zeros(0, np.int64), name=USER_ID), np.zeros((0, self.emb.shape[1]), np.float32)
-        users, inv = np.unique(uc[USER_ID].to_numpy(), return_inverse=True)
-        ts = uc[CLICK_TIMESTAMP].to_numpy()
-        last = pd.Series(ts).groupby(inv).transform("max").to_numpy()
-        half_life_ms = float(self.params["profile_half_life_hours"]) * HOUR_MS
-        weights = np.power(0.5, (last - ts) / half_life_ms)
-        mix = csr_matrix((weights, (inv, rows)), shape=(len(users), len(self.emb_ids)))
-        return pd.Index(users, name=USER_ID), _normalise(np.asarray(mix @ self.emb))
+        users, profiles = self._profiles(*self._click_arrays(user_clicks))
+        return pd.Index(users, name=USER_ID), profiles
 
     def similar_articles(self, article_ids: Sequence[int], k: int) -> pd.DataFrame:
         """Top k pool articles by embedding cosine for each given article (itself excluded): article_a,
@@ -388,47 +421,54 @@ class CandidateIndex:
         keep = r < k
         return pd.DataFrame({ARTICLE_A: a[keep], ARTICLE_B: b[keep], SCORE: s[keep], RANK: r[keep] + 1})
 
-    def _emb_source(self, clicks: pd.DataFrame, read: _PairKeys, n: int) -> pd.DataFrame:
-        users, profiles = self.user_profile(clicks)
-        row_of = pd.Series(np.arange(len(users)), index=users)
+    def _emb_source(self, clicks: tuple[np.ndarray, ...], read: _PairKeys, n: int) -> _Ranked:
+        users, profiles = self._profiles(*clicks)
 
         def fetch(todo: np.ndarray, depth: int):
-            d, nb = self._search(profiles[row_of.loc[todo].to_numpy()], depth, prior=1.0)
+            d, nb = self._search(profiles[np.searchsorted(users, todo)], depth, prior=1.0)
             u = np.repeat(todo, d.shape[1])
             b, s = nb.ravel(), d.ravel()
             ok = b >= 0
             return u[ok], b[ok], s[ok]
 
-        return _top_excluding(fetch, users.to_numpy(), read, n, len(self.pool))
+        return _top_excluding(fetch, users, read, n, len(self.pool))
 
-    def _cocl_source(self, clicks: pd.DataFrame, read: _PairKeys, n: int) -> pd.DataFrame:
-        recent = clicks.sort_values([USER_ID, CLICK_TIMESTAMP], ascending=[True, False])
-        recent = recent.drop_duplicates([USER_ID, CLICK_ARTICLE_ID])
-        pos = _block_rank(recent[USER_ID].to_numpy())
+    def _cocl_source(self, clicks: tuple[np.ndarray, ...], read: _PairKeys, n: int) -> _Ranked:
+        users, articles, ts = clicks
+        order = np.lexsort((-ts, users))  # by user, newest click first
+        users, articles = users[order], articles[order]
+        _, first = np.unique(read.encode(users, articles), return_index=True)
+        latest = np.zeros(len(users), dtype=bool)
+        latest[first] = True  # each (user, article) once, at its newest click
+        users, articles = users[latest], articles[latest]
+        pos = _block_rank(users)
         keep = pos < int(self.params["recent_clicks"])
-        recent = pd.DataFrame(
-            {
-                USER_ID: recent[USER_ID].to_numpy()[keep],
-                ARTICLE_A: recent[CLICK_ARTICLE_ID].to_numpy()[keep],
-                "w": np.power(float(self.params["cocl_recency"]), pos[keep]),
-            }
-        )
-        pairs = recent.merge(self._coclick_rows(recent[ARTICLE_A].to_numpy()), on=ARTICLE_A, how="inner")
-        pairs = pairs[~read.contains(pairs[USER_ID].to_numpy(), pairs[ARTICLE_B].to_numpy())]
-        scored = (
-            pairs.assign(**{SCORE: pairs["w"] * pairs[WEIGHT]})
-            .groupby([USER_ID, ARTICLE_B], sort=False)[SCORE]
-            .sum()
-            .reset_index()
-            .sort_values([USER_ID, SCORE, ARTICLE_B], ascending=[True, False, True])
-        )
-        r = _block_rank(scored[USER_ID].to_numpy())
-        scored = scored.assign(**{RANK: r + 1})[r < n]
-        return scored.rename(columns={ARTICLE_B: ARTICLE_ID})[[USER_ID, ARTICLE_ID, SCORE, RANK]]
+        users, articles = users[keep], articles[keep]
+        recency = np.power(float(self.params["cocl_recency"]), pos[keep])
+
+        # Each recent click's co-read neighbours: a slice of the co-click table grouped by article_a.
+        keys, a_start, a_end, nb_b, nb_w = self._coclick_slices()
+        at = np.minimum(np.searchsorted(keys, articles), len(keys) - 1)  # the table is not empty here
+        hit = keys[at] == articles
+        lo, hi = np.where(hit, a_start[at], 0), np.where(hit, a_end[at], 0)
+        rows = _slices(lo, hi)
+        u = np.repeat(users, hi - lo)
+        b = nb_b[rows]
+        s = np.repeat(recency, hi - lo) * nb_w[rows]
+        unread = ~read.contains(u, b)
+        u, b, s = u[unread], b[unread], s[unread]
+        pair, inv = np.unique(read.encode(u, b), return_inverse=True)
+        score = np.bincount(inv, weights=s, minlength=len(pair))
+        u, b = pair // read.m, pair % read.m
+        best = np.lexsort((b, -score, u))
+        u, b, score = u[best], b[best], score[best]
+        r = _block_rank(u)
+        top = r < n
+        return _Ranked(u[top], b[top], score[top], r[top] + 1)
 
     def _global_source(
         self, order: pd.DataFrame, score: str, users: np.ndarray, read: _PairKeys, n: int
-    ) -> pd.DataFrame:
+    ) -> _Ranked:
         ids, scores = order[ARTICLE_ID].to_numpy(), order[score].to_numpy(dtype=np.float64)
 
         def fetch(todo: np.ndarray, depth: int):
@@ -436,18 +476,21 @@ class CandidateIndex:
 
         return _top_excluding(fetch, users, read, n, len(ids))
 
-    def _coclick_rows(self, articles: np.ndarray) -> pd.DataFrame:
-        """The co-click rows whose article_a is in `articles`, in the table's own order (a slice per article
-        instead of a join against the whole table)."""
-        if "cocl_order" not in self._cache:
-            a = self.coclick[ARTICLE_A].to_numpy()
+    def _coclick_slices(self) -> tuple[np.ndarray, ...]:
+        """The co-click table grouped by article_a, in its own (rank) order: (article_a keys, start, end,
+        article_b, weight); rows [start[i], end[i]) of the last two are keys[i]'s neighbours."""
+        if "cocl_slices" not in self._cache:
+            a = self.coclick[ARTICLE_A].to_numpy(dtype=np.int64)
             order = np.argsort(a, kind="stable")
-            self._cache["cocl_order"] = (a[order], order)
-        keys, order = self._cache["cocl_order"]
-        wanted = np.unique(articles)
-        lo, hi = np.searchsorted(keys, wanted, "left"), np.searchsorted(keys, wanted, "right")
-        rows = np.sort(np.concatenate([order[a:b] for a, b in zip(lo, hi)])) if len(wanted) else order[:0]
-        return self.coclick[[ARTICLE_A, ARTICLE_B, WEIGHT]].iloc[rows]
+            keys, first, count = np.unique(a[order], return_index=True, return_counts=True)
+            self._cache["cocl_slices"] = (
+                keys,
+                first,
+                first + count,
+                self.coclick[ARTICLE_B].to_numpy(dtype=np.int64)[order],
+                self.coclick[WEIGHT].to_numpy(dtype=np.float64)[order],
+            )
+        return self._cache["cocl_slices"]
 
     def popular(self) -> pd.DataFrame:
         """The pool by all-history clicks (ties: trend, then newest)."""
@@ -477,13 +520,13 @@ class CandidateIndex:
         or a dict; default params `per_source`). Columns: OUTPUT_COLUMNS (score NaN / rank 0 where a
         source did not propose the article), sorted by user then fused rank.
         """
-        clicks = self._check_clicks(user_clicks)
-        users_arr = (
-            np.unique(clicks[USER_ID].to_numpy())
-            if users is None
-            else np.unique(np.asarray(users, dtype=np.int64))
-        )
-        clicks = clicks[clicks[USER_ID].isin(users_arr)]
+        clicks = self._click_arrays(user_clicks)
+        if users is None:
+            users_arr = np.unique(clicks[0])
+        else:
+            users_arr = np.unique(np.asarray(users, dtype=np.int64))
+            asked = np.isin(clicks[0], users_arr)
+            clicks = tuple(c[asked] for c in clicks)
         sizes = (
             {s: int(v) for s, v in self.params["per_source"].items()}
             if n is None
@@ -498,18 +541,14 @@ class CandidateIndex:
             raise ValueError(
                 f"unknown candidate source(s) {sorted(unknown)}; sources are {CANDIDATE_SOURCES}"
             )
-        bound = int(
-            max(
-                clicks[CLICK_ARTICLE_ID].max() if len(clicks) else 0,
-                self.emb_ids.max() if len(self.emb_ids) else 0,
-            )
-        )
-        read = _PairKeys(clicks[USER_ID].to_numpy(), clicks[CLICK_ARTICLE_ID].to_numpy(), bound)
+        clicked_any = len(clicks[0]) > 0
+        bound = int(max(clicks[1].max() if clicked_any else 0, self.emb_ids.max() if len(self.emb_ids) else 0))
+        read = _PairKeys(clicks[0], clicks[1], bound)
 
-        parts: dict[str, pd.DataFrame] = {}
-        if sizes.get("emb", 0) > 0 and len(clicks) and len(self.pool):
+        parts: dict[str, _Ranked] = {}
+        if sizes.get("emb", 0) > 0 and clicked_any and len(self.pool):
             parts["emb"] = self._emb_source(clicks, read, sizes["emb"])
-        if sizes.get("cocl", 0) > 0 and len(clicks) and len(self.coclick):
+        if sizes.get("cocl", 0) > 0 and clicked_any and len(self.coclick):
             parts["cocl"] = self._cocl_source(clicks, read, sizes["cocl"])
         if sizes.get("pop", 0) > 0 and len(self.pool):
             parts["pop"] = self._global_source(self.popular(), CLICKS, users_arr, read, sizes["pop"])
@@ -517,23 +556,21 @@ class CandidateIndex:
             parts["trend"] = self._global_source(self.trending(), TREND, users_arr, read, sizes["trend"])
         return self._merge(parts, read)
 
-    def _merge(self, parts: dict[str, pd.DataFrame], read: _PairKeys) -> pd.DataFrame:
-        """Long per-source lists -> one wide row per (user, article) with reciprocal-rank fusion."""
-        order = [s for s in CANDIDATE_SOURCES if s in parts and len(parts[s])]
+    def _merge(self, parts: dict[str, _Ranked], read: _PairKeys) -> pd.DataFrame:
+        """Per-source lists -> one wide row per (user, article) with reciprocal-rank fusion."""
+        order = [s for s in CANDIDATE_SOURCES if s in parts and len(parts[s].user)]
         if not order:
             dtypes = {USER_ID: "int64", ARTICLE_ID: "int64"}
             dtypes.update({c: "int32" if c.endswith(RANK) else "float32" for c in _SOURCE_COLUMNS})
             dtypes[score_col(FUSED)] = "float64"
             return pd.DataFrame({c: pd.Series(dtype=dtypes[c]) for c in OUTPUT_COLUMNS})
-        keys = np.concatenate(
-            [read.encode(parts[s][USER_ID].to_numpy(), parts[s][ARTICLE_ID].to_numpy()) for s in order]
-        )
-        codes, uniq = pd.factorize(keys)
-        # Columns collected as arrays and framed once: inserting them one by one costs more than the work.
-        cols = {USER_ID: uniq // read.m, ARTICLE_ID: uniq % read.m}
+        keys = np.concatenate([read.encode(parts[s].user, parts[s].article) for s in order])
+        uniq, codes = np.unique(keys, return_inverse=True)
+        users, articles = uniq // read.m, uniq % read.m
         weights = self.params["fusion_weights"]
         rrf_k = float(self.params["rrf_k"])
         fused = np.zeros(len(uniq))
+        by_source: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         offset = 0
         for s in CANDIDATE_SOURCES:
             # float32/int32: at Globo scale a snapshot has tens of millions of candidate rows
@@ -541,20 +578,21 @@ class CandidateIndex:
             rk = np.zeros(len(uniq), dtype=np.int32)
             if s in order:
                 p = parts[s]
-                c = codes[offset : offset + len(p)]
-                offset += len(p)
-                sc[c] = p[SCORE].to_numpy()
-                rk[c] = p[RANK].to_numpy()
-                fused[c] += float(weights.get(s, 0.0)) / (rrf_k + p[RANK].to_numpy())
-            cols[score_col(s)] = sc
-            cols[rank_col(s)] = rk
-        cols[score_col(FUSED)] = fused
-        out = pd.DataFrame(cols)
-        out = out.sort_values(
-            [USER_ID, score_col(FUSED), ARTICLE_ID], ascending=[True, False, True], kind="mergesort"
-        )
-        out[rank_col(FUSED)] = (_block_rank(out[USER_ID].to_numpy()) + 1).astype(np.int32)
-        return out.reset_index(drop=True)[OUTPUT_COLUMNS]
+                c = codes[offset : offset + len(p.user)]
+                offset += len(p.user)
+                sc[c] = p.score
+                rk[c] = p.rank
+                fused[c] += float(weights.get(s, 0.0)) / (rrf_k + p.rank)
+            by_source[s] = (sc, rk)
+        best = np.lexsort((articles, -fused, users))  # by user, fused score down, article id
+        users = users[best]
+        cols = {USER_ID: users, ARTICLE_ID: articles[best]}
+        for s in CANDIDATE_SOURCES:
+            cols[score_col(s)] = by_source[s][0][best]
+            cols[rank_col(s)] = by_source[s][1][best]
+        cols[score_col(FUSED)] = fused[best]
+        cols[rank_col(FUSED)] = (_block_rank(users) + 1).astype(np.int32)
+        return pd.DataFrame({c: cols[c] for c in OUTPUT_COLUMNS})
 
 
 # ---- the stage -----------------------------------------------------------------------------------

@@ -197,9 +197,9 @@ def test_heavy_readers_still_get_n_unread_items_without_lengthening_everyone():
 
     read = _PairKeys(np.full(40, 1), ids[:40], 100)  # user 1 read the 40 most popular items
     top = _top_excluding(fetch, np.array([1, 2]), read, n=5, max_depth=100)
-    assert top[top[C.USER_ID] == 1][C.ARTICLE_ID].tolist() == [40, 41, 42, 43, 44]
-    assert top[top[C.USER_ID] == 2][C.ARTICLE_ID].tolist() == [0, 1, 2, 3, 4]
-    assert top[top[C.USER_ID] == 1][C.RANK].tolist() == [1, 2, 3, 4, 5]
+    assert top.article[top.user == 1].tolist() == [40, 41, 42, 43, 44]
+    assert top.article[top.user == 2].tolist() == [0, 1, 2, 3, 4]
+    assert top.rank[top.user == 1].tolist() == [1, 2, 3, 4, 5]
     assert depths[0] == (2, 21) and all(n == 1 for n, _ in depths[1:])  # only user 1 went deeper
 
 
@@ -277,3 +277,41 @@ def test_stage_writes_labelled_candidates_and_indexes(tiny_validated, tmp_path):
     # every article proposed was published before the cutoff
     created = meta.set_index(C.ARTICLE_ID)[C.CREATED_AT_TS]
     assert (created.reindex(cands[C.ARTICLE_ID]).to_numpy() < test.cutoff_ms).all()
+
+
+@pytest.mark.integration
+def test_each_user_alone_gets_exactly_their_rows_of_a_large_batch(tiny_validated, tmp_path):
+    """The API asks for one user at a time, the offline stage for thousands at once: same frame, bit for bit
+    (scores included), also where embedding scores nearly tie."""
+    from pipelines.config import load_params
+    from pipelines.features import read_articles, read_embeddings
+    from pipelines.split import plan_snapshots, snapshot_clicks, validated_hours
+
+    epoch = load_params("data")["epoch_ms"]
+    params = load_params("candidates")
+    work = tmp_path / "agg_root"
+    work.mkdir()
+    for sub in ("raw", "validated"):
+        (work / sub).symlink_to(tiny_validated / sub)
+    aggregate_all(work, epoch, load_params("aggregates")["coclick_max_distance"])
+    snaps = plan_snapshots(validated_hours(work / "validated" / "clicks"), epoch, test_hours=4, val_hours=4,
+                           label_hours=4, train_snapshots=1, min_history_hours=8)
+    test = next(s for s in snaps if s.name == "test")
+    meta = read_articles(work / "raw" / C.METADATA_FILE)
+    index = CandidateIndex.fit(work, meta, read_embeddings(work / "raw" / C.EMBEDDINGS_FILE), test.cutoff_ms,
+                               params, epoch)
+    history, _ = snapshot_clicks(work / "validated" / "clicks", test)
+    users = np.unique(history[C.USER_ID].to_numpy())
+    assert len(users) >= 200  # a batch large enough for faiss's batched (BLAS) scoring
+    # The search itself: a query scored alone or among thousands (as offline) gets the same bits.
+    queries = index.emb[np.arange(5000) % len(index.emb)]
+    scores, ids = index._search(queries, 150, prior=1.0)
+    for i in range(0, len(queries), 50):
+        one_scores, one_ids = index._search(queries[i : i + 1], 150, prior=1.0)
+        np.testing.assert_array_equal(one_scores[0], scores[i])
+        np.testing.assert_array_equal(one_ids[0], ids[i])
+    batch = index.candidates(history)
+    for user in users[:: max(1, len(users) // 60)]:
+        alone = index.candidates(history[history[C.USER_ID] == user], users=[user])
+        pd.testing.assert_frame_equal(alone, batch[batch[C.USER_ID] == user].reset_index(drop=True),
+                                      check_exact=True)
