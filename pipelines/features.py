@@ -369,6 +369,14 @@ def assemble(
     features (the cold path), unknown context gets NaN. Rows are independent of each other, so a
     frame may be assembled in slices.
     """
+    X = feature_columns(candidates, tables, context)
+    return pd.DataFrame({col: X[col] for col in FEATURES}, index=candidates.index)
+
+
+def feature_columns(
+    candidates: pd.DataFrame, tables: FeatureTables, context: pd.DataFrame | None = None
+) -> dict[str, np.ndarray]:
+    """`assemble` as float32 arrays by feature name, without the frame (what one API request scores)."""
     for col in (C.USER_ID, C.ARTICLE_ID):
         if col not in candidates.columns:
             raise ValueError(f"candidate frame lacks column '{col}'")
@@ -419,7 +427,7 @@ def assemble(
     for col in SOURCE_FEATURES:
         X[col] = (candidates[col].to_numpy(dtype=np.float32) if col in candidates.columns
                   else np.full(len(candidates), np.nan, dtype=np.float32))
-    return pd.DataFrame({col: X[col] for col in FEATURES}, index=candidates.index)
+    return X
 
 
 def build_snapshot_features(

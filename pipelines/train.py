@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import columns as C
-from pipelines.features import CATEGORICAL, FEATURES, FeatureTables, assemble
+from pipelines.features import CATEGORICAL, FEATURES, FeatureTables, assemble, feature_columns
 
 MODEL_FILE = "ranker.txt"
 META_FILE = "ranker.json"
@@ -50,13 +51,21 @@ class Ranker:
         features = meta.pop("features")
         return cls(booster=lgb.Booster(model_file=str(src / MODEL_FILE)), features=features, meta=meta)
 
-    def predict(self, X: pd.DataFrame) -> np.ndarray:
-        missing = [f for f in self.features if f not in X.columns]
+    def predict(self, X: pd.DataFrame | Mapping[str, np.ndarray]) -> np.ndarray:
+        """Scores for a feature frame, or a mapping of feature name -> column (as `feature_columns` gives)."""
+        columns = X.columns if isinstance(X, pd.DataFrame) else X.keys()
+        missing = [f for f in self.features if f not in columns]
         if missing:
             raise ValueError(f"feature matrix lacks {missing}")
-        if len(X) == 0:
+        # A plain array in the trained column order: LightGBM's DataFrame checks cost more than a small
+        # request's prediction (the categorical features are integer codes, not pandas categories).
+        if isinstance(X, pd.DataFrame):
+            values = (X if list(X.columns) == self.features else X[self.features]).to_numpy(dtype=np.float32)
+        else:
+            values = np.column_stack([np.asarray(X[f], dtype=np.float32) for f in self.features])
+        if len(values) == 0:
             return np.zeros(0, dtype=np.float64)
-        return np.asarray(self.booster.predict(X[self.features], num_threads=1), dtype=np.float64)
+        return np.asarray(self.booster.predict(values, num_threads=1), dtype=np.float64)
 
 
 def score_candidates(
@@ -74,7 +83,9 @@ def score_candidates(
     ranker = model if isinstance(model, Ranker) else Ranker.load(model)
     # Slices keep the feature matrix small at Globo scale (rows are independent, see `assemble`).
     step = SCORE_CHUNK_ROWS
-    parts = [ranker.predict(assemble(candidates.iloc[i : i + step], feature_tables, context))
+    if len(candidates) <= step:  # one API request: no slicing
+        return ranker.predict(feature_columns(candidates, feature_tables, context))
+    parts = [ranker.predict(feature_columns(candidates.iloc[i : i + step], feature_tables, context))
              for i in range(0, len(candidates), step)]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
 

@@ -187,14 +187,16 @@ def user_clicks(prepared: Prepared, user_id: int, recent: Sequence[Click], conte
 
 def resolve_context(prepared: Prepared, user_id: int, context: Context) -> dict[str, int]:
     """Request context with gaps filled: the user's habit when known, else the data's commonest value."""
-    users = prepared.bundle.tables.users
-    pos = users.index.get_indexer([user_id])[0]
+    tables = prepared.bundle.tables
+    pos = tables.users.index.get_indexer([user_id])[0]
+    habits = [h for _, _, h in CONTEXT_PARAMS.values() if h is not None]
+    known = tables.matrix("users", habits, np.float64)[pos] if pos >= 0 else None
     out = {}
     for param, (_, _, habit) in CONTEXT_PARAMS.items():
         value = getattr(context, param)
-        if value is None and habit is not None and pos >= 0:
-            h = users[habit].iat[pos]
-            value = None if pd.isna(h) else int(h)
+        if value is None and habit is not None and known is not None:
+            h = known[habits.index(habit)]
+            value = None if np.isnan(h) else int(h)
         out[param] = int(value) if value is not None else prepared.context_default[param]
     return out
 
@@ -202,7 +204,8 @@ def resolve_context(prepared: Prepared, user_id: int, context: Context) -> dict[
 def _context_frame(user_id: int, context: dict[str, int], as_of_ms: int) -> pd.DataFrame:
     row = {"c_hour_of_day": (as_of_ms // C.HOUR_MS) % 24}
     row.update({CONTEXT_PARAMS[p][0]: v for p, v in context.items()})
-    return pd.DataFrame([row], index=pd.Index([user_id], name=C.USER_ID))[CONTEXT_FEATURES].astype("int64")
+    values = np.array([[row[c] for c in CONTEXT_FEATURES]], dtype=np.int64)
+    return pd.DataFrame(values, index=pd.Index([user_id], name=C.USER_ID), columns=CONTEXT_FEATURES)
 
 
 def _tables_with_online(prepared: Prepared, clicks: pd.DataFrame, as_of_ms: int):
@@ -229,16 +232,15 @@ def recommend(
     clicks = user_clicks(prepared, user_id, recent, ctx)
     cold = len(clicks) == 0
     index = prepared.bundle.index
-    cands = index.candidates(clicks[[C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP]], users=[user_id])
+    cands = index.candidates(clicks, users=[user_id])  # reads the query columns it needs
     if len(cands) == 0:
         return Result(items=[], article_ids=[], cold_start=cold)
     tables = _tables_with_online(prepared, clicks, as_of_ms) if recent else prepared.bundle.tables
     scores = score_candidates(prepared.bundle.ranker, cands, tables, _context_frame(user_id, ctx, as_of_ms))
     fused_rank = cands[C.rank_col(C.FUSED)].to_numpy()
     order = np.lexsort((fused_rank, -scores))[:k]
-    top = cands.iloc[order]
-    ranks = {s: top[C.rank_col(s)].to_numpy() for s in C.CANDIDATE_SOURCES}
-    ids = top[C.ARTICLE_ID].to_numpy()
+    ranks = {s: cands[C.rank_col(s)].to_numpy()[order] for s in C.CANDIDATE_SOURCES}
+    ids = cands[C.ARTICLE_ID].to_numpy()[order]
     items = article_details(prepared, ids, as_of_ms)
     for i, item in enumerate(items):
         item["rank"] = i + 1
