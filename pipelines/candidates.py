@@ -67,6 +67,7 @@ QUERY_COLUMNS = [USER_ID, CLICK_ARTICLE_ID, CLICK_TIMESTAMP]
 _SOURCE_COLUMNS = [f(s) for s in [*CANDIDATE_SOURCES, FUSED] for f in (score_col, rank_col)]
 OUTPUT_COLUMNS = [USER_ID, ARTICLE_ID, *_SOURCE_COLUMNS]
 TREND = "trend"
+PROFILE_CHUNK_USERS = 4096
 LAST_CLICK_HOUR = "last_click_hour"
 _FILES = {
     "pool": "pool.parquet",
@@ -366,9 +367,10 @@ class CandidateIndex:
         return arrays[0], arrays[1], arrays[2]
 
     def _profiles(self, users: np.ndarray, articles: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`user_profile` on click arrays: (sorted user ids, profile matrix)."""
-        from scipy.sparse import csr_matrix
+        """`user_profile` on click arrays: (sorted user ids, profile matrix).
 
+        Each profile is its user's weighted rows added one after another in a fixed order, so a user gets
+        the same bits alone (the API) as in a batch of thousands (offline)."""
         order = np.lexsort((-ts, users))  # by user, newest click first (stable: ties keep their order)
         users, articles, ts = users[order], articles[order], ts[order]
         keep = _block_rank(users) < int(self.params["profile_clicks"])
@@ -381,8 +383,14 @@ class CandidateIndex:
         last = ts[first][inv]  # each user's first row is their newest click
         half_life_ms = float(self.params["profile_half_life_hours"]) * HOUR_MS
         weights = np.power(0.5, (last - ts) / half_life_ms)
-        mix = csr_matrix((weights, (inv, rows)), shape=(len(uniq), len(self.emb_ids)))
-        return uniq, _normalise(np.asarray(mix @ self.emb))
+        profiles = np.empty((len(uniq), self.emb.shape[1]), dtype=np.float32)
+        bounds = np.append(first, len(users))
+        for lo in range(0, len(uniq), PROFILE_CHUNK_USERS):  # bounded memory: a block of users at a time
+            hi = min(lo + PROFILE_CHUNK_USERS, len(uniq))
+            block = slice(bounds[lo], bounds[hi])
+            weighted = self.emb[rows[block]] * weights[block, None]
+            profiles[lo:hi] = _normalise(np.add.reduceat(weighted, first[lo:hi] - bounds[lo], axis=0))
+        return uniq, profiles
 
     # ---- public queries --------------------------------------------------------------------------
     def user_profile(self, user_clicks: pd.DataFrame) -> tuple[pd.Index, np.ndarray]:
@@ -520,6 +528,15 @@ class CandidateIndex:
         or a dict; default params `per_source`). Columns: OUTPUT_COLUMNS (score NaN / rank 0 where a
         source did not propose the article), sorted by user then fused rank.
         """
+        return pd.DataFrame(self.candidate_columns(user_clicks, users, n))
+
+    def candidate_columns(
+        self,
+        user_clicks: pd.DataFrame,
+        users: Sequence[int] | None = None,
+        n: int | dict[str, int] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """`candidates` as arrays by column name (OUTPUT_COLUMNS order), without building the frame."""
         clicks = self._click_arrays(user_clicks)
         if users is None:
             users_arr = np.unique(clicks[0])
@@ -556,14 +573,14 @@ class CandidateIndex:
             parts["trend"] = self._global_source(self.trending(), TREND, users_arr, read, sizes["trend"])
         return self._merge(parts, read)
 
-    def _merge(self, parts: dict[str, _Ranked], read: _PairKeys) -> pd.DataFrame:
+    def _merge(self, parts: dict[str, _Ranked], read: _PairKeys) -> dict[str, np.ndarray]:
         """Per-source lists -> one wide row per (user, article) with reciprocal-rank fusion."""
         order = [s for s in CANDIDATE_SOURCES if s in parts and len(parts[s].user)]
         if not order:
-            dtypes = {USER_ID: "int64", ARTICLE_ID: "int64"}
-            dtypes.update({c: "int32" if c.endswith(RANK) else "float32" for c in _SOURCE_COLUMNS})
-            dtypes[score_col(FUSED)] = "float64"
-            return pd.DataFrame({c: pd.Series(dtype=dtypes[c]) for c in OUTPUT_COLUMNS})
+            dtypes = {USER_ID: np.int64, ARTICLE_ID: np.int64}
+            dtypes.update({c: np.int32 if c.endswith(RANK) else np.float32 for c in _SOURCE_COLUMNS})
+            dtypes[score_col(FUSED)] = np.float64
+            return {c: np.zeros(0, dtype=dtypes[c]) for c in OUTPUT_COLUMNS}
         keys = np.concatenate([read.encode(parts[s].user, parts[s].article) for s in order])
         uniq, codes = np.unique(keys, return_inverse=True)
         users, articles = uniq // read.m, uniq % read.m
@@ -592,7 +609,7 @@ class CandidateIndex:
             cols[rank_col(s)] = by_source[s][1][best]
         cols[score_col(FUSED)] = fused[best]
         cols[rank_col(FUSED)] = (_block_rank(users) + 1).astype(np.int32)
-        return pd.DataFrame({c: cols[c] for c in OUTPUT_COLUMNS})
+        return {c: cols[c] for c in OUTPUT_COLUMNS}
 
 
 # ---- the stage -----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -374,15 +375,16 @@ def assemble(
 
 
 def feature_columns(
-    candidates: pd.DataFrame, tables: FeatureTables, context: pd.DataFrame | None = None
+    candidates: pd.DataFrame | Mapping[str, np.ndarray], tables: FeatureTables, context: pd.DataFrame | None = None
 ) -> dict[str, np.ndarray]:
-    """`assemble` as float32 arrays by feature name, without the frame (what one API request scores)."""
+    """`assemble` as float32 arrays by feature name, without the frame (what one API request scores);
+    `candidates` may also be columns by name, as `CandidateIndex.candidate_columns` gives them."""
     for col in (C.USER_ID, C.ARTICLE_ID):
-        if col not in candidates.columns:
+        if col not in candidates:
             raise ValueError(f"candidate frame lacks column '{col}'")
     ctx = tables.context if context is None else context
-    user_ids = candidates[C.USER_ID].to_numpy()
-    article_ids = candidates[C.ARTICLE_ID].to_numpy()
+    user_ids = np.asarray(candidates[C.USER_ID])
+    article_ids = np.asarray(candidates[C.ARTICLE_ID])
     user_pos = tables.users.index.get_indexer(user_ids)
     art_pos = tables.articles.index.get_indexer(article_ids)
     known_user = user_pos >= 0
@@ -392,7 +394,7 @@ def feature_columns(
     if ctx is not None:
         X |= _take(ctx, CONTEXT_FEATURES, ctx.index.get_indexer(user_ids))
     else:
-        X |= {col: np.full(len(candidates), np.nan, dtype=np.float32) for col in CONTEXT_FEATURES}
+        X |= {col: np.full(len(user_ids), np.nan, dtype=np.float32) for col in CONTEXT_FEATURES}
     # Ids stay float64: float32 cannot hold every article id of a large catalogue exactly.
     keys = _take(tables.matrix("users", USER_KEYS, np.float64), USER_KEYS, user_pos, dtype=np.float64)
 
@@ -425,8 +427,8 @@ def feature_columns(
     ).astype(np.float32)
 
     for col in SOURCE_FEATURES:
-        X[col] = (candidates[col].to_numpy(dtype=np.float32) if col in candidates.columns
-                  else np.full(len(candidates), np.nan, dtype=np.float32))
+        X[col] = (np.asarray(candidates[col], dtype=np.float32) if col in candidates
+                  else np.full(len(user_ids), np.nan, dtype=np.float32))
     return X
 
 

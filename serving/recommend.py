@@ -3,8 +3,8 @@
 `prepare(bundle)` does once, at load time, what would otherwise cost every request: catalogue
 lookups as arrays indexed by article id, each user's history as a slice of sorted arrays, co-click
 neighbours grouped by article, context defaults. A request then calls the pipeline's own functions
-for one user: `CandidateIndex.candidates` (sources, fusion, read-article exclusion),
-`pipelines.train.score_candidates` (feature assembly + the booster), and, when the service has seen
+for one user: `CandidateIndex.candidate_columns` (sources, fusion, read-article exclusion),
+`pipelines.features.feature_columns` (feature assembly) and the ranker, and, when the service has seen
 clicks since the bundle's cutoff, `pipelines.features.fit_user_tables` / `user_profiles` to refit
 that user's features with them.
 """
@@ -20,8 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import columns as C
-from pipelines.features import CONTEXT_FEATURES, fit_user_tables, user_profiles
-from pipelines.train import score_candidates
+from pipelines.features import CONTEXT_FEATURES, feature_columns, fit_user_tables, user_profiles
 from serving.state import Click
 
 # The session id given to clicks received online: one "live session" per user, distinct from any real one.
@@ -232,15 +231,15 @@ def recommend(
     clicks = user_clicks(prepared, user_id, recent, ctx)
     cold = len(clicks) == 0
     index = prepared.bundle.index
-    cands = index.candidates(clicks, users=[user_id])  # reads the query columns it needs
-    if len(cands) == 0:
+    # Columns rather than a frame, and scoring without `score_candidates`' slicing: one request is small.
+    cands = index.candidate_columns(clicks, users=[user_id])  # reads the query columns it needs
+    if len(cands[C.ARTICLE_ID]) == 0:
         return Result(items=[], article_ids=[], cold_start=cold)
     tables = _tables_with_online(prepared, clicks, as_of_ms) if recent else prepared.bundle.tables
-    scores = score_candidates(prepared.bundle.ranker, cands, tables, _context_frame(user_id, ctx, as_of_ms))
-    fused_rank = cands[C.rank_col(C.FUSED)].to_numpy()
-    order = np.lexsort((fused_rank, -scores))[:k]
-    ranks = {s: cands[C.rank_col(s)].to_numpy()[order] for s in C.CANDIDATE_SOURCES}
-    ids = cands[C.ARTICLE_ID].to_numpy()[order]
+    scores = prepared.bundle.ranker.predict(feature_columns(cands, tables, _context_frame(user_id, ctx, as_of_ms)))
+    order = np.lexsort((cands[C.rank_col(C.FUSED)], -scores))[:k]
+    ranks = {s: cands[C.rank_col(s)][order] for s in C.CANDIDATE_SOURCES}
+    ids = cands[C.ARTICLE_ID][order]
     items = article_details(prepared, ids, as_of_ms)
     for i, item in enumerate(items):
         item["rank"] = i + 1
