@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -324,3 +325,18 @@ def test_redis_state_is_shared_by_replicas(serving_registry, bundle, redis_serve
         keys = r.keys(prefix + "*")
         if keys:
             r.delete(*keys)
+
+
+@pytest.mark.unit
+def test_serve_runs_each_worker_single_threaded_unless_told_otherwise(monkeypatch, tmp_path):
+    """OpenMP/BLAS thread pools per worker spin on the cores the other workers need; `newsrec serve` pins
+    them to one thread before they load, and an operator's explicit value stays."""
+    from pipelines import serve
+
+    for var in serve.SINGLE_THREADED:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    # Refused before uvicorn starts (two workers need Redis), after the environment is set.
+    assert serve.main(["--workers", "2", "--redis-url", "", "--params", "params.yaml"]) == 2
+    assert os.environ["OMP_NUM_THREADS"] == "3"
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1" and os.environ["MKL_NUM_THREADS"] == "1"
