@@ -117,6 +117,17 @@ class FeatureTables:
             self._cache[key] = getattr(self, table)[columns].to_numpy(dtype=dtype)
         return self._cache[key]
 
+    def article_positions(self, article_ids: np.ndarray) -> np.ndarray:
+        """`articles.index.get_indexer(article_ids)` through a cached id -> row array (ids are small ints)."""
+        if "article_rows" not in self._cache:
+            ids = self.articles.index.to_numpy(dtype=np.int64)
+            rows = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, dtype=np.intp)
+            rows[ids] = np.arange(len(ids))
+            self._cache["article_rows"] = rows
+        rows = self._cache["article_rows"]
+        inside = (article_ids >= 0) & (article_ids < len(rows))
+        return np.where(inside, rows[np.where(inside, article_ids, 0)] if len(rows) else -1, -1)
+
     def save(self, out_dir: str | Path) -> Path:
         """Write the tables as parquet (profiles as a fixed-size list column) plus meta.json."""
         import pyarrow as pa
@@ -352,9 +363,23 @@ def _rowwise_dot(a: np.ndarray, a_rows: np.ndarray, b: np.ndarray, b_rows: np.nd
     return out
 
 
+def _positions(index: pd.Index, ids: np.ndarray) -> np.ndarray:
+    """index.get_indexer(ids), looking up each run of equal consecutive ids once: candidate rows come
+    grouped by user, so a request's few hundred rows cost one lookup, a snapshot's one per user."""
+    if len(ids) == 0:
+        return np.zeros(0, dtype=np.intp)
+    heads = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    if len(heads) == len(ids):
+        return index.get_indexer(ids)
+    return np.repeat(index.get_indexer(ids[heads]), np.diff(np.r_[heads, len(ids)]))
+
+
 def _take(frame: pd.DataFrame | np.ndarray, columns: list[str], pos: np.ndarray, dtype=np.float32) -> dict[str, np.ndarray]:
     """frame[columns] (or an array of those columns) at row positions `pos`, NaN where pos is -1."""
-    values = frame if isinstance(frame, np.ndarray) else frame[columns].to_numpy(dtype=dtype)
+    if isinstance(frame, np.ndarray):
+        values = frame
+    else:  # selecting columns by list costs more than a request's whole context: skip it when in order
+        values = (frame if list(frame.columns) == columns else frame[columns]).to_numpy(dtype=dtype)
     taken = values[np.where(pos >= 0, pos, 0)] if len(values) else np.zeros((len(pos), len(columns)), dtype)
     taken[pos < 0] = np.nan
     return {col: taken[:, i] for i, col in enumerate(columns)}
@@ -385,14 +410,14 @@ def feature_columns(
     ctx = tables.context if context is None else context
     user_ids = np.asarray(candidates[C.USER_ID])
     article_ids = np.asarray(candidates[C.ARTICLE_ID])
-    user_pos = tables.users.index.get_indexer(user_ids)
-    art_pos = tables.articles.index.get_indexer(article_ids)
+    user_pos = _positions(tables.users.index, user_ids)
+    art_pos = tables.article_positions(article_ids.astype(np.int64, copy=False))
     known_user = user_pos >= 0
 
     X = _take(tables.matrix("users", USER_FEATURES), USER_FEATURES, user_pos)
     X |= _take(tables.matrix("articles", ARTICLE_FEATURES), ARTICLE_FEATURES, art_pos)
     if ctx is not None:
-        X |= _take(ctx, CONTEXT_FEATURES, ctx.index.get_indexer(user_ids))
+        X |= _take(ctx, CONTEXT_FEATURES, _positions(ctx.index, user_ids))
     else:
         X |= {col: np.full(len(user_ids), np.nan, dtype=np.float32) for col in CONTEXT_FEATURES}
     # Ids stay float64: float32 cannot hold every article id of a large catalogue exactly.

@@ -126,6 +126,21 @@ def test_assemble_pair_features_and_cold_users(history, articles, embeddings):
 
 
 @pytest.mark.unit
+def test_rows_do_not_depend_on_their_neighbours_or_on_frame_vs_columns(history, articles, embeddings):
+    """Lookups are shared across runs of equal ids; a row's features must still be its own, in any order,
+    unknown users and articles (outside the catalogue's id range too) included."""
+    tables = F.fit_tables(history, articles, embeddings, 6 * H, PARAMS)
+    cands = pd.DataFrame({C.USER_ID: [1, 1, 1, 99, 99, 1, 2, 2], C.ARTICLE_ID: [2, 1, 10**6, 1, 2, 3, 2, 2]})
+    together = F.assemble(cands, tables)
+    as_columns = F.feature_columns({c: cands[c].to_numpy() for c in cands}, tables)
+    for i in range(len(cands)):
+        alone = F.assemble(cands.iloc[[i]], tables)
+        pd.testing.assert_frame_equal(alone, together.iloc[[i]])
+        np.testing.assert_array_equal([as_columns[f][i] for f in F.FEATURES], together.iloc[i].to_numpy())
+    assert together.iloc[2][["a_clicks_6h", "a_category", "ua_emb_sim"]].isna().all()  # not in the catalogue
+
+
+@pytest.mark.unit
 def test_assemble_rejects_frame_without_ids(history, articles, embeddings):
     tables = F.fit_tables(history, articles, embeddings, 6 * H, PARAMS)
     with pytest.raises(ValueError, match="article_id"):
