@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -353,14 +353,15 @@ class CandidateIndex:
         return d, np.where(i >= 0, self.pool_ids[np.clip(i, 0, None)], -1)
 
     @staticmethod
-    def _click_arrays(user_clicks: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(user, article, timestamp) int64 arrays of a QUERY_COLUMNS frame; missing values are an error."""
-        missing = [c for c in QUERY_COLUMNS if c not in user_clicks.columns]
+    def _click_arrays(user_clicks: pd.DataFrame | Mapping[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        """(user, article, timestamp) int64 arrays of a QUERY_COLUMNS frame (or columns by name); missing
+        values are an error."""
+        missing = [c for c in QUERY_COLUMNS if c not in user_clicks]
         if missing:
             raise ValueError(f"user clicks frame lacks column(s) {missing}; needs {QUERY_COLUMNS}")
         arrays = []
         for col in QUERY_COLUMNS:
-            values = user_clicks[col].to_numpy()
+            values = np.asarray(user_clicks[col])
             if values.dtype.kind not in "iu" and pd.isna(values).any():
                 raise ValueError("user clicks frame has missing values")
             arrays.append(values.astype(np.int64, copy=False))
@@ -532,7 +533,7 @@ class CandidateIndex:
 
     def candidate_columns(
         self,
-        user_clicks: pd.DataFrame,
+        user_clicks: pd.DataFrame | Mapping[str, np.ndarray],
         users: Sequence[int] | None = None,
         n: int | dict[str, int] | None = None,
     ) -> dict[str, np.ndarray]:

@@ -162,8 +162,10 @@ def _history_slice(prepared: Prepared, user_id: int) -> slice | None:
     return None
 
 
-def user_clicks(prepared: Prepared, user_id: int, recent: Sequence[Click], context: dict[str, int]) -> pd.DataFrame:
-    """The user's clicks before the cutoff plus those received since, in HISTORY_COLUMNS, oldest first."""
+def user_clicks(
+    prepared: Prepared, user_id: int, recent: Sequence[Click], context: dict[str, int]
+) -> dict[str, np.ndarray]:
+    """The user's clicks before the cutoff plus those received since, HISTORY_COLUMNS as arrays, oldest first."""
     sl = _history_slice(prepared, user_id)
     cols: dict[str, np.ndarray] = {}
     for col, values in prepared.hist.items():
@@ -181,7 +183,7 @@ def user_clicks(prepared: Prepared, user_id: int, recent: Sequence[Click], conte
             extra[column] = np.full(n, context[param], dtype=np.int64)
         extra[C.CLICK_COUNTRY] = np.full(n, -1, dtype=np.int64)
         cols = {c: np.concatenate([cols[c], extra[c]]) for c in cols}
-    return pd.DataFrame(cols)
+    return cols
 
 
 def resolve_context(prepared: Prepared, user_id: int, context: Context) -> dict[str, int]:
@@ -207,9 +209,10 @@ def _context_frame(user_id: int, context: dict[str, int], as_of_ms: int) -> pd.D
     return pd.DataFrame(values, index=pd.Index([user_id], name=C.USER_ID), columns=CONTEXT_FEATURES)
 
 
-def _tables_with_online(prepared: Prepared, clicks: pd.DataFrame, as_of_ms: int):
+def _tables_with_online(prepared: Prepared, columns: dict[str, np.ndarray], as_of_ms: int):
     """The bundle's feature tables with this user's rows refitted on history + online clicks."""
     tables = prepared.bundle.tables
+    clicks = pd.DataFrame(columns)
     cut = max(int(as_of_ms), int(clicks[C.CLICK_TIMESTAMP].max()) + 1)
     ids = np.unique(clicks[C.CLICK_ARTICLE_ID].to_numpy())
     # Only the clicked articles' metadata: fit_user_tables indexes it by id, the whole catalogue would cost more.
@@ -230,7 +233,7 @@ def recommend(
     """Top-k articles for one user: candidates -> features -> ranker, read articles excluded."""
     ctx = resolve_context(prepared, user_id, context)
     clicks = user_clicks(prepared, user_id, recent, ctx)
-    cold = len(clicks) == 0
+    cold = len(clicks[C.USER_ID]) == 0
     index = prepared.bundle.index
     # Columns rather than a frame, and scoring without `score_candidates`' slicing: one request is small.
     cands = index.candidate_columns(clicks, users=[user_id])  # reads the query columns it needs
