@@ -48,6 +48,9 @@ _META = "bundle.json"
 _HISTORY = "history.parquet"
 # Clicks before the cutoff, per user: the API's starting point for one user's candidates and features.
 HISTORY_COLUMNS = [C.USER_ID, C.SESSION_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP, *C.CONTEXT_COLUMNS]
+# Raised whenever what the bundle holds, or what the code expects of it, changes: a model registered by
+# other code is refused with a clear message instead of failing on a missing key mid-request.
+BUNDLE_FORMAT = 2
 
 
 # --------------------------------------------------------------------------------------------- bundle
@@ -75,13 +78,18 @@ class ServingBundle:
         src = Path(bundle_dir)
         if not (src / _META).exists():
             raise FileNotFoundError(f"no serving bundle in {src} ({_META} missing)")
+        meta = json.loads((src / _META).read_text())
+        if meta.get("format") != BUNDLE_FORMAT:
+            written = meta.get("format") or "none recorded (older code)"
+            raise ValueError(f"serving bundle in {src} has format {written}; this code reads format "
+                             f"{BUNDLE_FORMAT}: register the model again with this code (`newsrec register`)")
         embeddings = np.load(src / _EMBEDDINGS, mmap_mode="r")
         return cls(
             ranker=Ranker.load(src / _BUNDLE_FILES["ranker"]),
             tables=FeatureTables.load(src / _BUNDLE_FILES["features"], embeddings),
             index=CandidateIndex.load(src / _BUNDLE_FILES["index"]),
             articles=pd.read_parquet(src / _ARTICLES),
-            meta=json.loads((src / _META).read_text()),
+            meta=meta,
             history=pd.read_parquet(src / _HISTORY) if (src / _HISTORY).exists() else None,
         )
 
@@ -133,7 +141,7 @@ def build_bundle(
         history = load_clicks(validated_dir, None, tables.cutoff_ms, columns=HISTORY_COLUMNS)
         history = history[HISTORY_COLUMNS].sort_values([C.USER_ID, C.CLICK_TIMESTAMP], kind="mergesort")
         history.to_parquet(out / _HISTORY, index=False)
-    meta = {"cutoff_ms": tables.cutoff_ms, "features": ranker.features, "ranker": ranker.meta,
+    meta = {"format": BUNDLE_FORMAT, "cutoff_ms": tables.cutoff_ms, "features": ranker.features, "ranker": ranker.meta,
             "feature_params": dict(feature_params or {})}
     (out / _META).write_text(json.dumps(meta, indent=2) + "\n")
     return out

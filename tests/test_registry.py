@@ -205,3 +205,17 @@ def test_report_prints_the_table_and_the_live_aliases(client, registry, tmp_path
     assert "@champion   -> version 5  test ndcg@10 0.3500" in out
     assert f"models:/{NAME}@champion" in out
     assert report.main(["--eval-table", str(tmp_path / "missing.md"), "--registered", str(registered)]) == 1
+
+
+@pytest.mark.integration
+def test_a_bundle_from_other_code_is_refused_with_a_clear_message(serving_bundle, tmp_path):
+    import json
+    import shutil
+
+    assert R.ServingBundle.load(serving_bundle).meta["format"] == R.BUNDLE_FORMAT
+    old = shutil.copytree(serving_bundle, tmp_path / "old")
+    meta = json.loads((old / R._META).read_text())
+    del meta["format"]
+    (old / R._META).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="format none recorded.*newsrec register"):
+        R.ServingBundle.load(old)
