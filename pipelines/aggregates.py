@@ -13,9 +13,9 @@ applied when reading, relative to the cutoff, which keeps the stored partitions 
 
 Co-click pairs are ordered pairs (a, b) and (b, a) of distinct articles read in the same session,
 weighted 1/distance between their positions in the session (sessions ordered by click time), up to
-`coclick_max_distance` positions apart (long sessions would otherwise grow quadratically). The terms
-are summed as decimals, which add exactly in any order: a float sum over several threads could differ
-in its last bit from run to run, and replaying an hour must give the same bytes.
+`coclick_max_distance` positions apart (long sessions would otherwise grow quadratically). Weights
+are summed exactly (`_exact_sum`): a float sum over several threads could differ in its last bit from run
+to run, and replaying an hour must give the same bytes, and a pipeline run the same candidates.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def aggregate_hour(
             FROM read_parquet(?))
         SELECT x.a AS {ARTICLE_A}, y.a AS {ARTICLE_B},
                {click_hour.format(ts="greatest(x.ts, y.ts)")} AS {CLICK_HOUR},
-               CAST(sum(CAST(1.0 / abs(x.pos - y.pos) AS DECIMAL(18, 12))) AS DOUBLE) AS {WEIGHT}
+               {_exact_sum("1.0 / abs(x.pos - y.pos)")} AS {WEIGHT}
         FROM c x JOIN c y ON x.u = y.u AND x.s = y.s AND x.pos <> y.pos AND x.a <> y.a
                          AND abs(x.pos - y.pos) <= ?
         GROUP BY 1, 2, 3 ORDER BY 3, 1, 2"""
@@ -136,6 +136,13 @@ def aggregate_all(data_root: str | Path, epoch_ms: int, coclick_max_distance: in
     return hours
 
 
+def _exact_sum(term: str) -> str:
+    """SQL for sum(term) that gives the same double whatever order duckdb's threads add the rows in: each
+    term rounded to 1e-18 and added as a decimal (exact), the total cast back. A float sum's last bits vary
+    with the order, and near-ties in the candidate lists then flip from one `dvc repro` to the next."""
+    return f"CAST(sum(CAST({term} AS DECIMAL(38, 18))) AS DOUBLE)"
+
+
 def _glob(data_root: Path, kind: str) -> str:
     base = Path(data_root) / "aggregates" / kind
     if not any(base.glob(f"{HOUR}=*/{PART}")):
@@ -160,7 +167,7 @@ def read_popularity(
     sql = f"""
         SELECT {ARTICLE_ID}, sum({CLICKS}) AS {CLICKS}, {", ".join(cols) + "," if cols else ""}
                sum({USERS}) AS {USERS},
-               sum({CLICKS} * pow(0.5, ({int(cutoff_hour)} - {CLICK_HOUR} - 0.5) / ?)) AS trend,
+               {_exact_sum(f"{CLICKS} * pow(0.5, ({int(cutoff_hour)} - {CLICK_HOUR} - 0.5) / ?)")} AS trend,
                max({CLICK_HOUR}) AS last_click_hour
         FROM read_parquet(?, hive_partitioning=true, hive_types={{'hour': BIGINT}})
         WHERE {HOUR} < ? AND {CLICK_HOUR} < ?
@@ -193,7 +200,7 @@ def read_coclick(
         SELECT {ARTICLE_A}, {ARTICLE_B}, w AS {WEIGHT},
                row_number() OVER (PARTITION BY {ARTICLE_A} ORDER BY w DESC, {ARTICLE_B}) AS rank
         FROM (SELECT {ARTICLE_A}, {ARTICLE_B},
-                     sum({WEIGHT} * pow(0.5, ({int(cutoff_hour)} - {CLICK_HOUR} - 0.5) / ?)) AS w
+                     {_exact_sum(f"{WEIGHT} * pow(0.5, ({int(cutoff_hour)} - {CLICK_HOUR} - 0.5) / ?)")} AS w
               FROM read_parquet(?, hive_partitioning=true, hive_types={{'hour': BIGINT}})
               WHERE {HOUR} < ? AND {CLICK_HOUR} < ? {only}
               GROUP BY 1, 2)

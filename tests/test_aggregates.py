@@ -121,3 +121,30 @@ def test_coclick_weights_do_not_depend_on_row_order(tmp_path):
     assert len(digests) == 1
     weight = _part(tmp_path / "order0", "coclick", 0).set_index([C.ARTICLE_A, C.ARTICLE_B])[C.WEIGHT]
     assert weight[(1, 2)] == pytest.approx(sum(1.0 / g for g in gaps), rel=1e-12)
+
+
+def test_decayed_reads_do_not_depend_on_row_order(tmp_path):
+    """`dvc repro` twice must fit the same candidate index: the decayed sums over many hourly rows come out
+    the same whatever order the rows are stored (and added) in."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    n = 2000
+    cocl = pd.DataFrame({C.ARTICLE_A: np.ones(n, np.int64), C.ARTICLE_B: np.full(n, 2, np.int64),
+                         C.CLICK_HOUR: rng.integers(0, 40, n), C.WEIGHT: rng.random(n)})
+    pop = pd.DataFrame({C.ARTICLE_ID: np.ones(n, np.int64), C.CLICK_HOUR: rng.integers(0, 40, n),
+                        C.CLICKS: rng.integers(1, 50, n), C.USERS: np.ones(n, np.int64)})
+    results = []
+    for order in range(3):
+        root = tmp_path / f"order{order}"
+        for kind, frame in (("coclick", cocl), ("popularity", pop)):
+            shuffled = frame.sample(frac=1.0, random_state=order) if order else frame
+            for hour, part in shuffled.groupby(shuffled[C.CLICK_HOUR] // 10):
+                out = root / "aggregates" / kind / f"hour={int(hour):03d}"
+                out.mkdir(parents=True)
+                part.to_parquet(out / "part-0.parquet", index=False)
+        results.append((read_coclick(root, 45, 6.0, 5)[C.WEIGHT].tolist(),
+                        read_popularity(root, 45, [24], 3.0)["trend"].tolist()))
+    assert results[0] == results[1] == results[2]
+    expected = float((cocl[C.WEIGHT] * 0.5 ** ((45 - cocl[C.CLICK_HOUR] - 0.5) / 6.0)).sum())
+    assert results[0][0][0] == pytest.approx(expected, rel=1e-12)
