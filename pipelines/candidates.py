@@ -311,6 +311,12 @@ class CandidateIndex:
         if self._faiss is None:
             import faiss
 
+            # faiss picks its scoring kernel by batch size (BLAS for large batches); kernels round
+            # differently, so one user's list (the API) would differ from the same user's in a batch
+            # (offline) wherever scores nearly tie. One kernel for every batch size keeps them identical,
+            # and is no slower here. (A process-wide setting: every index searches the same way.)
+            faiss.cvar.distance_compute_blas_threshold = 2**31 - 1
+
             idx = faiss.IndexFlatIP(self.emb.shape[1] + 1)
             if len(self.pool):
                 prior = float(self.params["emb_trend_boost"]) * np.log1p(self.pool[TREND].to_numpy())
@@ -334,12 +340,6 @@ class CandidateIndex:
     def _search(self, vectors: np.ndarray, depth: int, prior: float) -> tuple[np.ndarray, np.ndarray]:
         """faiss search in bounded chunks, queries weighting the trend prior by `prior` (0 or 1); returns
         (scores, pool article ids), -1 ids where the pool ran out."""
-        import faiss
-
-        # faiss picks its scoring kernel by batch size (BLAS for large batches); kernels round differently,
-        # so one user's list (the API) would differ from the same user's in a batch (offline) wherever
-        # scores nearly tie. One kernel for every batch size keeps them identical, and is no slower here.
-        faiss.cvar.distance_compute_blas_threshold = 2**31 - 1
         idx = self._faiss_index()
         depth = min(depth, idx.ntotal)
         scores, rows = [], []
@@ -456,7 +456,7 @@ class CandidateIndex:
         recency = np.power(float(self.params["cocl_recency"]), pos[keep])
 
         # Each recent click's co-read neighbours: a slice of the co-click table grouped by article_a.
-        keys, a_start, a_end, nb_b, nb_w = self._coclick_slices()
+        keys, a_start, a_end, nb_b, nb_w = self.coclick_neighbours()
         at = np.minimum(np.searchsorted(keys, articles), len(keys) - 1)  # the table is not empty here
         hit = keys[at] == articles
         lo, hi = np.where(hit, a_start[at], 0), np.where(hit, a_end[at], 0)
@@ -485,12 +485,13 @@ class CandidateIndex:
 
         return _top_excluding(fetch, users, read, n, len(ids))
 
-    def _coclick_slices(self) -> tuple[np.ndarray, ...]:
-        """The co-click table grouped by article_a, in its own (rank) order: (article_a keys, start, end,
-        article_b, weight); rows [start[i], end[i]) of the last two are keys[i]'s neighbours."""
+    def coclick_neighbours(self) -> tuple[np.ndarray, ...]:
+        """The co-click table grouped by article_a, strongest first: (article_a keys, start, end, article_b,
+        weight); rows [start[i], end[i]) of the last two are keys[i]'s neighbours in rank order. Built once
+        per index: the cocl source and the API's "co-read" list both slice it."""
         if "cocl_slices" not in self._cache:
             a = self.coclick[ARTICLE_A].to_numpy(dtype=np.int64)
-            order = np.argsort(a, kind="stable")
+            order = np.lexsort((self.coclick[RANK].to_numpy(), a))
             keys, first, count = np.unique(a[order], return_index=True, return_counts=True)
             self._cache["cocl_slices"] = (
                 keys,

@@ -1,8 +1,8 @@
 """One user's recommendations from a serving bundle, with the same code the offline pipeline runs.
 
 `prepare(bundle)` does once, at load time, what would otherwise cost every request: catalogue
-lookups as arrays indexed by article id, each user's history as a slice of sorted arrays, co-click
-neighbours grouped by article, context defaults. A request then calls the pipeline's own functions
+lookups as arrays indexed by article id, each user's history as a slice of sorted arrays, the index's
+co-click neighbours grouped by article (built here, not by the first request), context defaults. A request then calls the pipeline's own functions
 for one user: `CandidateIndex.candidate_columns` (sources, fusion, read-article exclusion),
 `pipelines.features.feature_columns` (feature assembly) and the ranker, and, when the service has seen
 clicks since the bundle's cutoff, `pipelines.features.fit_user_tables` / `user_profiles` to refit
@@ -70,12 +70,6 @@ class Prepared:
     hist_start: np.ndarray
     hist_end: np.ndarray
     hist: dict[str, np.ndarray]
-    # Co-click neighbours sorted by (article_a, rank), sliced the same way.
-    cocl_a: np.ndarray
-    cocl_start: np.ndarray
-    cocl_end: np.ndarray
-    cocl_b: np.ndarray
-    cocl_w: np.ndarray
     context_default: dict[str, int]
 
 
@@ -101,8 +95,7 @@ def prepare(bundle: Any) -> Prepared:
     hist = {c: history[c].to_numpy(dtype=np.int64) for c in HISTORY_COLUMNS}
     users, starts, counts = np.unique(hist[C.USER_ID], return_index=True, return_counts=True)
 
-    cocl = bundle.index.coclick.sort_values([C.ARTICLE_A, C.RANK], kind="mergesort")
-    a_ids, a_starts, a_counts = np.unique(cocl[C.ARTICLE_A].to_numpy(), return_index=True, return_counts=True)
+    bundle.index.coclick_neighbours()  # cached on the index: the cocl source and `similar` slice it
 
     # A context code the request leaves out is filled with the commonest value in the data, so the
     # model never sees a missing value it was not trained with.
@@ -124,11 +117,6 @@ def prepare(bundle: Any) -> Prepared:
         hist_start=starts,
         hist_end=starts + counts,
         hist=hist,
-        cocl_a=a_ids,
-        cocl_start=a_starts,
-        cocl_end=a_starts + a_counts,
-        cocl_b=cocl[C.ARTICLE_B].to_numpy(dtype=np.int64),
-        cocl_w=cocl[C.WEIGHT].to_numpy(dtype=np.float64),
         context_default=context_default,
     )
 
@@ -258,12 +246,13 @@ def similar(prepared: Prepared, article_id: int, k: int, as_of_ms: int) -> dict[
     emb_items = article_details(prepared, emb[C.ARTICLE_B].to_numpy(), as_of_ms)
     for item, rank, score in zip(emb_items, emb[C.RANK].to_numpy(), emb[C.SCORE].to_numpy(), strict=True):
         item.update(rank=int(rank), score=float(score))
-    i = np.searchsorted(prepared.cocl_a, article_id)
+    keys, start, end, neighbours, weights = prepared.bundle.index.coclick_neighbours()
+    i = np.searchsorted(keys, article_id)
     cocl_items: list[dict[str, Any]] = []
-    if i < len(prepared.cocl_a) and prepared.cocl_a[i] == article_id:
-        sl = slice(int(prepared.cocl_start[i]), min(int(prepared.cocl_end[i]), int(prepared.cocl_start[i]) + k))
-        cocl_items = article_details(prepared, prepared.cocl_b[sl], as_of_ms)
-        for r, (item, w) in enumerate(zip(cocl_items, prepared.cocl_w[sl], strict=True), 1):
+    if i < len(keys) and keys[i] == article_id:
+        sl = slice(int(start[i]), min(int(end[i]), int(start[i]) + k))
+        cocl_items = article_details(prepared, neighbours[sl], as_of_ms)
+        for r, (item, w) in enumerate(zip(cocl_items, weights[sl], strict=True), 1):
             item.update(rank=r, score=float(w))
     return {"embedding": emb_items, "coclick": cocl_items}
 
