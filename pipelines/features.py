@@ -119,12 +119,13 @@ class FeatureTables:
 
     def article_positions(self, article_ids: np.ndarray) -> np.ndarray:
         """`articles.index.get_indexer(article_ids)` through a cached id -> row array (ids are small ints)."""
-        if "article_rows" not in self._cache:
+        key = ("articles", "rows")  # keyed by its table like `matrix`'s blocks: it goes when that table changes
+        if key not in self._cache:
             ids = self.articles.index.to_numpy(dtype=np.int64)
             rows = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, dtype=np.intp)
             rows[ids] = np.arange(len(ids))
-            self._cache["article_rows"] = rows
-        rows = self._cache["article_rows"]
+            self._cache[key] = rows
+        rows = self._cache[key]
         inside = (article_ids >= 0) & (article_ids < len(rows))
         return np.where(inside, rows[np.where(inside, article_ids, 0)] if len(rows) else -1, -1)
 

@@ -83,8 +83,6 @@ def score_candidates(
     ranker = model if isinstance(model, Ranker) else Ranker.load(model)
     # Slices keep the feature matrix small at Globo scale (rows are independent, see `assemble`).
     step = SCORE_CHUNK_ROWS
-    if len(candidates) <= step:  # one API request: no slicing
-        return ranker.predict(feature_columns(candidates, feature_tables, context))
     parts = [ranker.predict(feature_columns(candidates.iloc[i : i + step], feature_tables, context))
              for i in range(0, len(candidates), step)]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)

@@ -209,8 +209,7 @@ def _tables_with_online(prepared: Prepared, columns: dict[str, np.ndarray], as_o
     users, user_categories = fit_user_tables(clicks, meta, cut)
     _, profiles = user_profiles(clicks, tables.embeddings, cut, prepared.half_life_h)
     # The article-side caches stay valid; everything derived from the user tables must be rebuilt.
-    cache = {k: v for k, v in tables._cache.items()
-             if k == "article_rows" or (isinstance(k, tuple) and k[0] == "articles")}
+    cache = {k: v for k, v in tables._cache.items() if isinstance(k, tuple) and k[0] == "articles"}
     return dataclasses.replace(tables, users=users, profiles=profiles, user_categories=user_categories,
                                _cache=cache)
 
