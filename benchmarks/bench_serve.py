@@ -93,7 +93,7 @@ async def open_loop(url: str, paths: list[str], rate: float, duration: float, ma
                 async with session.get(paths[i % len(paths)]) as r:
                     await r.read()
                     statuses[i] = r.status
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 statuses[i] = -1
             done = loop.time()
             latencies[i] = done - scheduled

@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--online-clicks", type=int, default=0, help="clicks received online per user")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--lightgbm", action="store_true", help="score with LightGBM, not the compiled ranker")
     args = parser.parse_args(argv)
 
     from pipelines.registry import ServingBundle
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from serving.state import Click
 
     t = time.perf_counter()
-    prepared = prepare(ServingBundle.load(args.bundle))
+    prepared = prepare(ServingBundle.load(args.bundle), compile_ranker=not args.lightgbm)
     load_s = time.perf_counter() - t
     rng = np.random.default_rng(0)
     users = rng.choice(prepared.hist_users, args.requests)
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     run()  # warm caches (faiss index, lazy imports)
     times = run()
     print(f"bundle {args.bundle}: loaded and prepared in {load_s:.1f} s; {len(prepared.hist_users):,} users with "
-          f"history, pool {len(pool):,} articles")
+          f"history, pool {len(pool):,} articles, scored by {prepared.bundle.ranker.predictor}")
     print(f"recommend() x{args.requests} (cold share {args.cold_share}, {args.online_clicks} online clicks): "
           f"mean {times.mean():.2f} ms, p50 {np.percentile(times, 50):.2f}, p95 {np.percentile(times, 95):.2f}, "
           f"p99 {np.percentile(times, 99):.2f} ms")

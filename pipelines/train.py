@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,11 @@ import pandas as pd
 
 from pipelines import columns as C
 from pipelines.features import CATEGORICAL, FEATURES, FeatureTables, assemble, feature_columns
+
+# A compiled ranker must score these probe rows (drawn around the model's own split thresholds, missing
+# values included) as LightGBM does, to this tolerance, before it replaces LightGBM's predict.
+COMPILE_PROBE_ROWS = 2000
+COMPILE_TOLERANCE = 1e-9
 
 MODEL_FILE = "ranker.txt"
 META_FILE = "ranker.json"
@@ -51,6 +57,57 @@ class Ranker:
         features = meta.pop("features")
         return cls(booster=lgb.Booster(model_file=str(src / MODEL_FILE)), features=features, meta=meta)
 
+    compiled: Any = field(default=None, repr=False)  # lleaves.Model once `compile()` succeeded
+
+    @property
+    def predictor(self) -> str:
+        """What scores requests: "compiled" (lleaves) or "lightgbm"."""
+        return "compiled" if self.compiled is not None else "lightgbm"
+
+    def compile(self) -> None:
+        """Compile the trees to machine code (lleaves/LLVM) for this CPU; `predict` then uses it.
+
+        A request scores a few hundred rows, where LightGBM's per-call and per-row overhead dominates:
+        compiled, the same trees score them ~6x faster. Inlining is off: it would add ~4x to the compile
+        (3 s -> 11-14 s for 230 trees) for under 10% faster scoring. The compiled model must reproduce
+        LightGBM's scores on probe rows around every split threshold (and missing values) or it is refused
+        with a ValueError, and LightGBM stays in charge.
+        """
+        import lleaves
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / MODEL_FILE
+            path.write_text(self.booster.model_to_string())
+            model = lleaves.Model(model_file=str(path))
+            model.compile(finline=False)
+        probe = self._probe_rows()
+        expected = self.booster.predict(probe, num_threads=1)
+        got = model.predict(probe.astype(np.float64), n_jobs=1)
+        worst = float(np.max(np.abs(got - expected))) if len(probe) else 0.0
+        if not worst <= COMPILE_TOLERANCE:
+            raise ValueError(f"compiled ranker disagrees with LightGBM by {worst:.3g} on probe rows: not used")
+        self.compiled = model
+
+    def _probe_rows(self) -> np.ndarray:
+        """Rows around the model's splits: numeric values just below, on and above each threshold, category
+        codes from each categorical split and one no split names; 5% missing."""
+        rng = np.random.default_rng(0)
+        n = COMPILE_PROBE_ROWS
+        splits = self.booster.trees_to_dataframe()
+        splits = splits[splits["split_feature"].notna()]
+        values = np.zeros((n, len(self.features)), dtype=np.float32)
+        for j, name in enumerate(self.features):
+            rows = splits[splits["split_feature"] == name]
+            numeric = rows["decision_type"] == "<="
+            categories = [int(c) for t in rows.loc[~numeric, "threshold"] for c in str(t).split("||")]
+            if categories:
+                values[:, j] = rng.choice(np.array([*categories, max(categories) + 1]), n)
+            elif numeric.any():
+                pick = rng.choice(rows.loc[numeric, "threshold"].to_numpy(dtype=np.float64), n)
+                values[:, j] = pick + rng.choice([-1e-3, 0.0, 1e-3], n) * np.maximum(np.abs(pick), 1)
+        values[rng.random(values.shape) < 0.05] = np.nan
+        return values
+
     def predict(self, X: pd.DataFrame | Mapping[str, np.ndarray]) -> np.ndarray:
         """Scores for a feature frame, or a mapping of feature name -> column (as `feature_columns` gives)."""
         columns = X.columns if isinstance(X, pd.DataFrame) else X.keys()
@@ -65,6 +122,9 @@ class Ranker:
             values = np.column_stack([np.asarray(X[f], dtype=np.float32) for f in self.features])
         if len(values) == 0:
             return np.zeros(0, dtype=np.float64)
+        if self.compiled is not None:
+            # The same float32-rounded values LightGBM would read, widened: identical comparisons.
+            return self.compiled.predict(values.astype(np.float64), n_jobs=1)
         return np.asarray(self.booster.predict(values, num_threads=1), dtype=np.float64)
 
 

@@ -171,7 +171,7 @@ def create_app(
     if source is None:
         from serving.registry_source import MlflowBundleSource
 
-        source = MlflowBundleSource(settings.tracking_uri, settings.model_name)
+        source = MlflowBundleSource(settings.tracking_uri, settings.model_name, settings.compile_ranker)
     if state is None:
         state = make_state_store(
             settings.redis_url, settings.state_prefix, settings.state_max_clicks, settings.state_ttl_seconds,

@@ -1,6 +1,7 @@
 """One user's recommendations from a serving bundle, with the same code the offline pipeline runs.
 
-`prepare(bundle)` does once, at load time, what would otherwise cost every request: catalogue
+`prepare(bundle)` does once, at load time, what would otherwise cost every request: the ranker compiled
+to machine code, catalogue
 lookups as arrays indexed by article id, each user's history as a slice of sorted arrays, the index's
 co-click neighbours grouped by article (built here, not by the first request), context defaults. A request then calls the pipeline's own functions
 for one user: `CandidateIndex.candidate_columns` (sources, fusion, read-article exclusion),
@@ -12,6 +13,7 @@ that user's features with them.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,8 @@ import pandas as pd
 from pipelines import columns as C
 from pipelines.features import CONTEXT_FEATURES, feature_columns, fit_user_tables, user_profiles
 from serving.state import Click
+
+log = logging.getLogger("newsrec.serving")
 
 # The session id given to clicks received online: one "live session" per user, distinct from any real one.
 ONLINE_SESSION = -1
@@ -73,8 +77,17 @@ class Prepared:
     context_default: dict[str, int]
 
 
-def prepare(bundle: Any) -> Prepared:
-    """Precompute what requests need from `bundle` (a pipelines.registry.ServingBundle)."""
+def prepare(bundle: Any, compile_ranker: bool = True) -> Prepared:
+    """Precompute what requests need from `bundle` (a pipelines.registry.ServingBundle).
+
+    `compile_ranker` compiles the ranker's trees (`Ranker.compile`, a few seconds); if that fails the
+    bundle still serves, scored by LightGBM, and `bundle.ranker.predictor` says which one scores.
+    """
+    if compile_ranker:
+        try:
+            bundle.ranker.compile()
+        except Exception:  # a compiler problem must not keep a good model out of service
+            log.warning("ranker not compiled; LightGBM scores requests", exc_info=True)
     meta = bundle.articles
     size = int(meta[C.ARTICLE_ID].max()) + 1 if len(meta) else 0
     ids = meta[C.ARTICLE_ID].to_numpy()

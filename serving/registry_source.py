@@ -14,7 +14,7 @@ _INFO_METRICS = ("ndcg", "recall", "mrr", "hr", "coverage")
 class MlflowBundleSource:
     """Resolves `models:/<name>@<alias>` and loads the version's pyfunc, whose python model holds the bundle."""
 
-    def __init__(self, tracking_uri: str, model_name: str) -> None:
+    def __init__(self, tracking_uri: str, model_name: str, compile_ranker: bool = True) -> None:
         import os
 
         from mlflow import MlflowClient
@@ -23,6 +23,7 @@ class MlflowBundleSource:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.tracking_uri = tracking_uri
         self.model_name = model_name
+        self.compile_ranker = compile_ranker
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     def resolve(self, alias: str) -> VersionRef | None:
@@ -49,7 +50,9 @@ class MlflowBundleSource:
         bundle = model.unwrap_python_model().bundle
         from serving.recommend import prepare
 
-        return ServedModel(ref=ref, bundle=prepare(bundle), loaded_at=time.time(), info=self._info(ref))
+        prepared = prepare(bundle, self.compile_ranker)
+        info = {**self._info(ref), "predictor": bundle.ranker.predictor}
+        return ServedModel(ref=ref, bundle=prepared, loaded_at=time.time(), info=info)
 
     def _info(self, ref: VersionRef) -> dict[str, Any]:
         """When the version was trained and its offline metrics, for people deciding whether to trust it."""

@@ -34,6 +34,7 @@ class Settings:
     k_max: int
     similar_k_max: int
     clock: str
+    compile_ranker: bool
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.challenger_share <= 1.0:

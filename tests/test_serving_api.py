@@ -15,6 +15,8 @@ from serving_support import ServerThread
 
 from pipelines import ab_report
 from pipelines.registry import ServingBundle
+from pipelines.train import Ranker
+from serving import recommend as rec
 from serving.app import create_app
 from serving.settings import Settings
 
@@ -59,6 +61,7 @@ def test_health_ready_and_models(client, serving_registry):
     assert models["champion"]["version"] == "1"
     assert models["champion"]["metrics"]["all_ndcg_at_10"] == pytest.approx(0.3)
     assert models["challenger_share"] == 0.5
+    assert models["champion"]["predictor"] == "compiled"  # serve.compile_ranker is on by default
 
 
 @pytest.mark.integration
@@ -91,6 +94,27 @@ def test_recommendations_for_a_known_user(client, bundle):
         assert item["category_id"] == meta.loc[item["article_id"], "category_id"]
         assert item["words_count"] == meta.loc[item["article_id"], "words_count"]
         assert item["age_hours"] >= 0  # nothing published after the request time is recommended
+
+
+@pytest.mark.integration
+def test_compiled_ranker_recommends_what_lightgbm_would(serving_bundle, monkeypatch, caplog):
+    compiled = rec.prepare(ServingBundle.load(serving_bundle))
+    plain = rec.prepare(ServingBundle.load(serving_bundle), compile_ranker=False)
+    assert (compiled.bundle.ranker.predictor, plain.bundle.ranker.predictor) == ("compiled", "lightgbm")
+    users = [int(u) for u in compiled.hist_users[:: max(1, len(compiled.hist_users) // 15)]] + [10**12]
+    for user in users:
+        a, b = (rec.recommend(p, user, [], rec.Context(), p.cutoff_ms, 20) for p in (compiled, plain))
+        assert a.article_ids == b.article_ids
+        np.testing.assert_allclose([i["score"] for i in a.items], [i["score"] for i in b.items], atol=1e-12)
+
+    def broken(self):
+        raise OSError("no LLVM for this CPU")
+
+    monkeypatch.setattr(Ranker, "compile", broken)
+    fallback = rec.prepare(ServingBundle.load(serving_bundle))  # still serves, with LightGBM
+    assert fallback.bundle.ranker.predictor == "lightgbm" and "ranker not compiled" in caplog.text
+    assert rec.recommend(fallback, users[0], [], rec.Context(), fallback.cutoff_ms, 20).article_ids == \
+        rec.recommend(plain, users[0], [], rec.Context(), plain.cutoff_ms, 20).article_ids
 
 
 @pytest.mark.integration

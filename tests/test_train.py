@@ -136,3 +136,36 @@ def test_fit_refuses_a_training_set_without_clicks(trained):
 def test_load_missing_ranker_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="newsrec train"):
         T.Ranker.load(tmp_path)
+
+
+def _copy(ranker: T.Ranker) -> T.Ranker:
+    """A ranker sharing the fixture's booster, so compiling it leaves the module's fixture as it was."""
+    return T.Ranker(booster=ranker.booster, features=ranker.features, meta=ranker.meta)
+
+
+@pytest.mark.unit
+def test_compiled_ranker_scores_exactly_as_lightgbm(trained):
+    ranker, val_cands, val_tables = trained
+    compiled = _copy(ranker)
+    compiled.compile()
+    assert (compiled.predictor, ranker.predictor) == ("compiled", "lightgbm")
+    X = F.assemble(val_cands, val_tables)
+    X.iloc[::7, :10] = np.nan  # missing values take each split's default direction in both
+    np.testing.assert_allclose(compiled.predict(X), ranker.predict(X), rtol=0, atol=1e-12)
+    columns = {c: X[c].to_numpy() for c in X.columns[::-1]}  # the API's columns, in any order
+    np.testing.assert_allclose(compiled.predict(columns), ranker.predict(X), rtol=0, atol=1e-12)
+    assert compiled.predict(X.head(0)).shape == (0,)
+
+
+@pytest.mark.unit
+def test_a_compiled_ranker_that_disagrees_with_lightgbm_is_refused(trained, monkeypatch):
+    ranker = _copy(trained[0])
+    text = ranker.booster.model_to_string()
+    # Compile a model whose first tree's leaves are all shifted: what a miscompile would look like.
+    head, sep, rest = text.partition("leaf_value=")
+    line, nl, tail = rest.partition("\n")
+    shifted = " ".join(str(float(v) + 0.5) for v in line.split())
+    monkeypatch.setattr(ranker.booster, "model_to_string", lambda: head + sep + shifted + nl + tail)
+    with pytest.raises(ValueError, match="disagrees with LightGBM"):
+        ranker.compile()
+    assert ranker.predictor == "lightgbm"
