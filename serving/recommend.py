@@ -118,7 +118,7 @@ def prepare(bundle: Any, compile_ranker: bool = True) -> Prepared:
         context_default[param] = int(np.bincount(values - values.min()).argmax() + values.min()) if len(values) else 0
 
     feature_params = bundle.meta.get("feature_params") or {}
-    return Prepared(
+    prepared = Prepared(
         bundle=bundle,
         cutoff_ms=int(bundle.cutoff_ms),
         half_life_h=float(feature_params.get("profile_half_life_h", 24.0)),
@@ -132,6 +132,24 @@ def prepare(bundle: Any, compile_ranker: bool = True) -> Prepared:
         hist=hist,
         context_default=context_default,
     )
+    _warm_up(prepared)
+    return prepared
+
+
+def _warm_up(prepared: Prepared) -> None:
+    """Serve one known and one unknown user and one article before any request does: lazy imports and
+    caches built on first use are then paid at load time, and belong to what the holder freezes."""
+    cutoff = prepared.cutoff_ms
+    if len(prepared.hist_users):
+        user = int(prepared.hist_users[0])
+        recommend(prepared, user, [], Context(), cutoff, 10)
+        recent = [Click(int(prepared.hist[C.CLICK_ARTICLE_ID][prepared.hist_start[0]]), cutoff)]
+        recommend(prepared, user, recent, Context(), cutoff, 10)  # the online-refit path
+    unknown = int(prepared.hist_users[-1]) + 1 if len(prepared.hist_users) else 0
+    recommend(prepared, unknown, [], Context(), cutoff, 10)
+    articles = np.flatnonzero(prepared.exists)
+    if len(articles):
+        similar(prepared, int(articles[0]), 10, cutoff)
 
 
 def cutoff_ms(prepared: Prepared) -> int:

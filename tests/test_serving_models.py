@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 
 from serving.models import ModelHolder, ServedModel, VersionRef
@@ -73,3 +76,30 @@ def test_failed_load_or_registry_outage_keeps_the_current_model():
     reg.down, reg.broken = False, set()
     assert holder.refresh() is True and holder.slots.champion.ref.version == "2"
     assert holder.last_error is None
+
+
+class _Bundle:
+    """A bundle with a reference cycle, as pandas objects have: only the cyclic collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.mark.unit
+def test_swaps_freeze_the_heap_yet_free_the_bundle_they_replace():
+    reg = RegistryFake()
+    reg.load = lambda ref: ServedModel(ref=ref, bundle=_Bundle(), loaded_at=0.0)
+    reg.aliases = {"champion": "1"}
+    holder = ModelHolder(reg, "champion", "challenger")
+    try:
+        holder.refresh()
+        assert gc.get_freeze_count() > 0  # full collections no longer walk the loaded bundle
+        first = weakref.ref(holder.slots.champion.bundle)
+        gc.collect()
+        assert first() is not None
+        reg.aliases["champion"] = "2"
+        holder.refresh()
+        assert first() is None  # frozen while served, still freed once replaced
+    finally:
+        holder.stop()
+    assert gc.get_freeze_count() == 0
