@@ -64,6 +64,44 @@ def test_user_table_values(history, articles):
 
 
 @pytest.mark.unit
+def test_user_table_means_counts_and_ties(history, articles):
+    ties = pd.concat([history, pd.DataFrame([_click(2, 21, 4, 4 * H, device=2), _click(2, 21, 4, 4 * H, device=7)])])
+    users, _ = F.fit_user_tables(ties, articles, 26 * H + 30 * 60_000)
+    u1, u2 = users.loc[1], users.loc[2]
+    assert u1["u_n_categories"] == 2 and u2["u_n_categories"] == 2
+    assert u1["u_clicks_24h"] == 1  # only the click at 5.5 h lies within 24 h of the cutoff at 26.5 h
+    assert u1["u_mean_words"] == pytest.approx((100 + 300 + 400) / 3)
+    assert u1["u_mean_click_age_h"] == pytest.approx((2 + (1 + 1 / 60) + 3.5) / 3)
+    assert u2["u_mean_click_age_h"] == pytest.approx((3 + 0 + 0) / 3)  # read before publication counts as 0
+    assert u2["u_device"] == 1  # 1, 2 and 7 once each: the smallest wins
+    assert u2["u_last_article"] == 4 and u2["u_last_category"] == 2  # same time: the later row is last
+
+
+@pytest.mark.unit
+def test_user_tables_ignore_row_order_and_one_user_refits_to_their_batch_row(history, articles):
+    rng = np.random.default_rng(3)
+    clicks = pd.DataFrame([_click(int(u), int(u) * 10 + int(s), int(a), int(t), device=int(d))
+                           for u, s, a, t, d in zip(rng.integers(0, 30, 400), rng.integers(0, 3, 400),
+                                                    rng.integers(0, 5, 400), rng.integers(0, 20 * H, 400),
+                                                    rng.integers(1, 4, 400), strict=True)])
+    users, cats = F.fit_user_tables(clicks, articles, 20 * H)
+    shuffled_users, shuffled_cats = F.fit_user_tables(clicks.sample(frac=1, random_state=1), articles, 20 * H)
+    pd.testing.assert_frame_equal(users, shuffled_users)
+    pd.testing.assert_frame_equal(cats, shuffled_cats)
+    one, one_cats = F.fit_user_tables(clicks[clicks[C.USER_ID] == 7], articles, 20 * H)
+    pd.testing.assert_frame_equal(one, users.loc[[7]])  # what the API refits online is the batch's row, exactly
+    pd.testing.assert_frame_equal(one_cats, cats[cats[C.USER_ID] == 7].reset_index(drop=True))
+
+
+@pytest.mark.unit
+def test_user_tables_of_no_clicks_and_of_unknown_articles(history, articles):
+    users, cats = F.fit_user_tables(history, articles, 0)
+    assert users.empty and list(users.columns) == F.USER_FEATURES + F.USER_KEYS and cats.empty
+    with pytest.raises(ValueError, match="1 article.* missing from the metadata, e.g. \\[9\\]"):
+        F.fit_user_tables(pd.DataFrame([_click(1, 10, 9, H)]), articles, 6 * H)
+
+
+@pytest.mark.unit
 def test_article_table_windows_and_availability(history, articles):
     table = F.fit_article_table(history, articles, 6 * H)
     assert 4 not in table.index  # published after the cutoff: not rankable yet
