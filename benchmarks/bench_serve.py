@@ -34,13 +34,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(tracking_uri: str, port: int, workers: int, redis_url: str | None, logdir: Path) -> subprocess.Popen:
+def start_server(tracking_uri: str, port: int, workers: int, redis_url: str | None, logdir: Path,
+                 state_prefix: str) -> subprocess.Popen:
     env = {
         **os.environ,
         "NEWSREC__MLFLOW__TRACKING_URI": tracking_uri,
         "NEWSREC__SERVE__IMPRESSION_LOG": str(logdir / "impressions.jsonl"),
         "NEWSREC__SERVE__CLICK_LOG": str(logdir / "clicks.jsonl"),
         "NEWSREC__SERVE__CHALLENGER_SHARE": "0",
+        "NEWSREC__SERVE__STATE_PREFIX": state_prefix,  # this run's own online state, whatever Redis holds
     }
     cmd = [str(ROOT / ".venv/bin/newsrec"), "serve", "--port", str(port), "--workers", str(workers),
            "--log-level", "warning"]
@@ -61,6 +63,19 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> float:
             pass
         time.sleep(0.25)
     raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def click_recommendations(url: str, users: list[int], clicks: int) -> int:
+    """Each user clicks their top recommendation `clicks` times (each click excludes it from the next list)."""
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for user in users:
+            for _ in range(clicks):
+                top = client.get(f"/v1/users/{user}/recommendations", params={"k": 1}).json()["items"][0]
+                client.post("/v1/events", json={"user_id": user, "article_id": top["article_id"]}).raise_for_status()
+            recent = client.get(f"/v1/users/{user}/history", params={"n": clicks}).json()["items"]
+            if not all(item["online"] for item in recent):
+                raise RuntimeError(f"user {user}: the service does not hold the clicks just posted")
+    return len(users)
 
 
 async def open_loop(url: str, paths: list[str], rate: float, duration: float, max_requests: int,
@@ -130,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=20_000)
     parser.add_argument("--users", type=int, default=2000, help="distinct known users to cycle through")
     parser.add_argument("--cold-share", type=float, default=0.1, help="share of requests for unknown users")
+    parser.add_argument("--online-share", type=float, default=0.0,
+                        help="share of the known users who click --online-clicks of their recommendations first "
+                             "(POST /v1/events), so their requests take the online refit path")
+    parser.add_argument("--online-clicks", type=int, default=3)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--redis-url", help="serve with user state in Redis (needed for --workers > 1)")
@@ -141,12 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as logdir:
-        proc = start_server(args.tracking_uri, port, args.workers, args.redis_url, Path(logdir))
+        state_prefix = f"newsrec-bench:{os.getpid()}:{port}:"
+        proc = start_server(args.tracking_uri, port, args.workers, args.redis_url, Path(logdir), state_prefix)
         try:
             ready_s = wait_ready(url, proc, timeout=900)
             known = httpx.get(f"{url}/v1/users", params={"n": min(args.users, 1000), "order": "random"},
                               timeout=60).json()
             ids = [u["user_id"] for u in known]
+            online = click_recommendations(url, ids[: int(len(ids) * args.online_share)], args.online_clicks)
             models = httpx.get(f"{url}/v1/models", timeout=60).json()
             rng = np.random.default_rng(0)
             n_paths = 5000
@@ -159,8 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             proc.terminate()
             proc.wait(timeout=60)
+            if args.redis_url:
+                import redis
+
+                with redis.Redis.from_url(args.redis_url) as r:
+                    for key in r.scan_iter(match=f"{state_prefix}*", count=1000):
+                        r.delete(key)
     result = {"label": args.label, "model_version": models["champion"]["version"], "workers": args.workers,
-              "cold_share": args.cold_share, "k": args.k, "startup_s": round(ready_s, 1), **result}
+              "cold_share": args.cold_share, "online_users": online, "online_clicks": args.online_clicks, "k": args.k, "startup_s": round(ready_s, 1), **result}
     print(f"{'label':<10}{'rps target':>11}{'rps got':>9}{'ok':>7}{'err':>5}{'p50 ms':>8}{'p95 ms':>8}"
           f"{'p99 ms':>8}{'max ms':>8}")
     print(f"{result['label']:<10}{result['target_rps']:>11.0f}{result['achieved_rps']:>9.1f}{result['ok']:>7}"

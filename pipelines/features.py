@@ -129,6 +129,13 @@ class FeatureTables:
         inside = (article_ids >= 0) & (article_ids < len(rows))
         return np.where(inside, rows[np.where(inside, article_ids, 0)] if len(rows) else -1, -1)
 
+    def max_article_category(self) -> int:
+        """The largest category id of the article table (0 when empty), cached with the article blocks."""
+        key = ("articles", "max_category")
+        if key not in self._cache:
+            self._cache[key] = int(self.articles["a_category"].max()) if len(self.articles) else 0
+        return self._cache[key]
+
     def save(self, out_dir: str | Path) -> Path:
         """Write the tables as parquet (profiles as a fixed-size list column) plus meta.json."""
         import pyarrow as pa
@@ -211,7 +218,8 @@ def _history_before(clicks: pd.DataFrame, cutoff_ms: int) -> pd.DataFrame:
     if missing:
         raise ValueError(f"clicks frame lacks columns {sorted(missing)}")
     # The cutoff is enforced here too, so a caller that passes a wider frame cannot leak the future.
-    return clicks[clicks[C.CLICK_TIMESTAMP] < cutoff_ms]
+    before = clicks[C.CLICK_TIMESTAMP].to_numpy() < cutoff_ms
+    return clicks if before.all() else clicks[before]
 
 
 def user_profiles(
@@ -477,8 +485,7 @@ def feature_columns(
     uc = tables.user_categories
     if "share_keys" not in tables._cache:
         # Sized by the catalogue's categories too, so the key stays valid for any candidate article.
-        n_cat = 1 + max(int(tables.articles["a_category"].max()) if len(tables.articles) else 0,
-                        int(uc[C.CATEGORY_ID].max()) if len(uc) else 0)
+        n_cat = 1 + max(tables.max_article_category(), int(uc[C.CATEGORY_ID].max()) if len(uc) else 0)
         keys_uc = uc[C.USER_ID].to_numpy(np.int64) * n_cat + uc[C.CATEGORY_ID].to_numpy(np.int64)
         tables._cache["share_keys"] = (n_cat, pd.Index(keys_uc), uc["share"].to_numpy(np.float32))
     n_cat, share_keys, share_values = tables._cache["share_keys"]
