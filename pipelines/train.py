@@ -33,11 +33,12 @@ SCORE_CHUNK_ROWS = 1_000_000
 
 @dataclass
 class Ranker:
-    """A trained booster and the feature names it was trained on, in order."""
+    """A trained booster and the feature names it was trained on, in order; `compile()` for serving."""
 
     booster: Any  # lightgbm.Booster; imported lazily
     features: list[str]
     meta: dict
+    compiled: Any = field(default=None, repr=False)  # lleaves.Model once `compile()` succeeded
 
     def save(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
@@ -56,8 +57,6 @@ class Ranker:
         meta = json.loads((src / META_FILE).read_text())
         features = meta.pop("features")
         return cls(booster=lgb.Booster(model_file=str(src / MODEL_FILE)), features=features, meta=meta)
-
-    compiled: Any = field(default=None, repr=False)  # lleaves.Model once `compile()` succeeded
 
     @property
     def predictor(self) -> str:
@@ -89,8 +88,8 @@ class Ranker:
         self.compiled = model
 
     def _probe_rows(self) -> np.ndarray:
-        """Rows around the model's splits: numeric values just below, on and above each threshold, category
-        codes from each categorical split and one no split names; 5% missing."""
+        """Rows around the model's splits: numeric values just below, on and above each threshold; the
+        category codes of each categorical split plus one no split names; 5% missing."""
         rng = np.random.default_rng(0)
         n = COMPILE_PROBE_ROWS
         splits = self.booster.trees_to_dataframe()

@@ -1,10 +1,10 @@
 """One user's recommendations from a serving bundle, with the same code the offline pipeline runs.
 
 `prepare(bundle)` does once, at load time, what would otherwise cost every request: the ranker compiled
-to machine code, catalogue
-lookups as arrays indexed by article id, each user's history as a slice of sorted arrays, the index's
-co-click neighbours grouped by article (built here, not by the first request), context defaults. A request then calls the pipeline's own functions
-for one user: `CandidateIndex.candidate_columns` (sources, fusion, read-article exclusion),
+to machine code, catalogue lookups as arrays indexed by article id, each user's history as a slice of
+sorted arrays, the index's co-click neighbours grouped by article, context defaults, and a warm-up
+request. A request then calls the pipeline's own functions for one user:
+`CandidateIndex.candidate_columns` (sources, fusion, read-article exclusion),
 `pipelines.features.feature_columns` (feature assembly) and the ranker, and, when the service has seen
 clicks since the bundle's cutoff, `pipelines.features.fit_user_tables` / `user_profiles` to refit
 that user's features with them.
