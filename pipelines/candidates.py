@@ -93,6 +93,14 @@ def _block_rank(users: np.ndarray) -> np.ndarray:
     return np.arange(len(users)) - starts[run]
 
 
+def _sorted_positions(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Position of each query value in the sorted `keys`, -1 where it is absent (a binary search each)."""
+    if len(keys) == 0:
+        return np.full(len(query), -1, dtype=np.intp)
+    at = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return np.where(keys[at] == query, at, -1)
+
+
 class _PairKeys:
     """(user, article) pairs as one int64, kept sorted, so a membership test is a binary search: no hash
     table to build per call, which cost one API request more than its whole search."""
@@ -110,11 +118,7 @@ class _PairKeys:
         return users.astype(np.int64) * self.m + articles.astype(np.int64)
 
     def contains(self, users: np.ndarray, articles: np.ndarray) -> np.ndarray:
-        if len(self.keys) == 0:
-            return np.zeros(len(users), dtype=bool)
-        query = self.encode(users, articles)
-        at = np.minimum(np.searchsorted(self.keys, query), len(self.keys) - 1)
-        return self.keys[at] == query
+        return _sorted_positions(self.keys, self.encode(users, articles)) >= 0
 
 
 class _Ranked(NamedTuple):
@@ -460,9 +464,8 @@ class CandidateIndex:
 
         # Each recent click's co-read neighbours: a slice of the co-click table grouped by article_a.
         keys, a_start, a_end, nb_b, nb_w = self.coclick_neighbours()
-        at = np.minimum(np.searchsorted(keys, articles), len(keys) - 1)  # the table is not empty here
-        hit = keys[at] == articles
-        lo, hi = np.where(hit, a_start[at], 0), np.where(hit, a_end[at], 0)
+        at = _sorted_positions(keys, articles)  # keys is not empty: this source runs only with co-clicks
+        lo, hi = np.where(at >= 0, a_start[at], 0), np.where(at >= 0, a_end[at], 0)
         rows = _slices(lo, hi)
         u = np.repeat(users, hi - lo)
         b = nb_b[rows]

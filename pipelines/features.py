@@ -423,7 +423,7 @@ def _positions(index: pd.Index, ids: np.ndarray) -> np.ndarray:
     grouped by user, so a request's few hundred rows cost one lookup, a snapshot's one per user."""
     if len(ids) == 0:
         return np.zeros(0, dtype=np.intp)
-    heads = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    heads = _runs(ids)
     if len(heads) == len(ids):
         return index.get_indexer(ids)
     return np.repeat(index.get_indexer(ids[heads]), np.diff(np.r_[heads, len(ids)]))

@@ -82,7 +82,7 @@ class Ranker:
         probe = self._probe_rows()
         expected = self.booster.predict(probe, num_threads=1)
         got = model.predict(probe.astype(np.float64), n_jobs=1)
-        worst = float(np.max(np.abs(got - expected))) if len(probe) else 0.0
+        worst = float(np.max(np.abs(got - expected)))
         if not worst <= COMPILE_TOLERANCE:
             raise ValueError(f"compiled ranker disagrees with LightGBM by {worst:.3g} on probe rows: not used")
         self.compiled = model

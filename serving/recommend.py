@@ -108,8 +108,6 @@ def prepare(bundle: Any, compile_ranker: bool = True) -> Prepared:
     hist = {c: history[c].to_numpy(dtype=np.int64) for c in HISTORY_COLUMNS}
     users, starts, counts = np.unique(hist[C.USER_ID], return_index=True, return_counts=True)
 
-    bundle.index.coclick_neighbours()  # cached on the index: the cocl source and `similar` slice it
-
     # A context code the request leaves out is filled with the commonest value in the data, so the
     # model never sees a missing value it was not trained with.
     context_default = {}
@@ -137,8 +135,9 @@ def prepare(bundle: Any, compile_ranker: bool = True) -> Prepared:
 
 
 def _warm_up(prepared: Prepared) -> None:
-    """Serve one known and one unknown user and one article before any request does: lazy imports and
-    caches built on first use are then paid at load time, and belong to what the holder freezes."""
+    """Serve a known user (with and without an online click), an unknown one and one article's similar
+    list before any request does: lazy imports and caches built on first use (the co-click neighbour
+    table, the article blocks) are paid at load time, and belong to what the holder freezes."""
     cutoff = prepared.cutoff_ms
     if len(prepared.hist_users):
         user = int(prepared.hist_users[0])
