@@ -1,7 +1,15 @@
 """clicks_hourly: one run per hour of click data.
 
-wait_for_drop -> stage_drop -> validate -> aggregates        (landed)
-                                        -> alert_quarantined  (quarantined: email, the run stays green)
+wait_for_drop -> stage_drop -> validate -> aggregates -> refresh_index  (landed)
+                                        -> alert_quarantined                (quarantined: email, the run stays green)
+
+`refresh_index` rebuilds the serving index at the end of the hour (pipelines.serving_index) and publishes
+it; the API swaps to it at its next poll, so what it recommends is never more than an hour behind.
+
+The hour's article drop (its new articles, raw/articles/) rides along when there is one: stage_drop copies
+it, validate judges it before the clicks (which may click those articles) and hands on the clicks' result
+with the article drop's under `articles`, and alert_quarantined reports either drop when it is quarantined.
+An hour without new articles has no article drop; that is normal.
 
 The run for hour N has logical date `data.epoch_ms + N h`: the schedule is hourly data intervals from
 the epoch, so scheduled and backfilled runs map to hours exactly, and a backfill of a range replays those
@@ -63,13 +71,14 @@ def clicks_hourly():
 
     @task(depends_on_past=True)
     def validate(hour: int) -> dict:
-        from pipelines.validate import Settings, quiet_gx, validate_hour
+        from pipelines.validate import Settings, quiet_gx, validate_hour_drops
 
         quiet_gx()
         with flows.project(flows.params_file()) as p:
-            result = validate_hour(p["data"]["root"], hour, epoch_ms=p["data"]["epoch_ms"],
-                                   settings=Settings.from_params(p["validate"]), gx_dir=p["validate"]["gx_dir"])
-        return result.to_dict()
+            results = validate_hour_drops(p["data"]["root"], hour, epoch_ms=p["data"]["epoch_ms"],
+                                          settings=Settings.from_params(p["validate"]),
+                                          gx_dir=p["validate"]["gx_dir"])
+        return flows.hour_outcome(results)
 
     @task
     def aggregates(result: dict) -> dict[str, str]:
@@ -93,15 +102,24 @@ def clicks_hourly():
 
         from pipelines.alerts import send_alert, settings_for_airflow
 
-        if result["status"] == "landed":
+        if not flows.quarantined_drops(result):
             raise AirflowSkipException(f"hour {result['hour']} landed: nothing to report")
         with flows.project(flows.params_file()) as p:
             subject, body, files = flows.quarantine_alert(p["data"]["root"], result, p["data"]["epoch_ms"])
             send_alert(subject, body, settings_for_airflow(p["alerts"]), files)
         return subject
 
+    @task(execution_timeout=timedelta(minutes=10))
+    def refresh_index(result: dict, outs: dict[str, str]) -> str:
+        from pipelines.serving_index import refresh
+
+        with flows.project(flows.params_file()) as p:
+            out = refresh(p["data"]["root"], result["hour"], p["refresh"], p["candidates"], p["features"],
+                          p["data"]["epoch_ms"])
+        return str(out)
+
     result = validate(stage_drop(wait_for_drop()))
-    aggregates(result)
+    refresh_index(result, aggregates(result))
     alert_quarantined(result)
 
 

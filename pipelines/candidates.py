@@ -163,6 +163,30 @@ def _top_excluding(
     return _Ranked.concat(out)
 
 
+def top_unread(
+    order_ids: np.ndarray,
+    order_scores: np.ndarray,
+    users: np.ndarray,
+    user_clicks: pd.DataFrame | Mapping[str, np.ndarray],
+    n: int,
+) -> pd.DataFrame:
+    """One global ranked list cut per user: each of `users` gets the first `n` of `order_ids` (best first)
+    that they have not read in `user_clicks`; user_id, article_id, score, rank (1-based)."""
+    ids = np.asarray(order_ids, dtype=np.int64)
+    scores = np.asarray(order_scores, dtype=np.float64)
+    users = np.unique(np.asarray(users, dtype=np.int64))
+    clicked_u = np.asarray(user_clicks[USER_ID], dtype=np.int64)
+    clicked_a = np.asarray(user_clicks[CLICK_ARTICLE_ID], dtype=np.int64)
+    bound = int(max(ids.max() if len(ids) else 0, clicked_a.max() if len(clicked_a) else 0))
+    read = _PairKeys(clicked_u, clicked_a, bound)
+
+    def fetch(todo: np.ndarray, depth: int):
+        return np.repeat(todo, depth), np.tile(ids[:depth], len(todo)), np.tile(scores[:depth], len(todo))
+
+    got = _top_excluding(fetch, users, read, int(n), len(ids))
+    return pd.DataFrame({USER_ID: got.user, ARTICLE_ID: got.article, SCORE: got.score, RANK: got.rank})
+
+
 def _slices(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)]) without the Python loop."""
     lengths = ends - starts
@@ -201,8 +225,11 @@ class CandidateIndex:
         cutoff_ms: int,
         params: dict,
         epoch_ms: int,
+        similar: bool = True,
     ) -> CandidateIndex:
-        """Build the index from `<data_root>/aggregates` strictly before `cutoff_ms` (an hour boundary)."""
+        """Build the index from `<data_root>/aggregates` strictly before `cutoff_ms` (an hour boundary).
+
+        `similar=False` skips the "similar articles" table (only the API's article page reads it)."""
         from pipelines.aggregates import read_coclick, read_popularity
 
         offset = int(cutoff_ms) - int(epoch_ms)
@@ -253,7 +280,8 @@ class CandidateIndex:
             emb_ids=emb_ids,
             emb=_normalise(np.asarray(embeddings[emb_ids], dtype=np.float32)),
         )
-        index.similar = index.similar_articles(pool[ARTICLE_ID].to_numpy(), int(params["similar_k"]))
+        if similar:
+            index.similar = index.similar_articles(pool[ARTICLE_ID].to_numpy(), int(params["similar_k"]))
         return index
 
     # ---- persistence -----------------------------------------------------------------------------
@@ -685,7 +713,8 @@ def build_candidates(
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     reports = {}
     for snap in snapshots:
-        index = CandidateIndex.fit(root, articles, embeddings, snap.cutoff_ms, params, epoch_ms)
+        index = CandidateIndex.fit(root, articles, embeddings, snap.cutoff_ms, params, epoch_ms,
+                                   similar=snap.role == "serve")  # only the API reads similar articles
         index.save(Path(index_dir) / snap.name)
         if snap.role == "serve":
             continue

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("pipelines.validate", "validate hourly drops with Great Expectations"),
     "split": ("pipelines.split", "cut validated hours into train/val/test snapshots"),
     "aggregates": ("pipelines.aggregates", "hourly popularity and co-click aggregates"),
+    "refresh": ("pipelines.serving_index", "rebuild and publish the hourly serving index after an hour landed"),
     "candidates": ("pipelines.candidates", "fit candidate indexes and write labelled candidate lists"),
     "features": ("pipelines.features", "fit point-in-time feature tables for every snapshot"),
     "train": ("pipelines.train", "train the LightGBM LambdaRank reranker"),

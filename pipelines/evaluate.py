@@ -35,10 +35,12 @@ import pandas as pd
 from pipelines.columns import (
     ARTICLE_ID,
     CREATED_AT_TS,
+    HOUR_MS,
     EMBEDDINGS_FILE,
     FUSED,
     LABEL,
     METADATA_FILE,
+    RANK,
     USER_ID,
     WARM,
     rank_col,
@@ -50,6 +52,7 @@ from pipelines.metrics import candidate_recall, coverage, per_user_metrics, rank
 # method -> the candidate column it ranks by (None: scores come from a scorer, e.g. the reranker)
 BASELINES = {"popular": "pop", "trending": "trend", "cocl": "cocl", "emb_knn": "emb", "fusion": FUSED}
 RERANKER = "reranker"
+RECENT_POPULAR = "recent_popular"
 SEGMENTS = ("all", "warm", "cold")
 SCORE_CHUNK_ROWS = 500_000
 _TIE = "_trend_tiebreak"
@@ -88,51 +91,89 @@ def method_scores(
     return scores
 
 
-def evaluate_snapshot(
-    candidates: pd.DataFrame,
-    targets: pd.DataFrame,
-    trend: pd.Series,
-    catalogue_size: int,
-    k: int,
-    scorers: Mapping[str, Scorer] | None = None,
-    curve_k: int | None = None,
-) -> dict:
-    """Metrics of every method for all / warm / cold users of `targets` (user_id, article_id, warm).
+def recent_popular_order(
+    data_root: str | Path, articles: pd.DataFrame, cutoff_hour: int, cutoff_ms: int, hours: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The `recent_popular` baseline's one list at a cutoff: every article available then and ever clicked,
+    by clicks in the last `hours` hours (whole catalogue, not the candidate pool); ties by all-history
+    clicks, then article id. Returns (article ids, scores) best first."""
+    from pipelines.aggregates import read_popularity
 
-    `candidates` is one snapshot's candidate frame, `trend` the pool's trend score by article id (the
-    fill order), `catalogue_size` the number of articles available at the cutoff. With `curve_k`, also
-    NDCG@j and Recall@j for j = 1..curve_k (all users) for the plots.
-    """
-    scorers = dict(scorers or {})
-    segs = _segments(targets)
+    window = f"clicks_{int(hours)}h"
+    pop = read_popularity(data_root, cutoff_hour, [int(hours)], half_life_hours=1.0)
+    available = articles.loc[articles[CREATED_AT_TS] < cutoff_ms, ARTICLE_ID]
+    pop = pop[pop[ARTICLE_ID].isin(available)]
+    pop = pop.sort_values([window, "clicks", ARTICLE_ID], ascending=[False, False, True], kind="mergesort")
+    return pop[ARTICLE_ID].to_numpy(np.int64), pop[window].to_numpy(np.float64)
+
+
+def rank_methods(
+    candidates: pd.DataFrame,
+    trend: pd.Series,
+    depth: int,
+    scorers: Mapping[str, Scorer] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Each method's top `depth` per user (user_id, article_id, rank) over the candidate rows: a source's own
+    score first, then the trending order (`trend`: the pool's trend by article id) for the rest."""
     frame = candidates[[USER_ID, ARTICLE_ID]].copy()
     frame[_TIE] = trend.reindex(frame[ARTICLE_ID]).fillna(0.0).to_numpy()
-    depth = max(k, curve_k or 0)
-    results: dict = {"k": int(k), "users": {s: len(u) for s, u in segs.items()}, "methods": {}, "curves": {}}
-    for method, score in method_scores(candidates, scorers).items():
+    out = {}
+    for method, score in method_scores(candidates, dict(scorers or {})).items():
         frame["_s"] = score
-        recs = rank_by_score(frame, "_s", k=depth, tiebreak=_TIE)
-        per_user = per_user_metrics(recs, targets, k=k)
-        src = BASELINES.get(method)
-        reach = candidates if src in (None, FUSED) else candidates[candidates[rank_col(src)] > 0]
-        reach_recall = candidate_recall(reach, targets)
+        out[method] = rank_by_score(frame, "_s", k=depth, tiebreak=_TIE)[[USER_ID, ARTICLE_ID, RANK]]
+    return out
+
+
+def reach_of(candidates: pd.DataFrame, method: str, own_lists: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """What a method can recommend at all: its source's rows, the whole list for fusion and the reranker,
+    or its own list for a method outside the candidates (`own_lists`)."""
+    if method in own_lists:
+        return own_lists[method]
+    src = BASELINES.get(method)
+    return candidates if src in (None, FUSED) else candidates[candidates[rank_col(src)] > 0]
+
+
+def summarise_methods(
+    recs: Mapping[str, pd.DataFrame],
+    reach: Mapping[str, pd.DataFrame],
+    targets: pd.DataFrame,
+    catalogue: pd.Series,
+    k: int,
+    curve_k: int | None = None,
+    group: pd.Series | None = None,
+) -> dict:
+    """Metrics of every method for all / warm / cold queries of `targets` (user_id, article_id, warm).
+
+    A query is a user_id of the frames (one user at one cutoff). Coverage@k is computed per cutoff group
+    (`group`: query -> group key, default one group) against `catalogue` (group key -> articles available)
+    and averaged over groups. With `curve_k`, also NDCG@j and Recall@j for j = 1..curve_k (all queries).
+    """
+    segs = _segments(targets)
+    if group is None:
+        group = pd.Series(0, index=pd.Index(segs["all"], name=USER_ID))
+    results: dict = {"k": int(k), "users": {s: len(u) for s, u in segs.items()}, "methods": {}, "curves": {}}
+    for method, ranked in recs.items():
+        per_user = per_user_metrics(ranked, targets, k=k)
+        reach_recall = candidate_recall(reach[method], targets)
         results["methods"][method] = {}
         for seg, users in segs.items():
-            top = recs[recs[USER_ID].isin(users)]
+            top = ranked[ranked[USER_ID].isin(users) & (ranked[RANK] <= k)]
             row = summarise(per_user.reindex(users), k)
             row.pop("users")
-            row[f"coverage@{k}"] = coverage(top, catalogue_size, k) if len(top) else 0.0
+            by_group = top.groupby(group.reindex(top[USER_ID]).to_numpy())
+            cov = [coverage(g, int(catalogue[key]), k) for key, g in by_group]
+            row[f"coverage@{k}"] = float(np.mean(cov)) if cov else 0.0
             row["candidate_recall"] = (
-                float(reach_recall.reindex(users).mean()) if len(users) else float("nan")
+                float(reach_recall.reindex(users).fillna(0.0).mean()) if len(users) else float("nan")
             )
             results["methods"][method][seg] = row
         if curve_k:
             curve = []
             for j in range(1, curve_k + 1):
-                pj = per_user_metrics(recs, targets, k=j)
+                pj = per_user_metrics(ranked, targets, k=j)
                 curve.append({"k": j, "ndcg": float(pj["ndcg"].mean()), "recall": float(pj["recall"].mean())})
             results["curves"][method] = curve
-    baselines = [m for m in BASELINES if m in results["methods"]]
+    baselines = [m for m in results["methods"] if m != RERANKER]
     metric = f"ndcg@{k}"
     if RERANKER in results["methods"] and baselines:
         best = max(baselines, key=lambda m: results["methods"][m]["all"][metric])
@@ -147,39 +188,158 @@ def evaluate_snapshot(
     return results
 
 
+def evaluate_snapshot(
+    candidates: pd.DataFrame,
+    targets: pd.DataFrame,
+    trend: pd.Series,
+    catalogue_size: int,
+    k: int,
+    scorers: Mapping[str, Scorer] | None = None,
+    curve_k: int | None = None,
+    own_lists: Mapping[str, pd.DataFrame] | None = None,
+) -> dict:
+    """The frozen protocol: every method ranks one snapshot's candidates, all computed at its cutoff.
+
+    `own_lists` are methods ranked outside the candidates (recent_popular), as user_id, article_id, rank.
+    """
+    own_lists = dict(own_lists or {})
+    depth = max(k, curve_k or 0)
+    recs = rank_methods(candidates, trend, depth, scorers)
+    recs.update({m: r[r[RANK] <= depth] for m, r in own_lists.items()})
+    reach = {m: reach_of(candidates, m, own_lists) for m in recs}
+    return summarise_methods(recs, reach, targets, pd.Series({0: catalogue_size}), k, curve_k)
+
+
+def evaluate_as_served(
+    data_root: str | Path,
+    snap,
+    clicks: pd.DataFrame,
+    articles: pd.DataFrame,
+    embeddings: np.ndarray,
+    index_params: dict,
+    feature_params: dict,
+    epoch_ms: int,
+    k: int,
+    recent_hours: int,
+    ranker=None,
+    curve_k: int | None = None,
+) -> dict:
+    """The as-served protocol: the snapshot's target window replayed hour by hour.
+
+    At each hour h the candidate index and feature tables are refitted on the clicks before h, exactly as
+    the hourly refresh does for the API (`CandidateIndex.fit`, `features.fit_tables`); the ranker stays
+    the one trained before the window. Each user with a click in hour h is one query, judged on their
+    clicks in that hour on articles published before it and not read before it. Every baseline gets the
+    same refresh. `clicks` holds the validated clicks up to the window's end (ordered by time);
+    `embeddings` are the raw article embeddings.
+    """
+    from pipelines.candidates import TREND, CandidateIndex, top_unread
+    from pipelines.features import fit_tables, normalise_embeddings
+    from pipelines.split import eval_targets, hour_start_ms
+    from pipelines.train import score_candidates
+
+    normalised = normalise_embeddings(embeddings) if ranker is not None else None
+    ts = clicks["click_timestamp"].to_numpy()
+    depth = max(k, curve_k or 0)
+    parts: dict[str, list[pd.DataFrame]] = {}
+    reach_parts: dict[str, list[pd.DataFrame]] = {}
+    target_parts, group_parts, catalogue, offset = [], [], {}, 0
+    for hour in range(snap.cutoff_hour, snap.end_hour):
+        cutoff = hour_start_ms(hour, epoch_ms)
+        history = clicks.iloc[: int(np.searchsorted(ts, cutoff))]
+        target = clicks.iloc[int(np.searchsorted(ts, cutoff)) : int(np.searchsorted(ts, cutoff + HOUR_MS))]
+        targets = eval_targets(history, target, articles, cutoff)
+        if targets.empty:
+            continue
+        users = np.unique(targets[USER_ID].to_numpy())
+        index = CandidateIndex.fit(data_root, articles, embeddings, cutoff, index_params, epoch_ms, similar=False)
+        mine = history[history[USER_ID].isin(users)]
+        cands = index.candidates(mine, users=users)
+        scorers: dict[str, Scorer] = {}
+        if ranker is not None:
+            tables = fit_tables(history, articles, normalised, cutoff, feature_params, requests=target,
+                                only_users=users)
+            scorers[RERANKER] = lambda c, t=tables: score_candidates(ranker, c, t)
+        recs = rank_methods(cands, index.pool.set_index(ARTICLE_ID)[TREND], depth, scorers)
+        order_ids, order_scores = recent_popular_order(data_root, articles, hour, cutoff, recent_hours)
+        own = top_unread(order_ids, order_scores, users, mine, max(depth, 100))[[USER_ID, ARTICLE_ID, RANK]]
+        recs[RECENT_POPULAR] = own[own[RANK] <= depth]
+
+        def to_query(frame: pd.DataFrame) -> pd.DataFrame:
+            return frame.assign(**{USER_ID: offset + np.searchsorted(users, frame[USER_ID].to_numpy())})
+
+        for method, ranked in recs.items():
+            parts.setdefault(method, []).append(to_query(ranked))
+            reach = own if method == RECENT_POPULAR else reach_of(cands, method, {})
+            reach_parts.setdefault(method, []).append(to_query(reach[[USER_ID, ARTICLE_ID]]))
+        target_parts.append(to_query(targets))
+        group_parts.append(pd.Series(hour, index=offset + np.arange(len(users))))
+        catalogue[hour] = int((articles[CREATED_AT_TS] < cutoff).sum())
+        offset += len(users)
+    if not target_parts:
+        raise ValueError(f"snapshot {snap.name!r}: no hour of its window has a user with a click to judge")
+    results = summarise_methods(
+        {m: pd.concat(v, ignore_index=True) for m, v in parts.items()},
+        {m: pd.concat(v, ignore_index=True) for m, v in reach_parts.items()},
+        pd.concat(target_parts, ignore_index=True),
+        pd.Series(catalogue),
+        k,
+        curve_k,
+        group=pd.concat(group_parts),
+    )
+    results["hours"] = len(catalogue)
+    return results
+
+
+PROTOCOLS = {
+    "frozen": "every list computed at the test cutoff, judged on the whole test window",
+    "as_served": "index and features refreshed every hour of the test window, ranker fixed at the cutoff; "
+                 "a query is one user in one hour",
+}
+
+
 def markdown_table(results: dict) -> str:
-    """One table: a row per method and segment, a column per metric."""
+    """One table per protocol: a row per method and segment, a column per metric."""
     k = results["k"]
     cols = [f"recall@{k}", f"ndcg@{k}", f"mrr@{k}", f"hr@{k}", f"coverage@{k}", "candidate_recall"]
-    lines = [
-        (
-            f"Test snapshot: {results['users']['all']} users ({results['users']['warm']} warm, "
-            f"{results['users']['cold']} cold); full catalogue available at the cutoff, read articles excluded."
-        ),
-        "",
-        "| method | users | " + " | ".join(cols) + " |",
-        "|---|---|" + "---:|" * len(cols),
-    ]
-    for method, segs in results["methods"].items():
-        for seg in SEGMENTS:
-            cells = " | ".join(f"{segs[seg][c]:.4f}" for c in cols)
-            lines.append(f"| {method} | {seg} | {cells} |")
-    cmp = results.get("reranker_vs_best_baseline")
-    if cmp:
-        verdict = "beats every baseline" if cmp["beats_every_baseline"] else "does NOT beat every baseline"
+    lines = []
+    for protocol, what in PROTOCOLS.items():
+        res = results if protocol == "frozen" else results.get(protocol)
+        if not res:
+            continue
+        users = res["users"]
+        unit = "queries (user x hour)" if protocol == "as_served" else "users"
         lines += [
+            f"### {protocol.replace('_', ' ')}: {what}",
             "",
-            (
-                f"reranker / best baseline ({cmp['best_baseline']}) on {cmp['metric']}, all users: "
-                f"{cmp['ratio']:.3f} ({verdict})"
-            ),
+            f"{users['all']} {unit} ({users['warm']} warm, {users['cold']} cold); full catalogue available at "
+            "each cutoff, read articles excluded.",
+            "",
+            "| method | users | " + " | ".join(cols) + " |",
+            "|---|---|" + "---:|" * len(cols),
         ]
-    return "\n".join(lines) + "\n"
+        for method, segs in res["methods"].items():
+            for seg in SEGMENTS:
+                cells = " | ".join(f"{segs[seg][c]:.4f}" for c in cols)
+                lines.append(f"| {method} | {seg} | {cells} |")
+        cmp = res.get("reranker_vs_best_baseline")
+        if cmp:
+            verdict = "beats every baseline" if cmp["beats_every_baseline"] else "does NOT beat every baseline"
+            lines += [
+                "",
+                (
+                    f"reranker / best baseline ({cmp['best_baseline']}) on {cmp['metric']}, all users: "
+                    f"{cmp['ratio']:.3f} ({verdict})"
+                ),
+            ]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def write_reports(results: dict, out_dir: str | Path) -> dict[str, Path]:
     """eval.json and eval_table.md under `out_dir`, and plot data, one CSV per series so DVC overlays them:
-    plots/ndcg_at_k/<method>.csv (k, ndcg, recall; all users) and plots/ndcg_by_method/<segment>.csv."""
+    plots/ndcg_at_k/<method>.csv (k, ndcg, recall; all users) and plots/ndcg_by_method/<segment>.csv
+    (the as-served protocol when it ran, else the frozen one)."""
     out = Path(out_dir)
     at_k, by_method = out / "plots" / "ndcg_at_k", out / "plots" / "ndcg_by_method"
     for folder in (at_k, by_method):
@@ -188,23 +348,25 @@ def write_reports(results: dict, out_dir: str | Path) -> dict[str, Path]:
             stale.unlink()
     paths = {"json": out / "eval.json", "table": out / "eval_table.md", "at_k": at_k, "by_method": by_method}
     metrics = {key: value for key, value in results.items() if key != "curves"}
+    if "as_served" in metrics:
+        metrics["as_served"] = {key: value for key, value in metrics["as_served"].items() if key != "curves"}
     paths["json"].write_text(json.dumps(metrics, indent=2) + "\n")
     paths["table"].write_text(markdown_table(results))
+    shown = results.get("as_served") or results
     k = results["k"]
-    for method, curve in results.get("curves", {}).items():
+    for method, curve in shown.get("curves", {}).items():
         pd.DataFrame(curve, columns=["k", "ndcg", "recall"]).to_csv(at_k / f"{method}.csv", index=False)
     for seg in SEGMENTS:
-        rows = [{"method": m, f"ndcg@{k}": v[seg][f"ndcg@{k}"]} for m, v in results["methods"].items()]
+        rows = [{"method": m, f"ndcg@{k}": v[seg][f"ndcg@{k}"]} for m, v in shown["methods"].items()]
         pd.DataFrame(rows).to_csv(by_method / f"{seg}.csv", index=False)
     return paths
 
 
-def reranker_scorer(model_dir: str | Path, features_dir: str | Path, embeddings: np.ndarray) -> Scorer:
+def reranker_scorer(ranker, features_dir: str | Path, embeddings: np.ndarray) -> Scorer:
     """Scores from the trained ranker with the snapshot's feature tables (R's `score_candidates`)."""
     from pipelines.features import FeatureTables, normalise_embeddings
-    from pipelines.train import Ranker, score_candidates
+    from pipelines.train import score_candidates
 
-    ranker = Ranker.load(model_dir)
     tables = FeatureTables.load(features_dir, normalise_embeddings(embeddings))
     return lambda cands: score_candidates(ranker, cands, tables)
 
@@ -217,18 +379,27 @@ def evaluate(
     params: dict,
     model_dir: str | Path | None = None,
     features_dir: str | Path | None = None,
+    index_params: dict | None = None,
+    feature_params: dict | None = None,
+    epoch_ms: int | None = None,
 ) -> dict:
-    """Evaluate the `params["snapshot"]` snapshot (normally "test") from the stage outputs on disk."""
-    from pipelines.candidates import TREND, CandidateIndex
+    """Evaluate the `params["snapshot"]` snapshot (normally "test") from the stage outputs on disk: the
+    frozen protocol, and the as-served one when `params["as_served"]` (it needs the index and feature
+    params and the epoch, which fix how the hourly refresh fits)."""
+    from pipelines.candidates import TREND, CandidateIndex, top_unread
     from pipelines.features import read_articles, read_embeddings
-    from pipelines.split import eval_targets, get_snapshot, snapshot_clicks
+    from pipelines.split import eval_targets, get_snapshot, load_clicks
+    from pipelines.train import Ranker
 
     root = Path(data_root)
     snap = get_snapshot(split_file, params["snapshot"])
     if snap.role == "serve":
         raise ValueError(f"snapshot {snap.name!r} has no target window to evaluate on")
     articles = read_articles(root / "raw" / METADATA_FILE)
-    history, target = snapshot_clicks(root / "validated" / "clicks", snap)
+    embeddings = read_embeddings(root / "raw" / EMBEDDINGS_FILE)
+    clicks = load_clicks(root / "validated" / "clicks", None, snap.end_ms)
+    before = clicks["click_timestamp"].to_numpy() < snap.cutoff_ms
+    history, target = clicks[before], clicks[~before]
     targets = eval_targets(history, target, articles, snap.cutoff_ms)
     if targets.empty:
         raise ValueError(f"snapshot {snap.name!r} has no user with a target click on an available article")
@@ -240,18 +411,31 @@ def evaluate(
     candidates = pd.read_parquet(cand_path)
     index = CandidateIndex.load(Path(index_dir) / snap.name)
     trend = index.pool.set_index(ARTICLE_ID)[TREND]
+    k, curve_k, recent_hours = int(params["k"]), int(params["curve_k"]), int(params["recent_popular_hours"])
+    ranker = None
     scorers: dict[str, Scorer] = {}
     if model_dir is not None:
         if features_dir is None:
             raise ValueError("the reranker needs the feature tables folder (--features)")
-        embeddings = read_embeddings(root / "raw" / EMBEDDINGS_FILE)
-        scorers[RERANKER] = reranker_scorer(model_dir, Path(features_dir) / snap.name, embeddings)
+        ranker = Ranker.load(model_dir)
+        scorers[RERANKER] = reranker_scorer(ranker, Path(features_dir) / snap.name, embeddings)
+    users = targets[USER_ID].unique()
+    order_ids, order_scores = recent_popular_order(root, articles, snap.cutoff_hour, snap.cutoff_ms, recent_hours)
+    own = top_unread(order_ids, order_scores, users, history[history[USER_ID].isin(users)], max(k, curve_k, 100))
     catalogue = int((articles[CREATED_AT_TS] < snap.cutoff_ms).sum())
     results = evaluate_snapshot(
-        candidates, targets, trend, catalogue, int(params["k"]), scorers, curve_k=int(params["curve_k"])
+        candidates, targets, trend, catalogue, k, scorers, curve_k=curve_k,
+        own_lists={RECENT_POPULAR: own[[USER_ID, ARTICLE_ID, RANK]]},
     )
     results["snapshot"] = snap.name
     results["catalogue"] = catalogue
+    if params.get("as_served"):
+        if index_params is None or feature_params is None or epoch_ms is None:
+            raise ValueError("the as-served protocol needs the candidates and features params and the epoch")
+        results["as_served"] = evaluate_as_served(
+            root, snap, clicks, articles, embeddings, index_params, feature_params, int(epoch_ms), k,
+            recent_hours, ranker=ranker, curve_k=curve_k,
+        )
     return results
 
 
@@ -273,7 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params("evaluate", args.params)
     try:
         results = evaluate(
-            args.data_root, args.split, args.candidates, args.indexes, params, args.model, args.features
+            args.data_root, args.split, args.candidates, args.indexes, params, args.model, args.features,
+            index_params=load_params("candidates", args.params), feature_params=load_params("features", args.params),
+            epoch_ms=int(load_params("data", args.params)["epoch_ms"]),
         )
     except (ValueError, FileNotFoundError, KeyError) as exc:
         print(f"newsrec evaluate: {exc}", file=sys.stderr)

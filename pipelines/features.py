@@ -389,12 +389,19 @@ def fit_tables(
     cutoff_ms: int,
     params: dict,
     requests: pd.DataFrame | None = None,
+    only_users: np.ndarray | None = None,
 ) -> FeatureTables:
-    """All feature tables at `cutoff_ms` from `history` (clicks at or after the cutoff are ignored)."""
+    """All feature tables at `cutoff_ms` from `history` (clicks at or after the cutoff are ignored).
+
+    `only_users` fits the user-side tables for those users alone (the article table always reads the whole
+    history): an hourly replay scores an hour's few hundred users, not everyone who ever clicked."""
     if embeddings.shape[0] < len(articles):
         raise ValueError(f"embeddings have {embeddings.shape[0]} rows for {len(articles)} articles")
-    users, user_categories = fit_user_tables(history, articles, cutoff_ms)
-    index, profiles = user_profiles(history, embeddings, cutoff_ms, float(params["profile_half_life_h"]))
+    user_history = history
+    if only_users is not None:
+        user_history = history[history[C.USER_ID].isin(np.asarray(only_users, dtype=np.int64))]
+    users, user_categories = fit_user_tables(user_history, articles, cutoff_ms)
+    index, profiles = user_profiles(user_history, embeddings, cutoff_ms, float(params["profile_half_life_h"]))
     assert index.equals(users.index)
     return FeatureTables(
         cutoff_ms=int(cutoff_ms),
@@ -527,8 +534,12 @@ def build_snapshot_features(
     written = {}
     for snap in snapshots:
         history, target = snapshot_clicks(root / "validated" / "clicks", snap)
+        # A labelled snapshot only ever scores the users of its target window: their user tables suffice
+        # (dozens of hourly snapshots would otherwise each store every user's table and profile).
+        labelled = len(target) > 0
         tables = fit_tables(
-            history, articles, embeddings, snap.cutoff_ms, params, requests=target if len(target) else None
+            history, articles, embeddings, snap.cutoff_ms, params, requests=target if labelled else None,
+            only_users=target[C.USER_ID].unique() if labelled else None,
         )
         written[snap.name] = tables.save(Path(out_dir) / snap.name)
     return written

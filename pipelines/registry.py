@@ -32,6 +32,7 @@ from pipelines.features import (
     read_articles,
     read_embeddings,
 )
+from pipelines.serving_index import HISTORY_COLUMNS, ServingIndex, check_compatible
 from pipelines.train import Ranker, score_candidates
 
 CHAMPION = "champion"
@@ -46,8 +47,6 @@ _EMBEDDINGS = "embeddings.npy"
 _ARTICLES = "articles.parquet"
 _META = "bundle.json"
 _HISTORY = "history.parquet"
-# Clicks before the cutoff, per user: the API's starting point for one user's candidates and features.
-HISTORY_COLUMNS = [C.USER_ID, C.SESSION_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP, *C.CONTEXT_COLUMNS]
 # Raised whenever what the bundle holds, or what the code expects of it, changes: a model registered by
 # other code is refused with a clear message instead of failing on a missing key mid-request.
 BUNDLE_FORMAT = 2
@@ -92,6 +91,15 @@ class ServingBundle:
             meta=meta,
             history=pd.read_parquet(src / _HISTORY) if (src / _HISTORY).exists() else None,
         )
+
+    def with_index(self, serving: ServingIndex) -> ServingBundle:
+        """This bundle's ranker over an hourly serving index (pipelines.serving_index) instead of the state the
+        bundle was fitted with; ValueError when the pair is incompatible (format, features)."""
+        check_compatible(self.ranker.features, serving.meta)
+        meta = {**self.meta, "cutoff_ms": serving.cutoff_ms, "index_hour": serving.cutoff_hour,
+                "feature_params": serving.meta.get("feature_params", self.meta.get("feature_params"))}
+        return ServingBundle(ranker=self.ranker, tables=serving.tables, index=serving.index,
+                             articles=serving.articles, meta=meta, history=serving.history)
 
     def score(self, candidates: pd.DataFrame) -> np.ndarray:
         """Scores for a candidate frame; context columns (CONTEXT_FEATURES), when present, are the request's."""

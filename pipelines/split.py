@@ -5,12 +5,15 @@ candidate index, features) sees only its history, the clicks with click_timestam
 target is the clicks in [cutoff, end). Windows are cut on hour numbers, not on file counts, so a
 quarantined hour leaves a hole in time instead of shifting every later window.
 
-    train snapshots   ... | train_hNNN target | ... | val target | test target |
-    cutoffs                 ^ label_hours apart     ^ val start  ^ test start  ^ serve (end of data)
+    train snapshots   ... | train_hNNN target | ... | val_hNNN targets | test target |
+    cutoffs                 ^ label_hours apart     ^ val start        ^ test start  ^ serve (end of data)
 
-Roles: train (rolling cutoffs `label_hours` apart, before the validation window), val (cutoff =
-validation start), test (cutoff = test start), serve (cutoff = after the last validated hour, no
-target: what the registered model's bundle is fitted on). `newsrec split` writes them to a JSON file
+Roles: train (rolling cutoffs `label_hours` apart, before the validation window), val (cutoffs
+`label_hours` apart across the validation window), test (cutoff = test start, the whole test window as
+target: the frozen protocol; the as-served protocol replays it hour by hour), serve (cutoff = after the
+last validated hour, no target: what the registered model's bundle is fitted on). The label window is
+the serving refresh cadence (params `split.label_hours`, one hour): the index is refreshed every hour, so
+the ranker learns to rank what is read in the hour after a refresh. `newsrec split` writes them to a JSON file
 the later stages read, so every stage agrees on the same windows.
 """
 
@@ -115,7 +118,12 @@ def plan_snapshots(
             f"+ test_hours {test_hours})"
         )
     snaps = [make_snapshot(f"train_h{c:03d}", "train", c, c + label_hours, epoch_ms) for c in sorted(cutoffs)]
-    snaps.append(make_snapshot("val", "val", val_start, test_start, epoch_ms))
+    # Validation has the same shape as training (one label window per cutoff), so early stopping judges
+    # the task the ranker is trained for; the last window is cut short at the test start.
+    snaps += [
+        make_snapshot(f"val_h{c:03d}", "val", c, min(c + label_hours, test_start), epoch_ms)
+        for c in range(val_start, test_start, label_hours)
+    ]
     snaps.append(make_snapshot("test", "test", test_start, last + 1, epoch_ms))
     snaps.append(make_snapshot("serve", "serve", last + 1, last + 1, epoch_ms))
     return snaps

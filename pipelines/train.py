@@ -300,14 +300,17 @@ def train(
     embeddings = normalise_embeddings(read_embeddings(raw_dir / C.EMBEDDINGS_FILE))
     train_names = [s.name for s in read_snapshots(split_path, roles=["train"])]
     val_names = [s.name for s in read_snapshots(split_path, roles=["val"])]
-    if not train_names or len(val_names) != 1:
-        raise ValueError(f"{split_path}: need >= 1 train snapshot and exactly 1 val snapshot")
+    if not train_names or not val_names:
+        raise ValueError(f"{split_path}: need >= 1 train snapshot and >= 1 val snapshot")
     sampling = {"max_negatives": params.get("max_negatives"), "seed": int(params["lgb"].get("seed", 0))}
     train_set = concat_sets(
         [load_ranking_set(candidates_dir, features_dir, n, embeddings, **sampling) for n in train_names]
     )
-    val_set = load_ranking_set(candidates_dir, features_dir, val_names[0], embeddings,
-                               max_queries=params.get("val_max_queries"), seed=sampling["seed"])
+    # A bounded early-stopping set: at most val_max_queries whole queries, spread over the val snapshots.
+    cap = params.get("val_max_queries")
+    per_snapshot = None if cap is None else max(1, int(cap) // len(val_names))
+    val_set = concat_sets([load_ranking_set(candidates_dir, features_dir, n, embeddings, max_queries=per_snapshot,
+                                            seed=sampling["seed"]) for n in val_names])
     ranker = fit_ranker(train_set, val_set, params)
     ranker.meta["train_snapshots"] = train_names
     return ranker

@@ -24,7 +24,7 @@ from serving import recommend as rec
 from serving.ab import CHALLENGER, CHAMPION, assign_variant
 from serving.eventlog import JsonLinesLog
 from serving.metrics import PrometheusMiddleware, ServiceMetrics
-from serving.models import BundleSource, ModelHolder, ServedModel
+from serving.models import BundleSource, IndexSource, ModelHolder, ServedModel
 from serving.settings import Settings
 from serving.state import UserStateStore, make_state_store
 
@@ -164,6 +164,7 @@ def create_app(
     *,
     source: BundleSource | None = None,
     state: UserStateStore | None = None,
+    index_source: IndexSource | None = None,
     wall: Callable[[], float] = time.time,
     poll: bool = True,
 ) -> FastAPI:
@@ -184,9 +185,14 @@ def create_app(
         metrics.set_model(slot, settings.model_name, ref.version if ref else None, ref.run_id if ref else None)
         if model is not None:
             metrics.swaps.labels(slot).inc()
-            log.info("serving %s as %s", ref.uri, slot)
+            log.info("serving %s as %s over index hour %s", ref.uri, slot, model.index_hour or "of the model")
 
-    holder = ModelHolder(source, settings.champion_alias, settings.challenger_alias, on_swap=on_swap)
+    if index_source is None and settings.hourly_index and settings.index_dir is not None:
+        from serving.index_source import FolderIndexSource
+
+        index_source = FolderIndexSource(settings.index_dir, settings.compile_ranker)
+    holder = ModelHolder(source, settings.champion_alias, settings.challenger_alias, on_swap=on_swap,
+                         index_source=index_source)
     impressions = clicks = None
 
     @asynccontextmanager
@@ -267,6 +273,7 @@ def create_app(
             "champion": _model_meta(slots.champion) if slots.champion else None,
             "challenger": _model_meta(slots.challenger) if slots.challenger else None,
             "challenger_share": settings.challenger_share,
+            "index": holder.index_pointer,
             "last_poll": _dt(int(holder.last_poll * 1000)).isoformat() if holder.last_poll else None,
             "last_error": holder.last_error,
         }

@@ -35,12 +35,18 @@ class VersionRef:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A fully built serving bundle and where it came from."""
+    """A fully built serving bundle and where it came from.
+
+    `bundle` is what requests use (serving.recommend.Prepared); `base` the registry's bundle it was built
+    from (None when the source gives none); `index_hour` the cutoff hour of the hourly serving index it
+    serves over (None: the state the model was registered with)."""
 
     ref: VersionRef
     bundle: Any
     loaded_at: float
     info: dict[str, Any] = field(default_factory=dict)
+    base: Any = None
+    index_hour: int | None = None
 
 
 @dataclass(frozen=True)
@@ -59,8 +65,22 @@ class BundleSource(Protocol):
         """Build the bundle for `ref` (slow: downloads artifacts, builds indexes)."""
 
 
+class IndexSource(Protocol):
+    """Where hourly serving indexes come from (pipelines.serving_index): a published folder in service."""
+
+    def current(self) -> dict | None:
+        """The live version's pointer (cutoff_hour, path, ...), or None when none is published."""
+
+    def load(self, pointer: dict) -> Any:
+        """Read that version (a pipelines.serving_index.ServingIndex)."""
+
+    def combine(self, model: ServedModel, index: Any) -> ServedModel:
+        """`model`'s ranker over `index`, ready for requests; ValueError when the pair is incompatible."""
+
+
 class ModelHolder:
-    """Keeps champion/challenger current by polling the aliases; swaps whole bundles atomically."""
+    """Keeps champion/challenger current by polling the aliases, and each over the newest hourly serving
+    index when an `index_source` is given; swaps whole (model, index) pairs atomically."""
 
     def __init__(
         self,
@@ -68,8 +88,12 @@ class ModelHolder:
         champion_alias: str,
         challenger_alias: str,
         on_swap: Callable[[str, ServedModel | None], None] | None = None,
+        index_source: IndexSource | None = None,
     ) -> None:
         self.source = source
+        self.index_source = index_source
+        self.index: Any = None  # the newest loaded ServingIndex
+        self.index_pointer: dict | None = None
         self.aliases = {"champion": champion_alias, "challenger": challenger_alias}
         self.slots = Slots()
         self.last_error: str | None = None
@@ -122,6 +146,12 @@ class ModelHolder:
                     errors.append(f"load {ref.uri}: {exc}")
                     continue
             changed = True
+        if self.index_source is not None:
+            self._refresh_index(errors)
+            for slot in self.aliases:
+                served = self._over_index(new[slot], current, slot, errors)
+                if served is not new[slot]:
+                    new[slot], changed = served, True
         self.last_poll = time.time()
         self.last_error = "; ".join(errors) or None
         if changed:
@@ -130,6 +160,40 @@ class ModelHolder:
                 if getattr(current, slot) is not new[slot] and self._on_swap is not None:
                     self._on_swap(slot, new[slot])
         return changed
+
+    def _refresh_index(self, errors: list[str]) -> None:
+        """Load the published index when its pointer moved; a version that fails to load keeps the old one."""
+        try:
+            pointer = self.index_source.current()
+        except Exception as exc:  # noqa: BLE001 - a storage hiccup must not stop the poller
+            errors.append(f"index pointer: {exc}")
+            return
+        if pointer is None or pointer == self.index_pointer:
+            return
+        try:
+            index = self.index_source.load(pointer)
+        except Exception as exc:
+            log.exception("loading serving index %s failed; keeping the current one", pointer.get("path"))
+            errors.append(f"load index {pointer.get('path')}: {exc}")
+            return
+        self.index, self.index_pointer = index, pointer
+        log.info("serving index hour %s loaded", pointer.get("cutoff_hour"))
+
+    def _over_index(self, model: ServedModel | None, current: Slots, slot: str, errors: list[str]) -> ServedModel | None:
+        """`model` over the newest index when that is newer than the model's own state; an incompatible
+        pair is refused: the slot keeps what it served (the same model over its last index) or, for a new
+        model, its own state."""
+        if model is None or self.index is None or model.base is None:
+            return model
+        if self.index.cutoff_ms <= model.base.cutoff_ms or model.index_hour == self.index.cutoff_hour:
+            return model
+        try:
+            return self.index_source.combine(model, self.index)
+        except Exception as exc:
+            log.error("model %s with index hour %s refused: %s", model.ref.uri, self.index.cutoff_hour, exc)
+            errors.append(f"{slot} v{model.ref.version} with index hour {self.index.cutoff_hour} refused: {exc}")
+            held = getattr(current, slot)
+            return held if held is not None and held.ref == model.ref else model
 
     def start(self, poll_seconds: float) -> None:
         """Poll in a daemon thread until `stop()`."""

@@ -83,7 +83,7 @@ def prepare(bundle: Any, compile_ranker: bool = True) -> Prepared:
     `compile_ranker` compiles the ranker's trees (`Ranker.compile`, a few seconds); if that fails the
     bundle still serves, scored by LightGBM, and `bundle.ranker.predictor` says which one scores.
     """
-    if compile_ranker:
+    if compile_ranker and bundle.ranker.compiled is None:  # once per model: an index swap keeps its ranker
         try:
             bundle.ranker.compile()
         except Exception:  # a compiler problem must not keep a good model out of service
@@ -98,7 +98,7 @@ def prepare(bundle: Any, compile_ranker: bool = True) -> Prepared:
     created[ids] = meta[C.CREATED_AT_TS].to_numpy()
     words[ids] = meta[C.WORDS_COUNT].to_numpy()
 
-    from pipelines.registry import HISTORY_COLUMNS
+    from pipelines.serving_index import HISTORY_COLUMNS
 
     history = bundle.history
     if history is None:

@@ -50,9 +50,12 @@ class MlflowBundleSource:
         bundle = model.unwrap_python_model().bundle
         from serving.recommend import prepare
 
+        from serving.index_source import index_info
+
         prepared = prepare(bundle, self.compile_ranker)
-        info = {**self._info(ref), "predictor": bundle.ranker.predictor}
-        return ServedModel(ref=ref, bundle=prepared, loaded_at=time.time(), info=info)
+        info = {**self._info(ref), "predictor": bundle.ranker.predictor,
+                "index": index_info(None, bundle.cutoff_ms, "model bundle")}
+        return ServedModel(ref=ref, bundle=prepared, loaded_at=time.time(), info=info, base=bundle)
 
     def _info(self, ref: VersionRef) -> dict[str, Any]:
         """When the version was trained and its offline metrics, for people deciding whether to trust it."""

@@ -35,6 +35,8 @@ class Settings:
     similar_k_max: int
     clock: str
     compile_ranker: bool
+    hourly_index: bool
+    index_dir: Path | None = None  # where hourly serving indexes are published (params data.root + refresh)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.challenger_share <= 1.0:
@@ -58,6 +60,7 @@ class Settings:
             "model_name": load_params("register", path)["model_name"],
             "champion_alias": CHAMPION,
             "challenger_alias": CHALLENGER,
+            "index_dir": Path(load_params("data", path)["root"]) / load_params("refresh", path)["index_dir"],
         }
         known = {f.name for f in fields(cls)}
         unknown = set(serve) - (known - set(shared))
@@ -73,7 +76,7 @@ class Settings:
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed (paths given as str are converted)."""
-        for key in ("impression_log", "click_log"):
-            if key in changes:
+        for key in ("impression_log", "click_log", "index_dir"):
+            if changes.get(key) is not None:
                 changes[key] = Path(changes[key])
         return replace(self, **changes)

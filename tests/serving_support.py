@@ -32,6 +32,7 @@ def build_bundle_dir(root: Path, work: Path, seed: int = 42) -> Path:
     epoch_ms = int(load_params("data", params_path)["epoch_ms"])
     if not (root / "validated" / "clicks").is_dir():
         raise FileNotFoundError(f"{root} has no validated clicks: build from the tiny_validated fixture")
+    (work / "data").symlink_to(root, target_is_directory=True)  # the data root, for tests that need it
     aggregate_all(root, epoch_ms, int(load_params("aggregates", params_path)["coclick_max_distance"]))
     split_path = work / "split.json"
     snaps = split(root, split_path, SPLIT, epoch_ms)

@@ -315,3 +315,13 @@ def test_each_user_alone_gets_exactly_their_rows_of_a_large_batch(tiny_validated
         alone = index.candidates(history[history[C.USER_ID] == user], users=[user])
         pd.testing.assert_frame_equal(alone, batch[batch[C.USER_ID] == user].reset_index(drop=True),
                                       check_exact=True)
+
+
+def test_top_unread_cuts_one_global_list_per_user_skipping_read_articles():
+    from pipelines.candidates import top_unread
+
+    clicks = pd.DataFrame({C.USER_ID: [1, 1, 2], C.CLICK_ARTICLE_ID: [10, 30, 99]})
+    got = top_unread(np.array([10, 20, 30, 40]), np.array([4.0, 3.0, 2.0, 1.0]), np.array([2, 1, 3]), clicks, 2)
+    lists = {u: g.sort_values(C.RANK)[C.ARTICLE_ID].tolist() for u, g in got.groupby(C.USER_ID)}
+    assert lists == {1: [20, 40], 2: [10, 20], 3: [10, 20]}
+    assert got.loc[got[C.USER_ID] == 1, C.SCORE].tolist() == [3.0, 1.0]

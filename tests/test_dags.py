@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -106,7 +107,8 @@ def test_task_graphs(dagbag):
 
     assert edges("clicks_hourly") == {
         ("wait_for_drop", "stage_drop"), ("stage_drop", "validate"),
-        ("validate", "aggregates"), ("validate", "alert_quarantined"),
+        ("validate", "aggregates"), ("validate", "alert_quarantined"), ("validate", "refresh_index"),
+        ("aggregates", "refresh_index"),
     }
     assert edges("train_ranker") == {
         ("split", "candidates"), ("split", "features"), ("candidates", "train"), ("features", "train"),
@@ -166,6 +168,8 @@ def test_backfilling_hours_twice_gives_identical_files(dagbag, hourly_root, tmp_
             assert str(run.state) == "success", (hour, states(run))
             assert states(run)["alert_quarantined"] == "skipped"
         outputs.append({part: digest(hourly_root / part) for part in ("validated/clicks", "aggregates")})
+        # each landed hour published the serving index at its end; the live one is the newest
+        assert json.loads((hourly_root / "serving_index" / "CURRENT.json").read_text())["cutoff_hour"] == 3
     assert outputs[0] == outputs[1]
     assert sorted(outputs[0]["validated/clicks"]) == [f"hour={h:03d}/part-0.parquet" for h in (0, 1, 2)]
     assert {p.split("/")[0] for p in outputs[0]["aggregates"]} == {"popularity", "coclick"}
@@ -189,7 +193,7 @@ def test_quarantined_drop_sends_an_alert_and_the_run_succeeds(dagbag, hourly_roo
 
     assert str(run.state) == "success", states(run)
     assert states(run) == {"wait_for_drop": "success", "stage_drop": "success", "validate": "success",
-                           "aggregates": "skipped", "alert_quarantined": "success"}
+                           "aggregates": "skipped", "refresh_index": "skipped", "alert_quarantined": "success"}
     assert (hourly_root / "quarantine" / "clicks" / "hour=005" / "reason.txt").is_file()
     assert not (hourly_root / "validated" / "clicks" / "hour=005").exists()
     assert not stale.exists()

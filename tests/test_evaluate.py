@@ -185,24 +185,40 @@ def test_stage_evaluates_baselines_on_tiny_data(tiny_validated, tmp_path, capsys
 
 
 @pytest.mark.model
-def test_reranker_is_scored_through_the_trained_model(tiny_validated, serving_bundle):
+def test_reranker_is_scored_through_the_trained_model(serving_bundle):
     """The serving fixture ran split -> features -> candidates -> train on a copy of tiny_validated; evaluate
-    its test snapshot with that ranker."""
+    its test snapshot with that ranker, in both protocols."""
     from pipelines.config import load_params
-    from pipelines.evaluate import evaluate
+    from pipelines.evaluate import RECENT_POPULAR, evaluate
+    from pipelines.split import get_snapshot, load_clicks
 
     work = serving_bundle.parent
     res = evaluate(
-        tiny_validated,
+        work / "data",
         work / "split.json",
         work / "candidates",
         work / "index",
-        load_params("evaluate"),
+        {**load_params("evaluate"), "as_served": True},
         model_dir=work / "ranker",
         features_dir=work / "features",
+        index_params=load_params("candidates"),
+        feature_params=load_params("features"),
+        epoch_ms=int(load_params("data")["epoch_ms"]),
     )
     rr = res["methods"][RERANKER]
     assert res["users"]["all"] > 0 and 0 <= rr["all"]["ndcg@10"] <= 1
     # the reranker reorders the same candidate list fusion ranks, so they share the ceiling
     assert rr["all"]["candidate_recall"] == res["methods"]["fusion"]["all"]["candidate_recall"]
     assert res["reranker_vs_best_baseline"]["ratio"] > 0
+    assert RECENT_POPULAR in res["methods"]
+
+    # as served: one query per user per hour of the window with a click on an article available then
+    served = res["as_served"]
+    snap = get_snapshot(work / "split.json", "test")
+    clicks = load_clicks(work / "data" / "validated" / "clicks", snap.cutoff_ms, snap.end_ms)
+    hours = (clicks["click_timestamp"] - snap.cutoff_ms) // C.HOUR_MS
+    assert served["hours"] == snap.end_hour - snap.cutoff_hour
+    assert 0 < served["users"]["all"] <= clicks.assign(h=hours).drop_duplicates([C.USER_ID, "h"]).shape[0]
+    assert served["users"]["all"] > res["users"]["all"]  # users come back in several hours
+    assert set(served["methods"]) == set(res["methods"])
+    assert served["methods"]["fusion"]["all"]["candidate_recall"] == served["methods"][RERANKER]["all"]["candidate_recall"]

@@ -1,0 +1,224 @@
+"""The hourly serving index: what the API recommends from, refreshed every hour apart from the daily ranker.
+
+A news service cannot propose only what it knew at the last training run: half of all clicks go to
+articles under 11 hours old. So the recommendable state is its own artifact, rebuilt when an hour lands
+(`clicks_hourly`'s `refresh_index` task, or `newsrec refresh --hour N`) from the incremental aggregates
+and the validated clicks, and the ranker is combined with the newest one at serving time:
+
+    <root>/serving_index/hour=NNN/     everything known before hour NNN (its cutoff)
+        index/                         CandidateIndex: pool, popularity windows, trend, co-clicks, similar
+        features/                      FeatureTables: user tables of every reader, time-dependent article table
+        history.parquet                clicks before the cutoff (HISTORY_COLUMNS), the API's per-user history
+        articles.parquet               the catalogue published before the cutoff
+        embeddings.npy                 the catalogue's L2-normalised embeddings (row = article_id)
+        index.json                     format number, cutoff, the features its tables provide, params
+    <root>/serving_index/CURRENT.json  which version is live: written last, atomically
+
+A version is built in a temporary folder and renamed into place, then CURRENT.json is replaced, so a
+reader sees the old version or the whole new one. A model and an index are compatible by contract: the
+index's format number is the one this code reads and it provides every feature the ranker uses
+(`check_compatible`); the API refuses an incompatible pair and keeps serving the old one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines import columns as C
+from pipelines.fileio import atomic_write
+
+# Raised whenever what an index holds, or what the code expects of it, changes.
+INDEX_FORMAT = 1
+CURRENT = "CURRENT.json"
+META = "index.json"
+PARTS = {"index": "index", "features": "features", "history": "history.parquet",
+         "articles": "articles.parquet", "embeddings": "embeddings.npy"}
+# Clicks before the cutoff, per user: the API's starting point for one user's candidates and features.
+HISTORY_COLUMNS = [C.USER_ID, C.SESSION_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP, *C.CONTEXT_COLUMNS]
+
+
+def version_dir(index_root: str | Path, cutoff_hour: int) -> Path:
+    return Path(index_root) / f"{C.HOUR}={int(cutoff_hour):03d}"
+
+
+@dataclass
+class ServingIndex:
+    """The recommendable state at one cutoff (see the module docstring); `meta` is index.json."""
+
+    tables: object  # pipelines.features.FeatureTables
+    index: object  # pipelines.candidates.CandidateIndex
+    articles: pd.DataFrame
+    history: pd.DataFrame
+    meta: dict
+
+    @property
+    def cutoff_ms(self) -> int:
+        return int(self.meta["cutoff_ms"])
+
+    @property
+    def cutoff_hour(self) -> int:
+        return int(self.meta["cutoff_hour"])
+
+    def save(self, out_dir: str | Path, embeddings: np.ndarray) -> Path:
+        """Write every part under `out_dir` (created; must not exist yet)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True)
+        self.index.save(out / PARTS["index"])
+        self.tables.save(out / PARTS["features"])
+        self.history.to_parquet(out / PARTS["history"], index=False)
+        self.articles.to_parquet(out / PARTS["articles"], index=False)
+        np.save(out / PARTS["embeddings"], embeddings)
+        (out / META).write_text(json.dumps(self.meta, indent=2) + "\n")
+        return out
+
+    @classmethod
+    def load(cls, src_dir: str | Path) -> ServingIndex:
+        """Read a version written by `save`; an index of another format is refused with a clear message."""
+        from pipelines.candidates import CandidateIndex
+        from pipelines.features import FeatureTables
+
+        src = Path(src_dir)
+        if not (src / META).exists():
+            raise FileNotFoundError(f"no serving index in {src} ({META} missing)")
+        meta = json.loads((src / META).read_text())
+        if meta.get("format") != INDEX_FORMAT:
+            raise ValueError(f"serving index in {src} has format {meta.get('format')}; this code reads format "
+                             f"{INDEX_FORMAT}: rebuild it with `newsrec refresh`")
+        embeddings = np.load(src / PARTS["embeddings"], mmap_mode="r")
+        return cls(
+            tables=FeatureTables.load(src / PARTS["features"], embeddings),
+            index=CandidateIndex.load(src / PARTS["index"]),
+            articles=pd.read_parquet(src / PARTS["articles"]),
+            history=pd.read_parquet(src / PARTS["history"]),
+            meta=meta,
+        )
+
+
+def check_compatible(ranker_features: list[str], meta: dict) -> None:
+    """Raise ValueError unless an index with this index.json can serve a ranker using these features."""
+    if meta.get("format") != INDEX_FORMAT:
+        raise ValueError(f"index format {meta.get('format')} is not the format {INDEX_FORMAT} this code serves")
+    missing = [f for f in ranker_features if f not in set(meta.get("features", []))]
+    if missing:
+        raise ValueError(f"index at hour {meta.get('cutoff_hour')} does not provide the ranker's features {missing}")
+
+
+def fit_serving_index(
+    data_root: str | Path,
+    cutoff_hour: int,
+    articles: pd.DataFrame,
+    embeddings: np.ndarray,
+    index_params: dict,
+    feature_params: dict,
+    epoch_ms: int,
+) -> ServingIndex:
+    """Fit the index at the start of `cutoff_hour` from the aggregates and validated clicks before it."""
+    from pipelines.candidates import CandidateIndex
+    from pipelines.features import FEATURES, fit_tables, normalise_embeddings
+    from pipelines.split import hour_start_ms, load_clicks
+
+    root = Path(data_root)
+    cutoff_ms = hour_start_ms(cutoff_hour, epoch_ms)
+    history = load_clicks(root / "validated" / "clicks", None, cutoff_ms, columns=HISTORY_COLUMNS, epoch_ms=epoch_ms)
+    history = history[HISTORY_COLUMNS].sort_values([C.USER_ID, C.CLICK_TIMESTAMP], kind="mergesort")
+    index = CandidateIndex.fit(root, articles, embeddings, cutoff_ms, index_params, epoch_ms)
+    tables = fit_tables(history, articles, normalise_embeddings(embeddings), cutoff_ms, feature_params)
+    meta = {"format": INDEX_FORMAT, "cutoff_hour": int(cutoff_hour), "cutoff_ms": int(cutoff_ms),
+            "features": list(FEATURES), "feature_params": dict(feature_params), "index_params": dict(index_params),
+            "pool_size": len(index.pool), "users": len(tables.users), "clicks": len(history)}
+    published = articles[articles[C.CREATED_AT_TS] < cutoff_ms]
+    return ServingIndex(tables=tables, index=index, articles=published.reset_index(drop=True),
+                        history=history.reset_index(drop=True), meta=meta)
+
+
+def publish(serving: ServingIndex, embeddings: np.ndarray, index_root: str | Path, keep: int) -> Path:
+    """Write `serving` as version hour=NNN, point CURRENT.json at it, keep the `keep` newest versions.
+
+    Re-publishing an hour (a replayed drop) replaces that version whole. CURRENT.json never moves back to
+    an older hour than the one it names, so replaying an old hour does not roll the service back.
+    """
+    from pipelines.features import normalise_embeddings
+
+    root = Path(index_root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = version_dir(root, serving.cutoff_hour)
+    tmp = root / f".{final.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    serving.save(tmp, normalise_embeddings(embeddings))
+    if final.exists():
+        old = root / f".{final.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    live = current(root)
+    if live is None or live["cutoff_hour"] <= serving.cutoff_hour:
+        pointer = {"cutoff_hour": serving.cutoff_hour, "cutoff_ms": serving.cutoff_ms, "path": final.name,
+                   "format": INDEX_FORMAT}
+        atomic_write(root / CURRENT, lambda p: p.write_text(json.dumps(pointer, indent=2) + "\n"))
+    live = current(root)
+    versions = sorted(root.glob(f"{C.HOUR}=*"), key=lambda p: p.name)
+    for stale in versions[: max(0, len(versions) - max(int(keep), 1))]:
+        if live is None or stale.name != live["path"]:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def current(index_root: str | Path) -> dict | None:
+    """CURRENT.json of an index root (cutoff_hour, cutoff_ms, path, format), or None when none is published."""
+    path = Path(index_root) / CURRENT
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def refresh(
+    data_root: str | Path, hour: int, params: dict, index_params: dict, feature_params: dict, epoch_ms: int
+) -> Path:
+    """After hour `hour` landed: fit the index at cutoff hour+1 and publish it under params `index_dir`."""
+    from pipelines.features import read_articles, read_embeddings
+
+    root = Path(data_root)
+    articles = read_articles(root / "raw" / C.METADATA_FILE)
+    embeddings = read_embeddings(root / "raw" / C.EMBEDDINGS_FILE)
+    serving = fit_serving_index(root, int(hour) + 1, articles, embeddings, index_params, feature_params, epoch_ms)
+    return publish(serving, embeddings, root / params["index_dir"], int(params["keep"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import time
+
+    from pipelines.config import load_params
+
+    parser = argparse.ArgumentParser(prog="newsrec refresh", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", type=Path, required=True, help="data root with raw/, validated/, aggregates/")
+    parser.add_argument("--hour", type=int, required=True, help="the hour that just landed (cutoff = its end)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        out = refresh(args.data_root, args.hour, load_params("refresh", args.params),
+                      load_params("candidates", args.params), load_params("features", args.params),
+                      int(load_params("data", args.params)["epoch_ms"]))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"newsrec refresh: {exc}", file=sys.stderr)
+        return 1
+    meta = json.loads((out / META).read_text())
+    print(f"published {out} (cutoff hour {meta['cutoff_hour']}: {meta['pool_size']} recommendable articles, "
+          f"{meta['users']} users, {meta['clicks']} clicks) in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

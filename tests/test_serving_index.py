@@ -1,0 +1,167 @@
+"""The hourly serving index: fit, publish and swap without the ranker; compatibility by contract."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from pipelines import columns as C
+from pipelines.config import load_params
+from pipelines.serving_index import (
+    CURRENT,
+    INDEX_FORMAT,
+    ServingIndex,
+    check_compatible,
+    current,
+    fit_serving_index,
+    publish,
+    refresh,
+)
+from serving.index_source import FolderIndexSource
+from serving.models import ModelHolder, ServedModel, VersionRef
+
+EPOCH_MS = int(load_params("data")["epoch_ms"])
+
+
+@pytest.fixture(scope="module")
+def data_root(serving_bundle):
+    """The serving fixture's data root: tiny validated hours with aggregates (hours 0..23)."""
+    return serving_bundle.parent / "data"
+
+
+def _refresh(data_root, index_root, hour, keep=3):
+    params = {"index_dir": str(index_root), "keep": keep}
+    return refresh(data_root, hour, params, load_params("candidates"), load_params("features"), EPOCH_MS)
+
+
+def test_refresh_publishes_versions_atomically_and_never_rolls_back(data_root, tmp_path):
+    index_root = tmp_path / "idx"
+    for hour in (10, 11, 12, 13):
+        _refresh(data_root, index_root, hour, keep=2)
+    live = current(index_root)
+    assert live["cutoff_hour"] == 14 and live["path"] == "hour=014" and live["format"] == INDEX_FORMAT
+    assert sorted(p.name for p in index_root.glob("hour=*")) == ["hour=013", "hour=014"]  # keep=2
+    assert not list(index_root.glob(".*"))  # no temporaries left behind
+
+    served = ServingIndex.load(index_root / "hour=014")
+    cutoff = EPOCH_MS + 14 * C.HOUR_MS
+    assert served.cutoff_ms == cutoff and served.tables.cutoff_ms == cutoff and served.index.cutoff_ms == cutoff
+    assert served.history[C.CLICK_TIMESTAMP].max() < cutoff
+    assert (served.articles[C.CREATED_AT_TS] < cutoff).all()
+    # the history holds every validated click before the cutoff
+    from pipelines.split import load_clicks
+
+    assert len(served.history) == len(load_clicks(data_root / "validated" / "clicks", None, cutoff))
+
+    # a replayed old hour is republished but the live pointer stays on the newest
+    _refresh(data_root, index_root, 12, keep=5)
+    assert current(index_root)["cutoff_hour"] == 14
+    assert (index_root / "hour=013").is_dir()
+
+
+def test_index_refresh_moves_popularity_with_the_clock(data_root):
+    from pipelines.features import read_articles, read_embeddings
+
+    articles = read_articles(data_root / "raw" / C.METADATA_FILE)
+    embeddings = read_embeddings(data_root / "raw" / C.EMBEDDINGS_FILE)
+    fits = {h: fit_serving_index(data_root, h, articles, embeddings, load_params("candidates"),
+                                 load_params("features"), EPOCH_MS) for h in (12, 13)}
+    later = fits[13].index.pool.set_index(C.ARTICLE_ID)["clicks"]
+    earlier = fits[12].index.pool.set_index(C.ARTICLE_ID)["clicks"]
+    common = later.index.intersection(earlier.index)
+    assert (later[common] >= earlier[common]).all() and later[common].sum() > earlier[common].sum()
+    assert fits[13].meta["clicks"] > fits[12].meta["clicks"]
+
+
+def test_compatibility_is_a_contract():
+    meta = {"format": INDEX_FORMAT, "cutoff_hour": 5, "features": ["a", "b"]}
+    check_compatible(["a", "b"], meta)
+    with pytest.raises(ValueError, match=r"does not provide the ranker's features \['c'\]"):
+        check_compatible(["a", "c"], meta)
+    with pytest.raises(ValueError, match="format"):
+        check_compatible(["a"], {**meta, "format": INDEX_FORMAT + 1})
+
+
+class _Source:
+    """The registry side: one real registered bundle behind the champion alias."""
+
+    def __init__(self, bundle):
+        self.bundle = bundle
+
+    def resolve(self, alias):
+        return VersionRef("newsrec-ranker", "1", "run1", "src") if alias == "champion" else None
+
+    def load(self, ref):
+        from serving.recommend import prepare
+
+        return ServedModel(ref=ref, bundle=prepare(self.bundle, compile_ranker=False), loaded_at=time.time(),
+                           info={}, base=self.bundle)
+
+
+def _bundle_before(serving_bundle, hour):
+    """The registered bundle, as if registered at an earlier cutoff (its own state older than the index)."""
+    import dataclasses
+
+    from pipelines.registry import ServingBundle
+
+    bundle = ServingBundle.load(serving_bundle)
+    early = dataclasses.replace(bundle.tables, cutoff_ms=EPOCH_MS + hour * C.HOUR_MS)
+    return dataclasses.replace(bundle, tables=early)
+
+
+def test_api_holder_swaps_to_a_newer_index_and_refuses_an_incompatible_one(serving_bundle, data_root, tmp_path):
+    from serving import recommend as rec
+
+    index_root = tmp_path / "idx"
+    holder = ModelHolder(_Source(_bundle_before(serving_bundle, 10)), "champion", "challenger",
+                         index_source=FolderIndexSource(index_root, compile_ranker=False))
+    holder.refresh()
+    own = holder.slots.champion
+    assert own.index_hour is None  # nothing published yet: the model's own state
+
+    _refresh(data_root, index_root, 14)
+    assert holder.refresh() is True
+    served = holder.slots.champion
+    assert served.index_hour == 15 and served.ref == own.ref
+    assert rec.cutoff_ms(served.bundle) == EPOCH_MS + 15 * C.HOUR_MS
+    assert own.bundle is not served.bundle  # a request holding the old pair keeps it whole
+    users = served.bundle.hist_users
+    got = rec.recommend(served.bundle, int(users[0]), [], rec.Context(), rec.cutoff_ms(served.bundle), 10)
+    assert len(got.article_ids) == 10 and set(got.article_ids) <= set(served.bundle.bundle.index.pool_ids)
+    assert holder.refresh() is False  # same pointer: nothing rebuilt
+
+    # an index that lacks a feature of the ranker is refused; the old pair keeps serving
+    _refresh(data_root, index_root, 16)
+    meta_path = index_root / "hour=017" / "index.json"
+    meta = json.loads(meta_path.read_text())
+    meta["features"] = [f for f in meta["features"] if f != "a_trend"]
+    meta_path.write_text(json.dumps(meta))
+    holder.refresh()
+    assert holder.slots.champion is served
+    assert "refused" in holder.last_error and "a_trend" in holder.last_error
+    assert json.loads((index_root / CURRENT).read_text())["cutoff_hour"] == 17
+
+
+def test_index_of_another_format_is_refused_at_load(data_root, tmp_path):
+    out = _refresh(data_root, tmp_path / "idx", 8)
+    meta = json.loads((out / "index.json").read_text())
+    (out / "index.json").write_text(json.dumps({**meta, "format": INDEX_FORMAT + 1}))
+    with pytest.raises(ValueError, match="rebuild it with `newsrec refresh`"):
+        ServingIndex.load(out)
+
+
+def test_publish_replaces_a_replayed_version_whole(data_root, tmp_path):
+    from pipelines.features import read_articles, read_embeddings
+
+    articles = read_articles(data_root / "raw" / C.METADATA_FILE)
+    embeddings = read_embeddings(data_root / "raw" / C.EMBEDDINGS_FILE)
+    fit = fit_serving_index(data_root, 6, articles, embeddings, load_params("candidates"),
+                            load_params("features"), EPOCH_MS)
+    first = publish(fit, embeddings, tmp_path, keep=3)
+    (first / "stray.txt").write_text("from an earlier run")
+    again = publish(fit, embeddings, tmp_path, keep=3)
+    assert again == first and not (again / "stray.txt").exists()
+    assert np.load(again / "embeddings.npy").shape == embeddings.shape
