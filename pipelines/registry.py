@@ -391,10 +391,12 @@ def window_id(validated_dir: str | Path, snapshot) -> str:
 
 
 def reranker_metrics(eval_results: dict) -> dict[str, dict[str, float]]:
-    """{segment: {metric: value}} of the reranker from `newsrec evaluate`'s eval.json."""
+    """{segment: {metric: value}} of the reranker from `newsrec evaluate`'s eval.json (as served when present)."""
     from pipelines.evaluate import RERANKER
 
-    methods = eval_results.get("methods", {})
+    # The as-served protocol is how the service really runs (index refreshed hourly): it is what the gate
+    # compares when the evaluation ran it.
+    methods = (eval_results.get("as_served") or eval_results).get("methods", {})
     if RERANKER not in methods:
         raise ValueError("eval.json has no reranker results: run `newsrec evaluate` with --model")
     return {seg: {m: float(v) for m, v in methods[RERANKER][seg].items()} for seg in SEGMENTS}
@@ -417,6 +419,8 @@ def run_register(args: argparse.Namespace) -> dict:
     results = json.loads(Path(args.eval).read_text())
     metrics = reranker_metrics(results)
     window = window_id(validated, get_snapshot(args.split, results.get("snapshot", "test")))
+    if "as_served" in results:
+        window += ", as served"  # metrics of another protocol are not comparable
     bundle = build_bundle(
         args.ranker,
         Path(args.features) / serve[0].name,

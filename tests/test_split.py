@@ -33,7 +33,8 @@ def test_windows_are_cut_from_the_last_hour_backwards():
         ("train_h007", "train", 7, 10),
         ("train_h010", "train", 10, 13),
         ("train_h013", "train", 13, 16),
-        ("val", "val", 16, 20),
+        ("val_h016", "val", 16, 19),
+        ("val_h019", "val", 19, 20),  # cut short at the test start
         ("test", "test", 20, 24),
         ("serve", "serve", 24, 24),
     ]
@@ -44,7 +45,7 @@ def test_windows_are_cut_from_the_last_hour_backwards():
 @pytest.mark.unit
 def test_a_quarantined_hour_leaves_a_hole_instead_of_shifting_windows():
     hours = [h for h in range(24) if h != 18]
-    assert [s.cutoff_hour for s in plan_snapshots(hours, EPOCH, **PLAN)] == [7, 10, 13, 16, 20, 24]
+    assert [s.cutoff_hour for s in plan_snapshots(hours, EPOCH, **PLAN)] == [7, 10, 13, 16, 19, 20, 24]
 
 
 @pytest.mark.unit
@@ -64,7 +65,7 @@ def test_split_file_round_trip(tmp_path):
     snaps = plan_snapshots(list(range(24)), EPOCH, **PLAN)
     path = write_snapshots(snaps, tmp_path / "s" / "snapshots.json")
     assert read_snapshots(path) == snaps
-    assert [s.name for s in read_snapshots(path, roles=["val", "test"])] == ["val", "test"]
+    assert [s.name for s in read_snapshots(path, roles=["val", "test"])] == ["val_h016", "val_h019", "test"]
     assert get_snapshot(path, "test") == snaps[-2]
     with pytest.raises(KeyError, match="no snapshot 'nope'"):
         get_snapshot(path, "nope")
@@ -161,7 +162,7 @@ def test_nothing_after_a_cutoff_reaches_what_is_fitted_at_it(tiny_validated, tmp
             plan_snapshots(validated_hours(tiny_validated / "validated" / "clicks"), epoch, **PLAN),
             tmp_path / "snaps.json",
         ),
-        "val",
+        "val_h016",
     )
     roots = {}
     for name in ("real", "perturbed"):
