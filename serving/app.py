@@ -23,6 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from serving import recommend as rec
 from serving.ab import CHALLENGER, CHAMPION, assign_variant
 from serving.eventlog import JsonLinesLog
+from serving.live import LiveCounts, make_live_counts, with_live
 from serving.metrics import PrometheusMiddleware, ServiceMetrics
 from serving.models import BundleSource, IndexSource, ModelHolder, ServedModel
 from serving.settings import Settings
@@ -165,6 +166,7 @@ def create_app(
     source: BundleSource | None = None,
     state: UserStateStore | None = None,
     index_source: IndexSource | None = None,
+    live: LiveCounts | None = None,
     wall: Callable[[], float] = time.time,
     poll: bool = True,
 ) -> FastAPI:
@@ -179,6 +181,8 @@ def create_app(
             settings.state_max_users,
         )
     metrics = ServiceMetrics.create()
+    if live is None:
+        live = make_live_counts(settings.redis_url, settings.state_prefix)
 
     def on_swap(slot: str, model: ServedModel | None) -> None:
         ref = model.ref if model else None
@@ -203,7 +207,9 @@ def create_app(
         app.state.logs = (impressions, clicks)
         holder.refresh()
         if poll:
-            holder.start(settings.poll_seconds)
+            now = (lambda: int(wall() * 1000)) if settings.clock == "wall" else (lambda: None)
+            holder.start(settings.poll_seconds, live=lambda p: with_live(p, live, now()),
+                         live_seconds=settings.live_refresh_seconds)
         try:
             yield
         finally:
@@ -220,6 +226,7 @@ def create_app(
     )
     app.add_middleware(PrometheusMiddleware, metrics=metrics)
     app.state.holder = holder
+    app.state.live = live
     app.state.state = state
     app.state.metrics = metrics
     app.state.settings = settings
@@ -415,6 +422,7 @@ def create_app(
         require_article(model, event.article_id)
         ts = as_of(model, event.timestamp)
         state.add_click(event.user_id, event.article_id, ts)
+        live.add(event.article_id, ts)
         metrics.events.inc()
         clicks.write({
             "ts_ms": int(wall() * 1000),

@@ -8,6 +8,7 @@ on the read path.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import threading
@@ -39,7 +40,8 @@ class ServedModel:
 
     `bundle` is what requests use (serving.recommend.Prepared); `base` the registry's bundle it was built
     from (None when the source gives none); `index_hour` the cutoff hour of the hourly serving index it
-    serves over (None: the state the model was registered with)."""
+    serves over (None: the state the model was registered with); `live_base` the bundle before the live
+    popularity overlay (serving.live) was applied to it."""
 
     ref: VersionRef
     bundle: Any
@@ -47,6 +49,7 @@ class ServedModel:
     info: dict[str, Any] = field(default_factory=dict)
     base: Any = None
     index_hour: int | None = None
+    live_base: Any = None  # `bundle` before the live popularity overlay (serving.live), once one is applied
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,23 @@ class ModelHolder:
             held = getattr(current, slot)
             return held if held is not None and held.ref == model.ref else model
 
-    def start(self, poll_seconds: float) -> None:
+    def apply_live(self, overlay: Callable[[Any], Any]) -> None:
+        """Swap in `overlay(bundle)` for every served model, always from its bundle before any overlay (so
+        overlays never stack); one atomic swap, no heap freeze (this runs every few seconds)."""
+        with self._refresh_lock:
+            current, done = self.slots, {}
+            new = {}
+            for slot in self.aliases:
+                model = getattr(current, slot)
+                if model is None or id(model) in done:
+                    new[slot] = done.get(id(model)) if model is not None else None
+                    continue
+                base = model.live_base if model.live_base is not None else model.bundle
+                new[slot] = done[id(model)] = dataclasses.replace(model, bundle=overlay(base), live_base=base)
+            self.slots = Slots(**new)
+
+    def start(self, poll_seconds: float, live: Callable[[Any], Any] | None = None,
+              live_seconds: float | None = None) -> None:
         """Poll in a daemon thread until `stop()`."""
         if self._thread is not None:
             return
@@ -207,12 +226,23 @@ class ModelHolder:
 
         self._thread = threading.Thread(target=run, name="model-poller", daemon=True)
         self._thread.start()
+        if live is not None and live_seconds:
+            def run_live() -> None:
+                while not self._stop.wait(live_seconds):
+                    try:
+                        self.apply_live(live)
+                    except Exception:  # noqa: BLE001 - a failed overlay leaves the hourly state serving
+                        log.exception("live popularity overlay failed; serving without it until the next one")
+
+            self._live_thread = threading.Thread(target=run_live, name="live-popularity", daemon=True)
+            self._live_thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        for thread in (self._thread, getattr(self, "_live_thread", None)):
+            if thread is not None:
+                thread.join(timeout=10)
+        self._thread = self._live_thread = None
         gc.unfreeze()
 
 

@@ -36,6 +36,7 @@ class Settings:
     clock: str
     compile_ranker: bool
     hourly_index: bool
+    live_refresh_seconds: float
     index_dir: Path | None = None  # where hourly serving indexes are published (params data.root + refresh)
 
     def __post_init__(self) -> None:
