@@ -160,7 +160,31 @@ def ab_report(
         "clicks_attributed": len(attributed),
         "variants": variants,
         "comparisons": comparisons,
+        "exploration": exploration_report(impression_records, attributed, confidence),
     }
+
+
+def exploration_report(
+    impression_records: list[dict[str, Any]], attributed: pd.DataFrame, confidence: float
+) -> dict[str, Any] | None:
+    """Per-slot click-through of the explored slots (fresh articles given a place by serving.explore) against
+    every other slot, and how many explored articles found readers; None when nothing was explored."""
+    explored = [(r["impression_id"], int(a)) for r in impression_records for a in (r.get("explored") or [])]
+    if not explored:
+        return None
+    slots = sum(len(r.get("articles") or []) for r in impression_records)
+    keys = set(explored)
+    hits = {(i, int(a)) for i, a in zip(attributed["impression_id"], attributed["article_id"], strict=True)}
+    explored_hits = len(keys & hits)
+    out = {"explored_slots": len(keys), "explored_clicks": explored_hits,
+           "explored_articles": len({a for _, a in keys}),
+           "articles_clicked": len({a for i, a in keys & hits}),
+           "other_slots": slots - len(keys), "other_clicks": len(hits - keys)}
+    for name, n, k in (("explored", out["explored_slots"], explored_hits),
+                       ("other", out["other_slots"], out["other_clicks"])):
+        low, high = wilson_interval(k, n, confidence) if n else (float("nan"), float("nan"))
+        out[f"{name}_ctr"], out[f"{name}_ctr_ci"] = (k / n if n else float("nan")), [low, high]
+    return out
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -175,6 +199,14 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"{name:<12}{v['users']:>9}{v['impressions']:>9}{v['clicks']:>9}{v['trials']:>9}{v['ctr']:>9.4f}"
             f"  [{v['ctr_ci_low']:.4f}, {v['ctr_ci_high']:.4f}]"
+        )
+    ex = report.get("exploration")
+    if ex:
+        lines.append(
+            f"exploration: {ex['explored_slots']} explored slots, per-slot CTR {ex['explored_ctr']:.4f} "
+            f"[{ex['explored_ctr_ci'][0]:.4f}, {ex['explored_ctr_ci'][1]:.4f}] vs {ex['other_ctr']:.4f} "
+            f"[{ex['other_ctr_ci'][0]:.4f}, {ex['other_ctr_ci'][1]:.4f}] on the other slots; "
+            f"{ex['articles_clicked']} of {ex['explored_articles']} explored articles found readers"
         )
     for name, t in report["comparisons"].items():
         verdict = "significant" if t["significant"] else "not significant"

@@ -35,9 +35,9 @@ import pandas as pd
 from pipelines.columns import (
     ARTICLE_ID,
     CREATED_AT_TS,
-    HOUR_MS,
     EMBEDDINGS_FILE,
     FUSED,
+    HOUR_MS,
     LABEL,
     METADATA_FILE,
     RANK,
@@ -265,7 +265,7 @@ def evaluate_as_served(
         own = top_unread(order_ids, order_scores, users, mine, max(depth, 100))[[USER_ID, ARTICLE_ID, RANK]]
         recs[RECENT_POPULAR] = own[own[RANK] <= depth]
 
-        def to_query(frame: pd.DataFrame) -> pd.DataFrame:
+        def to_query(frame: pd.DataFrame, offset: int = offset, users: np.ndarray = users) -> pd.DataFrame:
             return frame.assign(**{USER_ID: offset + np.searchsorted(users, frame[USER_ID].to_numpy())})
 
         for method, ranked in recs.items():
@@ -293,8 +293,8 @@ def evaluate_as_served(
 
 PROTOCOLS = {
     "frozen": "every list computed at the test cutoff, judged on the whole test window",
-    "as_served": "index and features refreshed every hour of the test window, ranker fixed at the cutoff; "
-                 "a query is one user in one hour",
+    "as_served": ("index and features refreshed every hour of the test window, ranker fixed at the cutoff; "
+                  "a query is one user in one hour"),
 }
 
 
@@ -312,8 +312,8 @@ def markdown_table(results: dict) -> str:
         lines += [
             f"### {protocol.replace('_', ' ')}: {what}",
             "",
-            f"{users['all']} {unit} ({users['warm']} warm, {users['cold']} cold); full catalogue available at "
-            "each cutoff, read articles excluded.",
+            (f"{users['all']} {unit} ({users['warm']} warm, {users['cold']} cold); full catalogue available at "
+             "each cutoff, read articles excluded."),
             "",
             "| method | users | " + " | ".join(cols) + " |",
             "|---|---|" + "---:|" * len(cols),

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import FastAPI, HTTPException, Path, Query, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,6 +24,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from serving import recommend as rec
 from serving.ab import CHALLENGER, CHAMPION, assign_variant
 from serving.eventlog import JsonLinesLog
+from serving.explore import Explorer, make_explore_stats
 from serving.live import LiveCounts, make_live_counts, with_live
 from serving.metrics import PrometheusMiddleware, ServiceMetrics
 from serving.models import BundleSource, IndexSource, ModelHolder, ServedModel
@@ -80,8 +82,10 @@ class ArticleOut(BaseModel):
 
 class RecommendedArticle(ArticleOut):
     rank: int
-    score: float = Field(description="the ranker's score (higher is better; comparable within one list)")
-    sources: list[str] = Field(description="candidate generators that proposed it: emb, cocl, pop, trend")
+    score: float = Field(description="the ranker's score (higher is better; comparable within one list); for "
+                                     "an explored slot, the Thompson draw of its click-through")
+    sources: list[str] = Field(description="candidate generators that proposed it: emb, cocl, pop, trend; "
+                                           "explore for a fresh article given an exploration slot")
 
 
 class Recommendations(BaseModel):
@@ -183,6 +187,9 @@ def create_app(
     metrics = ServiceMetrics.create()
     if live is None:
         live = make_live_counts(settings.redis_url, settings.state_prefix)
+    explore_stats = make_explore_stats(settings.redis_url, settings.state_prefix)
+    explorer = Explorer(settings.explore_share, settings.explore_fresh_hours, settings.explore_prior[0],
+                        settings.explore_prior[1], explore_stats, np.random.default_rng())
 
     def on_swap(slot: str, model: ServedModel | None) -> None:
         ref = model.ref if model else None
@@ -315,7 +322,10 @@ def create_app(
                 metrics.fallbacks.labels("no_challenger").inc()
         now_ms = as_of(model, time)
         context = rec.Context(device=device, os=os, referrer=referrer, region=region, environment=environment)
-        result = rec.recommend(model.bundle, user_id, state.recent(user_id), context, now_ms, k)
+        recent = state.recent(user_id)
+        result = rec.recommend(model.bundle, user_id, recent, context, now_ms, k)
+        explored = rec.explore(model.bundle, result, explorer, user_id, recent, k, now_ms)
+        explore_stats.shown(result.article_ids)
         if result.cold_start:
             metrics.fallbacks.labels("cold_start").inc()
         metrics.variants.labels(variant).inc()
@@ -329,6 +339,7 @@ def create_app(
             "model_version": model.ref.version,
             "cold_start": result.cold_start,
             "articles": result.article_ids,
+            "explored": explored,
         })
         body = Recommendations(
             user_id=user_id,
@@ -423,6 +434,7 @@ def create_app(
         ts = as_of(model, event.timestamp)
         state.add_click(event.user_id, event.article_id, ts)
         live.add(event.article_id, ts)
+        explore_stats.clicked(event.article_id)
         metrics.events.inc()
         clicks.write({
             "ts_ms": int(wall() * 1000),

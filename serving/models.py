@@ -192,7 +192,7 @@ class ModelHolder:
             return model
         try:
             return self.index_source.combine(model, self.index)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any refusal or failure keeps the pair that serves
             log.error("model %s with index hour %s refused: %s", model.ref.uri, self.index.cutoff_hour, exc)
             errors.append(f"{slot} v{model.ref.version} with index hour {self.index.cutoff_hour} refused: {exc}")
             held = getattr(current, slot)
@@ -231,7 +231,7 @@ class ModelHolder:
                 while not self._stop.wait(live_seconds):
                     try:
                         self.apply_live(live)
-                    except Exception:  # noqa: BLE001 - a failed overlay leaves the hourly state serving
+                    except Exception:
                         log.exception("live popularity overlay failed; serving without it until the next one")
 
             self._live_thread = threading.Thread(target=run_live, name="live-popularity", daemon=True)

@@ -269,6 +269,29 @@ def recommend(
     return Result(items=items, article_ids=[int(a) for a in ids], cold_start=cold)
 
 
+def explore(prepared: Prepared, result: Result, explorer: Any, user_id: int, recent: Sequence[Click], k: int,
+            as_of_ms: int) -> list[int]:
+    """Give the last `explorer.slots(k)` places of `result` (changed in place) to fresh articles the user has
+    not read and the list does not hold (serving.explore); returns the explored article ids. A list keeps
+    its ranked tail where there are fewer fresh articles than slots."""
+    n = min(explorer.slots(k), len(result.article_ids))
+    if n == 0:
+        return []
+    sl = _history_slice(prepared, user_id)
+    exclude = set(prepared.hist[C.CLICK_ARTICLE_ID][sl].tolist()) if sl is not None else set()
+    exclude |= {c.article_id for c in recent} | set(result.article_ids)
+    chosen = explorer.choose(prepared, exclude, n, as_of_ms)
+    if not chosen:
+        return []
+    cut = len(result.article_ids) - len(chosen)
+    items = article_details(prepared, [a for a, _ in chosen], as_of_ms)
+    for i, (item, (_, draw)) in enumerate(zip(items, chosen, strict=True)):
+        item.update(rank=cut + i + 1, score=float(draw), sources=["explore"])
+    result.items[cut:] = items
+    result.article_ids[cut:] = [a for a, _ in chosen]
+    return [a for a, _ in chosen]
+
+
 def similar(prepared: Prepared, article_id: int, k: int, as_of_ms: int) -> dict[str, list[dict[str, Any]]]:
     """Nearest recommendable articles by embedding, and the most co-read ones (decayed session pairs)."""
     emb = prepared.bundle.index.similar_articles([article_id], k)

@@ -48,9 +48,8 @@ class MlflowBundleSource:
         mlflow.set_registry_uri(self.tracking_uri)
         model = mlflow.pyfunc.load_model(ref.uri)
         bundle = model.unwrap_python_model().bundle
-        from serving.recommend import prepare
-
         from serving.index_source import index_info
+        from serving.recommend import prepare
 
         prepared = prepare(bundle, self.compile_ranker)
         info = {**self._info(ref), "predictor": bundle.ranker.predictor,

@@ -37,6 +37,9 @@ class Settings:
     compile_ranker: bool
     hourly_index: bool
     live_refresh_seconds: float
+    explore_share: float
+    explore_fresh_hours: float
+    explore_prior: tuple[float, float]
     index_dir: Path | None = None  # where hourly serving indexes are published (params data.root + refresh)
 
     def __post_init__(self) -> None:
@@ -46,6 +49,10 @@ class Settings:
             raise ValueError(f"serve.k_default must be in [1, k_max={self.k_max}], got {self.k_default}")
         if self.state_max_clicks < 1 or self.state_ttl_seconds < 1 or self.state_max_users < 1:
             raise ValueError("serve.state_max_clicks, state_ttl_seconds and state_max_users must be >= 1")
+        if not 0.0 <= self.explore_share <= 0.5:
+            raise ValueError(f"serve.explore_share must be in [0, 0.5], got {self.explore_share}")
+        if len(self.explore_prior) != 2 or min(self.explore_prior) <= 0:
+            raise ValueError(f"serve.explore_prior must be two positive numbers, got {self.explore_prior}")
         if self.clock not in {"wall", "cutoff"}:
             raise ValueError(f"serve.clock must be 'wall' or 'cutoff', got {self.clock!r}")
 
@@ -71,6 +78,7 @@ class Settings:
         missing = known - set(values)
         if missing:
             raise KeyError(f"params.yaml serve section lacks: {sorted(missing)}")
+        values["explore_prior"] = tuple(float(v) for v in values["explore_prior"])
         values["impression_log"] = Path(values["impression_log"])
         values["click_log"] = Path(values["click_log"])
         return cls(**values)

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from render_docs import render  # noqa: E402
+from render_docs import render
 
 
 @pytest.mark.unit
@@ -26,5 +26,5 @@ def test_generated_blocks_are_filled_from_their_file(tmp_path):
 @pytest.mark.unit
 def test_docs_are_in_sync_with_the_metrics():
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "render_docs.py"), "--check"],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
