@@ -7,6 +7,10 @@ shows it (no coordinated omission). Prints throughput and p50/p95/p99, optionall
 
     benchmarks/champion.sh demo /tmp/bench/demo        # a champion on the demo profile
     .venv/bin/python benchmarks/bench_serve.py --tracking-uri sqlite:////tmp/bench/demo/mlflow.db --label demo
+
+With --index-root (hourly serving indexes newer than the champion, e.g. `HOLD_BACK=4 champion.sh ...`), the
+server follows them and, every --swap-every seconds of the measured load, the live pointer moves to the
+next version, so the figures include index swaps (load + prepare in the server's poller) under load.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def free_port() -> int:
 
 
 def start_server(tracking_uri: str, port: int, workers: int, redis_url: str | None, logdir: Path,
-                 state_prefix: str) -> subprocess.Popen:
+                 state_prefix: str, index_root: Path | None = None) -> subprocess.Popen:
     env = {
         **os.environ,
         "NEWSREC__MLFLOW__TRACKING_URI": tracking_uri,
@@ -43,7 +47,11 @@ def start_server(tracking_uri: str, port: int, workers: int, redis_url: str | No
         "NEWSREC__SERVE__CLICK_LOG": str(logdir / "clicks.jsonl"),
         "NEWSREC__SERVE__CHALLENGER_SHARE": "0",
         "NEWSREC__SERVE__STATE_PREFIX": state_prefix,  # this run's own online state, whatever Redis holds
+        "NEWSREC__SERVE__HOURLY_INDEX": "true" if index_root else "false",
     }
+    if index_root:
+        env["NEWSREC__REFRESH__INDEX_DIR"] = str(index_root)  # absolute: wins over data.root
+        env["NEWSREC__SERVE__POLL_SECONDS"] = "1"
     cmd = [str(ROOT / ".venv/bin/newsrec"), "serve", "--port", str(port), "--workers", str(workers),
            "--log-level", "warning"]
     if redis_url:
@@ -78,8 +86,31 @@ def click_recommendations(url: str, users: list[int], clicks: int) -> int:
     return len(users)
 
 
+def point_at(index_root: Path, version: Path) -> None:
+    """Make `version` the live serving index (what `newsrec refresh` does after building it)."""
+    from pipelines.fileio import atomic_write
+
+    meta = json.loads((version / "index.json").read_text())
+    pointer = {"cutoff_hour": meta["cutoff_hour"], "cutoff_ms": meta["cutoff_ms"], "path": version.name,
+               "format": meta["format"]}
+    atomic_write(index_root / "CURRENT.json", lambda p: p.write_text(json.dumps(pointer)))
+
+
+async def swapper(index_root: Path, every: float, stop: asyncio.Event) -> int:
+    """Move the live pointer to the next version every `every` seconds until `stop`; returns the swaps."""
+    versions = sorted(index_root.glob("hour=*"))
+    swaps = 0
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=every)
+        except TimeoutError:
+            swaps += 1
+            point_at(index_root, versions[swaps % len(versions)])
+    return swaps
+
+
 async def open_loop(url: str, paths: list[str], rate: float, duration: float, max_requests: int,
-                    concurrency: int) -> dict:
+                    concurrency: int, index_root: Path | None = None, swap_every: float = 0.0) -> dict:
     """Send paths[i % len] at t0 + i/rate until duration or max_requests; latency from scheduled time.
 
     aiohttp rather than httpx: the generator shares the machine with the server, and aiohttp spends a
@@ -114,7 +145,11 @@ async def open_loop(url: str, paths: list[str], rate: float, duration: float, ma
             latencies[i] = done - scheduled
             service[i] = done - sent
 
+        stop = asyncio.Event()
+        swapping = asyncio.create_task(swapper(index_root, swap_every, stop)) if index_root and swap_every else None
         await asyncio.gather(*(one(i) for i in range(n)))
+        stop.set()
+        swaps = await swapping if swapping else 0
         elapsed = loop.time() - t0
     cpu = time.process_time() - cpu0
     ok = statuses == 200
@@ -133,6 +168,7 @@ async def open_loop(url: str, paths: list[str], rate: float, duration: float, ma
         "service_p50_ms": round(float(np.percentile(svc, 50)), 2),
         "service_p99_ms": round(float(np.percentile(svc, 99)), 2),
         "generator_cpu_share": round(cpu / elapsed, 2),  # cores the load generator itself kept busy
+        "index_swaps": swaps,
     }
 
 
@@ -155,13 +191,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=200, help="max open connections of the generator")
     parser.add_argument("--label", default="", help="name of this run in the output (e.g. demo, globo)")
     parser.add_argument("--json", type=Path, help="append the result as one JSON line here")
+    parser.add_argument("--index-root", type=Path, help="hourly serving indexes the server follows")
+    parser.add_argument("--swap-every", type=float, default=10.0, help="seconds between index swaps (--index-root)")
     args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as logdir:
         state_prefix = f"newsrec-bench:{os.getpid()}:{port}:"
-        proc = start_server(args.tracking_uri, port, args.workers, args.redis_url, Path(logdir), state_prefix)
+        if args.index_root:
+            point_at(args.index_root, min(args.index_root.glob("hour=*")))
+        proc = start_server(args.tracking_uri, port, args.workers, args.redis_url, Path(logdir), state_prefix,
+                            args.index_root)
         try:
             ready_s = wait_ready(url, proc, timeout=900)
             known = httpx.get(f"{url}/v1/users", params={"n": min(args.users, 1000), "order": "random"},
@@ -176,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             paths = [f"/v1/users/{int(u)}/recommendations?k={args.k}" for u in users]
             asyncio.run(open_loop(url, paths, args.rate, args.warmup, args.max_requests, args.concurrency))
             result = asyncio.run(open_loop(url, paths[::-1], args.rate, args.duration, args.max_requests,
-                                           args.concurrency))
+                                           args.concurrency, args.index_root, args.swap_every))
+            models_after = httpx.get(f"{url}/v1/models", timeout=60).json()
         finally:
             proc.terminate()
             proc.wait(timeout=60)
@@ -187,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                     for key in r.scan_iter(match=f"{state_prefix}*", count=1000):
                         r.delete(key)
     result = {"label": args.label, "model_version": models["champion"]["version"], "workers": args.workers,
+              "index_hour_after": (models_after.get("index") or {}).get("cutoff_hour"),
               "cold_share": args.cold_share, "online_users": online, "online_clicks": args.online_clicks, "k": args.k, "startup_s": round(ready_s, 1), **result}
     print(f"{'label':<10}{'rps target':>11}{'rps got':>9}{'ok':>7}{'err':>5}{'p50 ms':>8}{'p95 ms':>8}"
           f"{'p99 ms':>8}{'max ms':>8}")

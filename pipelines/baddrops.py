@@ -59,9 +59,15 @@ def _csv(df: pd.DataFrame) -> bytes:
 
 
 def _unknown_ids(clicks_dir: Path, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n article ids absent from the metadata beside clicks/ (well above its largest id)."""
-    meta = clicks_dir.parent / C.METADATA_FILE
-    top = int(pd.read_csv(meta, usecols=[C.ARTICLE_ID])[C.ARTICLE_ID].max()) if meta.exists() else 10**9
+    """n article ids absent from the catalogue beside clicks/ (well above the largest id of the metadata and of
+    the article drops)."""
+    raw = clicks_dir.parent
+    drops = raw / C.ARTICLES_DIR
+    files = [raw / C.METADATA_FILE]
+    if drops.is_dir():
+        files += sorted(f for f in drops.iterdir() if C.hour_of_file(f.name, C.ARTICLES_DIR) is not None)
+    tops = [pd.read_csv(f, usecols=[C.ARTICLE_ID])[C.ARTICLE_ID].max() for f in files if f.exists()]
+    top = int(max((t for t in tops if pd.notna(t)), default=10**9))
     return top + 1 + rng.choice(1_000_000, size=n, replace=False)
 
 

@@ -13,7 +13,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("pipelines.synth", "write a synthetic Globo-format dataset"),
     "stats": ("pipelines.stats", "print dataset statistics as JSON"),
-    "import": ("pipelines.importers", "convert a public dataset (MovieLens) to Globo format"),
+    "import": ("pipelines.importers", "convert a public dataset (MovieLens, MIND, a click CSV) to Globo format"),
     "storage": ("pipelines.storage", "list, land and stage hourly drops on local disk or s3://"),
     "validate": ("pipelines.validate", "validate hourly drops with Great Expectations"),
     "split": ("pipelines.split", "cut validated hours into train/val/test snapshots"),

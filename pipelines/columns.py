@@ -2,17 +2,64 @@
 
 from __future__ import annotations
 
+import re
+
 METADATA_FILE = "articles_metadata.csv"
 EMBEDDINGS_FILE = "articles_embeddings.pickle"
 CLICKS_DIR = "clicks"
 CLICKS_ZIP = "clicks.zip"
+# Hourly article drops: `articles/articles_hour_NNN.csv` (the metadata columns) beside
+# `articles/embeddings_hour_NNN.pickle` (float32 [rows, 250], row j = the csv's j-th row).
+ARTICLES_DIR = "articles"
+EMBEDDINGS_HOUR = "embeddings"  # the kind of an article drop's pickle (see hour_file_name)
+# A landed article drop: validated/articles/hour=NNN/ holds the metadata as parquet beside this matrix.
+EMBEDDINGS_PART = "embeddings.npy"
 EMBEDDING_DIM = 250
 HOUR_MS = 3_600_000
+# Written by `newsrec import` beside the files it converts (format, time mapping, counts). Validation reads
+# one key of it, MIN_SESSION_SIZE: a source whose sittings can hold one click (MIND) says so there.
+IMPORT_FILE = "import.json"
+MIN_SESSION_SIZE = "min_session_size"
+GLOBO_MIN_SESSION_SIZE = 2  # every session of the Globo release has at least 2 clicks
+
+# kind -> (prefix, suffix) of its hourly files. One name pattern, so one parser (parse_hour_file_name).
+_HOUR_FILES = {
+    CLICKS_DIR: ("clicks_hour_", ".csv"),
+    ARTICLES_DIR: ("articles_hour_", ".csv"),
+    EMBEDDINGS_HOUR: ("embeddings_hour_", ".pickle"),
+}
+_HOUR_FILE = re.compile(r"^(clicks|articles|embeddings)_hour_(\d{3,})\.(csv|pickle)$")
 
 
-def hour_file_name(hour: int) -> str:
-    """`clicks_hour_007.csv` for hour 7 (the real dataset's zero-padded naming)."""
-    return f"clicks_hour_{hour:03d}.csv"
+def hour_file_name(hour: int, kind: str = CLICKS_DIR) -> str:
+    """`clicks_hour_007.csv` for hour 7 (the real dataset's zero-padded naming); `kind` "articles" gives
+    `articles_hour_007.csv`, "embeddings" `embeddings_hour_007.pickle`."""
+    prefix, suffix = _HOUR_FILES[kind]
+    return f"{prefix}{hour:03d}{suffix}"
+
+
+def parse_hour_file_name(name: str) -> tuple[str, int] | None:
+    """(kind, hour) of an hourly file name (`clicks_hour_007.csv` -> ("clicks", 7)), else None.
+
+    Only the names hour_file_name writes count: `clicks_hour_7.csv` or `clicks_hour_007.pickle` is no
+    hourly file, so every hour found under a name is found again under hour_file_name(hour, kind).
+    """
+    m = _HOUR_FILE.match(name)
+    if m is None:
+        return None
+    kind, hour = m.group(1), int(m.group(2))
+    return (kind, hour) if hour_file_name(hour, kind) == name else None
+
+
+def hour_of_file(name: str, kind: str = CLICKS_DIR) -> int | None:
+    """The hour of a `kind` hourly file name, None for any other name."""
+    parsed = parse_hour_file_name(name)
+    return parsed[1] if parsed is not None and parsed[0] == kind else None
+
+
+def partition_name(hour: int) -> str:
+    """`hour=007`: the hive partition folder of an hour under validated/ and quarantine/."""
+    return f"{HOUR}={hour:03d}"
 
 
 # articles_metadata.csv
@@ -62,7 +109,11 @@ CLICK_DTYPES = {c: "int64" for c in CLICK_COLUMNS}
 HOUR = "hour"
 # Computed by validation beside an hour's clicks for the GX checks one row cannot answer; never landed.
 SESSION_ROWS = "session_rows"  # rows of this click's session in the same hourly file
-UNKNOWN_ARTICLE_ID = "unknown_article_id"  # click_article_id when it is not in the metadata, else null
+# click_article_id when it is in neither the metadata nor a landed article drop of that hour or earlier, else null
+UNKNOWN_ARTICLE_ID = "unknown_article_id"
+# Beside an hour's article drop: article_id when the catalogue already holds it (the static metadata or
+# another hour's landed drop), else null. Never landed.
+CATALOGUED_ARTICLE_ID = "catalogued_article_id"
 
 # Derived tables (aggregates, candidates, evaluation). Clicked articles are `article_id` everywhere downstream.
 CLICK_HOUR = "click_hour"  # hour bucket of click_timestamp (not of the file: late outliers land in their own hour)

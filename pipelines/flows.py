@@ -19,7 +19,7 @@ import json
 import os
 import re
 import shlex
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -102,12 +102,28 @@ def drop_available(data_root: str | Path, hour: int, raw_uri: str | None = None)
 
 
 def stage_drop(data_root: str | Path, hour: int, raw_uri: str | None = None) -> list[str]:
-    """Copy the drop (and side files when changed) from a remote raw location into `<data_root>/raw/`."""
+    """Copy the hour's drops (its clicks, and its article drop when there is one; side files when changed)
+    from a remote raw location into `<data_root>/raw/`."""
     from pipelines import storage
 
     if not raw_uri:
         return []  # validation reads the local raw folder (or its clicks.zip) itself
     return [str(p) for p in storage.stage_raw(raw_uri, data_root, [hour])]
+
+
+def hour_outcome(results: Sequence[Any]) -> dict[str, Any]:
+    """What the hourly DAG's validate task hands on: the click drop's HourResult dict, with the article drop's
+    (or None: not every hour has new articles) under `articles`."""
+    by_kind = {r.kind: r.to_dict() for r in results}
+    if C.CLICKS_DIR not in by_kind:
+        raise ValueError(f"no click drop among the results: {sorted(by_kind)}")
+    return {**by_kind[C.CLICKS_DIR], C.ARTICLES_DIR: by_kind.get(C.ARTICLES_DIR)}
+
+
+def quarantined_drops(outcome: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The quarantined drops of an hour (hour_outcome's dict, or one HourResult dict): its articles, its clicks."""
+    drops = [outcome.get(C.ARTICLES_DIR), outcome]
+    return [d for d in drops if d and d.get("status") == "quarantined"]
 
 
 def _hour_span(hour: int, epoch_ms: int) -> str:
@@ -116,24 +132,44 @@ def _hour_span(hour: int, epoch_ms: int) -> str:
 
 
 def quarantine_alert(data_root: str | Path, result: Mapping[str, Any], epoch_ms: int) -> tuple[str, str, list[Path]]:
-    """(subject, body, attachments) for a quarantined drop, from validation's HourResult dict."""
+    """(subject, body, attachments) for an hour with quarantined drops, from hour_outcome's dict (or one
+    HourResult dict): a section and the reason.txt/result.json of each quarantined drop."""
     hour = int(result["hour"])
-    folder = Path(data_root) / str(result["path"])
-    folder = folder if folder.is_dir() else folder.parent
-    rows = "unreadable" if result.get("rows") is None else f"{int(result['rows']):,} rows"
-    body = "\n".join([
-        f"Hourly drop {hour:03d} ({_hour_span(hour, epoch_ms)}) failed validation and was quarantined.",
-        "",
-        f"reason: {result['reason']}",
-        f"failed checks: {', '.join(result.get('checks') or []) or '-'}",
-        f"drop: {result.get('source', '?')} ({rows})",
-        f"now in: {folder.resolve()}",
-        "",
-        "Nothing from this hour reaches training. Fix the drop (or the metadata) and re-run the hour:",
+    bad = quarantined_drops(result)
+    if not bad:
+        raise ValueError(f"hour {hour}: no drop was quarantined")
+    body: list[str] = []
+    attachments: list[Path] = []
+    for drop in bad:
+        articles = drop.get("kind") == C.ARTICLES_DIR
+        folder = Path(data_root) / str(drop["path"])
+        folder = folder if folder.is_dir() else folder.parent
+        unit = "articles" if articles else "rows"
+        rows = "unreadable" if drop.get("rows") is None else f"{int(drop['rows']):,} {unit}"
+        what = "Article drop" if articles else "Hourly drop"
+        body += [
+            f"{what} {hour:03d} ({_hour_span(hour, epoch_ms)}) failed validation and was quarantined.",
+            "",
+            f"reason: {drop['reason']}",
+            f"failed checks: {', '.join(drop.get('checks') or []) or '-'}",
+            f"drop: {drop.get('source', '?')} ({rows})",
+            f"now in: {folder.resolve()}",
+            "",
+        ]
+        attachments += [p for p in (folder / "reason.txt", folder / "result.json") if p.is_file()]
+    if any(d.get("kind") == C.ARTICLES_DIR for d in bad):
+        body.append("The articles of a quarantined article drop stay out of the catalogue; clicks on them are "
+                    "quarantined too.")
+    body += [
+        "Nothing from a quarantined drop reaches training. Fix the drop (or the metadata) and re-run the hour:",
         f"  newsrec validate --data-root {Path(data_root).resolve()} --hour {hour}",
-    ])
-    attachments = [p for p in (folder / "reason.txt", folder / "result.json") if p.is_file()]
-    return f"quarantined hourly drop {hour:03d}", body, attachments
+    ]
+    kinds = {d.get("kind", C.CLICKS_DIR) for d in bad}
+    subject = {
+        frozenset({C.CLICKS_DIR}): f"quarantined hourly drop {hour:03d}",
+        frozenset({C.ARTICLES_DIR}): f"quarantined article drop {hour:03d}",
+    }.get(frozenset(kinds), f"quarantined hourly drop {hour:03d} and its article drop")
+    return subject, "\n".join(body), attachments
 
 
 def drift_alert(summary: Mapping[str, Any], run_dir: str | Path) -> tuple[str, str, list[Path]]:

@@ -1,7 +1,8 @@
 """Object storage for raw drops: the same calls for a local folder and for `s3://bucket/prefix`.
 
 A raw location (params `storage.raw_uri`; null means `<data.root>/raw`) holds the Globo layout:
-articles_metadata.csv, articles_embeddings.pickle and clicks/clicks_hour_NNN.csv. Upstream systems land
+articles_metadata.csv, articles_embeddings.pickle and clicks/clicks_hour_NNN.csv, plus the hourly article
+drops articles/articles_hour_NNN.csv + articles/embeddings_hour_NNN.pickle. Upstream systems land
 hourly drops there (`newsrec storage land` plays that part for a local dataset); the hourly DAG's sensor
 asks `hour_available`; validation stages what it needs into `<data.root>/raw/` with `stage_raw` and
 validates the local copy, so Great Expectations and duckdb always read local files and a drop is never
@@ -28,8 +29,10 @@ from pipelines import columns as C
 from pipelines.config import load_params
 from pipelines.fileio import atomic_write
 
-HOUR_FILE_RE = re.compile(r"^clicks_hour_(\d{3,})\.csv$")
-RAW_SIDE_FILES = (C.METADATA_FILE, C.EMBEDDINGS_FILE)
+RAW_SIDE_FILES = (C.METADATA_FILE, C.EMBEDDINGS_FILE, C.IMPORT_FILE)  # import.json: see validate
+# An article drop's files, in the order they are landed: the csv last, since validation takes an hour's
+# article drop as there once its csv is (see pipelines.validate.list_hours).
+ARTICLE_DROP_FILES = (C.EMBEDDINGS_HOUR, C.ARTICLES_DIR)
 
 
 class StorageError(RuntimeError):
@@ -222,19 +225,17 @@ def raw_uri(data_root: str | Path, params_uri: str | None = None) -> str:
     return params_uri or str(Path(data_root) / "raw")
 
 
-def hour_uri(raw: str, hour: int) -> str:
-    """The URI of hour `hour`'s click file under the raw location `raw`."""
-    return join(raw, C.CLICKS_DIR, C.hour_file_name(hour))
+def hour_uri(raw: str, hour: int, kind: str = C.CLICKS_DIR) -> str:
+    """The URI of hour `hour`'s click file under the raw location `raw` (`kind` "articles": its article
+    csv, "embeddings": its embeddings pickle)."""
+    folder = C.CLICKS_DIR if kind == C.CLICKS_DIR else C.ARTICLES_DIR
+    return join(raw, folder, C.hour_file_name(hour, kind))
 
 
-def hours_available(raw: str, client: Any | None = None) -> list[int]:
-    """The hours whose click file is present under the raw location, sorted."""
-    hours = []
-    for name in list_files(join(raw, C.CLICKS_DIR), client):
-        match = HOUR_FILE_RE.match(name)
-        if match:
-            hours.append(int(match.group(1)))
-    return sorted(hours)
+def hours_available(raw: str, client: Any | None = None, kind: str = C.CLICKS_DIR) -> list[int]:
+    """The hours whose click file (`kind` "articles": article csv) is present under the raw location, sorted."""
+    names = list_files(join(raw, kind), client)
+    return sorted(h for name in names if (h := C.hour_of_file(name, kind)) is not None)
 
 
 def hour_available(raw: str, hour: int, client: Any | None = None) -> bool:
@@ -245,7 +246,8 @@ def hour_available(raw: str, hour: int, client: Any | None = None) -> bool:
 def land_drops(
     src_raw: Path, raw: str, hours: Sequence[int] | None = None, client: Any | None = None
 ) -> list[str]:
-    """Copy a local Globo-format raw folder's side files and hourly drops to the raw location.
+    """Copy a local Globo-format raw folder's side files and hourly drops (clicks, article drops) to the raw
+    location.
 
     The side files go first, so a sensor that sees an hour's drop can rely on the metadata being there.
     """
@@ -254,12 +256,20 @@ def land_drops(
     if not (src_raw / C.METADATA_FILE).is_file() or not clicks.is_dir():
         raise StorageError(f"{src_raw} is not a Globo-format raw folder ({C.METADATA_FILE} and {C.CLICKS_DIR}/)")
     local_hours = hours_available(str(src_raw))
-    wanted = local_hours if hours is None else sorted(set(hours))
-    missing = sorted(set(wanted) - set(local_hours))
+    article_hours = hours_available(str(src_raw), kind=C.ARTICLES_DIR)
+    wanted = sorted(set(local_hours) | set(article_hours)) if hours is None else sorted(set(hours))
+    missing = sorted(set(wanted) - set(local_hours) - set(article_hours))
     if missing:
         raise StorageError(f"hours not in {clicks}: {missing}")
     landed = [upload(src_raw / name, join(raw, name), client) for name in RAW_SIDE_FILES if (src_raw / name).is_file()]
-    landed += [upload(clicks / C.hour_file_name(h), hour_uri(raw, h), client) for h in wanted]
+    for h in wanted:
+        # An hour's new articles before its clicks: a sensor that sees the clicks finds the articles there.
+        for kind in ARTICLE_DROP_FILES:
+            local = Path(hour_uri(str(src_raw), h, kind))
+            if local.is_file():
+                landed.append(upload(local, hour_uri(raw, h, kind), client))
+        if (clicks / C.hour_file_name(h)).is_file():
+            landed.append(upload(clicks / C.hour_file_name(h), hour_uri(raw, h), client))
     return landed
 
 
@@ -275,7 +285,8 @@ def stage_raw(raw: str, data_root: str | Path, hours: Sequence[int], client: Any
 
     Returns the local files written. A side file already staged and not changed since is kept (the Globo
     embeddings are 364 MB); an hour file is always re-copied, so re-running an hour sees its latest drop.
-    A missing hour is an error: the caller (the sensor) decides when to wait, not this function.
+    An hour's article drop comes along when it is there (not every hour has new articles). An hour with
+    neither a click nor an article drop is an error: the caller (the sensor) decides when to wait.
     """
     local_raw = Path(data_root) / "raw"
     source = parse(raw)
@@ -291,10 +302,12 @@ def stage_raw(raw: str, data_root: str | Path, hours: Sequence[int], client: Any
         if not _fresh(remote, local_raw / name):
             written.append(download(join(raw, name), local_raw / name, client))
     for hour in sorted(set(hours)):
-        uri = hour_uri(raw, hour)
-        if not exists(uri, client):
-            raise NotLandedError(f"hour {hour} has not landed: {uri}")
-        written.append(download(uri, local_raw / C.CLICKS_DIR / C.hour_file_name(hour), client))
+        found = [k for k in (*ARTICLE_DROP_FILES, C.CLICKS_DIR) if exists(hour_uri(raw, hour, k), client)]
+        if not found:
+            raise NotLandedError(f"hour {hour} has not landed: {hour_uri(raw, hour)}")
+        for kind in found:
+            local = Path(hour_uri(str(local_raw), hour, kind))
+            written.append(download(hour_uri(raw, hour, kind), local, client))
     return written
 
 

@@ -17,6 +17,12 @@ The generative story, in the order the code follows it:
 - Clicks of hour N's file fall inside hour N except rare late outliers (up to two days later);
   session_start is rounded down to the second and lies a few minutes before the first click.
 
+With `article_drops` (`--article-drops`), the articles published at or after hour 000 are written as hourly
+article drops (`articles/articles_hour_NNN.csv` + `embeddings_hour_NNN.pickle`, hour N = the hour of
+created_at_ts) instead of into the static files, which then hold only the articles published before hour
+000 (the pickle keeps row i = article_id i, with zero rows for the ids delivered later). Every draw is the
+same either way: the union of the static files and the drops is the catalogue written without them.
+
 Every random draw comes from one SeedSequence, so the same seed writes the same bytes.
 """
 
@@ -541,6 +547,47 @@ def _write_zip(clicks_dir: Path, zip_path: Path) -> None:
     atomic_write(zip_path, write)
 
 
+def _write_catalogue(out: Path, arts: Articles, emb: np.ndarray, epoch_ms: int, article_drops: bool) -> int:
+    """The static metadata and embeddings, and with `article_drops` the hourly article drops; the drop count.
+
+    Stale drops of an earlier run into the same folder are removed either way: they would repeat ids.
+    """
+    cols = {
+        C.ARTICLE_ID: np.arange(len(arts.category), dtype=np.int64),
+        C.CATEGORY_ID: arts.category,
+        C.CREATED_AT_TS: arts.created_at,
+        C.PUBLISHER_ID: np.zeros(len(arts.category), dtype=np.int64),
+        C.WORDS_COUNT: arts.words,
+    }
+    drops_dir = out / C.ARTICLES_DIR
+    if drops_dir.exists():
+        for stale in drops_dir.iterdir():
+            if C.parse_hour_file_name(stale.name) is not None:
+                stale.unlink()
+        if not any(drops_dir.iterdir()):
+            drops_dir.rmdir()
+    if not article_drops:
+        _write_int_csv(cols, out / C.METADATA_FILE)
+        _write_pickle(emb, out / C.EMBEDDINGS_FILE)
+        return 0
+
+    # Floor division keeps the hours of articles published before hour 000 negative: those stay static.
+    pub_hour = (arts.created_at - epoch_ms) // C.HOUR_MS
+    static = pub_hour < 0
+    _write_int_csv({k: v[static] for k, v in cols.items()}, out / C.METADATA_FILE)
+    n_static = int(np.flatnonzero(static).max()) + 1 if static.any() else 0
+    static_emb = emb[:n_static].copy()
+    static_emb[~static[:n_static]] = 0.0  # ids published later: not delivered yet
+    _write_pickle(static_emb, out / C.EMBEDDINGS_FILE)
+    del static_emb
+    hours = np.unique(pub_hour[~static])
+    for h in hours:
+        ids = np.flatnonzero(pub_hour == h)  # id order, as in the static file
+        _write_pickle(np.ascontiguousarray(emb[ids]), drops_dir / C.hour_file_name(int(h), C.EMBEDDINGS_HOUR))
+        _write_int_csv({k: v[ids] for k, v in cols.items()}, drops_dir / C.hour_file_name(int(h), C.ARTICLES_DIR))
+    return len(hours)
+
+
 def parse_bad(specs: Iterable[str]) -> list[tuple[int, str]]:
     """`HOUR:KIND` strings -> [(hour, kind)]."""
     out = []
@@ -554,11 +601,13 @@ def parse_bad(specs: Iterable[str]) -> list[tuple[int, str]]:
 
 def synthesize(out_dir: str | Path, profile: Profile, seed: int, epoch_ms: int, hours: int | None = None,
                zip_clicks: bool = False, drift_from: int | None = None, drift_kind: str | None = None,
-               bad: Iterable[tuple[int, str]] = ()) -> dict[str, Any]:
+               bad: Iterable[tuple[int, str]] = (), article_drops: bool = False) -> dict[str, Any]:
     """Write a Globo-format dataset into `out_dir` and return a summary of what was written.
 
     `hours` cuts (or extends) the profile's hours; the population and article rates stay the
-    profile's, so `--hours 100` on globo is the first 100 hours of the same world.
+    profile's, so `--hours 100` on globo is the first 100 hours of the same world (its articles of later
+    hours are still written, as drops of those hours with `article_drops`). `article_drops`: see the
+    module docstring.
     """
     hours = profile.hours if hours is None else int(hours)
     if hours < 1:
@@ -594,14 +643,6 @@ def synthesize(out_dir: str | Path, profile: Profile, seed: int, epoch_ms: int, 
     del sess
 
     out.mkdir(parents=True, exist_ok=True)
-    _write_int_csv({
-        C.ARTICLE_ID: np.arange(len(arts.category), dtype=np.int64),
-        C.CATEGORY_ID: arts.category,
-        C.CREATED_AT_TS: arts.created_at,
-        C.PUBLISHER_ID: np.zeros(len(arts.category), dtype=np.int64),
-        C.WORDS_COUNT: arts.words,
-    }, out / C.METADATA_FILE)
-
     clicks_dir = out / C.CLICKS_DIR
     if clicks_dir.exists():
         for stale in clicks_dir.glob("clicks_hour_*.csv"):
@@ -614,8 +655,7 @@ def synthesize(out_dir: str | Path, profile: Profile, seed: int, epoch_ms: int, 
 
     # Last, so the 364 MB globo matrix never coexists with the click arrays.
     emb = make_embeddings(r_emb, arts)
-
-    _write_pickle(emb, out / C.EMBEDDINGS_FILE)
+    n_drops = _write_catalogue(out, arts, emb, epoch_ms, article_drops)
     del emb
 
     if bad:
@@ -643,6 +683,7 @@ def synthesize(out_dir: str | Path, profile: Profile, seed: int, epoch_ms: int, 
                                                    **({"category": surge_cat} if surge_cat is not None else {})},
         "bad": [{"hour": h, "kind": k} for h, k in bad],
         "zip": zip_clicks,
+        "article_drops": n_drops if article_drops else None,
     }
 
 
@@ -667,11 +708,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="turn these hours into bad drops (kinds: pipelines.baddrops.BAD_DROP_KINDS)")
     ap.add_argument("--epoch-ms", type=int, default=load_params("data", params_path)["epoch_ms"],
                     help="start of hour 000 in ms (default: params data.epoch_ms)")
+    ap.add_argument("--article-drops", action=argparse.BooleanOptionalAction, default=cfg["article_drops"],
+                    help="write articles published from hour 000 on as hourly article drops under articles/ "
+                         "instead of into the static files (default: params synth.article_drops, %(default)s)")
     args = ap.parse_args(argv)
     try:
         profile = Profile.from_params(cfg, args.profile)
         summary = synthesize(args.out, profile, args.seed, args.epoch_ms, hours=args.hours, zip_clicks=args.zip,
-                             drift_from=args.drift_from, drift_kind=args.drift_kind, bad=parse_bad(args.bad))
+                             drift_from=args.drift_from, drift_kind=args.drift_kind, bad=parse_bad(args.bad),
+                             article_drops=args.article_drops)
     except ValueError as e:
         print(f"newsrec synth: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
-"""Hourly validation of click drops with Great Expectations: `newsrec validate`.
+"""Hourly validation of click and article drops with Great Expectations: `newsrec validate`.
 
 An hourly drop, `<root>/raw/clicks/clicks_hour_NNN.csv` (or the same file inside `<root>/raw/clicks.zip`),
-is checked against `<root>/raw/articles_metadata.csv` and then either landed or quarantined:
+is checked against the article catalogue (`<root>/raw/articles_metadata.csv` plus the article drops landed
+for that hour and earlier) and then either landed or quarantined:
 
 - landed: `<root>/validated/clicks/hour=NNN/part-0.parquet`, the 12 click columns as int64 in the file's
   row order (duckdb's `hive_partitioning` adds `hour` when reading);
@@ -14,7 +15,9 @@ integers) is quarantined with a clear reason instead of crashing; its result.jso
 checks under `"stage": "parse"`. Everything else is the GX suite `clicks_hour` kept in great_expectations/:
 schema, dtypes, nulls, value ranges, session rules, article ids present in the metadata, duplicate rows,
 timestamps against the hour and volume against earlier hours. Thresholds come from params.yaml `validate`
-and reach the suite as `$PARAMETER`s, so the committed suite is the same for every dataset.
+and reach the suite as `$PARAMETER`s, so the committed suite is the same for every dataset. One comes from the
+data: the smallest session, Globo's 2 unless `newsrec import` declared another in raw/import.json (MIND
+sittings often hold one click; see declared_min_session_size).
 
 Empty hours, decided: a header-only file is a valid hour in which nobody clicked (the real dataset has one):
 it lands an empty partition, so every hour is accounted for downstream, with the note "empty hour". A
@@ -26,10 +29,19 @@ when it exists: the median of the same hour of day on up to `volume_days` previo
 between night and evening, so this is the fair comparison), and the median of the `volume_window_hours`
 trailing landed hours once at least `volume_min_history` of them exist.
 
+Article drops: new articles arrive hourly too, as `<root>/raw/articles/articles_hour_NNN.csv` (the metadata
+columns) beside `embeddings_hour_NNN.pickle` (float32 [rows, 250], row j = the csv's j-th row). An hour's
+article drop is validated before its clicks, by the same machinery: parse checks, then the embeddings
+(present, [rows, 250], finite, one row per csv row), then the GX suite `articles_hour` (nulls, values, ids
+unique and new to the catalogue, created_at_ts not after the end of the hour). It lands as
+`<root>/validated/articles/hour=NNN/` (`part-0.parquet` + `embeddings.npy`) or goes whole to
+`<root>/quarantine/articles/hour=NNN/`. A re-delivery of an hour replaces that hour's rows. The catalogue is
+read back with pipelines.catalogue.read_catalogue.
+
 Every write goes to a temporary name and is renamed into place, and a drop leaves raw/ only after its
 quarantine folder is complete, so a crash loses nothing. Re-running an hour gives the same outcome: it
 overwrites its own partition or quarantine folder and clears the other one. A quarantined drop is found
-there again when its hour is re-run (after a metadata fix, say); if it then lands, the csv goes back to raw/.
+there again when its hour is re-run (after a metadata fix, say); if it then lands, its files go back to raw/.
 """
 
 from __future__ import annotations
@@ -41,7 +53,7 @@ import io
 import json
 import logging
 import os
-import re
+import pickle
 import shutil
 import sys
 import warnings
@@ -66,14 +78,29 @@ RESULT_FILE = "result.json"
 REASON_FILE = "reason.txt"
 SUMMARY_FILE = "_summary.json"
 CLICKS_SUITE = "clicks_hour"
+ARTICLES_SUITE = "articles_hour"
 METADATA_SUITE = "articles_metadata"
+# The two kinds of hourly drop (the folder under raw/, validated/ and quarantine/), in the order an hour's
+# drops are validated: its new articles first, so that its clicks may read them.
+ARTICLES = C.ARTICLES_DIR
+CLICKS = C.CLICKS_DIR
+KINDS = (ARTICLES, CLICKS)
+# The files an article drop is made of: its metadata csv (first: the drop's name), then its embeddings.
+ARTICLE_FILES = (C.ARTICLES_DIR, C.EMBEDDINGS_HOUR)
 # Where GX keeps its results store and data docs, inside the data root (see great_expectations.yml).
 GX_RUNTIME_DIR = "gx"
 GX_RUNTIME_VAR = "newsrec_gx_runtime"
 # Columns validation adds beside the drop for the suite (see columns.py).
 CHECK_COLUMNS = (C.SESSION_ROWS, C.UNKNOWN_ARTICLE_ID)
-_HOUR_FILE = re.compile(r"^clicks_hour_(\d+)\.csv$")
+ARTICLE_CHECK_COLUMNS = (C.CATALOGUED_ARTICLE_ID,)
 _INTEGER = r"^[+-]?[0-9]+$"
+# What an embeddings pickle may name: numpy's own array reconstruction, nothing else. A drop is
+# untrusted input, and a plain pickle.load would run whatever callable it names.
+_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
+}
 
 
 class MetadataError(ValueError):
@@ -114,6 +141,7 @@ class HourResult:
     reason: str  # the one-line reason when quarantined; a note (or "") when landed
     path: str  # where the drop is now
     source: str  # where it was read from
+    kind: str = CLICKS  # which drop: "clicks" or "articles"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -123,11 +151,14 @@ class HourResult:
 
 @dataclass(frozen=True)
 class Drop:
-    """Where an hour's csv lives: a file (raw/clicks or a quarantine folder) or a member of clicks.zip."""
+    """Where an hour's drop lives. Clicks: one csv, a file (raw/clicks or a quarantine folder) or a member of
+    clicks.zip. Articles: the csv plus its embeddings pickle, each from raw/articles or else from quarantine."""
 
     hour: int
     path: Path
     member: str | None = None
+    kind: str = CLICKS
+    embeddings: Path | None = None  # article drops: the pickle, None when it was not delivered
 
     def read_bytes(self) -> bytes:
         if self.member is None:
@@ -137,7 +168,15 @@ class Drop:
 
     def describe(self, root: Path) -> str:
         rel = _rel(self.path, root)
-        return f"{rel}:{self.member}" if self.member else rel
+        if self.member:
+            return f"{rel}:{self.member}"
+        return f"{rel} + {_rel(self.embeddings, root)}" if self.embeddings is not None else rel
+
+    def local_files(self) -> list[Path]:
+        """The drop's own files on disk (a zip member is not one: the archive stays the raw record)."""
+        if self.member is not None:
+            return []
+        return [p for p in (self.path, self.embeddings) if p is not None]
 
 
 @dataclass
@@ -166,14 +205,14 @@ class VolumeReference:
 # --------------------------------------------------------------------------------------------- layout
 
 
-def partition_dir(data_root: str | Path, hour: int) -> Path:
-    """`<root>/validated/clicks/hour=NNN`: one landed hour."""
-    return Path(data_root) / "validated" / C.CLICKS_DIR / f"hour={hour:03d}"
+def partition_dir(data_root: str | Path, hour: int, kind: str = CLICKS) -> Path:
+    """`<root>/validated/clicks/hour=NNN` (or `validated/articles/...`): one landed hour."""
+    return Path(data_root) / "validated" / kind / C.partition_name(hour)
 
 
-def quarantine_dir(data_root: str | Path, hour: int) -> Path:
-    """`<root>/quarantine/clicks/hour=NNN`: one rejected hour, whole."""
-    return Path(data_root) / "quarantine" / C.CLICKS_DIR / f"hour={hour:03d}"
+def quarantine_dir(data_root: str | Path, hour: int, kind: str = CLICKS) -> Path:
+    """`<root>/quarantine/clicks/hour=NNN` (or `quarantine/articles/...`): one rejected hour, whole."""
+    return Path(data_root) / "quarantine" / kind / C.partition_name(hour)
 
 
 def summary_path(data_root: str | Path) -> Path:
@@ -188,11 +227,6 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _hour_of(name: str) -> int | None:
-    m = _HOUR_FILE.match(name)
-    return int(m.group(1)) if m else None
-
-
 def _zip_members(zip_path: Path) -> dict[int, str]:
     """hour -> member name; Kaggle's archive keeps the files under clicks/, a flat archive works too."""
     if not zip_path.exists():
@@ -200,32 +234,55 @@ def _zip_members(zip_path: Path) -> dict[int, str]:
     out: dict[int, str] = {}
     with zipfile.ZipFile(zip_path) as zf:
         for name in zf.namelist():
-            hour = _hour_of(Path(name).name)
+            hour = C.hour_of_file(Path(name).name)
             if hour is not None and not name.endswith("/"):
                 out.setdefault(hour, name)
     return out
 
 
-def list_hours(data_root: str | Path) -> list[int]:
-    """Every hour with a drop: raw csv files, clicks.zip members and drops waiting in quarantine."""
+def list_hours(data_root: str | Path, kind: str = CLICKS) -> list[int]:
+    """Every hour with a `kind` drop: raw csv files, clicks.zip members (clicks) and drops waiting in quarantine.
+
+    An article drop counts once its csv is there: the csv is written last (after the embeddings), so an
+    hour with only its pickle is still arriving.
+    """
     root = Path(data_root)
     hours: set[int] = set()
-    clicks_dir = root / "raw" / C.CLICKS_DIR
-    if clicks_dir.is_dir():
-        hours |= {h for f in clicks_dir.iterdir() if (h := _hour_of(f.name)) is not None}
-    hours |= set(_zip_members(root / "raw" / C.CLICKS_ZIP))
-    qroot = root / "quarantine" / C.CLICKS_DIR
+    raw_dir = root / "raw" / kind
+    if raw_dir.is_dir():
+        hours |= {h for f in raw_dir.iterdir() if (h := C.hour_of_file(f.name, kind)) is not None}
+    if kind == CLICKS:
+        hours |= set(_zip_members(root / "raw" / C.CLICKS_ZIP))
+    qroot = root / "quarantine" / kind
     if qroot.is_dir():
         for d in qroot.glob("hour=*"):
             key = d.name.split("=", 1)[1]
-            if key.isdigit() and (d / C.hour_file_name(int(key))).exists():
+            if key.isdigit() and (d / C.hour_file_name(int(key), kind)).exists():
                 hours.add(int(key))
     return sorted(hours)
 
 
-def find_drop(data_root: str | Path, hour: int) -> Drop:
-    """The csv to validate for `hour`: raw/clicks first, then clicks.zip, then an earlier quarantine."""
+def list_all_hours(data_root: str | Path) -> list[int]:
+    """Every hour with a drop of either kind."""
+    return sorted(set().union(*(list_hours(data_root, kind) for kind in KINDS)))
+
+
+def find_drop(data_root: str | Path, hour: int, kind: str = CLICKS) -> Drop:
+    """The drop to validate for `hour`. Clicks: raw/clicks first, then clicks.zip, then an earlier quarantine.
+    Articles: each file from raw/articles, else from the hour's quarantine (the pickle may be missing)."""
     root = Path(data_root)
+    if kind == ARTICLES:
+        found = []
+        for file_kind in ARTICLE_FILES:
+            name = C.hour_file_name(hour, file_kind)
+            where = [root / "raw" / ARTICLES / name, quarantine_dir(root, hour, ARTICLES) / name]
+            found.append(next((p for p in where if p.exists()), None))
+        csv_path, embeddings = found
+        if csv_path is None:
+            raise FileNotFoundError(f"no article drop for hour {hour}: looked for "
+                                    f"{root / 'raw' / ARTICLES / C.hour_file_name(hour, ARTICLES)} and "
+                                    f"{quarantine_dir(root, hour, ARTICLES)}")
+        return Drop(hour, csv_path, kind=ARTICLES, embeddings=embeddings)
     csv_path = root / "raw" / C.CLICKS_DIR / C.hour_file_name(hour)
     if csv_path.exists():
         return Drop(hour, csv_path)
@@ -320,19 +377,96 @@ def load_article_ids(metadata_path: str | Path, context: Any) -> np.ndarray:
     return np.unique(parsed.frame[C.ARTICLE_ID].to_numpy(dtype=np.int64))
 
 
-def with_check_columns(frame: pd.DataFrame, article_ids: np.ndarray) -> pd.DataFrame:
-    """The frame GX sees: the drop plus the two columns the suite needs context for (see columns.py)."""
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused: the pickle names {module}.{name}, not only a numpy array")
+        return super().find_class(module, name)
+
+
+def load_embeddings(data: bytes) -> np.ndarray:
+    """An embeddings pickle (Globo format: a pickled numpy array) read without running foreign code.
+
+    Only numpy's array reconstruction may be named inside; anything else raises pickle.UnpicklingError.
+    """
+    obj = _ArrayUnpickler(io.BytesIO(data)).load()
+    if not isinstance(obj, np.ndarray):
+        raise pickle.UnpicklingError(f"the pickle holds a {type(obj).__name__}, not a numpy array")
+    return obj
+
+
+def embedding_problems(data: bytes | None, rows: int | None) -> tuple[np.ndarray | None, list[tuple[str, str]]]:
+    """An article drop's embeddings as float32 [rows, 250], or the problems (check `embeddings`) that stop it.
+
+    `data` is the pickle (None: not delivered), `rows` the csv's rows (None when the csv could not be read).
+    """
+    if data is None:
+        return None, [("embeddings", "embeddings missing: no embeddings pickle beside the csv")]
+    try:
+        matrix = load_embeddings(data)
+    except Exception as e:  # noqa: BLE001 - a drop can hold any bytes: every way unpickling fails is one verdict
+        msg = " ".join(str(e).split())[:200]
+        return None, [("embeddings", f"unreadable embeddings pickle: {type(e).__name__}: {msg}")]
+    problems = []
+    if not np.issubdtype(matrix.dtype, np.floating):
+        problems.append(("embeddings", f"embeddings are {matrix.dtype}, not floats"))
+    if matrix.ndim != 2 or matrix.shape[1] != C.EMBEDDING_DIM:
+        expected = f"[rows, {C.EMBEDDING_DIM}]"
+        problems.append(("embeddings", f"embeddings have shape {list(matrix.shape)}, expected {expected}"))
+    elif rows is not None and matrix.shape[0] != rows:
+        problems.append(("embeddings", f"{matrix.shape[0]} embedding rows for {rows} csv rows"))
+    if problems:
+        return None, problems
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    bad = ~np.isfinite(matrix).all(axis=1)
+    if bad.any():
+        rows_eg = np.flatnonzero(bad)[:3].tolist()
+        return None, [("embeddings", f"{int(bad.sum())} embedding rows are not finite (NaN or inf), e.g. rows {rows_eg}")]
+    return matrix, []
+
+
+def _in_sorted(values: np.ndarray, *id_sets: np.ndarray) -> np.ndarray:
+    """Which `values` are in any of the sorted id arrays."""
+    found = np.zeros(len(values), dtype=bool)
+    for ids in id_sets:
+        if len(ids):
+            pos = np.searchsorted(ids, values).clip(max=len(ids) - 1)
+            found |= ids[pos] == values
+    return found
+
+
+def _id_column(ids: pd.Series, flag: np.ndarray) -> pd.arrays.IntegerArray:
+    """The id where `flag` holds (and the id is present), null elsewhere: a check column for the suites."""
+    values = ids.to_numpy(dtype=np.int64, na_value=0)
+    keep = ids.notna().to_numpy() & flag
+    out = pd.array(np.where(keep, values, 0), dtype="Int64")
+    out[~keep] = pd.NA
+    return out
+
+
+def with_check_columns(frame: pd.DataFrame, article_ids: np.ndarray, *more_ids: np.ndarray) -> pd.DataFrame:
+    """The frame GX sees: the drop plus the two columns the suite needs context for (see columns.py).
+
+    The catalogue is `article_ids` and `more_ids` together, each sorted (the metadata, landed article drops).
+    """
     out = frame.copy()
     out[C.SESSION_ROWS] = out.groupby(C.SESSION_ID, dropna=False, sort=False)[C.SESSION_ID] \
         .transform("size").astype(np.int64)
     ids = out[C.CLICK_ARTICLE_ID]
-    present = ids.notna().to_numpy()
-    values = ids.to_numpy(dtype=np.int64, na_value=0)
-    pos = np.searchsorted(article_ids, values).clip(max=max(len(article_ids) - 1, 0))
-    known = (article_ids[pos] == values) if len(article_ids) else np.zeros(len(values), dtype=bool)
-    unknown = pd.array(np.where(present & ~known, values, 0), dtype="Int64")
-    unknown[~(present & ~known)] = pd.NA
-    out[C.UNKNOWN_ARTICLE_ID] = unknown
+    known = _in_sorted(ids.to_numpy(dtype=np.int64, na_value=0), article_ids, *more_ids)
+    out[C.UNKNOWN_ARTICLE_ID] = _id_column(ids, ~known)
+    return out
+
+
+def with_article_check_columns(frame: pd.DataFrame, *catalogue_ids: np.ndarray) -> pd.DataFrame:
+    """The frame GX sees for an article drop: the drop plus `catalogued_article_id` (see columns.py).
+
+    `catalogue_ids` are sorted arrays of the ids the catalogue already holds without this hour's drop.
+    """
+    out = frame.copy()
+    ids = out[C.ARTICLE_ID]
+    out[C.CATALOGUED_ARTICLE_ID] = _id_column(ids, _in_sorted(ids.to_numpy(dtype=np.int64, na_value=0),
+                                                              *catalogue_ids))
     return out
 
 
@@ -361,9 +495,9 @@ def volume_reference(landed_rows: Mapping[int, int], hour: int, settings: Settin
     return VolumeReference(int(settings.volume_max_ratio * median), settings.volume_max_ratio, median, hours, basis)
 
 
-def expectation_parameters(hour: int, epoch_ms: int, settings: Settings,
-                           volume: VolumeReference | None) -> dict[str, Any]:
-    """The `$PARAMETER`s of suite `clicks_hour` for one hour."""
+def expectation_parameters(hour: int, epoch_ms: int, settings: Settings, volume: VolumeReference | None,
+                           min_session_size: int = C.GLOBO_MIN_SESSION_SIZE) -> dict[str, Any]:
+    """The `$PARAMETER`s of suite `clicks_hour` for one hour (min_session_size: see declared_min_session_size)."""
     start = epoch_ms + hour * C.HOUR_MS
     last = start + C.HOUR_MS - 1
     return {
@@ -374,7 +508,28 @@ def expectation_parameters(hour: int, epoch_ms: int, settings: Settings,
         "session_start_min_ms": start - settings.session_lead_ms,
         "min_share_in_hour": settings.min_share_in_hour,
         "volume_max_rows": None if volume is None else volume.max_rows,
+        "min_session_size": int(min_session_size),
     }
+
+
+def article_parameters(hour: int, epoch_ms: int) -> dict[str, Any]:
+    """The `$PARAMETER`s of suite `articles_hour` for one hour."""
+    return {"hour_last_ms": epoch_ms + (hour + 1) * C.HOUR_MS - 1}
+
+
+def declared_min_session_size(raw_dir: str | Path) -> int:
+    """The smallest session the dataset's source can have: Globo's 2, unless `newsrec import` wrote another in
+    raw/import.json (MIND sittings often hold one click, and an import never invents clicks to reach 2)."""
+    path = Path(raw_dir) / C.IMPORT_FILE
+    if not path.is_file():
+        return C.GLOBO_MIN_SESSION_SIZE
+    try:
+        value = json.loads(path.read_text()).get(C.MIN_SESSION_SIZE, C.GLOBO_MIN_SESSION_SIZE)
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise MetadataError(f"{path}: not a JSON object ({e})") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MetadataError(f"{path}: {C.MIN_SESSION_SIZE} must be an integer >= 1, got {value!r}")
+    return value
 
 
 def open_gx_context(gx_dir: str | Path, runtime_dir: str | Path) -> Any:
@@ -440,7 +595,13 @@ def _describe_failure(r: Mapping[str, Any], volume: VolumeReference | None) -> s
     if kind == "expect_column_values_to_not_be_null":
         return f"{col}: {n} nulls"
     if kind == "expect_column_values_to_be_null" and col == C.UNKNOWN_ARTICLE_ID:
-        return f"{n} clicks on articles not in the metadata, e.g. {sorted(set(sample))[:5]}"
+        return (f"{n} clicks on articles not in the metadata nor in an article drop landed for this hour or "
+                f"earlier, e.g. {sorted(set(sample))[:5]}")
+    if kind == "expect_column_values_to_be_null" and col == C.CATALOGUED_ARTICLE_ID:
+        return (f"{n} article ids already in the catalogue (the metadata or another hour's article drop), "
+                f"e.g. {sorted(set(sample))[:5]}")
+    if kind == "expect_column_values_to_be_unique":
+        return f"{col}: {n} rows share their id with another row, e.g. {sorted(set(sample))[:5]}"
     if kind == "expect_compound_columns_to_be_unique":
         return f"{n} rows repeated whole"
     if kind == "expect_column_pair_values_to_be_equal":
@@ -455,7 +616,7 @@ def _describe_failure(r: Mapping[str, Any], volume: VolumeReference | None) -> s
         return f"{rows:,} rows > {kw.get('max_value')} allowed"
     if kind == "expect_column_values_to_be_between":
         lo, hi = kw.get("min_value"), kw.get("max_value")
-        is_time = col in (C.CLICK_TIMESTAMP, C.SESSION_START)
+        is_time = col in (C.CLICK_TIMESTAMP, C.SESSION_START, C.CREATED_AT_TS)
         fmt = _iso if is_time else str
         bounds = f"[{fmt(lo) if lo is not None else '-inf'}, {fmt(hi) if hi is not None else 'inf'}]"
         eg = [fmt(v) for v in list(dict.fromkeys(sample))[:3]]
@@ -513,6 +674,29 @@ def land(frame: pd.DataFrame, data_root: str | Path, hour: int) -> Path:
     return target
 
 
+def land_articles(frame: pd.DataFrame, embeddings: np.ndarray, data_root: str | Path, hour: int) -> Path:
+    """Write an article drop's partition: the 5 metadata columns as int64 and `embeddings.npy` (float32, row j =
+    the parquet's row j), built in a temporary folder and swapped in whole, so a reader sees both or neither."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target = partition_dir(data_root, hour, ARTICLES)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        table = pa.table({c: pa.array(frame[c].to_numpy(dtype=np.int64), type=pa.int64())
+                          for c in C.METADATA_COLUMNS})
+        pq.write_table(table, tmp / PART_FILE)
+        np.save(tmp / C.EMBEDDINGS_PART, np.ascontiguousarray(embeddings, dtype=np.float32), allow_pickle=False)
+        _swap_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
 def _swap_dir(new: Path, target: Path) -> None:
     """Put folder `new` at `target`, replacing an older one; the old one is deleted only once replaced."""
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -522,15 +706,18 @@ def _swap_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def quarantine(drop: Drop, data: bytes, data_root: str | Path, result: Mapping[str, Any], reason: str) -> Path:
-    """Move the drop whole into the hour's quarantine folder beside result.json and reason.txt."""
-    target = quarantine_dir(data_root, drop.hour)
+def quarantine(drop: Drop, files: Mapping[str, bytes], data_root: str | Path, result: Mapping[str, Any],
+               reason: str) -> Path:
+    """Move the drop whole (`files`: its file names and bytes) into the hour's quarantine folder beside
+    result.json and reason.txt."""
+    target = quarantine_dir(data_root, drop.hour, drop.kind)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        (tmp / C.hour_file_name(drop.hour)).write_bytes(data)
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
         (tmp / RESULT_FILE).write_text(json.dumps(result, indent=2, default=str) + "\n")
         (tmp / REASON_FILE).write_text(reason.replace("\n", " ") + "\n")
         _swap_dir(tmp, target)
@@ -538,34 +725,60 @@ def quarantine(drop: Drop, data: bytes, data_root: str | Path, result: Mapping[s
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     # Only now is the drop safe in quarantine; a zip member stays where it is (the archive is the raw record).
-    if drop.member is None and drop.path.resolve() != (target / C.hour_file_name(drop.hour)).resolve():
-        drop.path.unlink(missing_ok=True)
+    for path in drop.local_files():
+        if path.resolve().parent != target.resolve():
+            path.unlink(missing_ok=True)
     return target
 
 
+def _tally(hours: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Totals of one kind's outcomes, followed by the outcomes themselves."""
+    hours = dict(sorted(hours.items()))
+    statuses = [h["status"] for h in hours.values()]
+    return {
+        "hours_total": len(hours),
+        LANDED: statuses.count(LANDED),
+        QUARANTINED: statuses.count(QUARANTINED),
+        "rows_landed": sum(h["rows"] or 0 for h in hours.values() if h["status"] == LANDED),
+        "quarantined_hours": [int(k) for k, h in hours.items() if h["status"] == QUARANTINED],
+        "hours": hours,
+    }
+
+
 def update_summary(data_root: str | Path, results: Sequence[HourResult], epoch_ms: int) -> Path:
-    """Merge these hours' outcomes into `_summary.json` (under a lock: hourly tasks may run side by side)."""
+    """Merge these hours' outcomes into `_summary.json` (under a lock: hourly tasks may run side by side).
+
+    Click drops are at the top level (`hours`, totals); article drops under `article_drops`, the same shape.
+    """
     path = summary_path(data_root)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{SUMMARY_FILE}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         summary = json.loads(path.read_text()) if path.exists() else {}
         hours = summary.get("hours", {})
+        article_hours = summary.get("article_drops", {}).get("hours", {})
         for r in results:
-            hours[f"{r.hour:03d}"] = r.to_dict()
-        hours = dict(sorted(hours.items()))
-        statuses = [h["status"] for h in hours.values()]
-        summary = {
-            "epoch_ms": epoch_ms,
-            "hours_total": len(hours),
-            LANDED: statuses.count(LANDED),
-            QUARANTINED: statuses.count(QUARANTINED),
-            "rows_landed": sum(h["rows"] or 0 for h in hours.values() if h["status"] == LANDED),
-            "quarantined_hours": [int(k) for k, h in hours.items() if h["status"] == QUARANTINED],
-            "hours": hours,
-        }
+            (article_hours if r.kind == ARTICLES else hours)[f"{r.hour:03d}"] = r.to_dict()
+        summary = {"epoch_ms": epoch_ms, **_tally(hours)}
+        if article_hours:
+            summary["article_drops"] = _tally(article_hours)
         atomic_write_bytes(path, (json.dumps(summary, indent=2) + "\n").encode())
     return path
+
+
+def landed_article_ids(data_root: str | Path) -> dict[int, np.ndarray]:
+    """hour -> sorted article ids of every landed article drop (`validated/articles/hour=NNN/`)."""
+    import pyarrow.parquet as pq
+
+    out: dict[int, np.ndarray] = {}
+    base = Path(data_root) / "validated" / ARTICLES
+    if base.is_dir():
+        for part in base.glob(f"hour=*/{PART_FILE}"):
+            key = part.parent.name.split("=", 1)[1]
+            if key.isdigit():
+                ids = pq.read_table(part, columns=[C.ARTICLE_ID]).column(0).to_numpy()
+                out[int(key)] = np.sort(ids.astype(np.int64, copy=False))
+    return out
 
 
 def _landed_rows(data_root: Path) -> dict[int, int]:
@@ -584,8 +797,24 @@ def _landed_rows(data_root: Path) -> dict[int, int]:
 # --------------------------------------------------------------------------------------------- validation
 
 
+def _found(data_root: Path, hour: int, kind: str) -> bool:
+    try:
+        find_drop(data_root, hour, kind)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _refuse_reserved(parsed: Parsed, reserved: Sequence[str]) -> Parsed:
+    """A drop column named like a check column is a schema failure: the suite would not see it, overwritten."""
+    clash = [c for c in reserved if parsed.frame is not None and c in parsed.frame.columns]
+    if not clash:
+        return parsed
+    return Parsed(None, [("schema", f"unexpected columns {clash} (names validation reserves)")], parsed.rows)
+
+
 class HourValidator:
-    """Everything that is built once per process: the GX context, the metadata's ids, the landed volumes."""
+    """Everything that is built once per process: the GX context, the catalogue's ids, the landed volumes."""
 
     def __init__(self, data_root: str | Path, *, epoch_ms: int, settings: Settings, gx_dir: str | Path):
         self.root = Path(data_root)
@@ -593,30 +822,41 @@ class HourValidator:
         self.settings = settings
         self.context = open_gx_context(gx_dir, self.root / GX_RUNTIME_DIR)
         self.article_ids = load_article_ids(self.root / "raw" / C.METADATA_FILE, self.context)
+        self.drop_ids = landed_article_ids(self.root)  # hour -> ids of its landed article drop
         self.landed_rows = _landed_rows(self.root)
+        self.min_session_size = declared_min_session_size(self.root / "raw")
+
+    def _drop_ids(self, keep: Any) -> np.ndarray:
+        """Sorted ids of the landed article drops whose hour passes `keep`."""
+        parts = [ids for h, ids in self.drop_ids.items() if keep(h)]
+        return np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+
+    def validate_drops(self, hour: int) -> list[HourResult]:
+        """Validate the hour's article drop (when there is one), then its click drop (when there is one).
+
+        Raises FileNotFoundError when the hour has neither.
+        """
+        kinds = [k for k in KINDS if _found(self.root, hour, k)]
+        if not kinds:
+            find_drop(self.root, hour)  # raises, naming where it looked
+        return [self.validate_articles(hour) if k == ARTICLES else self.validate(hour) for k in kinds]
 
     def validate(self, hour: int) -> HourResult:
-        """Validate one hour's drop, then land or quarantine it."""
+        """Validate one hour's click drop, then land or quarantine it."""
         if hour < 0:
             raise ValueError(f"hour must be >= 0, got {hour}")
         drop = find_drop(self.root, hour)
         data = drop.read_bytes()
         source = drop.describe(self.root)
-        parsed = parse_csv(data, C.CLICK_COLUMNS)
-        clash = [c for c in CHECK_COLUMNS if parsed.frame is not None and c in parsed.frame.columns]
-        if clash:
-            # The suite's schema check would not see a drop column that validation overwrites.
-            parsed = Parsed(None, [("schema", f"unexpected columns {clash} (names validation reserves)")],
-                            parsed.rows)
+        files = {C.hour_file_name(hour): data}
+        parsed = _refuse_reserved(parse_csv(data, C.CLICK_COLUMNS), CHECK_COLUMNS)
         if parsed.frame is None:
-            reason = "; ".join(f"{c}: {d}" for c, d in parsed.problems)
-            checks = tuple(dict.fromkeys(c for c, _ in parsed.problems))
-            return self._reject(drop, data, source, _parse_result(parsed.problems, parsed.rows), reason,
-                                checks, parsed.rows)
+            return self._reject_parse(drop, files, source, parsed.problems, parsed.rows)
 
         volume = volume_reference(self.landed_rows, hour, self.settings)
-        params = expectation_parameters(hour, self.epoch_ms, self.settings, volume)
-        frame = with_check_columns(parsed.frame, self.article_ids)
+        params = expectation_parameters(hour, self.epoch_ms, self.settings, volume, self.min_session_size)
+        # Articles of this hour's drop and earlier ones count: an article is clicked after it was dropped.
+        frame = with_check_columns(parsed.frame, self.article_ids, self._drop_ids(lambda h: h <= hour))
         result = run_checkpoint(self.context, CLICKS_SUITE, frame, params, run_name=f"hour={hour:03d}")
         result.setdefault("meta", {})["newsrec"] = {
             "hour": hour, "source": source, "expectation_parameters": params,
@@ -625,29 +865,72 @@ class HourValidator:
         rows = len(frame)
         if not result["success"]:
             failures = failed_checks(result, volume)
-            return self._reject(drop, data, source, result, _reason(result, volume), tuple(failures), rows)
+            return self._reject(drop, files, source, result, _reason(result, volume), tuple(failures), rows)
 
         target = land(parsed.frame, self.root, hour)
         self.landed_rows[hour] = rows
-        stale = quarantine_dir(self.root, hour)
-        if drop.member is None and drop.path.parent.resolve() == stale.resolve():
-            # A drop that failed before and now passes goes back to raw/, where every accepted drop lives.
-            back = self.root / "raw" / C.CLICKS_DIR / C.hour_file_name(hour)
-            atomic_write_bytes(back, data)
-            source = _rel(back, self.root)
-        shutil.rmtree(stale, ignore_errors=True)
+        source = self._back_to_raw(drop, files, source)
         notes = ["empty hour: header only, no clicks"] if rows == 0 else []
         if volume is None:
             notes.append("volume not judged: no history yet")
         note = "; ".join(notes)
         return HourResult(hour, LANDED, rows, (), note, _rel(target, self.root), source)
 
-    def _reject(self, drop: Drop, data: bytes, source: str, result: Mapping[str, Any], reason: str,
+    def validate_articles(self, hour: int) -> HourResult:
+        """Validate one hour's article drop (csv + embeddings), then land or quarantine it."""
+        if hour < 0:
+            raise ValueError(f"hour must be >= 0, got {hour}")
+        drop = find_drop(self.root, hour, ARTICLES)
+        data = drop.read_bytes()
+        emb_data = drop.embeddings.read_bytes() if drop.embeddings is not None else None
+        source = drop.describe(self.root)
+        files = {C.hour_file_name(hour, ARTICLES): data}
+        if emb_data is not None:
+            files[C.hour_file_name(hour, C.EMBEDDINGS_HOUR)] = emb_data
+        parsed = _refuse_reserved(parse_csv(data, C.METADATA_COLUMNS), ARTICLE_CHECK_COLUMNS)
+        embeddings, emb_problems = embedding_problems(emb_data, parsed.rows)
+        if parsed.frame is None or emb_problems:
+            return self._reject_parse(drop, files, source, parsed.problems + emb_problems, parsed.rows)
+
+        params = article_parameters(hour, self.epoch_ms)
+        # A re-delivery replaces its hour: only the static metadata and the other hours' drops are taken.
+        frame = with_article_check_columns(parsed.frame, self.article_ids, self._drop_ids(lambda h: h != hour))
+        result = run_checkpoint(self.context, ARTICLES_SUITE, frame, params, run_name=f"articles hour={hour:03d}")
+        result.setdefault("meta", {})["newsrec"] = {"hour": hour, "source": source,
+                                                    "expectation_parameters": params}
+        rows = len(frame)
+        if not result["success"]:
+            return self._reject(drop, files, source, result, _reason(result, None), tuple(failed_checks(result)),
+                                rows)
+
+        target = land_articles(parsed.frame, embeddings, self.root, hour)
+        self.drop_ids[hour] = np.sort(parsed.frame[C.ARTICLE_ID].to_numpy(dtype=np.int64))
+        source = self._back_to_raw(drop, files, source)
+        note = "no new articles: header only" if rows == 0 else ""
+        return HourResult(hour, LANDED, rows, (), note, _rel(target, self.root), source, ARTICLES)
+
+    def _back_to_raw(self, drop: Drop, files: Mapping[str, bytes], source: str) -> str:
+        """After landing: a drop that failed before and now passes goes back to raw/, where every accepted drop
+        lives, and its stale quarantine folder goes. The source as it reads now."""
+        stale = quarantine_dir(self.root, drop.hour, drop.kind)
+        from_quarantine = [p for p in drop.local_files() if p.parent.resolve() == stale.resolve()]
+        for path in from_quarantine:
+            atomic_write_bytes(self.root / "raw" / drop.kind / path.name, files[path.name])
+        shutil.rmtree(stale, ignore_errors=True)
+        return find_drop(self.root, drop.hour, drop.kind).describe(self.root) if from_quarantine else source
+
+    def _reject_parse(self, drop: Drop, files: Mapping[str, bytes], source: str, problems: list[tuple[str, str]],
+                      rows: int | None) -> HourResult:
+        reason = "; ".join(f"{c}: {d}" for c, d in problems)
+        checks = tuple(dict.fromkeys(c for c, _ in problems))
+        return self._reject(drop, files, source, _parse_result(problems, rows), reason, checks, rows)
+
+    def _reject(self, drop: Drop, files: Mapping[str, bytes], source: str, result: Mapping[str, Any], reason: str,
                 checks: tuple[str, ...], rows: int | None) -> HourResult:
-        target = quarantine(drop, data, self.root, result, reason)
-        shutil.rmtree(partition_dir(self.root, drop.hour), ignore_errors=True)
-        self.landed_rows.pop(drop.hour, None)
-        return HourResult(drop.hour, QUARANTINED, rows, checks, reason, _rel(target, self.root), source)
+        target = quarantine(drop, files, self.root, result, reason)
+        shutil.rmtree(partition_dir(self.root, drop.hour, drop.kind), ignore_errors=True)
+        (self.drop_ids if drop.kind == ARTICLES else self.landed_rows).pop(drop.hour, None)
+        return HourResult(drop.hour, QUARANTINED, rows, checks, reason, _rel(target, self.root), source, drop.kind)
 
     def build_docs(self) -> Path:
         """Build the GX data docs of every stored result; the index page's path."""
@@ -663,26 +946,50 @@ def _resolve(epoch_ms: int | None, settings: Settings | None, gx_dir: str | Path
     return (epoch, settings or Settings.from_params(section), Path(gx_dir or section["gx_dir"]))
 
 
-def validate_hour(data_root: str | Path, hour: int, *, epoch_ms: int | None = None,
-                  settings: Settings | None = None, gx_dir: str | Path | None = None,
-                  docs: bool = False, raw_uri: str | None = None) -> HourResult:
-    """Validate one hourly drop, land or quarantine it and record it in `_summary.json`.
+def stage(raw_uri: str, data_root: str | Path, hours: Sequence[int] | None = None) -> list[Path]:
+    """Copy the side files and the drops of `hours` (None: every hour with a drop there, of either kind) from
+    the raw location `raw_uri` into `<data_root>/raw/`."""
+    from pipelines import storage
+
+    if hours is None:
+        hours = sorted({h for kind in KINDS for h in storage.hours_available(raw_uri, kind=kind)})
+    return storage.stage_raw(raw_uri, data_root, hours)
+
+
+def validate_hour_drops(data_root: str | Path, hour: int, *, epoch_ms: int | None = None,
+                        settings: Settings | None = None, gx_dir: str | Path | None = None,
+                        docs: bool = False, raw_uri: str | None = None) -> list[HourResult]:
+    """Validate every drop of one hour (its article drop first, then its click drop; each when there is one),
+    land or quarantine each and record them in `_summary.json`.
 
     What is not given comes from params.yaml in the working directory. Raises MetadataError when the
-    metadata is missing or invalid and FileNotFoundError when the hour has no drop. With `raw_uri`
-    (e.g. `s3://bucket/prefix`, params `storage.raw_uri`) the drop is first staged from there into raw/.
+    metadata is missing or invalid and FileNotFoundError when the hour has no drop at all. With `raw_uri`
+    (e.g. `s3://bucket/prefix`, params `storage.raw_uri`) the drops are first staged from there into raw/.
     """
     epoch, settings, gx_dir = _resolve(epoch_ms, settings, gx_dir)
     if raw_uri:
-        from pipelines import storage
-
-        storage.stage_raw(raw_uri, data_root, [hour])
+        stage(raw_uri, data_root, [hour])
     validator = HourValidator(data_root, epoch_ms=epoch, settings=settings, gx_dir=gx_dir)
-    result = validator.validate(hour)
-    update_summary(data_root, [result], epoch)
+    results = validator.validate_drops(hour)
+    update_summary(data_root, results, epoch)
     if docs:
         validator.build_docs()
-    return result
+    return results
+
+
+def validate_hour(data_root: str | Path, hour: int, *, epoch_ms: int | None = None,
+                  settings: Settings | None = None, gx_dir: str | Path | None = None,
+                  docs: bool = False, raw_uri: str | None = None) -> HourResult:
+    """Validate one hourly click drop, land or quarantine it and record it in `_summary.json`; its result.
+
+    The hour's article drop, when there is one, is validated first (see validate_hour_drops; its result is in
+    `_summary.json`). Raises FileNotFoundError, before validating anything, when the hour has no click drop.
+    """
+    if raw_uri:
+        stage(raw_uri, data_root, [hour])
+    find_drop(data_root, hour)
+    results = validate_hour_drops(data_root, hour, epoch_ms=epoch_ms, settings=settings, gx_dir=gx_dir, docs=docs)
+    return next(r for r in results if r.kind == CLICKS)
 
 
 def validate_all(data_root: str | Path, hours: Sequence[int] | None = None, *, epoch_ms: int | None = None,
@@ -690,21 +997,21 @@ def validate_all(data_root: str | Path, hours: Sequence[int] | None = None, *, e
                  on_result: Any = None, raw_uri: str | None = None) -> list[HourResult]:
     """Validate every hour with a drop (or `hours`), in hour order, in one process and one GX context.
 
-    `on_result(HourResult)` is called after each hour (the CLI prints a line). Docs are built at the end.
-    With `raw_uri`, the hours that landed there (or `hours`) are first staged into raw/.
+    Each hour's article drop comes before its click drop; the results are in that order. `on_result(HourResult)`
+    is called after each drop (the CLI prints a line). Docs are built at the end. With `raw_uri`, the hours
+    that landed there (or `hours`) are first staged into raw/.
     """
     epoch, settings, gx_dir = _resolve(epoch_ms, settings, gx_dir)
     if raw_uri:
-        from pipelines import storage
-
-        storage.stage_raw(raw_uri, data_root, storage.hours_available(raw_uri) if hours is None else hours)
+        stage(raw_uri, data_root, hours)
     validator = HourValidator(data_root, epoch_ms=epoch, settings=settings, gx_dir=gx_dir)
-    todo = list_hours(data_root) if hours is None else sorted(set(hours))
+    todo = list_all_hours(data_root) if hours is None else sorted(set(hours))
     results = []
     for hour in todo:
-        results.append(validator.validate(hour))
-        if on_result is not None:
-            on_result(results[-1])
+        for result in validator.validate_drops(hour):
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
     update_summary(data_root, results, epoch)
     if docs and results:
         validator.build_docs()
@@ -723,7 +1030,21 @@ def quiet_gx() -> None:
 
 def _line(r: HourResult) -> str:
     rows = "-" if r.rows is None else f"{r.rows:,}"
-    return f"{r.hour:03d}  {rows:>8}  {r.status:<11}  {r.reason}".rstrip()
+    reason = f"[article drop] {r.reason}" if r.kind == ARTICLES else r.reason
+    return f"{r.hour:03d}  {rows:>8}  {r.status:<11}  {reason}".rstrip()
+
+
+def _totals(results: Sequence[HourResult]) -> str:
+    """`24 hours: 23 landed (4,107 rows), 1 quarantined`, then the article drops' counts when there were any."""
+    parts = []
+    for kind, noun, unit in ((CLICKS, "hours", "rows"), (ARTICLES, "article drops", "articles")):
+        mine = [r for r in results if r.kind == kind]
+        if kind == ARTICLES and not mine:
+            continue
+        landed = [r for r in mine if r.status == LANDED]
+        parts.append(f"{len(mine)} {noun}: {len(landed)} landed ({sum(r.rows or 0 for r in landed):,} {unit}), "
+                     f"{len(mine) - len(landed)} quarantined")
+    return "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -755,26 +1076,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'hour':<4}  {'rows':>8}  {'status':<11}  reason")
     try:
         if args.raw_uri:
-            from pipelines import storage
-
-            staged = [args.hour] if not args.all else storage.hours_available(args.raw_uri)
-            storage.stage_raw(args.raw_uri, root, staged)
+            stage(args.raw_uri, root, None if args.all else [args.hour])
         if args.all:
-            if not list_hours(root):
+            if not list_all_hours(root):
                 print(f"newsrec validate: no hourly drops under {root / 'raw'}", file=sys.stderr)
                 return 1
             results = validate_all(root, epoch_ms=args.epoch_ms, settings=settings, gx_dir=args.gx_dir,
                                    docs=args.docs, on_result=lambda r: print(_line(r), flush=True))
         else:
-            results = [validate_hour(root, args.hour, epoch_ms=args.epoch_ms, settings=settings,
-                                     gx_dir=args.gx_dir, docs=args.docs)]
-            print(_line(results[0]))
+            results = validate_hour_drops(root, args.hour, epoch_ms=args.epoch_ms, settings=settings,
+                                          gx_dir=args.gx_dir, docs=args.docs)
+            for r in results:
+                print(_line(r))
     except (MetadataError, FileNotFoundError) as e:
         print(f"newsrec validate: {e}", file=sys.stderr)
         return 1
-    landed = [r for r in results if r.status == LANDED]
-    print(f"{len(results)} hours: {len(landed)} landed ({sum(r.rows or 0 for r in landed):,} rows), "
-          f"{len(results) - len(landed)} quarantined; summary: {summary_path(root)}"
+    print(f"{_totals(results)}; summary: {summary_path(root)}"
           + (f"; docs: {root / GX_RUNTIME_DIR / 'docs' / 'index.html'}" if args.docs else ""))
     return 0
 

@@ -212,6 +212,30 @@ def test_a_missing_drop_keeps_the_sensor_waiting(dagbag, hourly_root, tmp_path, 
         assert not flows.drop_available(p["data"]["root"], 24)  # tiny has hours 0-23
 
 
+def test_an_hours_article_drop_is_validated_before_its_clicks_and_reported(dagbag, tiny_drops_raw, tmp_path,
+                                                                          monkeypatch, smtp_sink):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_drops_raw / "raw", root / "raw")
+    # Hour 1's new articles come without their embeddings; its clicks read older articles only.
+    (root / "raw" / "articles" / "embeddings_hour_001.pickle").unlink()
+    monkeypatch.setenv(flows.PARAMS_ENV, str(write_params(tmp_path / "work", root)))
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT",
+                       f"smtp://{smtp_sink.host}:{smtp_sink.port}?from_email=airflow%40newsrec.test")
+
+    runs = run_hours(dagbag, [0, 1])
+
+    mine = ("validate", "aggregates", "alert_quarantined")
+    first, second = ([states(runs[h])[t] for t in mine] for h in (0, 1))
+    assert first == ["success", "success", "skipped"]
+    assert (root / "validated" / "articles" / "hour=000" / "embeddings.npy").is_file()
+    assert second == ["success", "success", "success"]
+    assert (root / "validated" / "clicks" / "hour=001" / "part-0.parquet").is_file()
+    assert (root / "quarantine" / "articles" / "hour=001" / "reason.txt").is_file()
+    (msg,) = smtp_sink.messages
+    assert msg["Subject"] == "[newsrec] quarantined article drop 001"
+    assert "embeddings missing" in msg.get_body(("plain",)).get_content()
+
+
 # ------------------------------------------------------------------------------------------ training + drift
 
 

@@ -93,3 +93,35 @@ def test_quarantine_alert_names_the_hour_the_reason_and_the_files(tmp_path):
     assert subject == "quarantined hourly drop 005"
     assert "2017-10-01 08:00-09:00 UTC" in body and "null_ids: 12 rows" in body and "180 rows" in body
     assert [f.name for f in files] == ["reason.txt", "result.json"]
+
+
+@pytest.mark.unit
+def test_an_hours_outcome_carries_its_article_drop_and_alerts_name_it(tmp_path):
+    from pipelines.validate import HourResult
+
+    clicks = HourResult(5, "landed", 180, (), "", "validated/clicks/hour=005/part-0.parquet",
+                        "raw/clicks/clicks_hour_005.csv")
+    articles = HourResult(5, "quarantined", 12, ("embeddings",), "embeddings: embeddings missing",
+                          "quarantine/articles/hour=005", "raw/articles/articles_hour_005.csv", "articles")
+    outcome = flows.hour_outcome([articles, clicks])
+    assert outcome["status"] == "landed" and outcome["hour"] == 5 and outcome["articles"]["status"] == "quarantined"
+    assert flows.hour_outcome([clicks])["articles"] is None  # not every hour has new articles
+    assert flows.quarantined_drops(flows.hour_outcome([clicks])) == []
+    with pytest.raises(ValueError, match="no click drop"):
+        flows.hour_outcome([articles])
+
+    folder = tmp_path / "quarantine" / "articles" / "hour=005"
+    folder.mkdir(parents=True)
+    (folder / "reason.txt").write_text("embeddings: embeddings missing\n")
+    (folder / "result.json").write_text(json.dumps({"success": False}))
+    subject, body, files = flows.quarantine_alert(tmp_path, outcome, EPOCH_MS)
+    assert subject == "quarantined article drop 005"
+    assert body.startswith("Article drop 005 (2017-10-01 08:00-09:00 UTC)") and "12 articles" in body
+    assert "stay out of the catalogue" in body and files == [folder / "reason.txt", folder / "result.json"]
+
+    refused = HourResult(5, "quarantined", 180, ("articles",), "articles: ...", "quarantine/clicks/hour=005",
+                         "raw/clicks/clicks_hour_005.csv")
+    both = flows.hour_outcome([articles, refused])
+    assert [d["kind"] for d in flows.quarantined_drops(both)] == ["articles", "clicks"]
+    subject = flows.quarantine_alert(tmp_path, both, EPOCH_MS)[0]
+    assert subject == "quarantined hourly drop 005 and its article drop"

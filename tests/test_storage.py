@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -78,6 +79,35 @@ def test_local_land_and_stage(tiny_raw, tmp_path):
         storage.stage_raw(str(landing), tmp_path / "root", [5])
     with pytest.raises(storage.StorageError, match="hours not in"):
         storage.land_drops(src, str(landing), hours=[999])
+
+
+@pytest.mark.data
+def test_article_drops_are_landed_and_staged_with_their_hour(tiny_drops_raw, tmp_path):
+    src = tiny_drops_raw / "raw"
+    landing = tmp_path / "landing"
+    work = tmp_path / "src"
+    shutil.copytree(src, work)
+    for kind in storage.ARTICLE_DROP_FILES:  # hour 1 publishes nothing: it has clicks only
+        (work / C.ARTICLES_DIR / C.hour_file_name(1, kind)).unlink()
+    (work / C.CLICKS_DIR / C.hour_file_name(2)).unlink()  # hour 2: new articles, no clicks yet
+
+    landed = storage.land_drops(work, str(landing), hours=[0, 1, 2])
+    names = [Path(p).name for p in landed]
+    # an hour's articles before its clicks, and a drop's embeddings before its csv
+    assert names[2:] == [C.hour_file_name(0, C.EMBEDDINGS_HOUR), C.hour_file_name(0, C.ARTICLES_DIR),
+                         C.hour_file_name(0), C.hour_file_name(1),
+                         C.hour_file_name(2, C.EMBEDDINGS_HOUR), C.hour_file_name(2, C.ARTICLES_DIR)]
+    assert storage.hours_available(str(landing)) == [0, 1]
+    assert storage.hours_available(str(landing), kind=C.ARTICLES_DIR) == [0, 2]
+
+    root = tmp_path / "root"
+    storage.stage_raw(str(landing), root, [0, 1, 2])
+    staged = sorted(p.name for p in (root / "raw" / C.ARTICLES_DIR).iterdir())
+    assert staged == sorted(names[2:4] + names[6:])
+    for name in staged:
+        assert filecmp.cmp(work / C.ARTICLES_DIR / name, root / "raw" / C.ARTICLES_DIR / name, shallow=False)
+    with pytest.raises(storage.StorageError, match="hour 3 has not landed"):
+        storage.stage_raw(str(landing), root, [3])
 
 
 @pytest.mark.integration

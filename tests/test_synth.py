@@ -316,3 +316,79 @@ def test_cli_prints_a_summary(tmp_path, capsys):
     assert out["profile"] == "tiny" and out["hours"] == 3 and out["clicks"] > 0
     assert main(["--profile", "tiny", "--out", str(tmp_path), "--drift-from", "1"]) == 2
     assert "go together" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- article drops
+
+
+def _drop_files(raw: Path) -> list[str]:
+    return sorted(p.name for p in (raw / C.ARTICLES_DIR).iterdir())
+
+
+@pytest.mark.data
+def test_article_drops_are_deterministic_and_leave_the_clicks_alone(raw, tiny_drops_raw, tmp_path):
+    drops = tiny_drops_raw / "raw"
+    again = tmp_path / "again"
+    summary = synthesize(again, tiny(), seed=7, epoch_ms=EPOCH, article_drops=True)
+    assert summary["article_drops"] == 24
+    hours = range(tiny().hours)
+    assert _drop_files(drops) == sorted([C.hour_file_name(h, C.ARTICLES_DIR) for h in hours]
+                                        + [C.hour_file_name(h, C.EMBEDDINGS_HOUR) for h in hours])
+    for f in [C.METADATA_FILE, C.EMBEDDINGS_FILE, *(f"{C.ARTICLES_DIR}/{n}" for n in _drop_files(drops))]:
+        assert (again / f).read_bytes() == (drops / f).read_bytes(), f
+    for h in hours:  # the same clicks, byte for byte
+        f = f"{C.CLICKS_DIR}/{C.hour_file_name(h)}"
+        assert (drops / f).read_bytes() == (raw / f).read_bytes(), f
+    # Writing the same folder again without drops leaves no stale drop behind, and the default bytes.
+    synthesize(again, tiny(), seed=7, epoch_ms=EPOCH)
+    assert not (again / C.ARTICLES_DIR).exists()
+    assert (again / C.METADATA_FILE).read_bytes() == (raw / C.METADATA_FILE).read_bytes()
+
+
+@pytest.mark.data
+def test_static_files_plus_drops_are_the_catalogue_without_drops(raw, meta, tiny_drops_raw):
+    drops = tiny_drops_raw / "raw"
+    static = pd.read_csv(drops / C.METADATA_FILE)
+    assert (static[C.CREATED_AT_TS] < EPOCH).all()
+    with (drops / C.EMBEDDINGS_FILE).open("rb") as fh:
+        static_emb = pickle.load(fh)
+    with (raw / C.EMBEDDINGS_FILE).open("rb") as fh:
+        whole_emb = pickle.load(fh)
+    assert static_emb.dtype == np.float32 and static_emb.shape[1] == C.EMBEDDING_DIM
+    ids = static[C.ARTICLE_ID].to_numpy()
+    assert np.array_equal(static_emb[ids], whole_emb[ids])
+    assert not np.delete(static_emb, ids, axis=0).any()  # rows of later articles: not delivered yet
+
+    parts, rows = [static], [whole_emb[ids]]
+    for h in range(tiny().hours):
+        frame = pd.read_csv(drops / C.ARTICLES_DIR / C.hour_file_name(h, C.ARTICLES_DIR))
+        with (drops / C.ARTICLES_DIR / C.hour_file_name(h, C.EMBEDDINGS_HOUR)).open("rb") as fh:
+            emb = pickle.load(fh)
+        assert list(frame.columns) == C.METADATA_COLUMNS and len(frame) > 0
+        assert ((frame[C.CREATED_AT_TS] - EPOCH) // C.HOUR_MS == h).all()  # published in its hour
+        assert emb.dtype == np.float32 and np.array_equal(emb, whole_emb[frame[C.ARTICLE_ID]])  # row j = csv row j
+        parts.append(frame)
+        rows.append(emb)
+    union = pd.concat(parts, ignore_index=True)
+    order = np.argsort(union[C.ARTICLE_ID].to_numpy())
+    pd.testing.assert_frame_equal(union.iloc[order].reset_index(drop=True), meta)
+    assert np.array_equal(np.concatenate(rows)[order], whole_emb)
+
+
+@pytest.mark.data
+def test_validation_lands_every_synthetic_article_drop(tiny_drops_validated):
+    root, results = tiny_drops_validated
+    kinds = {r.kind for r in results}
+    assert kinds == {C.ARTICLES_DIR, C.CLICKS_DIR} and {r.status for r in results} == {"landed"}
+    assert len(list((root / "validated" / C.ARTICLES_DIR).glob("hour=*/part-0.parquet"))) == tiny().hours
+
+
+@pytest.mark.unit
+def test_cli_article_drops_flag_and_its_default(tmp_path, capsys):
+    assert load_params("synth", PARAMS)["article_drops"] is False  # the default dataset has no drops
+    argv = ["--profile", "tiny", "--seed", "3", "--hours", "2", "--out", str(tmp_path), "--article-drops"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    # the world's later hours publish too: their articles are drops of those hours, beyond the 2 click hours
+    assert out["article_drops"] == tiny().hours
+    assert (tmp_path / C.ARTICLES_DIR / C.hour_file_name(23, C.ARTICLES_DIR)).exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import pickle
 import shutil
 import zipfile
 from pathlib import Path
@@ -24,7 +25,9 @@ from pipelines.validate import (
     QUARANTINED,
     MetadataError,
     Settings,
+    embedding_problems,
     list_hours,
+    load_embeddings,
     main,
     parse_csv,
     partition_dir,
@@ -32,6 +35,7 @@ from pipelines.validate import (
     summary_path,
     validate_all,
     validate_hour,
+    validate_hour_drops,
     volume_reference,
 )
 
@@ -384,3 +388,297 @@ def test_a_drop_column_named_like_a_check_column_is_a_schema_failure(tiny_raw, t
     pd.read_csv(f).assign(**{C.SESSION_ROWS: 1}).to_csv(f, index=False)
     r = validate_hour(root, 0, epoch_ms=EPOCH_MS, settings=SETTINGS, gx_dir=GX_DIR)
     assert r.status == QUARANTINED and r.checks == ("schema",) and C.SESSION_ROWS in r.reason
+
+
+# --------------------------------------------------------------------------------------------- article drops
+
+
+def _article_files(root: Path, hour: int) -> tuple[Path, Path]:
+    folder = root / "raw" / C.ARTICLES_DIR
+    return folder / C.hour_file_name(hour, C.ARTICLES_DIR), folder / C.hour_file_name(hour, C.EMBEDDINGS_HOUR)
+
+
+def _read_drop(root: Path, hour: int) -> tuple[pd.DataFrame, np.ndarray]:
+    csv_path, pickle_path = _article_files(root, hour)
+    with pickle_path.open("rb") as fh:
+        return pd.read_csv(csv_path), pickle.load(fh)
+
+
+def _write_drop(root: Path, hour: int, frame: pd.DataFrame | None = None, matrix=None) -> None:
+    """Rewrite an hour's article drop: the csv from `frame`, the pickle from `matrix` (each when given)."""
+    csv_path, pickle_path = _article_files(root, hour)
+    if frame is not None:
+        frame.to_csv(csv_path, index=False)
+    if matrix is not None:
+        pickle_path.write_bytes(matrix if isinstance(matrix, bytes) else pickle.dumps(matrix, protocol=5))
+
+
+@pytest.mark.unit
+def test_one_parser_for_hour_file_names():
+    assert C.parse_hour_file_name(C.hour_file_name(7)) == (C.CLICKS_DIR, 7)
+    assert C.parse_hour_file_name(C.hour_file_name(12, C.ARTICLES_DIR)) == (C.ARTICLES_DIR, 12)
+    assert C.parse_hour_file_name(C.hour_file_name(1000, C.EMBEDDINGS_HOUR)) == (C.EMBEDDINGS_HOUR, 1000)
+    # Only the names hour_file_name writes: what is listed by hour is found again by name.
+    for name in ("clicks_hour_7.csv", "clicks_hour_0007.csv", "clicks_hour_007.pickle", "articles_hour_007.txt",
+                 "clicks_hour_007.csv.tmp", "x_clicks_hour_007.csv"):
+        assert C.parse_hour_file_name(name) is None, name
+    assert C.hour_of_file("articles_hour_003.csv", C.ARTICLES_DIR) == 3
+    assert C.hour_of_file("articles_hour_003.csv") is None  # not a click file
+
+
+@pytest.mark.unit
+def test_embeddings_pickles_load_without_running_foreign_code():
+    matrix = np.arange(2 * C.EMBEDDING_DIM, dtype=np.float32).reshape(2, C.EMBEDDING_DIM)
+    for protocol in (2, 4, 5):
+        assert np.array_equal(load_embeddings(pickle.dumps(matrix, protocol=protocol)), matrix)
+    # numpy 1.x wrote its module as numpy.core: the real Globo pickle names it so.
+    old = pickle.dumps(matrix, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert np.array_equal(load_embeddings(old), matrix)
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("ran foreign code",))
+
+    with pytest.raises(pickle.UnpicklingError, match="builtins.print"):
+        load_embeddings(pickle.dumps(Boom()))
+    with pytest.raises(pickle.UnpicklingError, match="not a numpy array"):
+        load_embeddings(pickle.dumps([1.0, 2.0]))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "matrix, rows, words",
+    [
+        (None, 2, "embeddings missing"),
+        (b"\x80\x05garbage", 2, "unreadable embeddings pickle"),
+        (np.zeros((2, 10), dtype=np.float32), 2, "shape [2, 10]"),
+        (np.zeros((3, C.EMBEDDING_DIM), dtype=np.float32), 2, "3 embedding rows for 2 csv rows"),
+        (np.zeros((2, C.EMBEDDING_DIM), dtype=np.int64), 2, "not floats"),
+        (np.array([[np.nan] * C.EMBEDDING_DIM, [0.0] * C.EMBEDDING_DIM], dtype=np.float32), 2, "not finite"),
+    ],
+    ids=["missing", "garbage", "width", "rows", "ints", "nan"],
+)
+def test_embedding_problems(matrix, rows, words):
+    data = matrix if matrix is None or isinstance(matrix, bytes) else pickle.dumps(matrix)
+    out, problems = embedding_problems(data, rows)
+    assert out is None and [c for c, _ in problems] == ["embeddings"] and words in problems[0][1]
+    good, none = embedding_problems(pickle.dumps(np.zeros((2, C.EMBEDDING_DIM))), 2)  # float64 is taken as float32
+    assert none == [] and good.dtype == np.float32 and good.shape == (2, C.EMBEDDING_DIM)
+
+
+@pytest.mark.data
+def test_article_drops_land_before_their_hours_clicks(tiny_drops_raw, tiny_drops_validated):
+    root, results = tiny_drops_validated
+    hours = list_hours(tiny_drops_raw, C.ARTICLES_DIR)
+    assert hours == list(range(24)) == list_hours(tiny_drops_raw)
+    # per hour: the article drop, then the clicks that may read it
+    assert [(r.hour, r.kind) for r in results] == [(h, k) for h in hours for k in (C.ARTICLES_DIR, C.CLICKS_DIR)]
+    for hour in hours:
+        frame, matrix = _read_drop(tiny_drops_raw, hour)
+        landed = partition_dir(root, hour, C.ARTICLES_DIR)
+        assert sorted(p.name for p in landed.iterdir()) == [C.EMBEDDINGS_PART, "part-0.parquet"]
+        table = pq.read_table(landed / "part-0.parquet")
+        assert table.column_names == C.METADATA_COLUMNS and all(str(t) == "int64" for t in table.schema.types)
+        pd.testing.assert_frame_equal(table.to_pandas(), frame.astype(C.METADATA_DTYPES))
+        emb = np.load(landed / C.EMBEDDINGS_PART)
+        assert emb.dtype == np.float32 and np.array_equal(emb, matrix)
+    summary = json.loads(summary_path(root).read_text())
+    drops = summary["article_drops"]
+    assert (drops["hours_total"], drops[LANDED], drops[QUARANTINED]) == (24, 24, 0)
+    assert drops["rows_landed"] == sum(len(_read_drop(tiny_drops_raw, h)[0]) for h in hours)
+    assert drops["hours"]["005"]["kind"] == C.ARTICLES_DIR
+    assert drops["hours"]["005"]["path"] == "validated/articles/hour=005"
+    assert summary["hours_total"] == 24 and summary[LANDED] == 24  # the click totals are the clicks' alone
+
+
+@pytest.mark.data
+def test_clicks_read_only_articles_dropped_up_to_their_hour(tiny_drops_raw, tmp_path):
+    root = _copy_raw(tiny_drops_raw, tmp_path)
+    drop4 = _read_drop(root, 4)[0][C.ARTICLE_ID]
+    clicks2 = root / "raw" / C.CLICKS_DIR / C.hour_file_name(2)
+    frame = pd.read_csv(clicks2)
+    frame.loc[0, C.CLICK_ARTICLE_ID] = int(drop4.iloc[0])  # hour 2 clicks an article dropped in hour 4
+    frame.to_csv(clicks2, index=False)
+    # hour 3 publishes nothing: hour 4's clicks on articles published in hour 3 have nothing to read
+    published3 = set(_read_drop(root, 3)[0][C.ARTICLE_ID])
+    assert published3 & set(pd.read_csv(root / "raw" / C.CLICKS_DIR / C.hour_file_name(4))[C.CLICK_ARTICLE_ID])
+    for f in _article_files(root, 3):
+        f.unlink()
+
+    results = {(r.hour, r.kind): r for r in _run(root, hours=range(5))}
+    assert (3, C.ARTICLES_DIR) not in results  # no article drop is no failure
+    assert results[(3, C.CLICKS_DIR)].status == LANDED
+    clicks2 = results[(2, C.CLICKS_DIR)]
+    assert clicks2.checks == ("articles",) and str(drop4.iloc[0]) in clicks2.reason
+    assert results[(4, C.CLICKS_DIR)].checks == ("articles",)
+    assert results[(4, C.ARTICLES_DIR)].status == LANDED
+    # Re-run with hour 4's articles landed: still not for hour 2, which was before they were dropped.
+    assert _run(root, hours=[2])[-1].checks == ("articles",)
+
+
+# Each kind of bad article drop: (hour, how to break it, the check it must trip, words of the reason).
+def _first_rows(frame: pd.DataFrame, column: str, value, rows=(0,)) -> pd.DataFrame:
+    """`frame` with `column` set to `value` in the given rows (nullable when `value` is None)."""
+    out = frame.astype({column: "Int64"}) if value is None else frame.copy()
+    out.loc[list(rows), column] = pd.NA if value is None else value
+    return out
+
+
+def _bad_rows(kind: str, frame: pd.DataFrame, matrix: np.ndarray, root: Path, hour: int, epoch_ms: int):
+    if kind == "no_embeddings":
+        _article_files(root, hour)[1].unlink()
+        return None, None
+    if kind == "nan_embeddings":
+        matrix = matrix.copy()
+        matrix[1, 7] = np.nan
+        return None, matrix
+    if kind == "rows_mismatch":
+        return None, matrix[:-1]
+    if kind == "hostile_pickle":
+        return None, b"cos\nsystem\n(S'echo pwned'\ntR."
+    if kind == "known_id":  # an article of the static file
+        static = pd.read_csv(root / "raw" / C.METADATA_FILE)
+        return _first_rows(frame, C.ARTICLE_ID, static[C.ARTICLE_ID].iloc[0]), None
+    if kind == "other_hours_id":  # an article of the hour before
+        return _first_rows(frame, C.ARTICLE_ID, _read_drop(root, hour - 1)[0][C.ARTICLE_ID].iloc[0]), None
+    if kind == "repeated_id":
+        return _first_rows(frame, C.ARTICLE_ID, frame[C.ARTICLE_ID].iloc[0], rows=(1,)), None
+    if kind == "published_later":
+        return _first_rows(frame, C.CREATED_AT_TS, epoch_ms + (hour + 2) * C.HOUR_MS), None
+    if kind == "null_category":
+        return _first_rows(frame, C.CATEGORY_ID, None), None
+    if kind == "float_words":
+        return frame.astype({C.WORDS_COUNT: float}).assign(**{C.WORDS_COUNT: frame[C.WORDS_COUNT] + 0.5}), None
+    raise ValueError(kind)
+
+
+BAD_ARTICLE_DROPS = {
+    "no_embeddings": ("embeddings", "embeddings missing"),
+    "nan_embeddings": ("embeddings", "not finite"),
+    "rows_mismatch": ("embeddings", "embedding rows for"),
+    "hostile_pickle": ("embeddings", "refused"),
+    "known_id": ("catalogue", "already in the catalogue"),
+    "other_hours_id": ("catalogue", "already in the catalogue"),
+    "repeated_id": ("duplicates", "share their id"),
+    "published_later": ("timestamps", "created_at_ts"),
+    "null_category": ("nulls", "category_id"),
+    "float_words": ("dtypes", "words_count"),
+}
+BAD_ARTICLE_HOURS = {kind: 2 * i + 1 for i, kind in enumerate(BAD_ARTICLE_DROPS)}
+
+
+@pytest.fixture(scope="module")
+def bad_articles_root(tiny_drops_raw, tmp_path_factory):
+    """tiny with article drops, one bad article drop of every kind (odd hours), validated once."""
+    root = _copy_raw(tiny_drops_raw, tmp_path_factory.mktemp("bad_articles_root"))
+    for kind, hour in BAD_ARTICLE_HOURS.items():
+        frame, matrix = _read_drop(root, hour)
+        _write_drop(root, hour, *_bad_rows(kind, frame, matrix, root, hour, EPOCH_MS))
+    kept = {h: {p.name: p.read_bytes() for p in _article_files(root, h) if p.exists()}
+            for h in BAD_ARTICLE_HOURS.values()}
+    results = {(r.hour, r.kind): r for r in _run(root, docs=False)}
+    return root, results, kept
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("kind", list(BAD_ARTICLE_DROPS))
+def test_bad_article_drop_is_quarantined_whole_with_its_reason(bad_articles_root, kind):
+    root, results, kept = bad_articles_root
+    hour = BAD_ARTICLE_HOURS[kind]
+    check, words = BAD_ARTICLE_DROPS[kind]
+    r = results[(hour, C.ARTICLES_DIR)]
+    assert r.status == QUARANTINED and check in r.checks and words in r.reason, r
+    qdir = quarantine_dir(root, hour, C.ARTICLES_DIR)
+    assert r.path == f"quarantine/articles/hour={hour:03d}"
+    assert {p.name: p.read_bytes() for p in qdir.iterdir() if p.suffix not in (".json", ".txt")} == kept[hour]
+    assert (qdir / "reason.txt").read_text().count("\n") == 1
+    assert json.loads((qdir / "result.json").read_text())["success"] is False
+    assert not any(p.exists() for p in _article_files(root, hour))  # moved out of raw/
+    assert not partition_dir(root, hour, C.ARTICLES_DIR).exists()
+
+
+@pytest.mark.data
+def test_a_quarantined_article_drop_keeps_its_articles_out_and_the_summary_tells(bad_articles_root):
+    root, results, _ = bad_articles_root
+    bad = sorted(BAD_ARTICLE_HOURS.values())
+    landed = [h for h in range(24) if results[(h, C.ARTICLES_DIR)].status == LANDED]
+    assert landed == [h for h in range(24) if h not in bad]
+    summary = json.loads(summary_path(root).read_text())
+    assert summary["article_drops"]["quarantined_hours"] == bad
+    # Clicks on the articles of a quarantined drop are refused too: nothing unvalidated reaches training.
+    refused = [h for h in range(24) if results[(h, C.CLICKS_DIR)].status == QUARANTINED]
+    assert refused and all(results[(h, C.CLICKS_DIR)].checks == ("articles",) for h in refused)
+    def result(kind: str) -> dict:
+        return json.loads((quarantine_dir(root, BAD_ARTICLE_HOURS[kind], C.ARTICLES_DIR) / "result.json").read_text())
+
+    later = BAD_ARTICLE_HOURS["published_later"]
+    gx = result("published_later")
+    assert gx["meta"]["newsrec"]["expectation_parameters"]["hour_last_ms"] == EPOCH_MS + (later + 1) * C.HOUR_MS - 1
+    parse = result("rows_mismatch")
+    assert parse["stage"] == "parse" and parse["results"][0]["check"] == "embeddings"
+
+
+@pytest.mark.data
+def test_article_drop_reruns_redeliveries_and_fixes(tiny_drops_raw, tmp_path):
+    root = _copy_raw(tiny_drops_raw, tmp_path)
+    frame, matrix = _read_drop(root, 3)
+    part = partition_dir(root, 3, C.ARTICLES_DIR)
+    assert {r.status for r in _run(root, hours=range(4))} == {LANDED}
+    first = {p.name: _sha(p) for p in part.iterdir()}
+    again = _run(root, hours=[3])
+    assert [r.status for r in again] == [LANDED, LANDED] and {p.name: _sha(p) for p in part.iterdir()} == first
+
+    # A re-delivery replaces the hour's rows: its own ids are no clash.
+    _write_drop(root, 3, frame.iloc[1:], matrix[1:])
+    redelivered = validate_hour_drops(root, 3, epoch_ms=EPOCH_MS, settings=SETTINGS, gx_dir=GX_DIR)
+    assert [r.kind for r in redelivered] == [C.ARTICLES_DIR, C.CLICKS_DIR] and redelivered[0].status == LANDED
+    assert pq.read_table(part / "part-0.parquet").num_rows == len(frame) - 1
+    second = {p.name: _sha(p) for p in part.iterdir()}
+
+    # A cut csv beside a good pickle: both go to quarantine and stay there on a re-run...
+    csv_path, pickle_path = _article_files(root, 3)
+    csv_path.write_bytes(csv_path.read_bytes()[:-7])
+    bad = _run(root, hours=[3])[0]
+    assert bad.status == QUARANTINED and bad.checks == ("parse",) and not part.exists()
+    assert not csv_path.exists() and not pickle_path.exists()
+    assert list_hours(root, C.ARTICLES_DIR) == list(range(24))  # still found, in quarantine
+    assert _run(root, hours=[3])[0].reason == bad.reason
+    # ...until a fixed csv comes alone: it is taken with the quarantined pickle, and both go back to raw/.
+    frame.iloc[1:].to_csv(csv_path, index=False)
+    fixed = _run(root, hours=[3])[0]
+    assert fixed.status == LANDED, fixed.reason
+    assert fixed.source == f"raw/articles/{csv_path.name} + raw/articles/{pickle_path.name}"
+    assert pickle_path.exists() and not quarantine_dir(root, 3, C.ARTICLES_DIR).exists()
+    assert {p.name: _sha(p) for p in part.iterdir()} == second
+    assert not [p for p in root.rglob("*.tmp*")] and not [p for p in root.rglob(".hour=*")]
+
+
+@pytest.mark.data
+def test_cli_reports_article_drops_beside_clicks(tiny_drops_raw, tmp_path, capsys):
+    root = _copy_raw(tiny_drops_raw, tmp_path)
+    for f in (root / "raw").rglob("*_hour_*"):
+        if C.parse_hour_file_name(f.name)[1] > 1:
+            f.unlink()
+    assert main(["--data-root", str(root), "--all", "--no-docs"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out[1:5]] == ["000", "000", "001", "001"]
+    assert out[1].split()[2:] == ["landed", "[article", "drop]"]
+    assert out[-1].startswith("2 hours: 2 landed") and "; 2 article drops: 2 landed (" in out[-1]
+    _article_files(root, 1)[1].unlink()
+    assert main(["--data-root", str(root), "--hour", "1", "--no-docs"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split()[2:6] == ["quarantined", "[article", "drop]", "embeddings:"]
+    assert out[2].split()[2] == "landed"  # hour 1's clicks read older articles only
+    assert "1 hours: 1 landed" in out[-1] and "1 article drops: 0 landed (0 articles), 1 quarantined" in out[-1]
+
+
+@pytest.mark.data
+def test_a_header_only_article_drop_is_an_hour_without_new_articles(tiny_drops_raw, tmp_path):
+    root = _copy_raw(tiny_drops_raw, tmp_path)
+    csv_path, _ = _article_files(root, 0)
+    csv_path.write_text(",".join(C.METADATA_COLUMNS) + "\n")
+    _write_drop(root, 0, matrix=np.zeros((0, C.EMBEDDING_DIM), dtype=np.float32))
+    articles, clicks = validate_hour_drops(root, 0, epoch_ms=EPOCH_MS, settings=SETTINGS, gx_dir=GX_DIR)
+    assert (articles.status, articles.rows, articles.reason) == (LANDED, 0, "no new articles: header only")
+    assert clicks.status == LANDED
+    assert np.load(partition_dir(root, 0, C.ARTICLES_DIR) / C.EMBEDDINGS_PART).shape == (0, C.EMBEDDING_DIM)
