@@ -40,7 +40,7 @@ def stages(root: Path, work: Path) -> list[tuple[str, list[str]]]:
         ("candidates", _cmd("candidates", "--data-root", d, "--split", split, "--out", str(root / "candidates"),
                             "--index-out", str(root / "indexes"), "--metrics", str(work / "metrics" / "candidates.json"))),
         ("train", _cmd("train", "--split", split, "--candidates", str(root / "candidates"), "--features",
-                       str(root / "features"), "--raw", str(root / "raw"), "--out", str(work / "models"),
+                       str(root / "features"), "--data-root", str(root), "--out", str(work / "models"),
                        "--no-mlflow")),
         ("evaluate", _cmd("evaluate", "--data-root", d, "--split", split, "--candidates", str(root / "candidates"),
                           "--indexes", str(root / "indexes"), "--model", str(work / "models"), "--features",

@@ -85,7 +85,7 @@ def main() -> int:
                              "--index-out", f"{d}/indexes", "--metrics", str(work / "metrics" / "candidates.json"),
                              *p]),
         ("train", py + ["pipelines.train", "--split", split, "--candidates", f"{d}/candidates", "--features",
-                        f"{d}/features", "--raw", f"{d}/raw", "--out", str(work / "models" / "ranker"), *p]),
+                        f"{d}/features", "--data-root", d, "--out", str(work / "models" / "ranker"), *p]),
         ("evaluate", py + ["pipelines.evaluate", "--data-root", d, "--split", split, "--candidates",
                            f"{d}/candidates", "--indexes", f"{d}/indexes", "--model", str(work / "models" / "ranker"),
                            "--features", f"{d}/features", "--out", str(work / "metrics"), *p]),

@@ -33,7 +33,7 @@ t "$BIN/newsrec" candidates --data-root "$D" --split "$D/split.json" --out "$D/c
   --index-out "$D/indexes" --metrics "$DIR/metrics/candidates.json"
 t "$BIN/newsrec" features --data-root "$D" --split "$D/split.json" --out "$D/features"
 t "$BIN/newsrec" train --split "$D/split.json" --candidates "$D/candidates" --features "$D/features" \
-  --raw "$D/raw" --out "$DIR/models/ranker"
+  --data-root "$D" --out "$DIR/models/ranker"
 t "$BIN/newsrec" evaluate --data-root "$D" --split "$D/split.json" --candidates "$D/candidates" \
   --indexes "$D/indexes" --model "$DIR/models/ranker" --features "$D/features" --out "$DIR/metrics"
 t "$BIN/newsrec" register --data-root "$D" --split "$D/split.json" --ranker "$DIR/models/ranker" \

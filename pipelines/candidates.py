@@ -47,11 +47,9 @@ from pipelines.columns import (
     CLICK_TIMESTAMP,
     CLICKS,
     CREATED_AT_TS,
-    EMBEDDINGS_FILE,
     FUSED,
     HOUR_MS,
     LABEL,
-    METADATA_FILE,
     RANK,
     SCORE,
     USER_ID,
@@ -704,15 +702,16 @@ def build_candidates(
     write `<out_dir>/<name>.parquet` (candidates of every evaluated user, with `label`; roles listed in
     params `max_users` keep a fixed sample of that many users). Returns the candidate-recall report per
     labelled snapshot."""
-    from pipelines.features import read_articles, read_embeddings
+    from pipelines.catalogue import delivered_hours, known_at, read_catalogue
     from pipelines.split import eval_targets, snapshot_clicks
 
     root = Path(data_root)
-    articles = read_articles(root / "raw" / METADATA_FILE)
-    embeddings = read_embeddings(root / "raw" / EMBEDDINGS_FILE)
+    catalogue, embeddings = read_catalogue(root)
+    delivered = delivered_hours(root, catalogue)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     reports = {}
     for snap in snapshots:
+        articles = known_at(catalogue, delivered, snap.cutoff_hour)
         index = CandidateIndex.fit(root, articles, embeddings, snap.cutoff_ms, params, epoch_ms,
                                    similar=snap.role == "serve")  # only the API reads similar articles
         index.save(Path(index_dir) / snap.name)

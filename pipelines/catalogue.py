@@ -91,3 +91,24 @@ def read_catalogue(data_root: str | Path, until_hour: int | None = None) -> tupl
         embeddings = embeddings.copy()
     embeddings[ids] = np.concatenate(matrices)  # at globo scale: no second copy of the 364 MB matrix
     return pd.concat([articles, new], ignore_index=True), embeddings
+
+
+def delivered_hours(data_root: str | Path, articles: pd.DataFrame) -> np.ndarray:
+    """For each row of `read_catalogue`'s frame: the hour its article drop landed, -1 for the static files.
+
+    A snapshot at cutoff hour c may only see articles delivered before it (`delivered < c`), besides being
+    published before it: an article published at 10:50 but delivered in hour 12's drop was not
+    recommendable at 11:00."""
+    hour_of = {}
+    for h in article_drop_hours(data_root):
+        ids = pd.read_parquet(partition_dir(data_root, h, ARTICLES) / PART_FILE, columns=[C.ARTICLE_ID])
+        hour_of.update(dict.fromkeys(ids[C.ARTICLE_ID].astype("int64").tolist(), h))
+    if not hour_of:
+        return np.full(len(articles), -1, dtype=np.int64)
+    return articles[C.ARTICLE_ID].map(hour_of).fillna(-1).to_numpy(dtype=np.int64)
+
+
+def known_at(articles: pd.DataFrame, delivered: np.ndarray, cutoff_hour: int) -> pd.DataFrame:
+    """The catalogue as a snapshot at `cutoff_hour` knows it: rows delivered before that hour."""
+    keep = delivered < int(cutoff_hour)
+    return articles if keep.all() else articles[keep].reset_index(drop=True)

@@ -35,11 +35,9 @@ import pandas as pd
 from pipelines.columns import (
     ARTICLE_ID,
     CREATED_AT_TS,
-    EMBEDDINGS_FILE,
     FUSED,
     HOUR_MS,
     LABEL,
-    METADATA_FILE,
     RANK,
     USER_ID,
     WARM,
@@ -214,7 +212,7 @@ def evaluate_as_served(
     data_root: str | Path,
     snap,
     clicks: pd.DataFrame,
-    articles: pd.DataFrame,
+    catalogue: tuple[pd.DataFrame, np.ndarray],
     embeddings: np.ndarray,
     index_params: dict,
     feature_params: dict,
@@ -231,9 +229,11 @@ def evaluate_as_served(
     the one trained before the window. Each user with a click in hour h is one query, judged on their
     clicks in that hour on articles published before it and not read before it. Every baseline gets the
     same refresh. `clicks` holds the validated clicks up to the window's end (ordered by time);
-    `embeddings` are the raw article embeddings.
+    `catalogue` is (articles, the hour each was delivered: `catalogue.delivered_hours`), so each hour sees
+    the articles delivered before it; `embeddings` are the raw article embeddings.
     """
     from pipelines.candidates import TREND, CandidateIndex, top_unread
+    from pipelines.catalogue import known_at
     from pipelines.features import fit_tables, normalise_embeddings
     from pipelines.split import eval_targets, hour_start_ms
     from pipelines.train import score_candidates
@@ -243,9 +243,10 @@ def evaluate_as_served(
     depth = max(k, curve_k or 0)
     parts: dict[str, list[pd.DataFrame]] = {}
     reach_parts: dict[str, list[pd.DataFrame]] = {}
-    target_parts, group_parts, catalogue, offset = [], [], {}, 0
+    target_parts, group_parts, sizes, offset = [], [], {}, 0
     for hour in range(snap.cutoff_hour, snap.end_hour):
         cutoff = hour_start_ms(hour, epoch_ms)
+        articles = known_at(*catalogue, hour)
         history = clicks.iloc[: int(np.searchsorted(ts, cutoff))]
         target = clicks.iloc[int(np.searchsorted(ts, cutoff)) : int(np.searchsorted(ts, cutoff + HOUR_MS))]
         targets = eval_targets(history, target, articles, cutoff)
@@ -274,7 +275,7 @@ def evaluate_as_served(
             reach_parts.setdefault(method, []).append(to_query(reach[[USER_ID, ARTICLE_ID]]))
         target_parts.append(to_query(targets))
         group_parts.append(pd.Series(hour, index=offset + np.arange(len(users))))
-        catalogue[hour] = int((articles[CREATED_AT_TS] < cutoff).sum())
+        sizes[hour] = int((articles[CREATED_AT_TS] < cutoff).sum())
         offset += len(users)
     if not target_parts:
         raise ValueError(f"snapshot {snap.name!r}: no hour of its window has a user with a click to judge")
@@ -282,12 +283,12 @@ def evaluate_as_served(
         {m: pd.concat(v, ignore_index=True) for m, v in parts.items()},
         {m: pd.concat(v, ignore_index=True) for m, v in reach_parts.items()},
         pd.concat(target_parts, ignore_index=True),
-        pd.Series(catalogue),
+        pd.Series(sizes),
         k,
         curve_k,
         group=pd.concat(group_parts),
     )
-    results["hours"] = len(catalogue)
+    results["hours"] = len(sizes)
     return results
 
 
@@ -387,7 +388,7 @@ def evaluate(
     frozen protocol, and the as-served one when `params["as_served"]` (it needs the index and feature
     params and the epoch, which fix how the hourly refresh fits)."""
     from pipelines.candidates import TREND, CandidateIndex, top_unread
-    from pipelines.features import read_articles, read_embeddings
+    from pipelines.catalogue import delivered_hours, known_at, read_catalogue
     from pipelines.split import eval_targets, get_snapshot, load_clicks
     from pipelines.train import Ranker
 
@@ -395,8 +396,9 @@ def evaluate(
     snap = get_snapshot(split_file, params["snapshot"])
     if snap.role == "serve":
         raise ValueError(f"snapshot {snap.name!r} has no target window to evaluate on")
-    articles = read_articles(root / "raw" / METADATA_FILE)
-    embeddings = read_embeddings(root / "raw" / EMBEDDINGS_FILE)
+    catalogue, embeddings = read_catalogue(root)
+    delivered = delivered_hours(root, catalogue)
+    articles = known_at(catalogue, delivered, snap.cutoff_hour)
     clicks = load_clicks(root / "validated" / "clicks", None, snap.end_ms)
     before = clicks["click_timestamp"].to_numpy() < snap.cutoff_ms
     history, target = clicks[before], clicks[~before]
@@ -422,18 +424,18 @@ def evaluate(
     users = targets[USER_ID].unique()
     order_ids, order_scores = recent_popular_order(root, articles, snap.cutoff_hour, snap.cutoff_ms, recent_hours)
     own = top_unread(order_ids, order_scores, users, history[history[USER_ID].isin(users)], max(k, curve_k, 100))
-    catalogue = int((articles[CREATED_AT_TS] < snap.cutoff_ms).sum())
+    available = int((articles[CREATED_AT_TS] < snap.cutoff_ms).sum())
     results = evaluate_snapshot(
-        candidates, targets, trend, catalogue, k, scorers, curve_k=curve_k,
+        candidates, targets, trend, available, k, scorers, curve_k=curve_k,
         own_lists={RECENT_POPULAR: own[[USER_ID, ARTICLE_ID, RANK]]},
     )
     results["snapshot"] = snap.name
-    results["catalogue"] = catalogue
+    results["catalogue"] = available
     if params.get("as_served"):
         if index_params is None or feature_params is None or epoch_ms is None:
             raise ValueError("the as-served protocol needs the candidates and features params and the epoch")
         results["as_served"] = evaluate_as_served(
-            root, snap, clicks, articles, embeddings, index_params, feature_params, int(epoch_ms), k,
+            root, snap, clicks, (catalogue, delivered), embeddings, index_params, feature_params, int(epoch_ms), k,
             recent_hours, ranker=ranker, curve_k=curve_k,
         )
     return results

@@ -526,13 +526,16 @@ def build_snapshot_features(
     Each snapshot's history is read up to its cutoff only; its target window (absent for the
     serve snapshot) supplies the request context and nothing else.
     """
+    from pipelines.catalogue import delivered_hours, known_at, read_catalogue
     from pipelines.split import snapshot_clicks
 
     root = Path(data_root)
-    articles = read_articles(root / "raw" / C.METADATA_FILE)
-    embeddings = normalise_embeddings(read_embeddings(root / "raw" / C.EMBEDDINGS_FILE))
+    catalogue, raw_embeddings = read_catalogue(root)
+    delivered = delivered_hours(root, catalogue)
+    embeddings = normalise_embeddings(raw_embeddings)
     written = {}
     for snap in snapshots:
+        articles = known_at(catalogue, delivered, snap.cutoff_hour)
         history, target = snapshot_clicks(root / "validated" / "clicks", snap)
         # A labelled snapshot only ever scores the users of its target window: their user tables suffice
         # (dozens of hourly snapshots would otherwise each store every user's table and profile).

@@ -29,8 +29,6 @@ from pipelines.features import (
     CONTEXT_FEATURES,
     FeatureTables,
     normalise_embeddings,
-    read_articles,
-    read_embeddings,
 )
 from pipelines.serving_index import HISTORY_COLUMNS, ServingIndex, check_compatible
 from pipelines.train import Ranker, score_candidates
@@ -117,7 +115,7 @@ def build_bundle(
     ranker_dir: str | Path,
     features_dir: str | Path,
     index_dir: str | Path,
-    raw_dir: str | Path,
+    data_root: str | Path,
     out_dir: str | Path,
     validated_dir: str | Path | None = None,
     feature_params: dict | None = None,
@@ -132,9 +130,11 @@ def build_bundle(
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    raw = Path(raw_dir)
+    from pipelines.catalogue import read_catalogue
+
     ranker = Ranker.load(ranker_dir)
-    embeddings = normalise_embeddings(read_embeddings(raw / C.EMBEDDINGS_FILE))
+    articles, raw_embeddings = read_catalogue(data_root)  # the serve snapshot is at the end of the data
+    embeddings = normalise_embeddings(raw_embeddings)
     tables = FeatureTables.load(features_dir, embeddings)
     if not Path(index_dir).is_dir():
         raise FileNotFoundError(f"candidate index not found: {index_dir} (run `newsrec candidates`)")
@@ -142,7 +142,7 @@ def build_bundle(
     tables.save(out / _BUNDLE_FILES["features"])
     shutil.copytree(index_dir, out / _BUNDLE_FILES["index"])
     np.save(out / _EMBEDDINGS, embeddings)
-    read_articles(raw / C.METADATA_FILE).to_parquet(out / _ARTICLES, index=False)
+    articles.to_parquet(out / _ARTICLES, index=False)
     if validated_dir is not None:
         from pipelines.split import load_clicks
 
@@ -425,7 +425,7 @@ def run_register(args: argparse.Namespace) -> dict:
         args.ranker,
         Path(args.features) / serve[0].name,
         Path(args.indexes) / serve[0].name,
-        root / "raw",
+        root,
         args.bundle_out,
         validated_dir=validated,
         feature_params=load_params("features", args.params),

@@ -187,11 +187,12 @@ def refresh(
     data_root: str | Path, hour: int, params: dict, index_params: dict, feature_params: dict, epoch_ms: int
 ) -> Path:
     """After hour `hour` landed: fit the index at cutoff hour+1 and publish it under params `index_dir`."""
-    from pipelines.features import read_articles, read_embeddings
+    from pipelines.catalogue import read_catalogue
 
     root = Path(data_root)
-    articles = read_articles(root / "raw" / C.METADATA_FILE)
-    embeddings = read_embeddings(root / "raw" / C.EMBEDDINGS_FILE)
+    # the static files plus every article drop landed up to this hour: an article delivered in this
+    # hour's drop is recommendable from the next hour on
+    articles, embeddings = read_catalogue(root, until_hour=int(hour))
     serving = fit_serving_index(root, int(hour) + 1, articles, embeddings, index_params, feature_params, epoch_ms)
     return publish(serving, embeddings, root / params["index_dir"], int(params["keep"]))
 

@@ -291,13 +291,15 @@ def load_ranking_set(
 
 
 def train(
-    split_path: Path, candidates_dir: Path, features_dir: Path, raw_dir: Path, params: dict
+    split_path: Path, candidates_dir: Path, features_dir: Path, data_root: Path, params: dict
 ) -> Ranker:
-    """Fit the ranker on every train snapshot, early-stopping on the val snapshot."""
-    from pipelines.features import normalise_embeddings, read_embeddings
+    """Fit the ranker on every train snapshot, early-stopping on the val snapshot (article embeddings from
+    `data_root`'s catalogue: the static files and the landed article drops)."""
+    from pipelines.catalogue import read_catalogue
+    from pipelines.features import normalise_embeddings
     from pipelines.split import read_snapshots
 
-    embeddings = normalise_embeddings(read_embeddings(raw_dir / C.EMBEDDINGS_FILE))
+    embeddings = normalise_embeddings(read_catalogue(data_root)[1])
     train_names = [s.name for s in read_snapshots(split_path, roles=["train"])]
     val_names = [s.name for s in read_snapshots(split_path, roles=["val"])]
     if not train_names or not val_names:
@@ -340,14 +342,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", type=Path, required=True, help="snapshot file written by `newsrec split`")
     parser.add_argument("--candidates", type=Path, required=True, help="folder of <snapshot>.parquet candidates")
     parser.add_argument("--features", type=Path, required=True, help="folder of <snapshot>/ feature tables")
-    parser.add_argument("--raw", type=Path, required=True, help="raw folder (articles_embeddings.pickle)")
+    parser.add_argument("--data-root", type=Path, required=True,
+                        help="data root (the article catalogue: raw/ files and landed article drops)")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write (ranker.txt, ranker.json)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params("train", args.params)
     try:
-        ranker = train(args.split, args.candidates, args.features, args.raw, params)
+        ranker = train(args.split, args.candidates, args.features, args.data_root, params)
     except (FileNotFoundError, ValueError) as exc:
         print(f"newsrec train: {exc}", file=sys.stderr)
         return 1

@@ -51,12 +51,12 @@ def build_bundle_dir(root: Path, work: Path, seed: int = 42) -> Path:
                      epoch_ms)
     train_params = {**load_params("train", params_path), **TRAIN_FAST}
     train_params["lgb"] = {**train_params["lgb"], "seed": seed, "num_threads": 1}
-    ranker = train(split_path, work / "candidates", work / "features", raw, train_params)
+    ranker = train(split_path, work / "candidates", work / "features", root, train_params)
     ranker.save(work / "ranker")
     bundle = work / "bundle"
     if bundle.exists():
         shutil.rmtree(bundle)
-    build_bundle(work / "ranker", work / "features" / "serve", work / "index" / "serve", raw, bundle,
+    build_bundle(work / "ranker", work / "features" / "serve", work / "index" / "serve", root, bundle,
                  validated_dir=root / "validated" / "clicks", feature_params=feature_params)
     return bundle
 

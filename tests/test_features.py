@@ -224,7 +224,10 @@ def test_features_stage_on_validated_data_is_point_in_time(tiny_validated, tmp_p
     saved = F.FeatureTables.load(tmp_path / "f" / "test", embeddings)
     everything = load_clicks(validated, None, None)
     assert (everything[C.CLICK_TIMESTAMP] >= test.cutoff_ms).any()
-    refit = F.fit_tables(everything, articles, embeddings, test.cutoff_ms, load_params("features"))
+    # a labelled snapshot keeps the user tables of its target window's users only (all it ever scores)
+    in_window = everything[C.CLICK_TIMESTAMP].between(test.cutoff_ms, test.end_ms - 1)
+    refit = F.fit_tables(everything, articles, embeddings, test.cutoff_ms, load_params("features"),
+                         only_users=everything.loc[in_window, C.USER_ID].unique())
     pd.testing.assert_frame_equal(saved.users, refit.users, check_dtype=False)
     pd.testing.assert_frame_equal(saved.articles, refit.articles, check_dtype=False)
     np.testing.assert_allclose(saved.profiles, refit.profiles, rtol=1e-6)
