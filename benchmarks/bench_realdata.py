@@ -6,7 +6,7 @@ folder with its own MLflow registry, and copies the evaluation (both protocols, 
 `benchmarks/results/<name>/` (eval.json, eval_table.md, stages.json), which docs/evaluation.md embeds.
 
     .venv/bin/python benchmarks/bench_realdata.py --format mind --in ../shared/realdata/mind-small-subset \\
-        --name mind-small-subset --work /tmp/bench/mind -S validate.volume_max_ratio=8
+        --name mind-small-subset --work /tmp/bench/mind
 
 `-S section.key=value` overrides params.yaml for this run only (YAML values), like `dvc exp run -S`.
 """

@@ -150,8 +150,10 @@ def summarise_methods(
     if group is None:
         group = pd.Series(0, index=pd.Index(segs["all"], name=USER_ID))
     results: dict = {"k": int(k), "users": {s: len(u) for s, u in segs.items()}, "methods": {}, "curves": {}}
+    ndcg_by_method = {}
     for method, ranked in recs.items():
         per_user = per_user_metrics(ranked, targets, k=k)
+        ndcg_by_method[method] = per_user["ndcg"].reindex(segs["all"]).fillna(0.0).to_numpy()
         reach_recall = candidate_recall(reach[method], targets)
         results["methods"][method] = {}
         for seg, users in segs.items():
@@ -177,13 +179,28 @@ def summarise_methods(
         best = max(baselines, key=lambda m: results["methods"][m]["all"][metric])
         best_value = results["methods"][best]["all"][metric]
         mine = results["methods"][RERANKER]["all"][metric]
+        low, high = paired_bootstrap_ci(ndcg_by_method[RERANKER], ndcg_by_method[best])
         results["reranker_vs_best_baseline"] = {
             "metric": metric,
             "best_baseline": best,
             "ratio": float(mine / best_value) if best_value > 0 else float("inf"),
             "beats_every_baseline": bool(all(mine > results["methods"][m]["all"][metric] for m in baselines)),
+            "diff": float(mine - best_value),
+            "diff_ci95": [low, high],
         }
     return results
+
+
+def paired_bootstrap_ci(a: np.ndarray, b: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of mean(a - b) over queries resampled with replacement (paired: the same
+    queries for both methods). An interval that contains 0 means the two are not told apart."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if len(diff) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(n)])
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def evaluate_snapshot(
@@ -330,7 +347,8 @@ def markdown_table(results: dict) -> str:
                 "",
                 (
                     f"reranker / best baseline ({cmp['best_baseline']}) on {cmp['metric']}, all users: "
-                    f"{cmp['ratio']:.3f} ({verdict})"
+                    f"{cmp['ratio']:.3f} ({verdict}); difference {cmp['diff']:+.4f}, 95% paired bootstrap "
+                    f"interval [{cmp['diff_ci95'][0]:+.4f}, {cmp['diff_ci95'][1]:+.4f}]"
                 ),
             ]
         lines.append("")

@@ -24,7 +24,8 @@ it lands an empty partition, so every hour is accounted for downstream, with the
 0-byte file has no header, so it cannot be told from a drop cut off before its first byte: it is
 quarantined as "empty file". Empty hours are left out of the volume history (a zero median bounds nothing).
 
-Volume: an hour fails when its rows exceed `volume_max_ratio` x the smallest of two references, each used
+Volume: an hour fails when its rows exceed `volume_max_ratio` x the smallest of two references (and
+`volume_floor_rows`: a small stream's hour-to-hour swings are no spike), each used
 when it exists: the median of the same hour of day on up to `volume_days` previous days (real traffic swings
 between night and evening, so this is the fair comparison), and the median of the `volume_window_hours`
 trailing landed hours once at least `volume_min_history` of them exist.
@@ -116,6 +117,7 @@ class Settings:
     click_late_ms: int
     session_lead_ms: int
     volume_max_ratio: float
+    volume_floor_rows: int
     volume_window_hours: int
     volume_min_history: int
     volume_days: int
@@ -197,9 +199,11 @@ class VolumeReference:
     median_rows: float
     hours: tuple[int, ...]
     basis: str
+    floor_rows: int = 0
 
     def describe(self) -> str:
-        return f"{self.ratio:g} x {self.median_rows:,.0f} rows ({self.basis}: {_hour_list(self.hours)})"
+        text = f"{self.ratio:g} x {self.median_rows:,.0f} rows ({self.basis}: {_hour_list(self.hours)})"
+        return text if self.max_rows > self.floor_rows else f"the floor of {self.floor_rows:,} rows (above {text})"
 
 
 # --------------------------------------------------------------------------------------------- layout
@@ -492,7 +496,10 @@ def volume_reference(landed_rows: Mapping[int, int], hour: int, settings: Settin
     if not refs:
         return None
     median, hours, basis = min(refs, key=lambda r: r[0])
-    return VolumeReference(int(settings.volume_max_ratio * median), settings.volume_max_ratio, median, hours, basis)
+    # A small stream swings by more than the ratio from one hour to the next (a real morning ramp at 30 -> 160
+    # clicks): below the floor no volume is a spike.
+    bound = max(int(settings.volume_max_ratio * median), settings.volume_floor_rows)
+    return VolumeReference(bound, settings.volume_max_ratio, median, hours, basis, settings.volume_floor_rows)
 
 
 def expectation_parameters(hour: int, epoch_ms: int, settings: Settings, volume: VolumeReference | None,

@@ -61,6 +61,36 @@ def build_bundle_dir(root: Path, work: Path, seed: int = 42) -> Path:
     return bundle
 
 
+class EarlierChampion:
+    """A BundleSource serving the registered bundle at `bundle_dir` as champion v1, as if it had been registered
+    at the start of `hour` (its own state older than any hourly serving index published after that)."""
+
+    def __init__(self, bundle_dir: Path, hour: int, compile_ranker: bool = False) -> None:
+        import dataclasses
+
+        from pipelines.registry import ServingBundle
+
+        epoch_ms = int(load_params("data", ROOT / "params.yaml")["epoch_ms"])
+        bundle = ServingBundle.load(bundle_dir)
+        early = dataclasses.replace(bundle.tables, cutoff_ms=epoch_ms + hour * C.HOUR_MS)
+        self.bundle = dataclasses.replace(bundle, tables=early)
+        self.compile_ranker = compile_ranker
+
+    def resolve(self, alias: str):
+        from serving.models import VersionRef
+
+        return VersionRef("newsrec-ranker", "1", "run1", "src") if alias == "champion" else None
+
+    def load(self, ref):
+        import time
+
+        from serving.models import ServedModel
+        from serving.recommend import prepare
+
+        return ServedModel(ref=ref, bundle=prepare(self.bundle, self.compile_ranker), loaded_at=time.time(),
+                           info={}, base=self.bundle)
+
+
 def register_versions(bundle_dir: Path, tracking_uri: str, artifact_root: Path, model_name: str,
                       aliases: list[str]) -> list[str]:
     """Register `bundle_dir` once per alias (versions 1, 2, ...) in the MLflow registry at `tracking_uri`."""

@@ -222,3 +222,18 @@ def test_reranker_is_scored_through_the_trained_model(serving_bundle):
     assert served["users"]["all"] > res["users"]["all"]  # users come back in several hours
     assert set(served["methods"]) == set(res["methods"])
     assert served["methods"]["fusion"]["all"]["candidate_recall"] == served["methods"][RERANKER]["all"]["candidate_recall"]
+
+
+@pytest.mark.unit
+def test_paired_bootstrap_interval_brackets_the_difference_and_sees_a_tie():
+    from pipelines.evaluate import paired_bootstrap_ci
+
+    rng = np.random.default_rng(3)
+    base = rng.random(2000)
+    low, high = paired_bootstrap_ci(base + 0.1, base)
+    assert low == pytest.approx(0.1) and high == pytest.approx(0.1)  # a constant gain has no spread
+    noisy = base + rng.normal(0, 0.3, 2000)
+    low, high = paired_bootstrap_ci(noisy, base)
+    assert low < 0 < high  # pure noise: not told apart
+    low, high = paired_bootstrap_ci(noisy + 0.2, base)
+    assert 0 < low < 0.2 < high

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
+from serving_support import EarlierChampion
 
 from pipelines import columns as C
 from pipelines.config import load_params
@@ -21,7 +21,7 @@ from pipelines.serving_index import (
     refresh,
 )
 from serving.index_source import FolderIndexSource
-from serving.models import ModelHolder, ServedModel, VersionRef
+from serving.models import ModelHolder
 
 EPOCH_MS = int(load_params("data")["epoch_ms"])
 
@@ -85,38 +85,11 @@ def test_compatibility_is_a_contract():
         check_compatible(["a"], {**meta, "format": INDEX_FORMAT + 1})
 
 
-class _Source:
-    """The registry side: one real registered bundle behind the champion alias."""
-
-    def __init__(self, bundle):
-        self.bundle = bundle
-
-    def resolve(self, alias):
-        return VersionRef("newsrec-ranker", "1", "run1", "src") if alias == "champion" else None
-
-    def load(self, ref):
-        from serving.recommend import prepare
-
-        return ServedModel(ref=ref, bundle=prepare(self.bundle, compile_ranker=False), loaded_at=time.time(),
-                           info={}, base=self.bundle)
-
-
-def _bundle_before(serving_bundle, hour):
-    """The registered bundle, as if registered at an earlier cutoff (its own state older than the index)."""
-    import dataclasses
-
-    from pipelines.registry import ServingBundle
-
-    bundle = ServingBundle.load(serving_bundle)
-    early = dataclasses.replace(bundle.tables, cutoff_ms=EPOCH_MS + hour * C.HOUR_MS)
-    return dataclasses.replace(bundle, tables=early)
-
-
 def test_api_holder_swaps_to_a_newer_index_and_refuses_an_incompatible_one(serving_bundle, data_root, tmp_path):
     from serving import recommend as rec
 
     index_root = tmp_path / "idx"
-    holder = ModelHolder(_Source(_bundle_before(serving_bundle, 10)), "champion", "challenger",
+    holder = ModelHolder(EarlierChampion(serving_bundle, 10), "champion", "challenger",
                          index_source=FolderIndexSource(index_root, compile_ranker=False))
     holder.refresh()
     own = holder.slots.champion

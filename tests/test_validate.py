@@ -42,7 +42,9 @@ from pipelines.validate import (
 ROOT = Path(__file__).resolve().parents[1]
 GX_DIR = ROOT / "great_expectations"
 EPOCH_MS = load_params("data", ROOT / "params.yaml")["epoch_ms"]
-SETTINGS = Settings.from_params(load_params("validate", ROOT / "params.yaml"))
+# No volume floor: tiny's hours are a few hundred rows, and the spike tests must see the ratio at work.
+SETTINGS = dataclasses.replace(Settings.from_params(load_params("validate", ROOT / "params.yaml")),
+                               volume_floor_rows=0)
 # tiny has 24 hours, fewer than the day of history the default asks before it judges volume.
 SHORT_HISTORY = dataclasses.replace(SETTINGS, volume_min_history=8)
 # Bad kinds go to hours 1..10 of tiny; the spike goes to a busy afternoon hour with landed hours before it.
@@ -125,6 +127,16 @@ def test_volume_reference_prefers_the_tighter_reference():
     assert (night.median_rows, night.max_rows, night.hours) == (100, 500, (26, 2))
     day = volume_reference(rows, 60, s)  # hour 36 and hour 12 are 1,000; trailing 24 h median is 1,000 too
     assert day.max_rows == 5000
+
+
+@pytest.mark.unit
+def test_volume_floor_keeps_a_small_streams_swings_from_being_spikes():
+    s = dataclasses.replace(SETTINGS, volume_max_ratio=5.0, volume_window_hours=24, volume_min_history=3,
+                            volume_floor_rows=1000)
+    small = volume_reference({0: 30, 1: 25, 2: 31}, 3, s)
+    assert small.max_rows == 1000 and "floor of 1,000 rows" in small.describe()
+    big = volume_reference({0: 3000, 1: 2500, 2: 3100}, 3, s)
+    assert big.max_rows == 15000 and "floor" not in big.describe()
 
 
 @pytest.mark.unit
