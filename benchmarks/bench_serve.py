@@ -39,7 +39,7 @@ def free_port() -> int:
 
 
 def start_server(tracking_uri: str, port: int, workers: int, redis_url: str | None, logdir: Path,
-                 state_prefix: str, index_root: Path | None = None) -> subprocess.Popen:
+                 state_prefix: str, index_root: Path | None = None, poll_seconds: float = 30.0) -> subprocess.Popen:
     env = {
         **os.environ,
         "NEWSREC__MLFLOW__TRACKING_URI": tracking_uri,
@@ -51,7 +51,7 @@ def start_server(tracking_uri: str, port: int, workers: int, redis_url: str | No
     }
     if index_root:
         env["NEWSREC__REFRESH__INDEX_DIR"] = str(index_root)  # absolute: wins over data.root
-        env["NEWSREC__SERVE__POLL_SECONDS"] = "1"
+        env["NEWSREC__SERVE__POLL_SECONDS"] = str(poll_seconds)
     cmd = [str(ROOT / ".venv/bin/newsrec"), "serve", "--port", str(port), "--workers", str(workers),
            "--log-level", "warning"]
     if redis_url:
@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="append the result as one JSON line here")
     parser.add_argument("--index-root", type=Path, help="hourly serving indexes the server follows")
     parser.add_argument("--swap-every", type=float, default=10.0, help="seconds between index swaps (--index-root)")
+    parser.add_argument("--poll-seconds", type=float, default=5.0, help="the server's poll interval (--index-root)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
 
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.index_root:
             point_at(args.index_root, min(args.index_root.glob("hour=*")))
         proc = start_server(args.tracking_uri, port, args.workers, args.redis_url, Path(logdir), state_prefix,
-                            args.index_root)
+                            args.index_root, args.poll_seconds)
         try:
             ready_s = wait_ready(url, proc, timeout=900)
             known = httpx.get(f"{url}/v1/users", params={"n": min(args.users, 1000), "order": "random"},

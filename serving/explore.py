@@ -16,6 +16,8 @@ does not explore.
 from __future__ import annotations
 
 import threading
+import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -68,38 +70,73 @@ class InProcessExploreStats:
 
 
 class RedisExploreStats:
-    """Counts in two Redis hashes shared by replicas (expiring a day after the last update)."""
+    """Counts in two Redis hashes shared by replicas (expiring a day after the last update).
 
-    def __init__(self, url: str, prefix: str, ttl_seconds: int = 86_400) -> None:
+    A request must not wait on Redis for a bandit's bookkeeping: increments are buffered in process and
+    written at most every `sync_seconds`, and counts read are cached that long (a posterior a second old
+    explores as well)."""
+
+    def __init__(self, url: str, prefix: str, ttl_seconds: int = 86_400, sync_seconds: float = 1.0,
+                 clock=time.monotonic) -> None:
         import redis
 
         self.keys = (f"{prefix}explore:shown", f"{prefix}explore:clicked")
         self.ttl = ttl_seconds
+        self.sync_seconds = sync_seconds
+        self._clock = clock
         self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._pending: tuple[Counter, Counter] = (Counter(), Counter())
+        self._flushed = clock()
+        self._cache: dict[int, tuple[int, int]] = {}
+        self._cached_at = -float("inf")
+        self._lock = threading.Lock()
 
     def shown(self, article_ids: Sequence[int]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for a in article_ids:
-            pipe.hincrby(self.keys[0], str(int(a)), 1)
-        pipe.expire(self.keys[0], self.ttl)
-        pipe.execute()
+        with self._lock:
+            self._pending[0].update(int(a) for a in article_ids)
+        self._maybe_flush()
 
     def clicked(self, article_id: int) -> None:
+        with self._lock:
+            self._pending[1][int(article_id)] += 1
+        self._maybe_flush()
+
+    def flush(self) -> None:
+        """Write the buffered increments now."""
+        with self._lock:
+            pending, self._pending = self._pending, (Counter(), Counter())
+            self._flushed = self._clock()
+        if not (pending[0] or pending[1]):
+            return
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hincrby(self.keys[1], str(int(article_id)), 1)
-        pipe.expire(self.keys[1], self.ttl)
+        for key, counts in zip(self.keys, pending, strict=True):
+            for a, n in counts.items():
+                pipe.hincrby(key, str(a), n)
+            if counts:
+                pipe.expire(key, self.ttl)
         pipe.execute()
+
+    def _maybe_flush(self) -> None:
+        if self._clock() - self._flushed >= self.sync_seconds:
+            self.flush()
 
     def counts(self, article_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if len(article_ids) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        fields = [str(int(a)) for a in article_ids]
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hmget(self.keys[0], fields)
-        pipe.hmget(self.keys[1], fields)
-        shown, clicked = pipe.execute()
-        return (np.array([int(v or 0) for v in shown], dtype=np.int64),
-                np.array([int(v or 0) for v in clicked], dtype=np.int64))
+        now = self._clock()
+        if now - self._cached_at >= self.sync_seconds:
+            self._cache, self._cached_at = {}, now
+        missing = [int(a) for a in article_ids if int(a) not in self._cache]
+        if missing:
+            fields = [str(a) for a in missing]
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hmget(self.keys[0], fields)
+            pipe.hmget(self.keys[1], fields)
+            shown, clicked = pipe.execute()
+            self._cache.update({a: (int(s or 0), int(c or 0)) for a, s, c in zip(missing, shown, clicked,
+                                                                                  strict=True)})
+        got = [self._cache[int(a)] for a in article_ids]
+        return np.array([g[0] for g in got], dtype=np.int64), np.array([g[1] for g in got], dtype=np.int64)
 
 
 def make_explore_stats(redis_url: str | None, prefix: str) -> ExploreStats:
