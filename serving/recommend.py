@@ -104,8 +104,12 @@ def prepare(bundle: Any, compile_ranker: bool = True) -> Prepared:
     if history is None:
         raise ValueError("the serving bundle has no click history (built without validated_dir): rebuild it "
                          "with `newsrec register`")
-    history = history[HISTORY_COLUMNS].sort_values([C.USER_ID, C.CLICK_TIMESTAMP], kind="mergesort")
     hist = {c: history[c].to_numpy(dtype=np.int64) for c in HISTORY_COLUMNS}
+    u, t = hist[C.USER_ID], hist[C.CLICK_TIMESTAMP]
+    if not (np.all(u[1:] >= u[:-1]) and np.all((u[1:] > u[:-1]) | (t[1:] >= t[:-1]))):
+        # bundles and indexes store it sorted already; sort anything else (stable: ties keep their order)
+        order = np.lexsort((t, u))
+        hist = {c: v[order] for c, v in hist.items()}
     users, starts, counts = np.unique(hist[C.USER_ID], return_index=True, return_counts=True)
 
     # A context code the request leaves out is filled with the commonest value in the data, so the
