@@ -58,26 +58,31 @@ def tiny_raw(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def tiny_validated(tiny_raw, tmp_path_factory) -> Path:
-    """A copy of tiny_raw's data root after `validate --all`: every hour landed in validated/clicks/hour=NNN/.
-
-    Session-scoped and shared: copy it before changing anything inside.
-    """
+def _validated_copy(raw_root: Path, name: str, tmp_path_factory) -> tuple[Path, list]:
+    """A copy of `raw_root`'s raw/ validated with the repo's params; every drop must land."""
     import shutil
 
     from pipelines.config import load_params
     from pipelines.validate import LANDED, Settings, validate_all
 
     params = ROOT / "params.yaml"
-    root = tmp_path_factory.mktemp("tiny_validated")
-    shutil.copytree(tiny_raw / "raw", root / "raw")
+    root = tmp_path_factory.mktemp(name)
+    shutil.copytree(raw_root / "raw", root / "raw")
     results = validate_all(root, epoch_ms=load_params("data", params)["epoch_ms"],
                            settings=Settings.from_params(load_params("validate", params)),
                            gx_dir=ROOT / "great_expectations", docs=False)
-    rejected = [f"{r.hour:03d}: {r.reason}" for r in results if r.status != LANDED]
-    assert results and not rejected, f"tiny synthetic hours failed validation: {rejected}"
-    return root
+    rejected = [f"{r.kind} {r.hour:03d}: {r.reason}" for r in results if r.status != LANDED]
+    assert results and not rejected, f"tiny synthetic drops failed validation: {rejected}"
+    return root, results
+
+
+@pytest.fixture(scope="session")
+def tiny_validated(tiny_raw, tmp_path_factory) -> Path:
+    """A copy of tiny_raw's data root after `validate --all`: every hour landed in validated/clicks/hour=NNN/.
+
+    Session-scoped and shared: copy it before changing anything inside.
+    """
+    return _validated_copy(tiny_raw, "tiny_validated", tmp_path_factory)[0]
 
 
 @pytest.fixture(scope="session")
@@ -104,20 +109,7 @@ def tiny_drops_validated(tiny_drops_raw, tmp_path_factory) -> tuple[Path, list]:
 
     Session-scoped and shared: copy it before changing anything inside.
     """
-    import shutil
-
-    from pipelines.config import load_params
-    from pipelines.validate import LANDED, Settings, validate_all
-
-    params = ROOT / "params.yaml"
-    root = tmp_path_factory.mktemp("tiny_drops_validated")
-    shutil.copytree(tiny_drops_raw / "raw", root / "raw")
-    results = validate_all(root, epoch_ms=load_params("data", params)["epoch_ms"],
-                           settings=Settings.from_params(load_params("validate", params)),
-                           gx_dir=ROOT / "great_expectations", docs=False)
-    rejected = [f"{r.kind} {r.hour:03d}: {r.reason}" for r in results if r.status != LANDED]
-    assert results and not rejected, f"tiny synthetic drops failed validation: {rejected}"
-    return root, results
+    return _validated_copy(tiny_drops_raw, "tiny_drops_validated", tmp_path_factory)
 
 
 @pytest.fixture
@@ -293,3 +285,18 @@ def redis_server() -> str:
         else:
             raise RuntimeError("redis-server did not answer after starting it")
     return "redis://127.0.0.1:6379/15"
+
+
+@pytest.fixture
+def redis_prefix(redis_server):
+    """A key prefix of this test's own on the test Redis; its keys are deleted afterwards."""
+    import uuid
+
+    import redis
+
+    prefix = f"newsrec-test:{uuid.uuid4().hex}:"
+    yield prefix
+    with redis.Redis.from_url(redis_server) as r:
+        keys = r.keys(prefix + "*")
+        if keys:
+            r.delete(*keys)

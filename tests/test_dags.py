@@ -313,11 +313,11 @@ def test_an_article_published_in_hour_h_is_served_from_hour_h_plus_1(dagbag, tin
     following the published serving index, serves it at hour 3 and not before."""
     import pandas as pd
     from fastapi.testclient import TestClient
+    from serving_support import EarlierChampion
 
     from pipelines import columns as C
     from serving.app import create_app
     from serving.settings import Settings
-    from serving_support import EarlierChampion
 
     root = tmp_path / "data"
     shutil.copytree(tiny_drops_raw / "raw", root / "raw")

@@ -93,33 +93,22 @@ def test_no_exploration_when_switched_off(serving_registry, serving_bundle, tmp_
 
 
 @pytest.mark.integration
-def test_redis_counts_are_shared_buffered_and_cached(redis_server):
+def test_redis_counts_are_shared_buffered_and_cached(redis_server, redis_prefix):
     """Replicas share the counts; a request never waits on Redis for them: writes are buffered and reads
     cached for `sync_seconds` of the (injected) clock."""
-    import uuid
-
-    import redis
-
     from serving.explore import RedisExploreStats
 
     now = [0.0]
-    prefix = f"newsrec-test:{uuid.uuid4().hex}:"
-    a = RedisExploreStats(redis_server, prefix, clock=lambda: now[0])
-    b = RedisExploreStats(redis_server, prefix, clock=lambda: now[0])
-    try:
-        a.shown([7, 8])
-        a.clicked(7)
-        now[0] = 0.5
-        assert b.counts(np.array([7, 8]))[0].tolist() == [0, 0]  # buffered in a, not written yet
-        now[0] = 1.0
-        a.shown([7])  # a second after the last write: this call writes everything buffered
-        now[0] = 1.2
-        assert b.counts(np.array([7]))[0].tolist() == [0]  # b's read of t=0.5 is cached for a second
-        now[0] = 1.6
-        shown, clicked = b.counts(np.array([7, 8, 9]))
-        assert shown.tolist() == [2, 1, 0] and clicked.tolist() == [1, 0, 0]
-    finally:
-        r = redis.Redis.from_url(redis_server)
-        keys = r.keys(prefix + "*")
-        if keys:
-            r.delete(*keys)
+    a = RedisExploreStats(redis_server, redis_prefix, clock=lambda: now[0])
+    b = RedisExploreStats(redis_server, redis_prefix, clock=lambda: now[0])
+    a.shown([7, 8])
+    a.clicked(7)
+    now[0] = 0.5
+    assert b.counts(np.array([7, 8]))[0].tolist() == [0, 0]  # buffered in a, not written yet
+    now[0] = 1.0
+    a.shown([7])  # a second after the last write: this call writes everything buffered
+    now[0] = 1.2
+    assert b.counts(np.array([7]))[0].tolist() == [0]  # b's read of t=0.5 is cached for a second
+    now[0] = 1.6
+    shown, clicked = b.counts(np.array([7, 8, 9]))
+    assert shown.tolist() == [2, 1, 0] and clicked.tolist() == [1, 0, 0]

@@ -3,8 +3,6 @@ next hourly refresh, in process or shared through Redis."""
 
 from __future__ import annotations
 
-import uuid
-
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -77,36 +75,27 @@ def _settings(registry, tmp_path, **changes) -> Settings:
 
 
 @pytest.mark.integration
-def test_events_reach_other_replicas_through_redis(serving_registry, serving_bundle, redis_server, tmp_path):
+def test_events_reach_other_replicas_through_redis(serving_registry, serving_bundle, redis_server, redis_prefix,
+                                                   tmp_path):
     """Two app instances on one Redis: clicks posted to one lift the article on the other."""
-    import redis
-
-    prefix = f"newsrec-test:{uuid.uuid4().hex}:"
-    settings = _settings(serving_registry, tmp_path, redis_url=redis_server, state_prefix=prefix,
+    settings = _settings(serving_registry, tmp_path, redis_url=redis_server, state_prefix=redis_prefix,
                          challenger_share=0.0)
     bundle = ServingBundle.load(serving_bundle)
     quiet = int(bundle.index.trending()[C.ARTICLE_ID].iloc[-1])
-    try:
-        with TestClient(create_app(settings, poll=False)) as a, TestClient(create_app(settings, poll=False)) as b:
-            cutoff = bundle.cutoff_ms
-            for i in range(30):
-                r = a.post("/v1/events", json={"user_id": 10**9 + i, "article_id": quiet,
-                                               "timestamp": cutoff + 60_000 + i})
-                assert r.status_code == 202
-            cold = 10**10
-            before = b.get(f"/v1/users/{cold}/recommendations", params={"k": 10}).json()
-            assert quiet not in {i["article_id"] for i in before["items"]}
-            b.app.state.holder.apply_live(lambda p: with_live(p, b.app.state.live, None))
-            after = b.get(f"/v1/users/{cold}/recommendations", params={"k": 10}).json()
-            assert quiet in {i["article_id"] for i in after["items"]}
-        shared = RedisLiveCounts(redis_server, prefix)
-        arts, _, n = shared.since(cutoff)
-        assert int(n[arts == quiet].sum()) == 30
-    finally:
-        r = redis.Redis.from_url(redis_server)
-        keys = r.keys(prefix + "*")
-        if keys:
-            r.delete(*keys)
+    with TestClient(create_app(settings, poll=False)) as a, TestClient(create_app(settings, poll=False)) as b:
+        cutoff = bundle.cutoff_ms
+        for i in range(30):
+            r = a.post("/v1/events", json={"user_id": 10**9 + i, "article_id": quiet,
+                                           "timestamp": cutoff + 60_000 + i})
+            assert r.status_code == 202
+        cold = 10**10
+        before = b.get(f"/v1/users/{cold}/recommendations", params={"k": 10}).json()
+        assert quiet not in {i["article_id"] for i in before["items"]}
+        b.app.state.holder.apply_live(lambda p: with_live(p, b.app.state.live, None))
+        after = b.get(f"/v1/users/{cold}/recommendations", params={"k": 10}).json()
+        assert quiet in {i["article_id"] for i in after["items"]}
+    arts, _, n = RedisLiveCounts(redis_server, redis_prefix).since(cutoff)
+    assert int(n[arts == quiet].sum()) == 30
 
 
 @pytest.mark.unit
