@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -67,15 +68,22 @@ class ServingIndex:
     def cutoff_hour(self) -> int:
         return int(self.meta["cutoff_hour"])
 
-    def save(self, out_dir: str | Path, embeddings: np.ndarray) -> Path:
-        """Write every part under `out_dir` (created; must not exist yet)."""
+    def save(self, out_dir: str | Path, previous: Path | None = None) -> Path:
+        """Write every part under `out_dir` (created; must not exist yet). The embeddings (the tables' own,
+        normalised) are hard-linked from the `previous` version when both say they hold the same catalogue
+        (`meta["catalogue"]`): at Globo scale that is 364 MB not written again every hour."""
         out = Path(out_dir)
         out.mkdir(parents=True)
         self.index.save(out / PARTS["index"])
         self.tables.save(out / PARTS["features"])
         self.history.to_parquet(out / PARTS["history"], index=False)
         self.articles.to_parquet(out / PARTS["articles"], index=False)
-        np.save(out / PARTS["embeddings"], embeddings)
+        same = previous is not None and (previous / META).exists() and (previous / PARTS["embeddings"]).exists() \
+            and json.loads((previous / META).read_text()).get("catalogue") == self.meta.get("catalogue")
+        if same:
+            os.link(previous / PARTS["embeddings"], out / PARTS["embeddings"])
+        else:
+            np.save(out / PARTS["embeddings"], np.asarray(self.tables.embeddings))
         (out / META).write_text(json.dumps(self.meta, indent=2) + "\n")
         return out
 
@@ -130,7 +138,7 @@ def fit_serving_index(
     history = load_clicks(root / "validated" / "clicks", None, cutoff_ms, columns=HISTORY_COLUMNS, epoch_ms=epoch_ms)
     history = history[HISTORY_COLUMNS].sort_values([C.USER_ID, C.CLICK_TIMESTAMP], kind="mergesort")
     index = CandidateIndex.fit(root, articles, embeddings, cutoff_ms, index_params, epoch_ms)
-    tables = fit_tables(history, articles, normalise_embeddings(embeddings), cutoff_ms, feature_params)
+    tables = fit_tables(history, articles, normalise_embeddings(embeddings), cutoff_ms, feature_params)  # once
     meta = {"format": INDEX_FORMAT, "cutoff_hour": int(cutoff_hour), "cutoff_ms": int(cutoff_ms),
             "features": list(FEATURES), "feature_params": dict(feature_params), "index_params": dict(index_params),
             "pool_size": len(index.pool), "users": len(tables.users), "clicks": len(history)}
@@ -139,21 +147,20 @@ def fit_serving_index(
                         history=history.reset_index(drop=True), meta=meta)
 
 
-def publish(serving: ServingIndex, embeddings: np.ndarray, index_root: str | Path, keep: int) -> Path:
+def publish(serving: ServingIndex, index_root: str | Path, keep: int) -> Path:
     """Write `serving` as version hour=NNN, point CURRENT.json at it, keep the `keep` newest versions.
 
     Re-publishing an hour (a replayed drop) replaces that version whole. CURRENT.json never moves back to
     an older hour than the one it names, so replaying an old hour does not roll the service back.
     """
-    from pipelines.features import normalise_embeddings
-
     root = Path(index_root)
     root.mkdir(parents=True, exist_ok=True)
     final = version_dir(root, serving.cutoff_hour)
     tmp = root / f".{final.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    serving.save(tmp, normalise_embeddings(embeddings))
+    live = current(root)
+    serving.save(tmp, previous=root / live["path"] if live else None)
     if final.exists():
         old = root / f".{final.name}.old"
         shutil.rmtree(old, ignore_errors=True)
@@ -194,7 +201,17 @@ def refresh(
     # hour's drop is recommendable from the next hour on
     articles, embeddings = read_catalogue(root, until_hour=int(hour))
     serving = fit_serving_index(root, int(hour) + 1, articles, embeddings, index_params, feature_params, epoch_ms)
-    return publish(serving, embeddings, root / params["index_dir"], int(params["keep"]))
+    serving.meta["catalogue"] = catalogue_key(root, int(hour))
+    return publish(serving, root / params["index_dir"], int(params["keep"]))
+
+
+def catalogue_key(data_root: str | Path, until_hour: int) -> str:
+    """What the catalogue up to `until_hour` is made of: the static files' size and time, the drop hours."""
+    from pipelines.catalogue import article_drop_hours
+
+    raw = Path(data_root) / "raw"
+    stamp = [f"{(raw / f).stat().st_size}:{(raw / f).stat().st_mtime_ns}" for f in (C.METADATA_FILE, C.EMBEDDINGS_FILE)]
+    return ";".join(stamp) + ";drops:" + ",".join(map(str, article_drop_hours(data_root, until_hour)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -133,8 +133,16 @@ def test_publish_replaces_a_replayed_version_whole(data_root, tmp_path):
     embeddings = read_embeddings(data_root / "raw" / C.EMBEDDINGS_FILE)
     fit = fit_serving_index(data_root, 6, articles, embeddings, load_params("candidates"),
                             load_params("features"), EPOCH_MS)
-    first = publish(fit, embeddings, tmp_path, keep=3)
+    first = publish(fit, tmp_path, keep=3)
     (first / "stray.txt").write_text("from an earlier run")
-    again = publish(fit, embeddings, tmp_path, keep=3)
+    again = publish(fit, tmp_path, keep=3)
     assert again == first and not (again / "stray.txt").exists()
     assert np.load(again / "embeddings.npy").shape == embeddings.shape
+
+
+def test_unchanged_catalogue_embeddings_are_linked_not_written_again(data_root, tmp_path):
+    index_root = tmp_path / "idx"
+    a, b = _refresh(data_root, index_root, 10), _refresh(data_root, index_root, 11)
+    assert (a / "embeddings.npy").stat().st_ino == (b / "embeddings.npy").stat().st_ino
+    assert json.loads((a / "index.json").read_text())["catalogue"] == json.loads((b / "index.json").read_text())[
+        "catalogue"]
