@@ -285,6 +285,7 @@ def test_alias_swap_under_load_fails_no_request(serving_registry, bundle, tmp_pa
     settings = _settings(serving_registry, tmp_path, challenger_share=0.0, poll_seconds=0.2)
     users = [int(u) for u in bundle.history["user_id"].unique()[:40]] + [424242]
     statuses, versions = [], []
+    per_client: dict[int, list[str]] = {k: [] for k in range(3)}
     stop = threading.Event()
 
     def hammer(offset: int) -> None:
@@ -295,6 +296,7 @@ def test_alias_swap_under_load_fails_no_request(serving_registry, bundle, tmp_pa
                 statuses.append(r.status_code)
                 if r.status_code == 200:
                     versions.append(r.json()["model_version"])
+                    per_client[offset].append(r.json()["model_version"])
                 i += 1
 
     try:
@@ -316,8 +318,11 @@ def test_alias_swap_under_load_fails_no_request(serving_registry, bundle, tmp_pa
     assert statuses and set(statuses) == {200}, f"failed requests during the swap: {set(statuses)}"
     assert versions[0] == "1" and versions[-1] == "2"
     # Once swapped, never back: requests read one slot snapshot, so no request mixes or reverts versions.
-    first_two = versions.index("2")
-    assert set(versions[first_two:]) == {"2"}
+    # Judged per client, whose requests are sequential: across clients, a request that read v1 just before
+    # the swap may finish after another client's first v2 answer, which is no revert.
+    for seen in per_client.values():
+        if "2" in seen:
+            assert set(seen[seen.index("2"):]) == {"2"}, seen
 
 
 @pytest.mark.integration
