@@ -112,3 +112,16 @@ def known_at(articles: pd.DataFrame, delivered: np.ndarray, cutoff_hour: int) ->
     """The catalogue as a snapshot at `cutoff_hour` knows it: rows delivered before that hour."""
     keep = delivered < int(cutoff_hour)
     return articles if keep.all() else articles[keep].reset_index(drop=True)
+
+
+def catalogue_articles(data_root: str | Path, until_hour: int | None = None) -> pd.DataFrame:
+    """`read_catalogue`'s metadata frame alone (no embeddings read): for readers that need only the articles'
+    categories and times, such as drift monitoring."""
+    from pipelines.features import read_articles
+
+    articles = read_articles(Path(data_root) / "raw" / C.METADATA_FILE)
+    drops = [pd.read_parquet(partition_dir(data_root, h, ARTICLES) / PART_FILE, columns=C.METADATA_COLUMNS)
+             for h in article_drop_hours(data_root, until_hour)]
+    if not drops:
+        return articles
+    return pd.concat([articles, *drops], ignore_index=True).astype(C.METADATA_DTYPES)

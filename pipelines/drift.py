@@ -99,11 +99,10 @@ def feature_frame(data_root: str | Path, hours: Sequence[int]) -> pd.DataFrame:
         raise FileNotFoundError(
             f"no validated hours among {format_hours(hours)} under {Path(data_root) / 'validated' / C.CLICKS_DIR}"
         )
-    meta_path = Path(data_root) / "raw" / C.METADATA_FILE
-    if not meta_path.exists():
-        raise FileNotFoundError(f"article metadata not found: {meta_path}")
-    meta = pd.read_csv(meta_path, usecols=[C.ARTICLE_ID, C.CATEGORY_ID, C.CREATED_AT_TS],
-                       dtype={c: "int64" for c in (C.ARTICLE_ID, C.CATEGORY_ID, C.CREATED_AT_TS)})
+    from pipelines.catalogue import catalogue_articles
+
+    # the static file and the landed article drops: clicks on articles a drop delivered keep their features
+    meta = catalogue_articles(data_root)[[C.ARTICLE_ID, C.CATEGORY_ID, C.CREATED_AT_TS]]
     context = ", ".join(f"c.{col}" for col in C.CONTEXT_COLUMNS)
     sql = f"""
         SELECT c.{C.HOUR}, {context}, m.{C.CATEGORY_ID},
@@ -292,11 +291,12 @@ def drift_report(
         wanted = cfg["scores"].get("numerical", [])
         embeddings = None
         if model_dir is not None:
-            from pipelines.features import normalise_embeddings, read_embeddings
+            from pipelines.catalogue import read_catalogue
+            from pipelines.features import normalise_embeddings
 
             if features_dir is None:
                 raise ValueError("model scores need the snapshots' feature tables (features_dir)")
-            embeddings = normalise_embeddings(read_embeddings(Path(data_root) / "raw" / C.EMBEDDINGS_FILE))
+            embeddings = normalise_embeddings(read_catalogue(data_root)[1])
         ref_s = read_scores(reference_scores, wanted, model_dir, features_dir, embeddings)
         cur_s = read_scores(current_scores, wanted, model_dir, features_dir, embeddings)
         summary["rows"]["scores"] = {"reference": len(ref_s), "current": len(cur_s)}

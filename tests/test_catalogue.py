@@ -103,3 +103,13 @@ def test_synthetic_drops_add_up_to_the_catalogue_without_drops(tiny_raw, tiny_dr
     assert np.array_equal(until_emb[known], whole_emb[known])
     unknown = np.setdiff1d(np.arange(len(until_emb)), known)
     assert not until_emb[unknown].any()  # not delivered by hour 5: zero rows
+
+
+def test_catalogue_articles_is_the_catalogues_metadata_without_embeddings(tiny_drops_validated):
+    from pipelines.catalogue import catalogue_articles, read_catalogue
+
+    root, _ = tiny_drops_validated
+    articles, _ = read_catalogue(root)
+    pd.testing.assert_frame_equal(catalogue_articles(root), articles)
+    early, _ = read_catalogue(root, until_hour=3)
+    pd.testing.assert_frame_equal(catalogue_articles(root, until_hour=3), early)

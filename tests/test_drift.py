@@ -156,3 +156,14 @@ def test_missing_hours_are_reported_and_no_data_is_an_error(drift_roots, tmp_pat
     assert summary["missing_hours"]["current"] == [31]
     with pytest.raises(FileNotFoundError, match="no validated hours among 100-101"):
         drift.drift_report(root, REFERENCE, [100, 101], tmp_path / "run2", _config())
+
+
+def test_clicks_on_articles_from_article_drops_keep_their_features(tiny_drops_validated):
+    """Every validated click is a row, also those on articles that arrived in an hourly article drop."""
+    from pipelines.drift import feature_frame
+    from pipelines.split import load_clicks
+
+    root, _ = tiny_drops_validated
+    frame = feature_frame(root, range(0, 24))
+    clicks = load_clicks(root / "validated" / "clicks", None, None)
+    assert len(frame) == len(clicks) and frame["category_id"].notna().all()
