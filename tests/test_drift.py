@@ -164,6 +164,6 @@ def test_clicks_on_articles_from_article_drops_keep_their_features(tiny_drops_va
     from pipelines.split import load_clicks
 
     root, _ = tiny_drops_validated
-    frame = feature_frame(root, range(0, 24))
+    frame = feature_frame(root, range(24))
     clicks = load_clicks(root / "validated" / "clicks", None, None)
     assert len(frame) == len(clicks) and frame["category_id"].notna().all()
