@@ -16,7 +16,7 @@ import pandas as pd
 from pipelines import columns as C
 
 SOURCE_NAMES = {"emb": "similar to what they read", "cocl": "read together with their reads",
-                "pop": "popular", "trend": "trending now"}
+                "pop": "popular", "trend": "trending now", "explore": "new story given a try (exploration)"}
 
 
 class ApiError(RuntimeError):
