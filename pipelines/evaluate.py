@@ -105,6 +105,25 @@ def recent_popular_order(
     return pop[ARTICLE_ID].to_numpy(np.int64), pop[window].to_numpy(np.float64)
 
 
+def recent_popular_lists(
+    data_root: str | Path,
+    articles: pd.DataFrame,
+    cutoff_hour: int,
+    cutoff_ms: int,
+    hours: int,
+    users: np.ndarray,
+    user_clicks: pd.DataFrame,
+    depth: int,
+) -> pd.DataFrame:
+    """Each user's `recent_popular` list at a cutoff, skipping what they read (`user_clicks`: those users'
+    history): user_id, article_id, rank, at least as deep as the trend source's list (100), which is what the
+    method can reach (its candidate_recall)."""
+    from pipelines.candidates import top_unread
+
+    ids, scores = recent_popular_order(data_root, articles, cutoff_hour, cutoff_ms, hours)
+    return top_unread(ids, scores, users, user_clicks, max(depth, 100))[[USER_ID, ARTICLE_ID, RANK]]
+
+
 def rank_methods(
     candidates: pd.DataFrame,
     trend: pd.Series,
@@ -249,7 +268,7 @@ def evaluate_as_served(
     `catalogue` is (articles, the hour each was delivered: `catalogue.delivered_hours`), so each hour sees
     the articles delivered before it; `embeddings` are the raw article embeddings.
     """
-    from pipelines.candidates import TREND, CandidateIndex, top_unread
+    from pipelines.candidates import TREND, CandidateIndex
     from pipelines.catalogue import known_at
     from pipelines.features import fit_tables, normalise_embeddings
     from pipelines.split import eval_targets, hour_start_ms
@@ -264,8 +283,8 @@ def evaluate_as_served(
     for hour in range(snap.cutoff_hour, snap.end_hour):
         cutoff = hour_start_ms(hour, epoch_ms)
         articles = known_at(*catalogue, hour)
-        history = clicks.iloc[: int(np.searchsorted(ts, cutoff))]
-        target = clicks.iloc[int(np.searchsorted(ts, cutoff)) : int(np.searchsorted(ts, cutoff + HOUR_MS))]
+        start, end = np.searchsorted(ts, [cutoff, cutoff + HOUR_MS])
+        history, target = clicks.iloc[:start], clicks.iloc[start:end]
         targets = eval_targets(history, target, articles, cutoff)
         if targets.empty:
             continue
@@ -279,8 +298,7 @@ def evaluate_as_served(
                                 only_users=users)
             scorers[RERANKER] = lambda c, t=tables: score_candidates(ranker, c, t)
         recs = rank_methods(cands, index.pool.set_index(ARTICLE_ID)[TREND], depth, scorers)
-        order_ids, order_scores = recent_popular_order(data_root, articles, hour, cutoff, recent_hours)
-        own = top_unread(order_ids, order_scores, users, mine, max(depth, 100))[[USER_ID, ARTICLE_ID, RANK]]
+        own = recent_popular_lists(data_root, articles, hour, cutoff, recent_hours, users, mine, depth)
         recs[RECENT_POPULAR] = own[own[RANK] <= depth]
 
         def to_query(frame: pd.DataFrame, offset: int = offset, users: np.ndarray = users) -> pd.DataFrame:
@@ -405,7 +423,7 @@ def evaluate(
     """Evaluate the `params["snapshot"]` snapshot (normally "test") from the stage outputs on disk: the
     frozen protocol, and the as-served one when `params["as_served"]` (it needs the index and feature
     params and the epoch, which fix how the hourly refresh fits)."""
-    from pipelines.candidates import TREND, CandidateIndex, top_unread
+    from pipelines.candidates import TREND, CandidateIndex
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
     from pipelines.split import eval_targets, get_snapshot, load_clicks
     from pipelines.train import Ranker
@@ -440,12 +458,12 @@ def evaluate(
         ranker = Ranker.load(model_dir)
         scorers[RERANKER] = reranker_scorer(ranker, Path(features_dir) / snap.name, embeddings)
     users = targets[USER_ID].unique()
-    order_ids, order_scores = recent_popular_order(root, articles, snap.cutoff_hour, snap.cutoff_ms, recent_hours)
-    own = top_unread(order_ids, order_scores, users, history[history[USER_ID].isin(users)], max(k, curve_k, 100))
+    own = recent_popular_lists(root, articles, snap.cutoff_hour, snap.cutoff_ms, recent_hours, users,
+                               history[history[USER_ID].isin(users)], max(k, curve_k))
     available = int((articles[CREATED_AT_TS] < snap.cutoff_ms).sum())
     results = evaluate_snapshot(
         candidates, targets, trend, available, k, scorers, curve_k=curve_k,
-        own_lists={RECENT_POPULAR: own[[USER_ID, ARTICLE_ID, RANK]]},
+        own_lists={RECENT_POPULAR: own},
     )
     results["snapshot"] = snap.name
     results["catalogue"] = available

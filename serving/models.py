@@ -115,15 +115,14 @@ class ModelHolder:
         frozen (see `_freeze_heap`); after an index swap only frozen.
         """
         with self._refresh_lock:
-            before = {slot: (m.ref if m else None) for slot in self.aliases for m in [getattr(self.slots, slot)]}
+            before = _refs(self.slots)
             changed = self._swap_changed()
             if changed:
-                after = {slot: (m.ref if m else None) for slot in self.aliases for m in [getattr(self.slots, slot)]}
                 # An index swap replaces only data the old pair held without reference cycles (checked: a few
                 # dozen small objects in cycles per swap, no arrays), so reference counting frees it and the
                 # new objects are just frozen: no full collection (0.25-0.3 s without the GIL's release at
                 # demo scale) on the hourly path. A model swap collects fully, as before.
-                if after != before:
+                if _refs(self.slots) != before:
                     _freeze_heap()
                 else:
                     gc.freeze()
@@ -258,6 +257,11 @@ class ModelHolder:
                 thread.join(timeout=10)
         self._thread = self._live_thread = None
         gc.unfreeze()
+
+
+def _refs(slots: Slots) -> tuple[VersionRef | None, VersionRef | None]:
+    """Which versions the slots hold (what an index swap leaves unchanged)."""
+    return tuple(m.ref if m is not None else None for m in (slots.champion, slots.challenger))
 
 
 def _freeze_heap() -> None:
