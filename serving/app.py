@@ -54,9 +54,18 @@ Id = Annotated[int, Field(ge=0, le=MAX_ID), BeforeValidator(_json_integer)]
 MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant a datetime can hold
 
 
+def _is_number(text: str) -> bool:
+    """Whatever Python reads as a number, exponents and nan included (pydantic would read it as a timestamp)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _iso_only(value: Any) -> Any:
     """The date-time branch takes ISO strings only: numbers belong to the epoch-ms branch and its bounds."""
-    numeric = not isinstance(value, str) or value.strip().lstrip("+-").replace(".", "", 1).isdigit()
+    numeric = not isinstance(value, str) or _is_number(value)
     if numeric and not isinstance(value, datetime):
         raise ValueError("a number here is epoch milliseconds, between 0 and 253402300799999")
     return value

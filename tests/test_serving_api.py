@@ -145,6 +145,8 @@ def _counter(text: str, series: str) -> float:
         ("/v1/users/-3/recommendations", "greater than or equal to 0"),
         ("/v1/users/1/recommendations?device=-1", "greater than or equal to 0"),
         ("/v1/users/1/recommendations?time=yesterday", "datetime"),
+        ("/v1/articles/1300?time=-1.2056819589967994e-95", "epoch milliseconds"),  # found by the fuzz test
+        ("/v1/articles/1?time=1e3", "epoch milliseconds"),
         ("/v1/users/99999999999999999999/recommendations", "less than or equal to"),
         ("/v1/articles/1/similar?k=1000", "less than or equal to 100"),
     ],
