@@ -8,11 +8,15 @@ and the validated clicks, and the ranker is combined with the newest one at serv
     <root>/serving_index/hour=NNN/     everything known before hour NNN (its cutoff)
         index/                         CandidateIndex: pool, popularity windows, trend, co-clicks, similar
         features/                      FeatureTables: user tables of every reader, time-dependent article table
-        history.parquet                clicks before the cutoff (HISTORY_COLUMNS), the API's per-user history
+        history.npy                    clicks before the cutoff, int64 [HISTORY_COLUMNS, clicks] sorted by user
+                                       and time: the API's per-user history
         articles.parquet               the catalogue published before the cutoff
         embeddings.npy                 the catalogue's L2-normalised embeddings (row = article_id)
         index.json                     format number, cutoff, the features its tables provide, params
     <root>/serving_index/CURRENT.json  which version is live: written last, atomically
+
+The big parts (history, the users' profiles, the embeddings) are .npy files an API worker memory-maps:
+a swap reads no more than it touches, decodes nothing, and the workers of one host share the pages.
 
 A version is built in a temporary folder and renamed into place, then CURRENT.json is replaced, so a
 reader sees the old version or the whole new one. A model and an index are compatible by contract: the
@@ -37,10 +41,10 @@ from pipelines import columns as C
 from pipelines.fileio import atomic_write
 
 # Raised whenever what an index holds, or what the code expects of it, changes.
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 CURRENT = "CURRENT.json"
 META = "index.json"
-PARTS = {"index": "index", "features": "features", "history": "history.parquet",
+PARTS = {"index": "index", "features": "features", "history": "history.npy",
          "articles": "articles.parquet", "embeddings": "embeddings.npy"}
 # Clicks before the cutoff, per user: the API's starting point for one user's candidates and features.
 HISTORY_COLUMNS = [C.USER_ID, C.SESSION_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP, *C.CONTEXT_COLUMNS]
@@ -76,7 +80,8 @@ class ServingIndex:
         out.mkdir(parents=True)
         self.index.save(out / PARTS["index"])
         self.tables.save(out / PARTS["features"])
-        self.history.to_parquet(out / PARTS["history"], index=False)
+        np.save(out / PARTS["history"], np.stack([self.history[c].to_numpy(np.int64) for c in HISTORY_COLUMNS])
+                if len(self.history) else np.zeros((len(HISTORY_COLUMNS), 0), dtype=np.int64))
         self.articles.to_parquet(out / PARTS["articles"], index=False)
         same = previous is not None and (previous / META).exists() and (previous / PARTS["embeddings"]).exists() \
             and json.loads((previous / META).read_text()).get("catalogue") == self.meta.get("catalogue")
@@ -101,11 +106,13 @@ class ServingIndex:
             raise ValueError(f"serving index in {src} has format {meta.get('format')}; this code reads format "
                              f"{INDEX_FORMAT}: rebuild it with `newsrec refresh`")
         embeddings = np.load(src / PARTS["embeddings"], mmap_mode="r")
+        # [columns, clicks] C-order is [clicks, columns] Fortran-order: pandas wraps it as one block, no copy
+        history = pd.DataFrame(np.load(src / PARTS["history"], mmap_mode="r").T, columns=HISTORY_COLUMNS, copy=False)
         return cls(
             tables=FeatureTables.load(src / PARTS["features"], embeddings),
             index=CandidateIndex.load(src / PARTS["index"]),
             articles=pd.read_parquet(src / PARTS["articles"]),
-            history=pd.read_parquet(src / PARTS["history"]),
+            history=history,
             meta=meta,
         )
 

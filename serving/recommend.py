@@ -88,6 +88,12 @@ def prepare(bundle: Any, compile_ranker: bool = True) -> Prepared:
             bundle.ranker.compile()
         except Exception:  # a compiler problem must not keep a good model out of service
             log.warning("ranker not compiled; LightGBM scores requests", exc_info=True)
+    # Requests rank pool articles only: the article feature table of the rest of the catalogue (Globo: 364k
+    # rows, the pool ~3k) would be copied and rewritten by every live popularity overlay (serving.live).
+    pool_rows = bundle.tables.articles.index.isin(bundle.index.pool_ids)
+    if not pool_rows.all():
+        bundle = dataclasses.replace(bundle, tables=dataclasses.replace(
+            bundle.tables, articles=bundle.tables.articles[pool_rows], _cache={}))
     meta = bundle.articles
     size = int(meta[C.ARTICLE_ID].max()) + 1 if len(meta) else 0
     ids = meta[C.ARTICLE_ID].to_numpy()
@@ -110,7 +116,9 @@ def prepare(bundle: Any, compile_ranker: bool = True) -> Prepared:
         # bundles and indexes store it sorted already; sort anything else (stable: ties keep their order)
         order = np.lexsort((t, u))
         hist = {c: v[order] for c, v in hist.items()}
-    users, starts, counts = np.unique(hist[C.USER_ID], return_index=True, return_counts=True)
+    u = hist[C.USER_ID]
+    starts = np.flatnonzero(np.diff(u, prepend=u[:1] - 1))  # sorted: each user's first row (np.unique sorts again)
+    users, counts = u[starts], np.diff(np.append(starts, len(u)))
 
     # A context code the request leaves out is filled with the commonest value in the data, so the
     # model never sees a missing value it was not trained with.

@@ -198,6 +198,24 @@ def test_tables_round_trip(tmp_path, history, articles, embeddings):
 
 
 @pytest.mark.unit
+def test_tables_written_with_the_profile_column_still_load(tmp_path, history, articles, embeddings):
+    """Bundles registered before profiles had their own .npy held them as a list column of users.parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = F.fit_tables(history, articles, embeddings, 6 * H, PARAMS)
+    out = tables.save(tmp_path / "snap")
+    users = pa.Table.from_pandas(tables.users.reset_index(), preserve_index=False)
+    flat = pa.array(tables.profiles.astype(np.float32).ravel())
+    pq.write_table(users.append_column("profile", pa.FixedSizeListArray.from_arrays(flat, tables.profiles.shape[1])),
+                   out / "users.parquet")
+    (out / "profiles.npy").unlink()
+    loaded = F.FeatureTables.load(out, embeddings)
+    pd.testing.assert_frame_equal(tables.users, loaded.users)
+    np.testing.assert_array_equal(tables.profiles, loaded.profiles)
+
+
+@pytest.mark.unit
 def test_load_without_tables_says_what_to_run(tmp_path, embeddings):
     with pytest.raises(FileNotFoundError, match="newsrec features"):
         F.FeatureTables.load(tmp_path, embeddings)

@@ -32,6 +32,15 @@ def data_root(serving_bundle):
     return serving_bundle.parent / "data"
 
 
+def _memory_mapped(array) -> bool:
+    """Whether `array` is a view of a memory-mapped file (its chain of bases ends in a np.memmap)."""
+    while array is not None:
+        if isinstance(array, np.memmap):
+            return True
+        array = getattr(array, "base", None)
+    return False
+
+
 def _refresh(data_root, index_root, hour, keep=3):
     params = {"index_dir": str(index_root), "keep": keep}
     return refresh(data_root, hour, params, load_params("candidates"), load_params("features"), EPOCH_MS)
@@ -55,6 +64,10 @@ def test_refresh_publishes_versions_atomically_and_never_rolls_back(data_root, t
     from pipelines.split import load_clicks
 
     assert len(served.history) == len(load_clicks(data_root / "validated" / "clicks", None, cutoff))
+
+    # what a worker reads on every swap is memory-mapped, not decoded: the big parts cost no time to load
+    for big in (served.tables.profiles, served.history[C.USER_ID].to_numpy(), served.tables.embeddings):
+        assert _memory_mapped(big)
 
     # a replayed old hour is republished but the live pointer stays on the newest
     _refresh(data_root, index_root, 12, keep=5)

@@ -1,0 +1,108 @@
+"""What one hourly index swap costs a serving worker: load, combine with the ranker, and how long requests stall.
+
+The API's poller thread loads each new serving index (pipelines.serving_index) and combines it with the
+model's ranker (`FolderIndexSource.load` + `.combine`) while the event loop serves requests; whatever
+of that holds the GIL delays them. This measures, in process and without HTTP, each phase's wall and CPU
+time, and the longest gap a 1-ms ticker thread sees while it runs (the stall a request queued then would
+wait). CPU time and the ticker's gaps hardly depend on what else the machine runs; wall time does.
+
+    .venv/bin/python benchmarks/bench_index_swap.py --bundle /tmp/bench/demo/models/bundle \\
+        --index-root /tmp/bench/globo/serving_index [--repeat 3] [--json-out benchmarks/results/index_swap.jsonl]
+
+Any model bundle whose ranker's features the index provides will do (the ranker is only combined, and a
+request for one known user is served from the result to check it works).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Self
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Ticker:
+    """A thread that wakes every millisecond and records the longest time it could not run."""
+
+    def __init__(self) -> None:
+        self.max_gap = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        last = time.perf_counter()
+        while not self._stop.is_set():
+            time.sleep(0.001)
+            now = time.perf_counter()
+            self.max_gap = max(self.max_gap, now - last)
+            last = now
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def timed(fn):
+    """(result, wall s, CPU s of the process, all threads, longest ticker gap ms) of fn()."""
+    with Ticker() as ticker:
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = fn()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return out, wall, cpu, ticker.max_gap * 1000
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, required=True, help="a serving bundle folder (models/bundle)")
+    parser.add_argument("--index-root", type=Path, required=True, help="a folder `newsrec refresh` published to")
+    parser.add_argument("--repeat", type=int, default=3, help="swaps to measure (the live version, reloaded)")
+    parser.add_argument("--label", default="")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from pipelines.registry import ServingBundle
+    from serving import recommend as rec
+    from serving.index_source import FolderIndexSource
+    from serving.models import ServedModel, VersionRef
+
+    bundle = ServingBundle.load(args.bundle)
+    model = ServedModel(ref=VersionRef("bench", "1", "", str(args.bundle)), bundle=rec.prepare(bundle),
+                        loaded_at=time.time(), base=bundle)
+    source = FolderIndexSource(args.index_root)
+    pointer = source.current()
+    if pointer is None:
+        parser.error(f"no index published in {args.index_root}")
+    rows = []
+    for i in range(args.repeat):
+        index, load_wall, load_cpu, load_gap = timed(lambda: source.load(pointer))
+        served, comb_wall, comb_cpu, comb_gap = timed(lambda index=index: source.combine(model, index))
+        user = int(served.bundle.hist_users[len(served.bundle.hist_users) // 2])
+        result = rec.recommend(served.bundle, user, [], rec.Context(), served.bundle.cutoff_ms, 10)
+        row = {"label": args.label, "swap": i, "index_hour": index.cutoff_hour, "users": index.meta.get("users"),
+               "clicks": index.meta.get("clicks"), "load_s": round(load_wall, 3), "load_cpu_s": round(load_cpu, 3),
+               "load_max_stall_ms": round(load_gap, 1), "combine_s": round(comb_wall, 3),
+               "combine_cpu_s": round(comb_cpu, 3), "combine_max_stall_ms": round(comb_gap, 1),
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+               "served_items": len(result.article_ids)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del index, served
+    if args.json_out:
+        with args.json_out.open("a") as out:
+            for row in rows:
+                out.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
