@@ -119,6 +119,14 @@ def test_api_holder_swaps_to_a_newer_index_and_refuses_an_incompatible_one(servi
     assert len(got.article_ids) == 10 and set(got.article_ids) <= set(served.bundle.bundle.index.pool_ids)
     assert holder.refresh() is False  # same pointer: nothing rebuilt
 
+    # the live overlay (every few seconds) rebuilds from the pair now served, never from the one before it
+    holder.apply_live(lambda p: p)
+    _refresh(data_root, index_root, 15)
+    assert holder.refresh() is True and holder.slots.champion.index_hour == 16
+    holder.apply_live(lambda p: p)
+    served = holder.slots.champion
+    assert rec.cutoff_ms(served.bundle) == EPOCH_MS + 16 * C.HOUR_MS
+
     # an index that lacks a feature of the ranker is refused; the old pair keeps serving
     _refresh(data_root, index_root, 16)
     meta_path = index_root / "hour=017" / "index.json"
