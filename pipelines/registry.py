@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import columns as C
+from pipelines.fileio import verify_manifest, write_manifest
 from pipelines.features import (
     CONTEXT_FEATURES,
     FeatureTables,
@@ -35,6 +37,7 @@ from pipelines.train import Ranker, score_candidates
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+log = logging.getLogger(__name__)
 HISTORY_TAG = "champion_history"
 WINDOW_TAG = "test_window"
 # Version tags holding the test metrics a promotion compares: test.<segment>.<metric>.
@@ -75,6 +78,8 @@ class ServingBundle:
         src = Path(bundle_dir)
         if not (src / _META).exists():
             raise FileNotFoundError(f"no serving bundle in {src} ({_META} missing)")
+        if not verify_manifest(src):
+            log.warning("serving bundle in %s has no manifest (registered before manifests): files not verified", src)
         meta = json.loads((src / _META).read_text())
         if meta.get("format") != BUNDLE_FORMAT:
             written = meta.get("format") or "none recorded (older code)"
@@ -152,6 +157,7 @@ def build_bundle(
     meta = {"format": BUNDLE_FORMAT, "cutoff_ms": tables.cutoff_ms, "features": ranker.features, "ranker": ranker.meta,
             "feature_params": dict(feature_params or {})}
     (out / _META).write_text(json.dumps(meta, indent=2) + "\n")
+    write_manifest(out)  # last: what ServingBundle.load checks before it parses anything
     return out
 
 

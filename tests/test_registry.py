@@ -212,10 +212,53 @@ def test_a_bundle_from_other_code_is_refused_with_a_clear_message(serving_bundle
     import json
     import shutil
 
+    from pipelines.fileio import write_manifest
+
     assert R.ServingBundle.load(serving_bundle).meta["format"] == R.BUNDLE_FORMAT
     old = shutil.copytree(serving_bundle, tmp_path / "old")
     meta = json.loads((old / R._META).read_text())
     del meta["format"]
     (old / R._META).write_text(json.dumps(meta))
+    write_manifest(old)  # whole as that code wrote it
     with pytest.raises(ValueError, match="format none recorded.*newsrec register"):
         R.ServingBundle.load(old)
+
+
+@pytest.mark.integration
+def test_a_damaged_bundle_is_refused_before_anything_parses_it_and_the_service_keeps_serving(serving_bundle,
+                                                                                            tmp_path):
+    """A truncated ranker.txt behind the champion alias used to abort the API process inside LightGBM."""
+    import shutil
+    import time
+
+    from pipelines.fileio import verify_manifest
+    from serving.models import ModelHolder, ServedModel, VersionRef
+    from serving.recommend import prepare
+
+    assert verify_manifest(serving_bundle)
+    bad = shutil.copytree(serving_bundle, tmp_path / "bad")
+    model = bad / "ranker" / "ranker.txt"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"ranker/ranker.txt has \d+ bytes"):
+        R.ServingBundle.load(bad)
+
+    class Folders:  # v1 = the good bundle, v2 = the damaged one, behind `champion` in turn
+        def __init__(self):
+            self.version = "1"
+
+        def resolve(self, alias):
+            return VersionRef("m", self.version, "", str(bad if self.version == "2" else serving_bundle)) \
+                if alias == "champion" else None
+
+        def load(self, ref):
+            bundle = R.ServingBundle.load(ref.source)
+            return ServedModel(ref=ref, bundle=prepare(bundle, False), loaded_at=time.time(), base=bundle)
+
+    source = Folders()
+    holder = ModelHolder(source, "champion", "challenger")
+    holder.refresh()
+    good = holder.slots.champion
+    source.version = "2"
+    assert holder.refresh() is False
+    assert holder.slots.champion is good
+    assert "load models:/m/2" in holder.last_error and "ranker.txt" in holder.last_error
