@@ -11,6 +11,11 @@ wait). CPU time and the ticker's gaps hardly depend on what else the machine run
 
 Any model bundle whose ranker's features the index provides will do (the ranker is only combined, and a
 request for one known user is served from the result to check it works).
+
+`--holder-swaps N` then runs N more swaps the way the API does (`serving.models.ModelHolder` polling the
+folder, the model as if registered an hour before the index) and prints the worker's resident memory after
+each: VmRSS, its anonymous part (the worker's own) and its file-backed part (memory-mapped index files, whose
+pages the workers of one host share).
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, required=True, help="a serving bundle folder (models/bundle)")
     parser.add_argument("--index-root", type=Path, required=True, help="a folder `newsrec refresh` published to")
     parser.add_argument("--repeat", type=int, default=3, help="swaps to measure (the live version, reloaded)")
+    parser.add_argument("--holder-swaps", type=int, default=0, help="then this many swaps through a ModelHolder")
     parser.add_argument("--label", default="")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
@@ -97,11 +103,60 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
         del index, served
+    rows += holder_swaps(args.bundle, args.index_root, args.holder_swaps, args.label)
     if args.json_out:
         with args.json_out.open("a") as out:
             for row in rows:
                 out.write(json.dumps(row) + "\n")
     return 0
+
+
+def memory_mb() -> dict[str, int]:
+    """This process's resident memory (MB): total, anonymous, file-backed."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {key: int(status[field].split()[0]) // 1024
+            for key, field in (("rss_mb", "VmRSS"), ("anon_mb", "RssAnon"), ("file_mb", "RssFile"))}
+
+
+def holder_swaps(bundle_dir: Path, index_root: Path, n: int, label: str) -> list[dict]:
+    """`n` index swaps through a ModelHolder, as the API's poller runs them; resident memory after each."""
+    if n <= 0:
+        return []
+    import dataclasses
+
+    from pipelines.registry import ServingBundle
+    from serving import recommend as rec
+    from serving.index_source import FolderIndexSource
+    from serving.models import ModelHolder, ServedModel, VersionRef
+
+    class Registered:  # the bundle as champion v1, registered an hour before the index's cutoff
+        def resolve(self, alias):
+            return VersionRef("bench", "1", "", str(bundle_dir)) if alias == "champion" else None
+
+        def load(self, ref):
+            bundle = ServingBundle.load(bundle_dir)
+            pointer = FolderIndexSource(index_root).current()
+            early = dataclasses.replace(bundle.tables, cutoff_ms=int(pointer["cutoff_ms"]) - 3_600_000)
+            bundle = dataclasses.replace(bundle, tables=early)
+            return ServedModel(ref=ref, bundle=rec.prepare(bundle), loaded_at=time.time(), base=bundle)
+
+    class EveryPollNew(FolderIndexSource):  # the live version, published again before every poll
+        polls = 0
+
+        def current(self):
+            EveryPollNew.polls += 1
+            return {**super().current(), "poll": EveryPollNew.polls}
+
+    holder = ModelHolder(Registered(), "champion", "challenger", index_source=EveryPollNew(index_root))
+    rows = []
+    for i in range(n + 1):
+        started = time.perf_counter()
+        holder.refresh()
+        row = {"label": label, "holder_swap": i, "what": "model + index" if i == 0 else "index swap",
+               "s": round(time.perf_counter() - started, 2), **memory_mb(), "last_error": holder.last_error}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -50,6 +50,18 @@ PARTS = {"index": "index", "features": "features", "history": "history.npy",
 HISTORY_COLUMNS = [C.USER_ID, C.SESSION_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP, *C.CONTEXT_COLUMNS]
 
 
+def save_history(history: pd.DataFrame, path: str | Path) -> None:
+    """Write clicks (HISTORY_COLUMNS, sorted by user and time) as one int64 [columns, clicks] .npy."""
+    np.save(path, np.stack([history[c].to_numpy(np.int64) for c in HISTORY_COLUMNS]) if len(history)
+            else np.zeros((len(HISTORY_COLUMNS), 0), dtype=np.int64))
+
+
+def load_history(path: str | Path) -> pd.DataFrame:
+    """What `save_history` wrote, memory-mapped (read-only): no time to load, pages shared between workers."""
+    # [columns, clicks] C-order is [clicks, columns] Fortran-order: pandas wraps it as one block, no copy
+    return pd.DataFrame(np.load(path, mmap_mode="r").T, columns=HISTORY_COLUMNS, copy=False)
+
+
 def version_dir(index_root: str | Path, cutoff_hour: int) -> Path:
     return Path(index_root) / f"{C.HOUR}={int(cutoff_hour):03d}"
 
@@ -80,8 +92,7 @@ class ServingIndex:
         out.mkdir(parents=True)
         self.index.save(out / PARTS["index"])
         self.tables.save(out / PARTS["features"])
-        np.save(out / PARTS["history"], np.stack([self.history[c].to_numpy(np.int64) for c in HISTORY_COLUMNS])
-                if len(self.history) else np.zeros((len(HISTORY_COLUMNS), 0), dtype=np.int64))
+        save_history(self.history, out / PARTS["history"])
         self.articles.to_parquet(out / PARTS["articles"], index=False)
         same = previous is not None and (previous / META).exists() and (previous / PARTS["embeddings"]).exists() \
             and json.loads((previous / META).read_text()).get("catalogue") == self.meta.get("catalogue")
@@ -106,13 +117,11 @@ class ServingIndex:
             raise ValueError(f"serving index in {src} has format {meta.get('format')}; this code reads format "
                              f"{INDEX_FORMAT}: rebuild it with `newsrec refresh`")
         embeddings = np.load(src / PARTS["embeddings"], mmap_mode="r")
-        # [columns, clicks] C-order is [clicks, columns] Fortran-order: pandas wraps it as one block, no copy
-        history = pd.DataFrame(np.load(src / PARTS["history"], mmap_mode="r").T, columns=HISTORY_COLUMNS, copy=False)
         return cls(
             tables=FeatureTables.load(src / PARTS["features"], embeddings),
             index=CandidateIndex.load(src / PARTS["index"]),
             articles=pd.read_parquet(src / PARTS["articles"]),
-            history=history,
+            history=load_history(src / PARTS["history"]),
             meta=meta,
         )
 

@@ -32,9 +32,10 @@ class FolderIndexSource:
 
         prepared = prepare(model.base.with_index(index), self.compile_ranker)
         info = {**model.info, "index": index_info(index.cutoff_hour, index.cutoff_ms, "hourly")}
-        # live_base=None: the new pair is its own base; kept, the next live overlay would rebuild the old pair
+        # live_base=None: the new pair is its own base; kept, the next live overlay would rebuild the old pair.
+        # The model's own fitted state is not served again: only its ranker stays.
         return dataclasses.replace(model, bundle=prepared, index_hour=index.cutoff_hour, loaded_at=time.time(),
-                                   info=info, live_base=None)
+                                   info=info, live_base=None, base=model.base.ranker_only())
 
 
 def index_info(cutoff_hour: int | None, cutoff_ms: int, source: str) -> dict[str, Any]:

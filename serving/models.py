@@ -126,6 +126,7 @@ class ModelHolder:
                     _freeze_heap()
                 else:
                     gc.freeze()
+                _return_freed_memory()
             return changed
 
     def _swap_changed(self) -> bool:
@@ -275,3 +276,21 @@ def _freeze_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+def _return_freed_memory() -> None:
+    """Hand the memory a swap freed back to the system. glibc's malloc keeps freed heap that the replaced pair's
+    many allocations left fragmented, and pyarrow's pool keeps what reading parquet used: at Globo scale a
+    worker's RSS crept from 1.1 to 1.25 GB over a dozen index swaps. (ctypes calls release the GIL.)"""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim this way
+        pass
+    try:
+        import pyarrow
+
+        pyarrow.default_memory_pool().release_unused()
+    except ImportError:
+        pass
