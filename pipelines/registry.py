@@ -457,6 +457,7 @@ def run_register(args: argparse.Namespace) -> dict:
     use_tracking(mlflow_params)
     version = register(bundle, metrics, window, params["model_name"], params["alias"], run_id,
                        [Path(args.eval), Path(args.eval_table)])
+    describe(params["model_name"], version, window, results, Path(args.ranker), args.params, root)
     out = {"model_name": params["model_name"], "version": version, "test_window": window,
            "metrics": metrics["all"]}
     if params["auto_promote"]:
@@ -466,6 +467,30 @@ def run_register(args: argparse.Namespace) -> dict:
         out["promotion"] = {"promoted": decision.promoted, "reason": decision.reason}
     out["aliases"] = aliases(MlflowClient(), params["model_name"])
     return out
+
+
+def describe(name: str, version: str, window: str, eval_results: dict, ranker_dir: Path, params_path: str | Path,
+             data_root: Path) -> None:
+    """Give a registered version its model card (description, model_card.md on its run), lineage tags (version
+    and run) and the dataset it was built from (the run's inputs): pipelines.model_card."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines import model_card as card
+    from pipelines.split import validated_hours
+
+    client = MlflowClient()
+    validated = data_root / "validated" / "clicks"
+    tags = card.lineage(params_path, data_root, validated_hours(validated))
+    meta = json.loads((ranker_dir / "ranker.json").read_text())
+    text = card.model_card(name, version, window, eval_results, meta, meta.get("features", []), tags)
+    run_id = client.get_model_version(name, version).run_id
+    card.log_card(client, name, version, run_id, text, tags)
+    if run_id:
+        dataset = mlflow.data.from_pandas(card.hours_frame(validated), source=str(validated.resolve()),
+                                          name="validated clicks (bytes per hour)")
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_input(dataset, context="training and test")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -262,6 +262,7 @@ def fit_ranker(train: RankingSet, val: RankingSet, params: dict) -> Ranker:
         "train_rows": len(train.y),
         "val_queries": int(val.n_queries),
         "val_rows": len(val.y),
+        "val_curve": [float(v) for v in curve],  # NDCG@eval_at on the val snapshot after each round
     }
     return Ranker(booster=booster, features=features, meta=meta)
 
@@ -318,17 +319,34 @@ def train(
     return ranker
 
 
-def log_run(ranker: Ranker, out_dir: Path, params: dict, mlflow_params: dict) -> str:
-    """Log the training run to MLflow (params, validation metrics, importance, the ranker files); its id."""
+def log_run(ranker: Ranker, out_dir: Path, params: dict, mlflow_params: dict, run_name: str = "train") -> str:
+    """Log the training run to MLflow (params, validation metrics, the validation curve round by round, the
+    gain importance plot, the ranker files); its id."""
+    import time
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: the figure goes to a file
+    import lightgbm as lgb
     import mlflow
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
 
     from pipelines.registry import use_tracking
 
     use_tracking(mlflow_params)
     flat = {k: v for k, v in params.items() if k != "lgb"} | {f"lgb.{k}": v for k, v in params["lgb"].items()}
-    with mlflow.start_run(run_name="train") as run:
+    with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v for k, v in flat.items()})
         mlflow.log_metrics({k: float(v) for k, v in ranker.meta.items() if isinstance(v, (int, float))})
+        now = int(time.time() * 1000)
+        key = f"val_ndcg_at_{params['eval_at']}_by_round"
+        curve = [Metric(key, v, now, step) for step, v in enumerate(ranker.meta.get("val_curve", []), start=1)]
+        for start in range(0, len(curve), 1000):  # MLflow takes at most 1000 metrics per batch
+            MlflowClient().log_batch(run.info.run_id, metrics=curve[start:start + 1000])
+        ax = lgb.plot_importance(ranker.booster, importance_type="gain", max_num_features=25, figsize=(8, 8),
+                                 title="Gain importance (top 25)", precision=0)
+        mlflow.log_figure(ax.figure, "importance_gain.png")
         mlflow.log_artifacts(str(out_dir), artifact_path="ranker")
         return run.info.run_id
 
@@ -359,9 +377,14 @@ def main(argv: list[str] | None = None) -> int:
     run_file = args.out / "run.json"
     run_file.unlink(missing_ok=True)
     if not args.no_mlflow:
-        run_id = log_run(ranker, args.out, params, load_params("mlflow", args.params))
+        from pipelines.split import read_snapshots
+
+        serve = read_snapshots(args.split, roles=["serve"])
+        name = f"ranker to hour {serve[0].cutoff_hour} ({ranker.meta['train_queries']} queries, " \
+               f"{ranker.meta['best_iteration']} trees)" if serve else "ranker"
+        run_id = log_run(ranker, args.out, params, load_params("mlflow", args.params), run_name=name)
         run_file.write_text(json.dumps({"run_id": run_id}) + "\n")
-    summary = {k: ranker.meta[k] for k in ranker.meta if k != "train_snapshots"}
+    summary = {k: ranker.meta[k] for k in ranker.meta if k not in ("train_snapshots", "val_curve")}
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out}")
     return 0

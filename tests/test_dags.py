@@ -278,6 +278,22 @@ def test_train_ranker_trains_registers_and_gates(trained):
         champion = MlflowClient().get_model_version_by_alias(p["register"]["model_name"], "champion")
         assert flows.champion_test_start(p) == (21, str(champion.version))  # tiny: hours 0-23, test 21-23
 
+        # what an engineer deciding on the version reads in the MLflow UI: its card, lineage, data, curve
+        from pipelines import model_card as card
+
+        assert champion.description.startswith(f"# {p['register']['model_name']} v{champion.version}")
+        for section in ("## Test metrics, as served", "## Known limits", "## Lineage", "reranker / best baseline"):
+            assert section in champion.description
+        assert len(champion.tags[card.TAG_COMMIT]) in (40, len("unknown")) and champion.tags[card.TAG_PARAMS]
+        assert champion.tags[card.TAG_HOURS] == "0-23 (24 hours)"
+        client = MlflowClient()
+        run = client.get_run(champion.run_id)
+        assert run.info.run_name.startswith("ranker to hour 24") and run.data.tags[card.TAG_COMMIT]
+        assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["validated clicks (bytes per hour)"]
+        curve = client.get_metric_history(champion.run_id, f"val_ndcg_at_{p['train']['eval_at']}_by_round")
+        assert len(curve) >= int(run.data.metrics["best_iteration"]) and curve[0].step == 1
+        assert {"model_card.md", "importance_gain.png"} <= {a.path for a in client.list_artifacts(champion.run_id)}
+
 
 def test_drift_monitor_reports_against_the_champion_window_and_alerts(trained, dagbag, monkeypatch, smtp_sink):
     # A new file beside the training params (same folder, so the same relative paths): params files are
