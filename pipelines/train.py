@@ -27,6 +27,8 @@ COMPILE_PROBE_ROWS = 2000
 COMPILE_TOLERANCE = 1e-9
 
 MODEL_FILE = "ranker.txt"
+# LightGBM reads |x| <= 1e-35 (its kZeroThreshold) as zero; probes stay out of that band.
+_ZERO_BAND = 1e-30
 META_FILE = "ranker.json"
 SCORE_CHUNK_ROWS = 1_000_000
 
@@ -102,8 +104,17 @@ class Ranker:
             if categories:
                 values[:, j] = rng.choice(np.array([*categories, max(categories) + 1]), n)
             elif numeric.any():
-                pick = rng.choice(rows.loc[numeric, "threshold"].to_numpy(dtype=np.float64), n)
-                values[:, j] = pick + rng.choice([-1e-3, 0.0, 1e-3], n) * np.maximum(np.abs(pick), 1)
+                thresholds = rows.loc[numeric, "threshold"].to_numpy(dtype=np.float64)
+                # Values a feature can take (float32): no threshold beyond float32's range is probed.
+                thresholds = thresholds[np.abs(thresholds) < np.finfo(np.float32).max / 2]
+                if len(thresholds) == 0:
+                    continue
+                pick = rng.choice(thresholds, n)
+                step = rng.choice([-1e-3, 0.0, 1e-3], n)
+                # On the threshold itself only where LightGBM is unambiguous: it reads |x| <= 1e-35 as zero
+                # (its split between negatives and zero sits at -1e-35), a value no real feature takes.
+                step[(step == 0.0) & (np.abs(pick) <= _ZERO_BAND)] = 1e-3
+                values[:, j] = pick + step * np.maximum(np.abs(pick), 1)
         values[rng.random(values.shape) < 0.05] = np.nan
         return values
 

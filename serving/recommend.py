@@ -86,6 +86,8 @@ def prepare(bundle: Any, compile_ranker: bool = True) -> Prepared:
     if compile_ranker and bundle.ranker.compiled is None:  # once per model: an index swap keeps its ranker
         try:
             bundle.ranker.compile()
+        except ValueError as exc:  # refused: the compiled trees do not reproduce LightGBM's scores
+            log.warning("ranker not compiled (%s); LightGBM scores requests", exc)
         except Exception:  # a compiler problem must not keep a good model out of service
             log.warning("ranker not compiled; LightGBM scores requests", exc_info=True)
     # Requests rank pool articles only: the article feature table of the rest of the catalogue (Globo: 364k

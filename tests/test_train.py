@@ -169,3 +169,24 @@ def test_a_compiled_ranker_that_disagrees_with_lightgbm_is_refused(trained, monk
     with pytest.raises(ValueError, match="disagrees with LightGBM"):
         ranker.compile()
     assert ranker.predictor == "lightgbm"
+
+
+def test_compile_probes_stay_out_of_lightgbms_zero_band_and_float32_range():
+    """LightGBM reads |x| <= 1e-35 as zero and puts the split between negatives and zero at -1e-35: a probe on
+    that threshold made correct models lose the compiled path. Thresholds beyond float32 overflowed the probe."""
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(0)
+    x = rng.choice([-2.0, -1.0, 0.0, 0.0, 1.0], 4000)
+    y = ((x >= 0) & (rng.random(4000) < 0.7)).astype(int)
+    booster = lgb.train({"objective": "lambdarank", "learning_rate": 0.1, "num_leaves": 4, "min_data_in_leaf": 5,
+                         "verbose": -1}, lgb.Dataset(x.reshape(-1, 1), y, group=[20] * 200, feature_name=["f"]),
+                        num_boost_round=20)
+    thresholds = booster.trees_to_dataframe()["threshold"].dropna().to_numpy(dtype=float)
+    assert (np.abs(thresholds) <= 1e-30).any()  # the near-zero split is there to be probed
+    ranker = T.Ranker(booster=booster, features=["f"], meta={})
+    probe = ranker._probe_rows()
+    values = probe[~np.isnan(probe)]
+    assert not ((values != 0) & (np.abs(values) <= 1e-30)).any() and np.isfinite(values).all()
+    ranker.compile()
+    assert ranker.predictor == "compiled"
