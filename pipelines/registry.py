@@ -13,12 +13,12 @@ than `promote.cold_tolerance`. Every champion change is appended to the register
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import sys
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
