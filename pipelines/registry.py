@@ -44,7 +44,7 @@ from pipelines.train import Ranker, score_candidates
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-log = logging.getLogger(__name__)
+log = logging.getLogger("newsrec.registry")  # shown in the API's log (serving.app.configure_logging)
 HISTORY_TAG = "champion_history"
 WINDOW_TAG = "test_window"
 # Version tags holding the test metrics a promotion compares: test.<segment>.<metric>.

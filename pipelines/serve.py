@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
 
+    problem = champion_problem(settings)
+    if problem:
+        print(f"newsrec serve: {problem}", file=sys.stderr)
+    os.environ["NEWSREC_SERVE_LOG_LEVEL"] = args.log_level  # workers configure their logging from it
+
     import uvicorn
 
     if args.workers > 1:
@@ -52,7 +57,27 @@ def main(argv: list[str] | None = None) -> int:
                     workers=args.workers, log_level=args.log_level)
         return 0
 
-    from serving.app import create_app
+    from serving.app import configure_logging, create_app
 
+    configure_logging(args.log_level)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
     return 0
+
+
+def champion_problem(settings) -> str | None:
+    """Why the service would start with nothing to serve, and what makes a champion; None when one exists."""
+    how = ("`make quickstart` (or `dvc repro`) trains, registers and promotes one; `newsrec promote` promotes "
+           "a registered challenger. The API starts anyway: /readyz and recommendations answer 503 until a "
+           f"champion exists, and it is picked up within serve.poll_seconds ({settings.poll_seconds:g} s)")
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return f"no MLflow registry at {uri.removeprefix('sqlite:///')} (mlflow.tracking_uri): no champion. {how}"
+    from serving.registry_source import MlflowBundleSource
+
+    try:
+        ref = MlflowBundleSource(uri, settings.model_name, compile_ranker=False).resolve(settings.champion_alias)
+    except Exception as exc:  # noqa: BLE001 - any registry failure is worth one line before starting
+        return f"cannot read the registry at {uri}: {exc}. {how}"
+    if ref is None:
+        return f"registry {uri} has no '{settings.champion_alias}' for model '{settings.model_name}'. {how}"
+    return None

@@ -458,8 +458,19 @@ def create_app(
     return app
 
 
+def configure_logging(level: str) -> None:
+    """The service's own lines (model and index loads and swaps, refusals) beside uvicorn's, at its level."""
+    logger = logging.getLogger("newsrec")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)-9s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level.upper())
+
+
 def app_from_env() -> FastAPI:
     """App factory for multi-worker uvicorn: every worker process builds its own app from params."""
     import os
 
+    configure_logging(os.environ.get("NEWSREC_SERVE_LOG_LEVEL", "info"))
     return create_app(Settings.from_params(os.environ.get("NEWSREC_SERVE_PARAMS", "params.yaml")))

@@ -371,3 +371,15 @@ def test_serve_runs_each_worker_single_threaded_unless_told_otherwise(monkeypatc
     assert serve.main(["--workers", "2", "--redis-url", "", "--params", "params.yaml"]) == 2
     assert os.environ["OMP_NUM_THREADS"] == "3"
     assert os.environ["OPENBLAS_NUM_THREADS"] == "1" and os.environ["MKL_NUM_THREADS"] == "1"
+
+
+def test_serve_says_at_start_when_there_is_no_champion_and_how_to_make_one(serving_registry, tmp_path):
+    from pipelines.serve import champion_problem
+
+    missing = _settings(serving_registry, tmp_path).with_(tracking_uri=f"sqlite:///{tmp_path / 'none.db'}")
+    problem = champion_problem(missing)
+    assert "no MLflow registry at" in problem and "make quickstart" in problem and "503" in problem
+    assert not (tmp_path / "none.db").exists()  # asking did not create one
+    other = _settings(serving_registry, tmp_path).with_(model_name="nobody-registered-this")
+    assert "has no 'champion' for model 'nobody-registered-this'" in champion_problem(other)
+    assert champion_problem(_settings(serving_registry, tmp_path)) is None
