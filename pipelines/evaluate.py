@@ -18,7 +18,8 @@ trending order, so every method shows k articles to everyone. candidate_recall i
 user's relevant articles the method's list can reach at all: its own list for a single source, the
 whole candidate list for fusion and the reranker (the reranker's ceiling).
 
-Writes `eval.json` (DVC metrics), `eval_table.md`, and plot data under `plots/` (DVC plots).
+Writes `summary.json` (DVC metrics: the headline figures), `eval.json` (every figure), `eval_table.md`,
+and plot data under `plots/` (DVC plots).
 """
 
 from __future__ import annotations
@@ -373,6 +374,25 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def summary(results: dict) -> dict:
+    """The headline figures (DVC's metrics file, so `dvc metrics show` / `dvc exp show` stay one readable row):
+    per protocol, the reranker's NDCG@k for all/warm/cold users, the best baseline (`vs`) and the ratio to it.
+    Everything else (every method, metric and segment, the intervals, candidate recall) is in eval.json."""
+    k = results["k"]
+    out = {}
+    for name, protocol in (("as_served", results.get("as_served")), ("frozen", results)):
+        if not protocol or "methods" not in protocol:
+            continue
+        verdict = protocol.get("reranker_vs_best_baseline") or {}
+        reranker = protocol["methods"].get("reranker", {})
+        out[name] = {
+            f"ndcg@{k}": {seg: round(reranker[seg][f"ndcg@{k}"], 4) for seg in SEGMENTS if seg in reranker},
+            "vs": verdict.get("best_baseline"),
+            "ratio": round(verdict["ratio"], 3) if "ratio" in verdict else None,
+        }
+    return out
+
+
 def write_reports(results: dict, out_dir: str | Path) -> dict[str, Path]:
     """eval.json and eval_table.md under `out_dir`, and plot data, one CSV per series so DVC overlays them:
     plots/ndcg_at_k/<method>.csv (k, ndcg, recall; all users) and plots/ndcg_by_method/<segment>.csv
@@ -383,11 +403,13 @@ def write_reports(results: dict, out_dir: str | Path) -> dict[str, Path]:
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("*.csv"):  # a method dropped since the last run must not linger in the plot
             stale.unlink()
-    paths = {"json": out / "eval.json", "table": out / "eval_table.md", "at_k": at_k, "by_method": by_method}
+    paths = {"json": out / "eval.json", "summary": out / "summary.json", "table": out / "eval_table.md",
+             "at_k": at_k, "by_method": by_method}
     metrics = {key: value for key, value in results.items() if key != "curves"}
     if "as_served" in metrics:
         metrics["as_served"] = {key: value for key, value in metrics["as_served"].items() if key != "curves"}
     paths["json"].write_text(json.dumps(metrics, indent=2) + "\n")
+    paths["summary"].write_text(json.dumps(summary(results), indent=2) + "\n")
     paths["table"].write_text(markdown_table(results))
     shown = results.get("as_served") or results
     k = results["k"]

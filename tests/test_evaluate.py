@@ -223,6 +223,15 @@ def test_reranker_is_scored_through_the_trained_model(serving_bundle):
     assert set(served["methods"]) == set(res["methods"])
     assert served["methods"]["fusion"]["all"]["candidate_recall"] == served["methods"][RERANKER]["all"]["candidate_recall"]
 
+    # DVC's metrics file: the headline figures only, one readable row in `dvc metrics show`
+    from pipelines.evaluate import summary
+
+    head = summary(res)
+    assert list(head) == ["as_served", "frozen"]
+    assert head["as_served"]["ndcg@10"]["all"] == round(served["methods"][RERANKER]["all"]["ndcg@10"], 4)
+    assert head["frozen"]["vs"] == res["reranker_vs_best_baseline"]["best_baseline"]
+    assert sum(len(v) if isinstance(v, dict) else 1 for p in head.values() for v in p.values()) == 10
+
 
 @pytest.mark.unit
 def test_paired_bootstrap_interval_brackets_the_difference_and_sees_a_tie():
