@@ -19,7 +19,8 @@ user's relevant articles the method's list can reach at all: its own list for a 
 whole candidate list for fusion and the reranker (the reranker's ceiling).
 
 Writes `summary.json` (DVC metrics: the headline figures), `eval.json` (every figure), `eval_table.md`,
-and plot data under `plots/` (DVC plots).
+`eval_report.html` (tables and plots in one self-contained page: pipelines.eval_report) and plot data under
+`plots/` (DVC plots).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines import eval_report
 from pipelines.columns import (
     ARTICLE_ID,
     CREATED_AT_TS,
@@ -404,13 +406,14 @@ def write_reports(results: dict, out_dir: str | Path) -> dict[str, Path]:
         for stale in folder.glob("*.csv"):  # a method dropped since the last run must not linger in the plot
             stale.unlink()
     paths = {"json": out / "eval.json", "summary": out / "summary.json", "table": out / "eval_table.md",
-             "at_k": at_k, "by_method": by_method}
+             "report": out / "eval_report.html", "at_k": at_k, "by_method": by_method}
     metrics = {key: value for key, value in results.items() if key != "curves"}
     if "as_served" in metrics:
         metrics["as_served"] = {key: value for key, value in metrics["as_served"].items() if key != "curves"}
     paths["json"].write_text(json.dumps(metrics, indent=2) + "\n")
     paths["summary"].write_text(json.dumps(summary(results), indent=2) + "\n")
     paths["table"].write_text(markdown_table(results))
+    eval_report.write(results, paths["report"])
     shown = results.get("as_served") or results
     k = results["k"]
     for method, curve in shown.get("curves", {}).items():

@@ -455,8 +455,9 @@ def run_register(args: argparse.Namespace) -> dict:
     run_file = Path(args.ranker) / "run.json"
     run_id = json.loads(run_file.read_text())["run_id"] if run_file.exists() else None
     use_tracking(mlflow_params)
+    report = Path(args.eval).with_name("eval_report.html")  # written beside eval.json by `newsrec evaluate`
     version = register(bundle, metrics, window, params["model_name"], params["alias"], run_id,
-                       [Path(args.eval), Path(args.eval_table)])
+                       [Path(args.eval), Path(args.eval_table), *([report] if report.exists() else [])])
     describe(params["model_name"], version, window, results, Path(args.ranker), args.params, root)
     out = {"model_name": params["model_name"], "version": version, "test_window": window,
            "metrics": metrics["all"]}

@@ -293,6 +293,7 @@ def test_train_ranker_trains_registers_and_gates(trained):
         curve = client.get_metric_history(champion.run_id, f"val_ndcg_at_{p['train']['eval_at']}_by_round")
         assert len(curve) >= int(run.data.metrics["best_iteration"]) and curve[0].step == 1
         assert {"model_card.md", "importance_gain.png"} <= {a.path for a in client.list_artifacts(champion.run_id)}
+        assert "evaluation/eval_report.html" in {a.path for a in client.list_artifacts(champion.run_id, "evaluation")}
 
 
 def test_drift_monitor_reports_against_the_champion_window_and_alerts(trained, dagbag, monkeypatch, smtp_sink):

@@ -177,6 +177,9 @@ def test_stage_evaluates_baselines_on_tiny_data(tiny_validated, tmp_path, capsys
     out = capsys.readouterr().out
     assert "| trending | cold |" in out
     res = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    page = (tmp_path / "metrics" / "eval_report.html").read_text()  # one self-contained page: no URL to fetch
+    assert "Frozen: every list computed" in page and page.count("data:image/png;base64,") >= 3
+    assert "http://" not in page and "https://" not in page and "<script" not in page
     assert res["snapshot"] == "test" and res["users"]["all"] > 0
     assert res["methods"]["emb_knn"]["warm"]["ndcg@10"] > 0
     assert "reranker_vs_best_baseline" not in res
