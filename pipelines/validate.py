@@ -59,6 +59,7 @@ import shutil
 import sys
 import warnings
 import zipfile
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
@@ -94,7 +95,11 @@ GX_RUNTIME_VAR = "newsrec_gx_runtime"
 # Columns validation adds beside the drop for the suite (see columns.py).
 CHECK_COLUMNS = (C.SESSION_ROWS, C.UNKNOWN_ARTICLE_ID)
 ARTICLE_CHECK_COLUMNS = (C.CATALOGUED_ARTICLE_ID,)
-_INTEGER = r"^[+-]?[0-9]+$"
+# The only integer spelling a drop may use: ASCII digits, an optional minus (Arrow alone would also read `0x13`).
+_INTEGER = r"^-?[0-9]+$"
+# A header with more columns than this beyond the contract's is refused before the body is read: parsing
+# 20,000 string columns takes minutes and gigabytes, and no real drop carries more than a few extras.
+MAX_EXTRA_COLUMNS = 64
 # What an embeddings pickle may name: numpy's own array reconstruction, nothing else. A drop is
 # untrusted input, and a plain pickle.load would run whatever callable it names.
 _PICKLE_GLOBALS = {
@@ -307,7 +312,8 @@ def parse_csv(data: bytes, required: Sequence[str]) -> Parsed:
     """Read a Globo csv with every value as a string, then type the required columns as integers.
 
     Problems are `(check, detail)` pairs: `empty_file`, `parse` (unparseable or truncated), `schema`
-    (required columns missing, a column named twice) and `dtypes` (values that are not int64 integers).
+    (required columns missing, a column named twice, a header far wider than the contract) and `dtypes`
+    (values that are not int64 integers written in plain decimal: `0x13` and `+942` are refused).
     Columns beyond `required` are kept as strings for the suite's schema check to name. A null (empty
     field) is not a parse problem: the column becomes nullable Int64 and the suite counts the nulls.
     """
@@ -318,13 +324,17 @@ def parse_csv(data: bytes, required: Sequence[str]) -> Parsed:
     if not data:
         return Parsed(None, [("empty_file", "empty file: 0 bytes, not even a header line")])
     first_line = data.split(b"\n", 1)[0].rstrip(b"\r")
+    limit = len(required) + MAX_EXTRA_COLUMNS
+    if first_line.count(b",") >= limit:
+        return Parsed(None, [("schema", f"header has {first_line.count(b',') + 1:,} columns, far more than the "
+                                        f"{len(required)} of the contract (at most {limit} read): not parsed")])
     try:
         names = next(csv.reader([first_line.decode("utf-8-sig")]), [])
     except (UnicodeDecodeError, csv.Error) as e:
         return Parsed(None, [("parse", f"unparseable header line: {e}")])
     names = [n.strip() for n in names]
     problems: list[tuple[str, str]] = []
-    dup = sorted({n for n in names if names.count(n) > 1})
+    dup = sorted(n for n, count in Counter(names).items() if count > 1)
     if dup:
         return Parsed(None, [("schema", f"columns named more than once: {dup}")])
     missing = [c for c in required if c not in names]
@@ -344,17 +354,18 @@ def parse_csv(data: bytes, required: Sequence[str]) -> Parsed:
     typed: dict[str, Any] = {}
     for name in [c for c in required if c in names]:
         col = table[name]
+        # Only plain decimal integers: Arrow's cast would read `0x13` as 19 and refuse `+942`.
+        not_int = pc.fill_null(pc.invert(pc.match_substring_regex(col, _INTEGER)), False)
+        bad = pc.filter(col, not_int)
+        if len(bad):
+            samples = [str(v) for v in pc.unique(bad).to_pylist()[:3]]
+            problems.append(("dtypes", f"{name}: {len(bad)} values are not integers written in plain decimal "
+                                       f"(ASCII digits, an optional leading minus), e.g. {samples}"))
+            continue
         try:
             ints = pc.cast(col, pa.int64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            not_int = pc.invert(pc.match_substring_regex(col, _INTEGER))
-            bad = pc.filter(col, pc.fill_null(not_int, False))
-            if len(bad) == 0:
-                detail = f"{name}: integers outside the int64 range"
-            else:
-                samples = [str(v) for v in pc.unique(bad).to_pylist()[:3]]
-                detail = f"{name}: {len(bad)} values are not integers, e.g. {samples}"
-            problems.append(("dtypes", detail))
+            problems.append(("dtypes", f"{name}: integers outside the int64 range"))
             continue
         typed[name] = ints.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get) if ints.null_count \
             else ints.to_numpy().astype(np.int64)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import pickle
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -98,14 +99,29 @@ def test_parse_nulls_become_nullable_ints_for_the_suite_to_count():
         (",".join(C.CLICK_COLUMNS).encode() + b"\n" + b"1," * 11 + b"99999999999999999999\n", "dtypes", "int64"),
         (",".join(C.CLICK_COLUMNS).encode() + b"\n" + b"1," * 11 + b"1\n1,2,3", "parse", "Expected 12 columns"),
         (",".join(C.CLICK_COLUMNS).encode() + b"," + C.USER_ID.encode() + b"\n", "schema", "more than once"),
+        (",".join(C.CLICK_COLUMNS).encode() + b"\n" + b"1," * 11 + b"0x13\n", "dtypes", "plain decimal"),
+        (",".join(C.CLICK_COLUMNS).encode() + b"\n" + b"1," * 11 + b"+942\n", "dtypes", "['+942']"),
+        (",".join(C.CLICK_COLUMNS).encode() + b"\n" + b"1," * 11 + "\u0663\n".encode(), "dtypes", "plain decimal"),
     ],
-    ids=["zero_bytes", "missing_column", "float", "overflow", "truncated", "duplicate_header"],
+    ids=["zero_bytes", "missing_column", "float", "overflow", "truncated", "duplicate_header", "hex", "plus_sign",
+         "non_ascii_digit"],
 )
 def test_parse_stops_what_gx_cannot_be_shown(data, check, words):
     parsed = parse_csv(data, C.CLICK_COLUMNS)
     assert parsed.frame is None
     assert [c for c, _ in parsed.problems] == [check]
     assert words in parsed.problems[0][1]
+
+
+@pytest.mark.unit
+def test_a_header_far_wider_than_the_contract_is_refused_before_the_body_is_read():
+    head = ",".join([*C.CLICK_COLUMNS, *(f"extra_{i:05d}" for i in range(20_000))]).encode()
+    row = b"1," * 20_011 + b"1\n"
+    start = time.perf_counter()
+    parsed = parse_csv(head + b"\n" + row * 20, C.CLICK_COLUMNS)
+    assert time.perf_counter() - start < 1.0  # was ~35 s for these 600 kB (75 s and 1.2 GB for 12 MB)
+    assert parsed.frame is None and [c for c, _ in parsed.problems] == ["schema"]
+    assert "20,012 columns" in parsed.problems[0][1]
 
 
 @pytest.mark.unit
