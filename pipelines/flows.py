@@ -154,6 +154,7 @@ def quarantine_alert(data_root: str | Path, result: Mapping[str, Any], epoch_ms:
             f"failed checks: {', '.join(drop.get('checks') or []) or '-'}",
             f"drop: {drop.get('source', '?')} ({rows})",
             f"now in: {folder.resolve()}",
+            *([f"the hour's earlier landed version stays in use: {drop['kept']}"] if drop.get("kept") else []),
             "",
         ]
         attachments += [p for p in (folder / "reason.txt", folder / "result.json") if p.is_file()]
