@@ -225,7 +225,8 @@ def run_stage(stage: str, params: Mapping[str, Any], params_path: str | Path,
     from pipelines.cli import main
 
     argv = [*stage_command(stage, params), "--params", str(params_path)]
-    env = {"NEWSREC__" + k.replace(".", "__").upper(): json.dumps(v) for k, v in (overrides or {}).items()}
+    env = {"NEWSREC__" + k.replace(".", "__").upper(): v if isinstance(v, str) else json.dumps(v)
+           for k, v in (overrides or {}).items()}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
