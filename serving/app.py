@@ -22,7 +22,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from serving import recommend as rec
 from serving.ab import CHALLENGER, CHAMPION, assign_variant
@@ -56,10 +56,14 @@ Id = Annotated[int, Field(ge=0, le=MAX_ID), BeforeValidator(_json_integer)]
 
 
 # Request time: what the service treats as "now" (default: see serve.clock). Integers are epoch milliseconds.
-# One range for both spellings, far beyond any news but well inside what a datetime holds once shifted to UTC
-# (9999-12-31T23:59:59-14:00 is year 10000 in UTC) and never before the epoch (negative "now" breaks hour math).
+# The years 1970-2099 in both spellings: far beyond any news, and well inside what a datetime holds once an
+# offset is applied (9999-12-31T23:59:59-14:00 is year 10000 in UTC, which broke the service). An ISO time's
+# year is judged as written, so the OpenAPI schema can say it (a pattern) and a fuzzer generates only times
+# that are accepted.
+MIN_YEAR, MAX_YEAR = 1970, 2099
 MAX_TIME_MS = 4_102_444_799_999  # 2099-12-31T23:59:59.999Z
-TIME_RANGE = "between 1970-01-01T00:00:00Z and 2099-12-31T23:59:59.999Z (epoch ms 0 to 4102444799999)"
+TIME_RANGE = "in the years 1970 to 2099: ISO 8601 (year as written) or epoch ms 0 to 4102444799999"
+_ISO_YEARS = r"^(19[7-9][0-9]|20[0-9][0-9])-"  # MIN_YEAR..MAX_YEAR
 
 
 def _is_number(text: str) -> bool:
@@ -80,17 +84,14 @@ def _iso_only(value: Any) -> Any:
 
 
 def _in_time_range(value: datetime) -> datetime:
-    """An ISO time must fall in TIME_RANGE once read as UTC (no offset: UTC)."""
-    try:
-        ms = _ms(value)
-    except (OverflowError, ValueError):
-        ms = -1
-    if not 0 <= ms <= MAX_TIME_MS:
+    """An ISO time's year, as written, must lie in MIN_YEAR..MAX_YEAR (the schema's pattern)."""
+    if not MIN_YEAR <= value.year <= MAX_YEAR:
         raise ValueError(f"the time must be {TIME_RANGE}")
     return value
 
 
-IsoTime = Annotated[datetime, BeforeValidator(_iso_only), AfterValidator(_in_time_range)]
+IsoTime = Annotated[datetime, BeforeValidator(_iso_only), AfterValidator(_in_time_range),
+                    WithJsonSchema({"type": "string", "format": "date-time", "pattern": _ISO_YEARS})]
 TimeValue = Annotated[int, Field(ge=0, le=MAX_TIME_MS)] | IsoTime
 # In a JSON body the epoch-ms branch is a JSON integer (not true, not "3"), as for ids.
 TimeBody = Annotated[int, Field(ge=0, le=MAX_TIME_MS), BeforeValidator(_json_integer)] | IsoTime
