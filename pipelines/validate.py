@@ -339,7 +339,7 @@ def unvalidated_files(data_root: str | Path) -> list[dict[str, str]]:
                                                                    "drop is not complete, not validated yet"})
                 continue
             if parsed is not None:
-                reason = f"a {parsed[0]} file in raw/{kind}/, not read there"
+                reason = f"an hourly {parsed[0]} file in raw/{kind}/, not read there"
             elif path.is_dir():
                 reason = "a folder, not read"
             elif _TEMP_FILE.match(name):
@@ -919,7 +919,7 @@ def _pid_alive(pid: int) -> bool:
         return False  # our own leftovers are from a swap that already ended (or failed)
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError):
         return False
     except PermissionError:
         return True

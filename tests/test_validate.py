@@ -39,6 +39,7 @@ from pipelines.validate import (
     partition_dir,
     quarantine_dir,
     summary_path,
+    unvalidated_files,
     validate_all,
     validate_hour,
     validate_hour_drops,
@@ -396,6 +397,30 @@ def test_every_file_in_the_landing_area_lands_is_quarantined_or_is_reported(tiny
     for name, words in strays.items():
         assert words in reported[name], (name, reported[name])
         assert f"not validated: raw/clicks/{name}" in out
+
+
+@pytest.mark.unit
+def test_clicks_zip_members_no_hour_reads_are_reported(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / C.ARTICLES_DIR).mkdir(parents=True)
+    head = ",".join(C.CLICK_COLUMNS) + "\n"
+    with zipfile.ZipFile(raw / C.CLICKS_ZIP, "w") as zf:
+        for name in ("clicks/clicks_hour_000.csv", "clicks_hour_000.csv", "clicks/clicks_hour_1.csv", "clicks/"):
+            zf.writestr(name, head)
+    (raw / C.ARTICLES_DIR / C.hour_file_name(4, C.EMBEDDINGS_HOUR)).write_bytes(b"")
+    reported = {f["path"]: f["reason"] for f in unvalidated_files(tmp_path)}
+    assert reported == {
+        "raw/clicks.zip:clicks_hour_000.csv": "hour 0 again: only clicks/clicks_hour_000.csv is read",
+        "raw/clicks.zip:clicks/clicks_hour_1.csv": reported["raw/clicks.zip:clicks/clicks_hour_1.csv"],
+        "raw/articles/embeddings_hour_004.pickle": reported["raw/articles/embeddings_hour_004.pickle"],
+    }
+    assert "clicks_hour_001.csv" in reported["raw/clicks.zip:clicks/clicks_hour_1.csv"]
+    assert "articles_hour_004.csv" in reported["raw/articles/embeddings_hour_004.pickle"]
+    outside = tmp_path / "elsewhere.zip"
+    (raw / C.CLICKS_ZIP).rename(outside)
+    (raw / C.CLICKS_ZIP).symlink_to(outside)
+    assert list_hours(tmp_path) == []  # not opened
+    assert "outside the landing area" in {f["path"]: f["reason"] for f in unvalidated_files(tmp_path)}["raw/clicks.zip"]
 
 
 @pytest.mark.data
