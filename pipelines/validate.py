@@ -280,16 +280,25 @@ def _refused_link(path: Path, landing: Path) -> str | None:
 def _zip_members(zip_path: Path) -> dict[int, str]:
     """hour -> member name; Kaggle's archive keeps the files under clicks/, a flat archive works too. The first
     member of an hour counts; unvalidated_files reports the others. A clicks.zip that is a symlink out of raw/
-    is not opened (unvalidated_files reports it)."""
+    is not opened, and one that cannot be read holds no hour (unvalidated_files reports both)."""
     if not zip_path.exists() or _refused_link(zip_path, zip_path.parent) is not None:
         return {}
     out: dict[int, str] = {}
-    with zipfile.ZipFile(zip_path) as zf:
-        for name in zf.namelist():
-            hour = C.hour_of_file(Path(name).name)
-            if hour is not None and not name.endswith("/"):
-                out.setdefault(hour, name)
+    names = _zip_names(zip_path)
+    for name in names if isinstance(names, list) else []:
+        hour = C.hour_of_file(Path(name).name)
+        if hour is not None and not name.endswith("/"):
+            out.setdefault(hour, name)
     return out
+
+
+def _zip_names(zip_path: Path) -> list[str] | str:
+    """The member names of a zip, or why it cannot be read (a corrupt archive must not stop the other hours)."""
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            return zf.namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        return f"cannot be read as a zip archive ({' '.join(str(e).split())[:120]}): no hour is read from it"
 
 
 def list_hours(data_root: str | Path, kind: str = CLICKS) -> list[int]:
@@ -354,19 +363,20 @@ def unvalidated_files(data_root: str | Path) -> list[dict[str, str]]:
         why = _refused_link(zip_path, raw)
         if why is not None:
             out.append({"path": _rel(zip_path, root), "reason": f"{why}: refused, not opened"})
+        elif isinstance(names := _zip_names(zip_path), str):
+            out.append({"path": _rel(zip_path, root), "reason": names})
         else:
             read = _zip_members(zip_path)
-            with zipfile.ZipFile(zip_path) as zf:
-                for name in zf.namelist():
-                    hour = C.hour_of_file(Path(name).name)
-                    if name.endswith("/") or (hour is not None and read.get(hour) == name):
-                        continue
-                    where = f"{_rel(zip_path, root)}:{name}"
-                    if hour is not None:
-                        reason = f"hour {hour} again: only {read[hour]} is read"
-                    else:
-                        reason = C.misnamed_hour_file(Path(name).name)[2]
-                    out.append({"path": where, "reason": reason})
+            for name in names:
+                hour = C.hour_of_file(Path(name).name)
+                if name.endswith("/") or (hour is not None and read.get(hour) == name):
+                    continue
+                where = f"{_rel(zip_path, root)}:{name}"
+                if hour is not None:
+                    reason = f"hour {hour} again: only {read[hour]} is read"
+                else:
+                    reason = C.misnamed_hour_file(Path(name).name)[2]
+                out.append({"path": where, "reason": reason})
     return out
 
 

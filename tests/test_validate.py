@@ -421,6 +421,10 @@ def test_clicks_zip_members_no_hour_reads_are_reported(tmp_path):
     (raw / C.CLICKS_ZIP).symlink_to(outside)
     assert list_hours(tmp_path) == []  # not opened
     assert "outside the landing area" in {f["path"]: f["reason"] for f in unvalidated_files(tmp_path)}["raw/clicks.zip"]
+    (raw / C.CLICKS_ZIP).unlink()
+    (raw / C.CLICKS_ZIP).write_bytes(b"PK\x03\x04 cut short")  # a corrupt archive stops nothing
+    assert list_hours(tmp_path) == []
+    assert "cannot be read as a zip" in {f["path"]: f["reason"] for f in unvalidated_files(tmp_path)}["raw/clicks.zip"]
 
 
 @pytest.mark.data
