@@ -99,9 +99,18 @@ def _sorted_positions(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
     return np.where(keys[at] == query, at, -1)
 
 
+def _dense_users(*user_arrays: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(the distinct user ids sorted, each array as positions in them). Codes keep the ids' order, so whatever
+    is sorted by code is sorted by id; they keep the (user, article) pair key inside int64 for every user id
+    (an API user id goes up to 2^53 - 1, far past 2^63 / the article bound)."""
+    ids, inverse = np.unique(np.concatenate(user_arrays), return_inverse=True)
+    return ids, np.split(inverse.astype(np.int64), np.cumsum([len(a) for a in user_arrays])[:-1])
+
+
 class _PairKeys:
     """(user, article) pairs as one int64, kept sorted, so a membership test is a binary search: no hash
-    table to build per call, which cost one API request more than its whole search."""
+    table to build per call, which cost one API request more than its whole search. Users are dense codes
+    (_dense_users), not ids."""
 
     def __init__(self, users: np.ndarray, articles: np.ndarray, article_bound: int):
         self.m = int(article_bound) + 1
@@ -175,6 +184,7 @@ def top_unread(
     users = np.unique(np.asarray(users, dtype=np.int64))
     clicked_u = np.asarray(user_clicks[USER_ID], dtype=np.int64)
     clicked_a = np.asarray(user_clicks[CLICK_ARTICLE_ID], dtype=np.int64)
+    user_ids, (users, clicked_u) = _dense_users(users, clicked_u)
     bound = int(max(ids.max() if len(ids) else 0, clicked_a.max() if len(clicked_a) else 0))
     read = _PairKeys(clicked_u, clicked_a, bound)
 
@@ -182,7 +192,7 @@ def top_unread(
         return np.repeat(todo, depth), np.tile(ids[:depth], len(todo)), np.tile(scores[:depth], len(todo))
 
     got = _top_excluding(fetch, users, read, int(n), len(ids))
-    return pd.DataFrame({USER_ID: got.user, ARTICLE_ID: got.article, SCORE: got.score, RANK: got.rank})
+    return pd.DataFrame({USER_ID: user_ids[got.user], ARTICLE_ID: got.article, SCORE: got.score, RANK: got.rank})
 
 
 def _slices(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -594,6 +604,8 @@ class CandidateIndex:
             )
         clicked_any = len(clicks[0]) > 0
         bound = int(max(clicks[1].max() if clicked_any else 0, self.emb_ids.max() if len(self.emb_ids) else 0))
+        user_ids, (users_arr, click_users) = _dense_users(users_arr, clicks[0])
+        clicks = (click_users, clicks[1], clicks[2])
         read = _PairKeys(clicks[0], clicks[1], bound)
 
         parts: dict[str, _Ranked] = {}
@@ -605,7 +617,9 @@ class CandidateIndex:
             parts["pop"] = self._global_source(self.popular(), CLICKS, users_arr, read, sizes["pop"])
         if sizes.get("trend", 0) > 0 and len(self.pool):
             parts["trend"] = self._global_source(self.trending(), TREND, users_arr, read, sizes["trend"])
-        return self._merge(parts, read)
+        out = self._merge(parts, read)
+        out[USER_ID] = user_ids[out[USER_ID]]
+        return out
 
     def _merge(self, parts: dict[str, _Ranked], read: _PairKeys) -> dict[str, np.ndarray]:
         """Per-source lists -> one wide row per (user, article) with reciprocal-rank fusion."""

@@ -28,7 +28,9 @@ _HOUR_FILES = {
     ARTICLES_DIR: ("articles_hour_", ".csv"),
     EMBEDDINGS_HOUR: ("embeddings_hour_", ".pickle"),
 }
-_HOUR_FILE = re.compile(r"^(clicks|articles|embeddings)_hour_(\d{3,})\.(csv|pickle)$")
+_HOUR_FILE = re.compile(r"^(clicks|articles|embeddings)_hour_([0-9]{3,})\.(csv|pickle)$")
+# What looks meant as an hourly file: the names misnamed_hour_file explains.
+_LOOSE_HOUR_FILE = re.compile(r"^(clicks|articles|embeddings)_hour_(.*)\.(csv|pickle)$", re.IGNORECASE)
 
 
 def hour_file_name(hour: int, kind: str = CLICKS_DIR) -> str:
@@ -49,6 +51,26 @@ def parse_hour_file_name(name: str) -> tuple[str, int] | None:
         return None
     kind, hour = m.group(1), int(m.group(2))
     return (kind, hour) if hour_file_name(hour, kind) == name else None
+
+
+def misnamed_hour_file(name: str) -> tuple[str | None, int | None, str]:
+    """Why `name` is not read as an hourly file (parse_hour_file_name gives None), as (kind, hour, reason):
+    the kind and hour it seems meant for when they can be told (`clicks_hour_50.CSV` -> clicks, 50), else None.
+    """
+    m = _LOOSE_HOUR_FILE.match(name)
+    if m is None:
+        return None, None, ("not an hourly file name (clicks_hour_NNN.csv, articles_hour_NNN.csv, "
+                            "embeddings_hour_NNN.pickle)")
+    kind = m.group(1).lower()
+    prefix, suffix = _HOUR_FILES[kind]
+    try:
+        hour = int(m.group(2)) if m.group(2).isdigit() else None  # int() also reads non-ASCII digits
+    except ValueError:
+        hour = None
+    if hour is None:
+        return kind, None, f"not an hourly file name: {m.group(2)!r} is not an hour (expected {prefix}NNN{suffix})"
+    return kind, hour, (f"not read as hour {hour}: an hourly file is named exactly {hour_file_name(hour, kind)} "
+                        f"(the hour in ASCII digits, zero-padded to 3; lower-case {suffix})")
 
 
 def hour_of_file(name: str, kind: str = CLICKS_DIR) -> int | None:

@@ -2,15 +2,20 @@
 
 A deployed service (a container, an ECS task) changes a key without its own copy of params.yaml through
 one environment variable per key, Airflow-style: `NEWSREC__SERVE__REDIS_URL=redis://redis:6379/0` sets
-`serve.redis_url`. Values are read as YAML scalars (`null`, `3`, `true`); only keys that params.yaml
-already has can be overridden, so a typo fails loudly instead of being ignored. `dvc repro` does not
+`serve.redis_url`. Only keys that params.yaml already has can be overridden, so a typo fails loudly instead
+of being ignored, and each value is read as the type of the default it replaces (coerce_override), so a
+wrong one fails at startup naming the variable: a string is taken as written (`newsrec:recent:` is no YAML
+mapping), a number must be one (`CHALLENGER_SHARE=yes` is refused), a bool is `true` or `false`, a list or
+mapping is YAML of that shape; `null` unsets a key whose default is null or a string (a URI, a path). `dvc repro` does not
 see these variables: reproducible runs use params.yaml (or `dvc exp run -S`).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +46,61 @@ def load_params(section: str | None = None, path: str | Path = DEFAULT_PARAMS) -
     return dict(params[section])
 
 
+class OverrideError(ValueError):
+    """A NEWSREC__ variable whose value does not fit the params.yaml key it overrides."""
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a YAML list",
+            dict: "a YAML mapping"}.get(type(value), type(value).__name__)
+
+
+def coerce_override(name: str, raw: str, default: Any) -> Any:
+    """The value of variable `name` (text `raw`) as the type of the params.yaml `default` it replaces; an
+    OverrideError naming the variable when it is not one."""
+
+    def refuse(why: str) -> OverrideError:
+        return OverrideError(f"{name}={raw!r}: {why} (the params.yaml default is {default!r})")
+
+    text = raw.strip()
+    if text == "null":
+        if default is None or isinstance(default, str):
+            return None
+        raise refuse(f"must be {_type_name(default)}; null only unsets keys whose default is null or a string")
+    if default is None:
+        value = yaml.safe_load(raw)
+        if isinstance(value, dict | list):
+            raise refuse("must be a single value, not a YAML list or mapping")
+        return value
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false"):
+            raise refuse("must be true or false")
+        return text.lower() == "true"
+    if isinstance(default, int):
+        if not re.fullmatch(r"[+-]?[0-9]+", text):
+            raise refuse("must be an integer")
+        return int(text)
+    if isinstance(default, float):
+        try:
+            value = float(text)
+        except ValueError:
+            raise refuse("must be a number") from None
+        if not math.isfinite(value):
+            raise refuse("must be a finite number")
+        return value
+    if isinstance(default, str):
+        return raw
+    if isinstance(default, list | dict):
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise refuse(f"must be {_type_name(default)}: {' '.join(str(e).split())}") from None
+        if not isinstance(value, type(default)):
+            raise refuse(f"must be {_type_name(default)}")
+        return value
+    raise refuse(f"a key of type {type(default).__name__} cannot be overridden")
+
+
 def apply_env_overrides(params: dict[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """`params` with every `NEWSREC__SECTION__KEY[__SUBKEY]` variable applied (a copy when any applies)."""
     environ = os.environ if environ is None else environ
@@ -58,7 +118,7 @@ def apply_env_overrides(params: dict[str, Any], environ: Mapping[str, str] | Non
                 where = ".".join(parts[:i]) or "params.yaml"
                 raise KeyError(f"{name}: {where} has no key '{part.lower()}' to override")
             if i == len(parts) - 1:
-                node[match[0]] = yaml.safe_load(environ[name])
+                node[match[0]] = coerce_override(name, environ[name], node[match[0]])
             else:
                 node = node[match[0]]
     return params

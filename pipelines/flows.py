@@ -154,6 +154,7 @@ def quarantine_alert(data_root: str | Path, result: Mapping[str, Any], epoch_ms:
             f"failed checks: {', '.join(drop.get('checks') or []) or '-'}",
             f"drop: {drop.get('source', '?')} ({rows})",
             f"now in: {folder.resolve()}",
+            *([f"the hour's earlier landed version stays in use: {drop['kept']}"] if drop.get("kept") else []),
             "",
         ]
         attachments += [p for p in (folder / "reason.txt", folder / "result.json") if p.is_file()]
@@ -224,7 +225,8 @@ def run_stage(stage: str, params: Mapping[str, Any], params_path: str | Path,
     from pipelines.cli import main
 
     argv = [*stage_command(stage, params), "--params", str(params_path)]
-    env = {"NEWSREC__" + k.replace(".", "__").upper(): json.dumps(v) for k, v in (overrides or {}).items()}
+    env = {"NEWSREC__" + k.replace(".", "__").upper(): v if isinstance(v, str) else json.dumps(v)
+           for k, v in (overrides or {}).items()}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

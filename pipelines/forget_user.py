@@ -302,8 +302,10 @@ def erase_remote_raw(raw_uri: str, user_id: int, report: ErasureReport, client: 
 
 
 def erase_quarantine(data_root: Path, user_id: int, report: ErasureReport) -> None:
-    """Quarantined drops and the GX results written beside them."""
-    for folder in sorted((data_root / "quarantine" / C.CLICKS_DIR).glob("*")):
+    """Quarantined drops and the GX results written beside them, also those a later delivery replaced
+    (kept under archive/, see pipelines.validate.archive_dir; archived partitions are parquet, erased below)."""
+    archived = (data_root / "archive" / C.CLICKS_DIR).glob("hour=*/quarantined-*")
+    for folder in sorted([*(data_root / "quarantine" / C.CLICKS_DIR).glob("*"), *archived]):
         if not folder.is_dir():
             continue
         for path in sorted(folder.glob("*.csv")):

@@ -16,9 +16,11 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -312,6 +314,22 @@ def _tag_metric(mv, segment: str, metric: str) -> float | None:
     return None if value is None else float(value)
 
 
+def _unusable_metrics(versions: Sequence[Any], metric: str) -> list[str]:
+    """`v3 test_all_ndcg_at_10='nan'` for each metric tag the gate needs that is not a finite number: NaN
+    compares False with everything, so `nan < old + gain` would let any challenger through."""
+    bad = []
+    for mv in versions:
+        for seg in ("all", "cold"):
+            raw = mv.tags.get(metric_tag(seg, metric))
+            try:
+                ok = raw is not None and math.isfinite(float(raw))
+            except ValueError:
+                ok = False
+            if raw is not None and not ok:
+                bad.append(f"v{mv.version} {metric_tag(seg, metric)}={raw!r}")
+    return bad
+
+
 def promote(client, model_name: str, metric: str, min_gain: float, cold_tolerance: float) -> Decision:
     """Move `champion` to `challenger` if it wins on the same test window; otherwise say why and change nothing."""
     from mlflow.exceptions import MlflowException
@@ -329,6 +347,10 @@ def promote(client, model_name: str, metric: str, min_gain: float, cold_toleranc
     def decide(ok: bool, reason: str) -> Decision:
         return Decision(ok, reason, str(chal.version), str(champ.version) if champ else None)
 
+    unusable = _unusable_metrics([chal] if champ is None else [chal, champ], metric)
+    if unusable:
+        return decide(False, f"test metrics are not finite numbers: {', '.join(unusable)}; nothing is promoted "
+                             "on them (re-run the evaluation, or move the alias by hand)")
     if champ is None:
         _set_champion(client, model_name, str(chal.version), history + [str(chal.version)])
         return decide(True, f"no champion yet: version {chal.version} becomes champion")

@@ -28,7 +28,9 @@ Volume: an hour fails when its rows exceed `volume_max_ratio` x the smallest of 
 `volume_floor_rows`: a small stream's hour-to-hour swings are no spike), each used
 when it exists: the median of the same hour of day on up to `volume_days` previous days (real traffic swings
 between night and evening, so this is the fair comparison), and the median of the `volume_window_hours`
-trailing landed hours once at least `volume_min_history` of them exist.
+trailing landed hours once at least `volume_min_history` of them exist. Without either (thin history), the
+busiest of the landed hours there are; without any landed hour, `volume_floor_rows`. Only the first hour of a
+dataset (no earlier drop at all) is not judged.
 
 Article drops: new articles arrive hourly too, as `<root>/raw/articles/articles_hour_NNN.csv` (the metadata
 columns) beside `embeddings_hour_NNN.pickle` (float32 [rows, 250], row j = the csv's j-th row). An hour's
@@ -40,9 +42,13 @@ unique and new to the catalogue, created_at_ts not after the end of the hour). I
 read back with pipelines.catalogue.read_catalogue.
 
 Every write goes to a temporary name and is renamed into place, and a drop leaves raw/ only after its
-quarantine folder is complete, so a crash loses nothing. Re-running an hour gives the same outcome: it
-overwrites its own partition or quarantine folder and clears the other one. A quarantined drop is found
+quarantine folder is complete, so a crash loses nothing; the next run repairs what a killed one left
+(recover_interrupted). Re-running an hour gives the same outcome. Nothing received is lost: a landed partition
+or quarantine folder that a different delivery replaces moves to `<root>/archive/` (archive_dir), and a bad
+re-delivery of a landed hour is quarantined while the landed partition stays. A quarantined drop is found
 there again when its hour is re-run (after a metadata fix, say); if it then lands, its files go back to raw/.
+Files of the landing area that no hour reads (misnamed, second spellings) are listed in `_summary.json`
+(unvalidated_files), and a symlink out of raw/ is quarantined unread.
 """
 
 from __future__ import annotations
@@ -55,10 +61,12 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import sys
 import warnings
 import zipfile
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
@@ -78,6 +86,8 @@ PART_FILE = "part-0.parquet"
 RESULT_FILE = "result.json"
 REASON_FILE = "reason.txt"
 SUMMARY_FILE = "_summary.json"
+# Earlier versions of an hour that a later delivery replaced: `<root>/archive/<kind>/hour=NNN/<status>-<time>/`.
+ARCHIVE_DIR = "archive"
 CLICKS_SUITE = "clicks_hour"
 ARTICLES_SUITE = "articles_hour"
 METADATA_SUITE = "articles_metadata"
@@ -94,7 +104,11 @@ GX_RUNTIME_VAR = "newsrec_gx_runtime"
 # Columns validation adds beside the drop for the suite (see columns.py).
 CHECK_COLUMNS = (C.SESSION_ROWS, C.UNKNOWN_ARTICLE_ID)
 ARTICLE_CHECK_COLUMNS = (C.CATALOGUED_ARTICLE_ID,)
-_INTEGER = r"^[+-]?[0-9]+$"
+# The only integer spelling a drop may use: ASCII digits, an optional minus (Arrow alone would also read `0x13`).
+_INTEGER = r"^-?[0-9]+$"
+# A header with more columns than this beyond the contract's is refused before the body is read: parsing
+# 20,000 string columns takes minutes and gigabytes, and no real drop carries more than a few extras.
+MAX_EXTRA_COLUMNS = 64
 # What an embeddings pickle may name: numpy's own array reconstruction, nothing else. A drop is
 # untrusted input, and a plain pickle.load would run whatever callable it names.
 _PICKLE_GLOBALS = {
@@ -144,6 +158,8 @@ class HourResult:
     path: str  # where the drop is now
     source: str  # where it was read from
     kind: str = CLICKS  # which drop: "clicks" or "articles"
+    # Quarantined while an earlier version of the hour had landed: that partition, which stays (else "").
+    kept: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -202,6 +218,8 @@ class VolumeReference:
     floor_rows: int = 0
 
     def describe(self) -> str:
+        if not self.hours:
+            return f"the floor of {self.floor_rows:,} rows ({self.basis})"
         text = f"{self.ratio:g} x {self.median_rows:,.0f} rows ({self.basis}: {_hour_list(self.hours)})"
         return text if self.max_rows > self.floor_rows else f"the floor of {self.floor_rows:,} rows (above {text})"
 
@@ -219,29 +237,68 @@ def quarantine_dir(data_root: str | Path, hour: int, kind: str = CLICKS) -> Path
     return Path(data_root) / "quarantine" / kind / C.partition_name(hour)
 
 
+def archive_dir(data_root: str | Path, hour: int, kind: str = CLICKS) -> Path:
+    """`<root>/archive/clicks/hour=NNN`: the versions of an hour that later deliveries replaced, one folder
+    each (`landed-<time>/` a landed partition, `quarantined-<time>/` a quarantine folder, <time> when it was
+    written). Nothing is deleted there: an operator removes what is no longer wanted."""
+    return Path(data_root) / ARCHIVE_DIR / kind / C.partition_name(hour)
+
+
 def summary_path(data_root: str | Path) -> Path:
     """`<root>/validated/_summary.json`: the latest outcome of every hour, for DAGs and the dashboard."""
     return Path(data_root) / "validated" / SUMMARY_FILE
 
 
 def _rel(path: Path, root: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    path = Path(path)
+    try:  # the parent resolved, not the name: a symlink is named where it is, not where it points
+        return str((path.parent.resolve() / path.name).relative_to(Path(root).resolve()))
     except ValueError:
         return str(path)
 
 
+def _present(path: Path) -> bool:
+    """The name is there, even as a symlink that leads nowhere (validation refuses it, see _refused_link)."""
+    return os.path.lexists(path)
+
+
+def _refused_link(path: Path, landing: Path) -> str | None:
+    """Why a symlink may not be read as a drop (it leads out of the landing area `landing`, or nowhere), else
+    None. Only the link is looked at, never what it points to."""
+    if not path.is_symlink():
+        return None
+    target = os.readlink(path)
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return f"a symlink to {target} that leads nowhere"
+    if real.is_relative_to(landing.resolve()):
+        return None
+    return f"a symlink to {target}, outside the landing area {landing.name}/"
+
+
 def _zip_members(zip_path: Path) -> dict[int, str]:
-    """hour -> member name; Kaggle's archive keeps the files under clicks/, a flat archive works too."""
-    if not zip_path.exists():
+    """hour -> member name; Kaggle's archive keeps the files under clicks/, a flat archive works too. The first
+    member of an hour counts; unvalidated_files reports the others. A clicks.zip that is a symlink out of raw/
+    is not opened, and one that cannot be read holds no hour (unvalidated_files reports both)."""
+    if not zip_path.exists() or _refused_link(zip_path, zip_path.parent) is not None:
         return {}
     out: dict[int, str] = {}
-    with zipfile.ZipFile(zip_path) as zf:
-        for name in zf.namelist():
-            hour = C.hour_of_file(Path(name).name)
-            if hour is not None and not name.endswith("/"):
-                out.setdefault(hour, name)
+    names = _zip_names(zip_path)
+    for name in names if isinstance(names, list) else []:
+        hour = C.hour_of_file(Path(name).name)
+        if hour is not None and not name.endswith("/"):
+            out.setdefault(hour, name)
     return out
+
+
+def _zip_names(zip_path: Path) -> list[str] | str:
+    """The member names of a zip, or why it cannot be read (a corrupt archive must not stop the other hours)."""
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            return zf.namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        return f"cannot be read as a zip archive ({' '.join(str(e).split())[:120]}): no hour is read from it"
 
 
 def list_hours(data_root: str | Path, kind: str = CLICKS) -> list[int]:
@@ -261,9 +318,66 @@ def list_hours(data_root: str | Path, kind: str = CLICKS) -> list[int]:
     if qroot.is_dir():
         for d in qroot.glob("hour=*"):
             key = d.name.split("=", 1)[1]
-            if key.isdigit() and (d / C.hour_file_name(int(key), kind)).exists():
+            if key.isdigit() and _present(d / C.hour_file_name(int(key), kind)):
                 hours.add(int(key))
     return sorted(hours)
+
+
+def unvalidated_files(data_root: str | Path) -> list[dict[str, str]]:
+    """Every file of the landing area that no hour reads, each with the reason (`path`, `reason`): misnamed
+    hourly files (`clicks_hour_50.csv`, `clicks_hour_0050.csv`, `.CSV`, non-ASCII digits), a second spelling
+    beside the canonical name, other files, embeddings waiting for their csv, clicks.zip members that are no
+    hourly file or repeat an hour, a clicks.zip that is a symlink out of raw/ (not opened). Only names are
+    looked at. The run reports them in `_summary.json` (`unvalidated_files`)."""
+    root = Path(data_root)
+    raw = root / "raw"
+    out: list[dict[str, str]] = []
+    readable = {CLICKS: (CLICKS,), ARTICLES: ARTICLE_FILES}
+    for kind in KINDS:
+        folder = raw / kind
+        if not folder.is_dir():
+            continue
+        names = sorted(os.listdir(folder))
+        for name in names:
+            path = folder / name
+            parsed = C.parse_hour_file_name(name)
+            if parsed is not None and parsed[0] in readable[kind] and not path.is_dir():
+                csv_name = C.hour_file_name(parsed[1], ARTICLES)
+                if parsed[0] == C.EMBEDDINGS_HOUR and csv_name not in names:
+                    out.append({"path": _rel(path, root), "reason": f"embeddings without {csv_name}: the article "
+                                                                   "drop is not complete, not validated yet"})
+                continue
+            if parsed is not None:
+                reason = f"an hourly {parsed[0]} file in raw/{kind}/, not read there"
+            elif path.is_dir():
+                reason = "a folder, not read"
+            elif _TEMP_FILE.match(name):
+                reason = "the temporary file of a write in progress (or interrupted)"
+            else:
+                meant, hour, reason = C.misnamed_hour_file(name)
+                if hour is not None and meant is not None and C.hour_file_name(hour, meant) in names:
+                    reason += f"; a second spelling beside {C.hour_file_name(hour, meant)}, which is the one read"
+            out.append({"path": _rel(path, root), "reason": reason})
+    zip_path = raw / C.CLICKS_ZIP
+    if _present(zip_path):
+        why = _refused_link(zip_path, raw)
+        if why is not None:
+            out.append({"path": _rel(zip_path, root), "reason": f"{why}: refused, not opened"})
+        elif isinstance(names := _zip_names(zip_path), str):
+            out.append({"path": _rel(zip_path, root), "reason": names})
+        else:
+            read = _zip_members(zip_path)
+            for name in names:
+                hour = C.hour_of_file(Path(name).name)
+                if name.endswith("/") or (hour is not None and read.get(hour) == name):
+                    continue
+                where = f"{_rel(zip_path, root)}:{name}"
+                if hour is not None:
+                    reason = f"hour {hour} again: only {read[hour]} is read"
+                else:
+                    reason = C.misnamed_hour_file(Path(name).name)[2]
+                out.append({"path": where, "reason": reason})
+    return out
 
 
 def list_all_hours(data_root: str | Path) -> list[int]:
@@ -280,7 +394,7 @@ def find_drop(data_root: str | Path, hour: int, kind: str = CLICKS) -> Drop:
         for file_kind in ARTICLE_FILES:
             name = C.hour_file_name(hour, file_kind)
             where = [root / "raw" / ARTICLES / name, quarantine_dir(root, hour, ARTICLES) / name]
-            found.append(next((p for p in where if p.exists()), None))
+            found.append(next((p for p in where if _present(p)), None))
         csv_path, embeddings = found
         if csv_path is None:
             raise FileNotFoundError(f"no article drop for hour {hour}: looked for "
@@ -288,13 +402,13 @@ def find_drop(data_root: str | Path, hour: int, kind: str = CLICKS) -> Drop:
                                     f"{quarantine_dir(root, hour, ARTICLES)}")
         return Drop(hour, csv_path, kind=ARTICLES, embeddings=embeddings)
     csv_path = root / "raw" / C.CLICKS_DIR / C.hour_file_name(hour)
-    if csv_path.exists():
+    if _present(csv_path):
         return Drop(hour, csv_path)
     member = _zip_members(root / "raw" / C.CLICKS_ZIP).get(hour)
     if member is not None:
         return Drop(hour, root / "raw" / C.CLICKS_ZIP, member)
     quarantined = quarantine_dir(root, hour) / C.hour_file_name(hour)
-    if quarantined.exists():
+    if _present(quarantined):
         return Drop(hour, quarantined)
     raise FileNotFoundError(
         f"no drop for hour {hour}: looked for {csv_path}, {root / 'raw' / C.CLICKS_ZIP} and {quarantined}")
@@ -307,7 +421,8 @@ def parse_csv(data: bytes, required: Sequence[str]) -> Parsed:
     """Read a Globo csv with every value as a string, then type the required columns as integers.
 
     Problems are `(check, detail)` pairs: `empty_file`, `parse` (unparseable or truncated), `schema`
-    (required columns missing, a column named twice) and `dtypes` (values that are not int64 integers).
+    (required columns missing, a column named twice, a header far wider than the contract) and `dtypes`
+    (values that are not int64 integers written in plain decimal: `0x13` and `+942` are refused).
     Columns beyond `required` are kept as strings for the suite's schema check to name. A null (empty
     field) is not a parse problem: the column becomes nullable Int64 and the suite counts the nulls.
     """
@@ -318,13 +433,17 @@ def parse_csv(data: bytes, required: Sequence[str]) -> Parsed:
     if not data:
         return Parsed(None, [("empty_file", "empty file: 0 bytes, not even a header line")])
     first_line = data.split(b"\n", 1)[0].rstrip(b"\r")
+    limit = len(required) + MAX_EXTRA_COLUMNS
+    if first_line.count(b",") >= limit:
+        return Parsed(None, [("schema", (f"header has {first_line.count(b',') + 1:,} columns, far more than the "
+                                        f"{len(required)} of the contract (at most {limit} read): not parsed"))])
     try:
         names = next(csv.reader([first_line.decode("utf-8-sig")]), [])
     except (UnicodeDecodeError, csv.Error) as e:
         return Parsed(None, [("parse", f"unparseable header line: {e}")])
     names = [n.strip() for n in names]
     problems: list[tuple[str, str]] = []
-    dup = sorted({n for n in names if names.count(n) > 1})
+    dup = sorted(n for n, count in Counter(names).items() if count > 1)
     if dup:
         return Parsed(None, [("schema", f"columns named more than once: {dup}")])
     missing = [c for c in required if c not in names]
@@ -344,17 +463,18 @@ def parse_csv(data: bytes, required: Sequence[str]) -> Parsed:
     typed: dict[str, Any] = {}
     for name in [c for c in required if c in names]:
         col = table[name]
+        # Only plain decimal integers: Arrow's cast would read `0x13` as 19 and refuse `+942`.
+        not_int = pc.fill_null(pc.invert(pc.match_substring_regex(col, _INTEGER)), False)
+        bad = pc.filter(col, not_int)
+        if len(bad):
+            samples = [str(v) for v in pc.unique(bad).to_pylist()[:3]]
+            problems.append(("dtypes", (f"{name}: {len(bad)} values are not integers written in plain decimal "
+                                       f"(ASCII digits, an optional leading minus), e.g. {samples}")))
+            continue
         try:
             ints = pc.cast(col, pa.int64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            not_int = pc.invert(pc.match_substring_regex(col, _INTEGER))
-            bad = pc.filter(col, pc.fill_null(not_int, False))
-            if len(bad) == 0:
-                detail = f"{name}: integers outside the int64 range"
-            else:
-                samples = [str(v) for v in pc.unique(bad).to_pylist()[:3]]
-                detail = f"{name}: {len(bad)} values are not integers, e.g. {samples}"
-            problems.append(("dtypes", detail))
+            problems.append(("dtypes", f"{name}: integers outside the int64 range"))
             continue
         typed[name] = ints.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get) if ints.null_count \
             else ints.to_numpy().astype(np.int64)
@@ -477,8 +597,11 @@ def with_article_check_columns(frame: pd.DataFrame, *catalogue_ids: np.ndarray) 
 # --------------------------------------------------------------------------------------------- checks
 
 
-def volume_reference(landed_rows: Mapping[int, int], hour: int, settings: Settings) -> VolumeReference | None:
-    """The tighter of the two volume references for `hour` (module docstring), or None without history.
+def volume_reference(landed_rows: Mapping[int, int], hour: int, settings: Settings,
+                     earlier_drops: bool = True) -> VolumeReference | None:
+    """The bound on `hour`'s rows (module docstring): the tighter of the two references when either exists,
+    else the busiest of the landed hours there are, else the floor; None only for the first hour of a dataset
+    (`earlier_drops` False: no earlier hour arrived at all) or with no history and no floor.
 
     `landed_rows` maps earlier landed hours to their row counts; later hours and empty hours are ignored.
     """
@@ -494,7 +617,18 @@ def volume_reference(landed_rows: Mapping[int, int], hour: int, settings: Settin
         refs.append((float(np.median([landed_rows[h] for h in trailing])), trailing,
                      f"median of {len(trailing)} trailing landed hours"))
     if not refs:
-        return None
+        # Thin history (the first day, or hours lost to quarantine) still bounds a spike: the busiest recent
+        # landed hour, so that a morning ramp measured against the night before it passes.
+        recent = tuple(sorted(h for h in landed_rows if h < hour and landed_rows[h] > 0)[-settings.volume_window_hours:])
+        if recent:
+            refs.append((float(max(landed_rows[h] for h in recent)), recent,
+                         (f"the busiest of {len(recent)} landed hours, fewer than the "
+                         f"{settings.volume_min_history} a median needs")))
+    if not refs:
+        if not earlier_drops or settings.volume_floor_rows <= 0:
+            return None
+        return VolumeReference(settings.volume_floor_rows, settings.volume_max_ratio, 0.0, (),
+                               "no landed hour before it to compare with", settings.volume_floor_rows)
     median, hours, basis = min(refs, key=lambda r: r[0])
     # A small stream swings by more than the ratio from one hour to the next (a real morning ramp at 30 -> 160
     # clicks): below the floor no volume is a spike.
@@ -663,8 +797,30 @@ def _parse_result(problems: Sequence[tuple[str, str]], rows: int | None) -> dict
 # --------------------------------------------------------------------------------------------- writing
 
 
-def land(frame: pd.DataFrame, data_root: str | Path, hour: int) -> Path:
-    """Write the 12 click columns as int64 to the hour's partition (temp file, then rename)."""
+def _archive_slot(data_root: str | Path, hour: int, kind: str, status: str, written: Path) -> Path:
+    """A fresh folder name in the hour's archive for the version `written` (its time names it)."""
+    stamp = datetime.fromtimestamp(written.stat().st_mtime, tz=UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    base = archive_dir(data_root, hour, kind)
+    slot, n = base / f"{status}-{stamp}", 1
+    while _present(slot):
+        slot, n = base / f"{status}-{stamp}-{n}", n + 1
+    return slot
+
+
+def _folder_files(folder: Path, skip: Sequence[str] = ()) -> dict[str, bytes | str]:
+    """name -> bytes of a folder's files (a symlink: its target, unread), leaving out `skip` and hidden names."""
+    out: dict[str, bytes | str] = {}
+    if folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            if p.name in skip or p.name.startswith("."):
+                continue
+            out[p.name] = os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else ""
+    return out
+
+
+def land(frame: pd.DataFrame, data_root: str | Path, hour: int) -> tuple[Path, Path | None]:
+    """Write the 12 click columns as int64 to the hour's partition (temp file, then rename); the partition
+    file and, when an earlier different version was there, the archive folder it was moved to."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -672,18 +828,26 @@ def land(frame: pd.DataFrame, data_root: str | Path, hour: int) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     table = pa.table({c: pa.array(frame[c].to_numpy(dtype=np.int64), type=pa.int64()) for c in C.CLICK_COLUMNS})
     tmp = target.with_name(f".{PART_FILE}.{os.getpid()}.tmp")
+    archived = None
     try:
         pq.write_table(table, tmp)
+        if target.exists() and target.read_bytes() != tmp.read_bytes():
+            # A re-delivery that differs: the version it replaces goes to the archive, not away.
+            archived = _archive_slot(data_root, hour, CLICKS, LANDED, target)
+            archived.mkdir(parents=True)
+            os.replace(target, archived / PART_FILE)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return target
+    return target, archived
 
 
-def land_articles(frame: pd.DataFrame, embeddings: np.ndarray, data_root: str | Path, hour: int) -> Path:
+def land_articles(frame: pd.DataFrame, embeddings: np.ndarray, data_root: str | Path,
+                  hour: int) -> tuple[Path, Path | None]:
     """Write an article drop's partition: the 5 metadata columns as int64 and `embeddings.npy` (float32, row j =
-    the parquet's row j), built in a temporary folder and swapped in whole, so a reader sees both or neither."""
+    the parquet's row j), built in a temporary folder and swapped in whole, so a reader sees both or neither.
+    The partition and, when an earlier different version was there, the archive folder it was moved to."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -692,50 +856,142 @@ def land_articles(frame: pd.DataFrame, embeddings: np.ndarray, data_root: str | 
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    archived = None
     try:
         table = pa.table({c: pa.array(frame[c].to_numpy(dtype=np.int64), type=pa.int64())
                           for c in C.METADATA_COLUMNS})
         pq.write_table(table, tmp / PART_FILE)
         np.save(tmp / C.EMBEDDINGS_PART, np.ascontiguousarray(embeddings, dtype=np.float32), allow_pickle=False)
-        _swap_dir(tmp, target)
+        if target.exists() and _folder_files(target) != _folder_files(tmp):
+            archived = _archive_slot(data_root, hour, ARTICLES, LANDED, target / PART_FILE)
+        _swap_dir(tmp, target, archived)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
+    return target, archived
 
 
-def _swap_dir(new: Path, target: Path) -> None:
-    """Put folder `new` at `target`, replacing an older one; the old one is deleted only once replaced."""
+def _swap_dir(new: Path, target: Path, archive_to: Path | None = None) -> None:
+    """Put folder `new` at `target`; the older one goes to `archive_to` (None: deleted, it held the same files)
+    only once replaced. A crash between the renames leaves `.hour=NNN.old-PID` beside it, which
+    recover_interrupted puts back (or archives) at the next run."""
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     if target.exists():
         os.replace(target, old)
     os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
+    if not old.exists():
+        return
+    if archive_to is None:
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        archive_to.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(old, archive_to)
 
 
 def quarantine(drop: Drop, files: Mapping[str, bytes], data_root: str | Path, result: Mapping[str, Any],
-               reason: str) -> Path:
-    """Move the drop whole (`files`: its file names and bytes) into the hour's quarantine folder beside
-    result.json and reason.txt."""
+               reason: str, links: Mapping[str, str] | None = None) -> Path:
+    """Move the drop whole (`files`: its file names and bytes; `links`: names of refused symlinks and where they
+    point, recreated unread) into the hour's quarantine folder beside result.json and reason.txt. A different
+    drop quarantined there before goes to the archive."""
     target = quarantine_dir(data_root, drop.hour, drop.kind)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    links = dict(links or {})
     try:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
+        for name, link in links.items():
+            os.symlink(link, tmp / name)
         (tmp / RESULT_FILE).write_text(json.dumps(result, indent=2, default=str) + "\n")
         (tmp / REASON_FILE).write_text(reason.replace("\n", " ") + "\n")
-        _swap_dir(tmp, target)
+        archived = None
+        if target.exists() and _folder_files(target, (RESULT_FILE, REASON_FILE)) != {**files, **links}:
+            archived = _archive_slot(data_root, drop.hour, drop.kind, QUARANTINED, target / REASON_FILE)
+        _swap_dir(tmp, target, archived)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     # Only now is the drop safe in quarantine; a zip member stays where it is (the archive is the raw record).
     for path in drop.local_files():
-        if path.resolve().parent != target.resolve():
+        if path.parent.resolve() != target.resolve():
             path.unlink(missing_ok=True)
     return target
+
+
+_LEFTOVER = re.compile(r"^\.(hour=[0-9]+)\.(old|tmp)-([0-9]+)$")
+_TEMP_FILE = re.compile(r"^\..+\.pid([0-9]+)\.[^.]*\.tmp$")  # pipelines.fileio.atomic_write's temporaries
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers are from a swap that already ended (or failed)
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_interrupted(data_root: str | Path) -> list[str]:
+    """Repair what a killed run left behind; one line per repair.
+
+    A crash between the two renames of _swap_dir leaves a partition or quarantine folder only as
+    `.hour=NNN.old-PID`: it goes back in place (or, when the new one did arrive, to the archive unless it holds
+    the same files). Temporary copies (`.hour=NNN.tmp-PID`, `.part-0.parquet.PID.tmp`, atomic_write's temps)
+    are deleted: the drop they copy is still in raw/ or in the folder put back. Leftovers of a process still
+    running are not touched.
+    """
+    root = Path(data_root)
+    done: list[str] = []
+    for area in ("validated", "quarantine"):
+        for kind in KINDS:
+            base = root / area / kind
+            if not base.is_dir():
+                continue
+            for d in sorted(base.iterdir()):
+                m = _LEFTOVER.match(d.name)
+                if m is None or _pid_alive(int(m.group(3))):
+                    continue
+                target = base / m.group(1)
+                hour = int(m.group(1).split("=", 1)[1])
+                try:
+                    if m.group(2) == "tmp":
+                        shutil.rmtree(d)
+                        done.append(f"removed the temporary copy {_rel(d, root)}")
+                    elif not target.exists():
+                        os.replace(d, target)
+                        done.append(f"put {_rel(target, root)} back from {d.name} (a run stopped mid-swap)")
+                    elif _folder_files(d, (RESULT_FILE, REASON_FILE)) == _folder_files(target, (RESULT_FILE, REASON_FILE)):
+                        shutil.rmtree(d)
+                        done.append(f"removed {_rel(d, root)}, the same files as {_rel(target, root)}")
+                    else:
+                        status = LANDED if area == "validated" else QUARANTINED
+                        newest = max((p for p in d.iterdir() if p.is_file()), key=lambda p: p.stat().st_mtime,
+                                     default=d)
+                        slot = _archive_slot(root, hour, kind, status, newest)
+                        slot.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(d, slot)
+                        done.append(f"archived the replaced {_rel(target, root)} as {_rel(slot, root)}")
+                except OSError:
+                    continue  # another run got there first
+            temps = [*base.glob(f"hour=*/.{PART_FILE}.*.tmp")] if area == "validated" else []
+            for f in temps:
+                m = re.match(rf"^\.{re.escape(PART_FILE)}\.([0-9]+)\.tmp$", f.name)
+                if m and not _pid_alive(int(m.group(1))):
+                    f.unlink(missing_ok=True)
+                    done.append(f"removed the temporary file {_rel(f, root)}")
+    for folder in (root / "raw" / CLICKS, root / "raw" / ARTICLES, root / "validated"):
+        if folder.is_dir():
+            for f in folder.glob(".*.tmp"):
+                m = _TEMP_FILE.match(f.name)
+                if m and f.is_file() and not _pid_alive(int(m.group(1))):
+                    f.unlink(missing_ok=True)
+                    done.append(f"removed the temporary file {_rel(f, root)}")
+    return done
 
 
 def _tally(hours: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -752,10 +1008,12 @@ def _tally(hours: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def update_summary(data_root: str | Path, results: Sequence[HourResult], epoch_ms: int) -> Path:
+def update_summary(data_root: str | Path, results: Sequence[HourResult], epoch_ms: int,
+                   unvalidated: Sequence[Mapping[str, str]] | None = None) -> Path:
     """Merge these hours' outcomes into `_summary.json` (under a lock: hourly tasks may run side by side).
 
-    Click drops are at the top level (`hours`, totals); article drops under `article_drops`, the same shape.
+    Click drops are at the top level (`hours`, totals); article drops under `article_drops`, the same shape;
+    `unvalidated_files` (see unvalidated_files) is replaced when given, else kept.
     """
     path = summary_path(data_root)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -766,9 +1024,11 @@ def update_summary(data_root: str | Path, results: Sequence[HourResult], epoch_m
         article_hours = summary.get("article_drops", {}).get("hours", {})
         for r in results:
             (article_hours if r.kind == ARTICLES else hours)[f"{r.hour:03d}"] = r.to_dict()
+        files = summary.get("unvalidated_files", []) if unvalidated is None else list(unvalidated)
         summary = {"epoch_ms": epoch_ms, **_tally(hours)}
         if article_hours:
             summary["article_drops"] = _tally(article_hours)
+        summary["unvalidated_files"] = files
         atomic_write_bytes(path, (json.dumps(summary, indent=2) + "\n").encode())
     return path
 
@@ -827,11 +1087,16 @@ class HourValidator:
         self.root = Path(data_root)
         self.epoch_ms = int(epoch_ms)
         self.settings = settings
+        self.recovered = recover_interrupted(self.root)  # before anything is listed: a killed run's leftovers
+        for line in self.recovered:
+            logging.getLogger(__name__).warning("recovered: %s", line)
         self.context = open_gx_context(gx_dir, self.root / GX_RUNTIME_DIR)
         self.article_ids = load_article_ids(self.root / "raw" / C.METADATA_FILE, self.context)
         self.drop_ids = landed_article_ids(self.root)  # hour -> ids of its landed article drop
         self.landed_rows = _landed_rows(self.root)
         self.min_session_size = declared_min_session_size(self.root / "raw")
+        # Every hour known to have had a drop (landed, quarantined or waiting): the volume check's "first hour".
+        self.seen_hours = set(self.landed_rows) | set(list_all_hours(self.root))
 
     def _drop_ids(self, keep: Any) -> np.ndarray:
         """Sorted ids of the landed article drops whose hour passes `keep`."""
@@ -848,19 +1113,43 @@ class HourValidator:
             find_drop(self.root, hour)  # raises, naming where it looked
         return [self.validate_articles(hour) if k == ARTICLES else self.validate(hour) for k in kinds]
 
+    def _read(self, drop: Drop, names: Sequence[str]) -> tuple[dict[str, bytes], dict[str, str], list[tuple[str, str]]]:
+        """The drop's files (`names`, in Drop order; a pickle may be absent) as name -> bytes, and the symlinks
+        refused unread (name -> where they point) with their problems (check `symlink`)."""
+        files: dict[str, bytes] = {}
+        links: dict[str, str] = {}
+        problems: list[tuple[str, str]] = []
+        landing = self.root / "raw"
+        paths = [drop.path, drop.embeddings]
+        for name, path in zip(names, paths, strict=False):
+            if path is None:
+                continue
+            why = _refused_link(path, landing) if drop.member is None else None
+            if why is not None:
+                links[name] = os.readlink(path)
+                problems.append(("symlink", f"{path.name} is {why}: refused, not read"))
+            elif drop.member is not None or path == drop.path:
+                files[name] = drop.read_bytes()
+            else:
+                files[name] = path.read_bytes()
+        return files, links, problems
+
     def validate(self, hour: int) -> HourResult:
         """Validate one hour's click drop, then land or quarantine it."""
         if hour < 0:
             raise ValueError(f"hour must be >= 0, got {hour}")
         drop = find_drop(self.root, hour)
-        data = drop.read_bytes()
         source = drop.describe(self.root)
-        files = {C.hour_file_name(hour): data}
+        files, links, refused = self._read(drop, [C.hour_file_name(hour)])
+        if refused:
+            return self._reject_parse(drop, files, source, refused, None, links)
+        data = files[C.hour_file_name(hour)]
         parsed = _refuse_reserved(parse_csv(data, C.CLICK_COLUMNS), CHECK_COLUMNS)
         if parsed.frame is None:
             return self._reject_parse(drop, files, source, parsed.problems, parsed.rows)
 
-        volume = volume_reference(self.landed_rows, hour, self.settings)
+        earlier = any(h < hour for h in self.seen_hours)
+        volume = volume_reference(self.landed_rows, hour, self.settings, earlier)
         params = expectation_parameters(hour, self.epoch_ms, self.settings, volume, self.min_session_size)
         # Articles of this hour's drop and earlier ones count: an article is clicked after it was dropped.
         frame = with_check_columns(parsed.frame, self.article_ids, self._drop_ids(lambda h: h <= hour))
@@ -874,12 +1163,15 @@ class HourValidator:
             failures = failed_checks(result, volume)
             return self._reject(drop, files, source, result, _reason(result, volume), tuple(failures), rows)
 
-        target = land(parsed.frame, self.root, hour)
+        target, archived = land(parsed.frame, self.root, hour)
         self.landed_rows[hour] = rows
         source = self._back_to_raw(drop, files, source)
         notes = ["empty hour: header only, no clicks"] if rows == 0 else []
         if volume is None:
-            notes.append("volume not judged: no history yet")
+            notes.append("volume not judged: " + ("the first hour, nothing before it to compare with" if not earlier
+                                                  else "no landed hour before it and no volume_floor_rows"))
+        if archived is not None:
+            notes.append(f"replaced an earlier landed version, kept in {_rel(archived, self.root)}")
         note = "; ".join(notes)
         return HourResult(hour, LANDED, rows, (), note, _rel(target, self.root), source)
 
@@ -888,12 +1180,12 @@ class HourValidator:
         if hour < 0:
             raise ValueError(f"hour must be >= 0, got {hour}")
         drop = find_drop(self.root, hour, ARTICLES)
-        data = drop.read_bytes()
-        emb_data = drop.embeddings.read_bytes() if drop.embeddings is not None else None
         source = drop.describe(self.root)
-        files = {C.hour_file_name(hour, ARTICLES): data}
-        if emb_data is not None:
-            files[C.hour_file_name(hour, C.EMBEDDINGS_HOUR)] = emb_data
+        csv_name, emb_name = C.hour_file_name(hour, ARTICLES), C.hour_file_name(hour, C.EMBEDDINGS_HOUR)
+        files, links, refused = self._read(drop, [csv_name, emb_name])
+        if refused:
+            return self._reject_parse(drop, files, source, refused, None, links)
+        data, emb_data = files[csv_name], files.get(emb_name)
         parsed = _refuse_reserved(parse_csv(data, C.METADATA_COLUMNS), ARTICLE_CHECK_COLUMNS)
         embeddings, emb_problems = embedding_problems(emb_data, parsed.rows)
         if parsed.frame is None or emb_problems:
@@ -910,34 +1202,46 @@ class HourValidator:
             return self._reject(drop, files, source, result, _reason(result, None), tuple(failed_checks(result)),
                                 rows)
 
-        target = land_articles(parsed.frame, embeddings, self.root, hour)
+        target, archived = land_articles(parsed.frame, embeddings, self.root, hour)
         self.drop_ids[hour] = np.sort(parsed.frame[C.ARTICLE_ID].to_numpy(dtype=np.int64))
         source = self._back_to_raw(drop, files, source)
-        note = "no new articles: header only" if rows == 0 else ""
-        return HourResult(hour, LANDED, rows, (), note, _rel(target, self.root), source, ARTICLES)
+        notes = ["no new articles: header only"] if rows == 0 else []
+        if archived is not None:
+            notes.append(f"replaced an earlier landed version, kept in {_rel(archived, self.root)}")
+        return HourResult(hour, LANDED, rows, (), "; ".join(notes), _rel(target, self.root), source, ARTICLES)
 
     def _back_to_raw(self, drop: Drop, files: Mapping[str, bytes], source: str) -> str:
         """After landing: a drop that failed before and now passes goes back to raw/, where every accepted drop
-        lives, and its stale quarantine folder goes. The source as it reads now."""
+        lives, and its stale quarantine folder goes (to the archive when it held another drop). The source as
+        it reads now."""
         stale = quarantine_dir(self.root, drop.hour, drop.kind)
         from_quarantine = [p for p in drop.local_files() if p.parent.resolve() == stale.resolve()]
         for path in from_quarantine:
             atomic_write_bytes(self.root / "raw" / drop.kind / path.name, files[path.name])
-        shutil.rmtree(stale, ignore_errors=True)
+        if stale.exists():
+            if _folder_files(stale, (RESULT_FILE, REASON_FILE)) == dict(files):
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                slot = _archive_slot(self.root, drop.hour, drop.kind, QUARANTINED, stale / REASON_FILE)
+                slot.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(stale, slot)
         return find_drop(self.root, drop.hour, drop.kind).describe(self.root) if from_quarantine else source
 
     def _reject_parse(self, drop: Drop, files: Mapping[str, bytes], source: str, problems: list[tuple[str, str]],
-                      rows: int | None) -> HourResult:
+                      rows: int | None, links: Mapping[str, str] | None = None) -> HourResult:
         reason = "; ".join(f"{c}: {d}" for c, d in problems)
         checks = tuple(dict.fromkeys(c for c, _ in problems))
-        return self._reject(drop, files, source, _parse_result(problems, rows), reason, checks, rows)
+        return self._reject(drop, files, source, _parse_result(problems, rows), reason, checks, rows, links)
 
     def _reject(self, drop: Drop, files: Mapping[str, bytes], source: str, result: Mapping[str, Any], reason: str,
-                checks: tuple[str, ...], rows: int | None) -> HourResult:
-        target = quarantine(drop, files, self.root, result, reason)
-        shutil.rmtree(partition_dir(self.root, drop.hour, drop.kind), ignore_errors=True)
-        (self.drop_ids if drop.kind == ARTICLES else self.landed_rows).pop(drop.hour, None)
-        return HourResult(drop.hour, QUARANTINED, rows, checks, reason, _rel(target, self.root), source, drop.kind)
+                checks: tuple[str, ...], rows: int | None, links: Mapping[str, str] | None = None) -> HourResult:
+        """Quarantine the drop. A partition landed from an earlier delivery of the hour stays: a bad re-delivery
+        never removes good data (a good one replaces it, archiving it)."""
+        target = quarantine(drop, files, self.root, result, reason, links)
+        landed = partition_dir(self.root, drop.hour, drop.kind)
+        kept = _rel(landed, self.root) if (landed / PART_FILE).exists() else ""
+        return HourResult(drop.hour, QUARANTINED, rows, checks, reason, _rel(target, self.root), source, drop.kind,
+                          kept)
 
     def build_docs(self) -> Path:
         """Build the GX data docs of every stored result; the index page's path."""
@@ -978,7 +1282,7 @@ def validate_hour_drops(data_root: str | Path, hour: int, *, epoch_ms: int | Non
         stage(raw_uri, data_root, [hour])
     validator = HourValidator(data_root, epoch_ms=epoch, settings=settings, gx_dir=gx_dir)
     results = validator.validate_drops(hour)
-    update_summary(data_root, results, epoch)
+    update_summary(data_root, results, epoch, unvalidated_files(data_root))
     if docs:
         validator.build_docs()
     return results
@@ -1005,21 +1309,24 @@ def validate_all(data_root: str | Path, hours: Sequence[int] | None = None, *, e
     """Validate every hour with a drop (or `hours`), in hour order, in one process and one GX context.
 
     Each hour's article drop comes before its click drop; the results are in that order. `on_result(HourResult)`
-    is called after each drop (the CLI prints a line). Docs are built at the end. With `raw_uri`, the hours
-    that landed there (or `hours`) are first staged into raw/.
+    is called after each drop (the CLI prints a line). `_summary.json` is updated after each hour, so a run
+    killed midway leaves it true for the hours it did; files no hour reads are listed there first. Docs are
+    built at the end. With `raw_uri`, the hours that landed there (or `hours`) are first staged into raw/.
     """
     epoch, settings, gx_dir = _resolve(epoch_ms, settings, gx_dir)
     if raw_uri:
         stage(raw_uri, data_root, hours)
     validator = HourValidator(data_root, epoch_ms=epoch, settings=settings, gx_dir=gx_dir)
     todo = list_all_hours(data_root) if hours is None else sorted(set(hours))
+    update_summary(data_root, [], epoch, unvalidated_files(data_root))
     results = []
     for hour in todo:
-        for result in validator.validate_drops(hour):
+        done = validator.validate_drops(hour)
+        update_summary(data_root, done, epoch)
+        for result in done:
             results.append(result)
             if on_result is not None:
                 on_result(result)
-    update_summary(data_root, results, epoch)
     if docs and results:
         validator.build_docs()
     return results
@@ -1038,6 +1345,8 @@ def quiet_gx() -> None:
 def _line(r: HourResult) -> str:
     rows = "-" if r.rows is None else f"{r.rows:,}"
     reason = f"[article drop] {r.reason}" if r.kind == ARTICLES else r.reason
+    if r.kept:
+        reason += f" [the earlier landed version stays: {r.kept}]"
     return f"{r.hour:03d}  {rows:>8}  {r.status:<11}  {reason}".rstrip()
 
 
@@ -1098,7 +1407,11 @@ def main(argv: list[str] | None = None) -> int:
     except (MetadataError, FileNotFoundError) as e:
         print(f"newsrec validate: {e}", file=sys.stderr)
         return 1
-    print(f"{_totals(results)}; summary: {summary_path(root)}"
+    stray = json.loads(summary_path(root).read_text()).get("unvalidated_files", [])
+    for f in stray:
+        print(f"not validated: {f['path']}: {f['reason']}")
+    print(f"{_totals(results)}" + (f"; {len(stray)} files not validated" if stray else "")
+          + f"; summary: {summary_path(root)}"
           + (f"; docs: {root / GX_RUNTIME_DIR / 'docs' / 'index.html'}" if args.docs else ""))
     return 0
 

@@ -8,6 +8,7 @@ and fought over under the GIL.
 # No `from __future__ import annotations`: FastAPI reads the endpoint signatures at runtime, and the
 # query bounds (k_max) come from settings inside create_app, which string annotations cannot see.
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -16,10 +17,12 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Path, Query, Response
+from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from serving import recommend as rec
 from serving.ab import CHALLENGER, CHAMPION, assign_variant
@@ -42,6 +45,8 @@ def _json_integer(value: Any) -> Any:
     """JSON Schema's integer: 3 or 3.0, but not true or "3" (which pydantic's lax mode would take)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("must be a JSON integer")  # noqa: TRY004 - pydantic reports ValueError as a 422
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a JSON integer (NaN and Infinity are not JSON numbers)")
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
@@ -51,7 +56,14 @@ Id = Annotated[int, Field(ge=0, le=MAX_ID), BeforeValidator(_json_integer)]
 
 
 # Request time: what the service treats as "now" (default: see serve.clock). Integers are epoch milliseconds.
-MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant a datetime can hold
+# The years 1970-2099 in both spellings: far beyond any news, and well inside what a datetime holds once an
+# offset is applied (9999-12-31T23:59:59-14:00 is year 10000 in UTC, which broke the service). An ISO time's
+# year is judged as written, so the OpenAPI schema can say it (a pattern) and a fuzzer generates only times
+# that are accepted.
+MIN_YEAR, MAX_YEAR = 1970, 2099
+MAX_TIME_MS = 4_102_444_799_999  # 2099-12-31T23:59:59.999Z
+TIME_RANGE = "in the years 1970 to 2099: ISO 8601 (year as written) or epoch ms 0 to 4102444799999"
+_ISO_YEARS = r"^(19[7-9][0-9]|20[0-9][0-9])-"  # MIN_YEAR..MAX_YEAR
 
 
 def _is_number(text: str) -> bool:
@@ -67,14 +79,22 @@ def _iso_only(value: Any) -> Any:
     """The date-time branch takes ISO strings only: numbers belong to the epoch-ms branch and its bounds."""
     numeric = not isinstance(value, str) or _is_number(value)
     if numeric and not isinstance(value, datetime):
-        raise ValueError("a number here is epoch milliseconds, between 0 and 253402300799999")
+        raise ValueError(f"a number here is epoch milliseconds, {TIME_RANGE}")
     return value
 
 
-TimeValue = Annotated[int, Field(ge=0, le=MAX_TIME_MS)] | Annotated[datetime, BeforeValidator(_iso_only)]
+def _in_time_range(value: datetime) -> datetime:
+    """An ISO time's year, as written, must lie in MIN_YEAR..MAX_YEAR (the schema's pattern)."""
+    if not MIN_YEAR <= value.year <= MAX_YEAR:
+        raise ValueError(f"the time must be {TIME_RANGE}")
+    return value
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_only), AfterValidator(_in_time_range),
+                    WithJsonSchema({"type": "string", "format": "date-time", "pattern": _ISO_YEARS})]
+TimeValue = Annotated[int, Field(ge=0, le=MAX_TIME_MS)] | IsoTime
 # In a JSON body the epoch-ms branch is a JSON integer (not true, not "3"), as for ids.
-TimeBody = Annotated[int, Field(ge=0, le=MAX_TIME_MS), BeforeValidator(_json_integer)] | Annotated[
-    datetime, BeforeValidator(_iso_only)]
+TimeBody = Annotated[int, Field(ge=0, le=MAX_TIME_MS), BeforeValidator(_json_integer)] | IsoTime
 TimeParam = Annotated[
     TimeValue | None,
     Query(description="request time: ISO 8601 date-time (UTC when no offset) or epoch milliseconds"),
@@ -150,6 +170,54 @@ class UserHistory(BaseModel):
     user_id: int
     known: bool = Field(description="the model's data has clicks of this user")
     items: list[RecentRead]
+
+
+def _json_safe(value: Any) -> Any:
+    """A validation error's echo of the input with NaN and infinities spelled as text (JSON has no such
+    numbers, so the 422 could not be encoded and became a 500)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value).replace("inf", "Infinity").replace("nan", "NaN")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class _BodyTooLarge(HTTPException):
+    def __init__(self, limit: int, size: int | None = None):
+        got = f"of {size:,} bytes " if size is not None else ""
+        super().__init__(413, f"request body {got}is over the limit of {limit} bytes (serve.max_body_bytes)")
+
+
+class BodyLimitMiddleware:
+    """Refuse a request body over `limit` bytes with 413: at once when Content-Length says so, else as the
+    chunks arrive (the endpoint never sees more than the limit)."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app = app
+        self.limit = int(limit)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await JSONResponse({"detail": _BodyTooLarge(self.limit, int(declared)).detail}, 413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge(self.limit)  # FastAPI renders it as the 413 it is
+            return message
+
+        await self.app(scope, limited, send)
 
 
 def _ms(dt: datetime) -> int:
@@ -240,7 +308,12 @@ def create_app(
         description="Personalised news recommendations from the registry's champion ranker, with an A/B split.",
         lifespan=lifespan,
     )
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(PrometheusMiddleware, metrics=metrics)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
     app.state.holder = holder
     app.state.live = live
     app.state.state = state

@@ -40,6 +40,7 @@ class Settings:
     explore_share: float
     explore_fresh_hours: float
     explore_prior: tuple[float, float]
+    max_body_bytes: int
     index_dir: Path | None = None  # where hourly serving indexes are published (params data.root + refresh)
 
     def __post_init__(self) -> None:
@@ -53,6 +54,9 @@ class Settings:
             raise ValueError(f"serve.explore_share must be in [0, 0.5], got {self.explore_share}")
         if len(self.explore_prior) != 2 or min(self.explore_prior) <= 0:
             raise ValueError(f"serve.explore_prior must be two positive numbers, got {self.explore_prior}")
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"serve.max_body_bytes must be >= 1024 (a click event is ~150 bytes), got "
+                             f"{self.max_body_bytes}")
         if self.clock not in {"wall", "cutoff"}:
             raise ValueError(f"serve.clock must be 'wall' or 'cutoff', got {self.clock!r}")
 

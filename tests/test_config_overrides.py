@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.config import apply_env_overrides, load_params
+from pipelines.config import OverrideError, apply_env_overrides, load_params
 
 pytestmark = pytest.mark.unit
 
@@ -14,11 +14,48 @@ PARAMS = {
 }
 
 
-def test_scalars_are_read_as_yaml():
-    env = {"NEWSREC__SERVE__REDIS_URL": "redis://redis:6379/0", "NEWSREC__SERVE__PORT": "9000"}
-    out = apply_env_overrides(PARAMS, env)
-    assert out["serve"] == {"redis_url": "redis://redis:6379/0", "port": 9000, "challenger_share": 0.1}
-    assert apply_env_overrides(PARAMS, {"NEWSREC__SERVE__CHALLENGER_SHARE": "null"})["serve"]["challenger_share"] is None
+PARAMS["serve"].update({"state_prefix": "newsrec:recent:", "hourly_index": True, "explore_prior": [1, 20]})
+
+
+def test_values_are_read_as_the_type_of_their_default():
+    env = {"NEWSREC__SERVE__REDIS_URL": "redis://redis:6379/0", "NEWSREC__SERVE__PORT": "9000",
+           "NEWSREC__SERVE__CHALLENGER_SHARE": "0", "NEWSREC__SERVE__STATE_PREFIX": "newsrec:other:",
+           "NEWSREC__SERVE__HOURLY_INDEX": "False", "NEWSREC__SERVE__EXPLORE_PRIOR": "[2, 30]"}
+    out = apply_env_overrides(PARAMS, env)["serve"]
+    assert out == {"redis_url": "redis://redis:6379/0", "port": 9000, "challenger_share": 0.0,
+                   "state_prefix": "newsrec:other:", "hourly_index": False, "explore_prior": [2, 30]}
+    assert isinstance(out["challenger_share"], float)
+    assert apply_env_overrides(PARAMS, {"NEWSREC__SERVE__REDIS_URL": "null"})["serve"]["redis_url"] is None
+
+
+@pytest.mark.parametrize(("name", "value", "words"), [
+    # Read as YAML, these used to become a mapping {"newsrec": {"recent": None}}-like value and True.
+    ("NEWSREC__SERVE__STATE_PREFIX", "newsrec:recent:", None),
+    ("NEWSREC__SERVE__CHALLENGER_SHARE", "yes", "must be a number"),
+    ("NEWSREC__SERVE__CHALLENGER_SHARE", "nan", "finite"),
+    ("NEWSREC__SERVE__CHALLENGER_SHARE", "null", "null only unsets"),
+    ("NEWSREC__SERVE__PORT", "80.5", "must be an integer"),
+    ("NEWSREC__SERVE__PORT", "true", "must be an integer"),
+    ("NEWSREC__SERVE__HOURLY_INDEX", "yes", "must be true or false"),
+    ("NEWSREC__SERVE__EXPLORE_PRIOR", "{a: 1}", "must be a YAML list"),
+    ("NEWSREC__SERVE__REDIS_URL", "{a: 1}", "single value"),
+])
+def test_a_value_of_the_wrong_type_fails_naming_the_variable(name, value, words):
+    if words is None:  # taken as written: a string default takes the text
+        key = name.rsplit("__", 1)[1].lower()
+        assert apply_env_overrides(PARAMS, {name: value})["serve"][key] == value
+        return
+    with pytest.raises(OverrideError, match=name) as e:
+        apply_env_overrides(PARAMS, {name: value})
+    assert words in str(e.value)
+
+
+def test_the_service_fails_at_startup_on_a_bad_override(monkeypatch):
+    from serving.settings import Settings
+
+    monkeypatch.setenv("NEWSREC__SERVE__CHALLENGER_SHARE", "yes")
+    with pytest.raises(OverrideError, match="NEWSREC__SERVE__CHALLENGER_SHARE='yes': must be a number"):
+        Settings.from_params()
 
 
 def test_nested_and_mixed_case_keys():

@@ -135,6 +135,8 @@ def test_forget_user_everywhere(root, tmp_path, s3_env, redis_server, monkeypatc
         "expectation_config": {"kwargs": {"column": C.USER_ID}},
         "result": {"partial_unexpected_list": [user, other]}}]}))
     (q / "reason.txt").write_text("test quarantine\n")
+    # The same drop replaced by a later delivery: validation keeps it in the archive.
+    shutil.copytree(q, root / "archive" / C.CLICKS_DIR / f"hour={hours[0]:03d}" / "quarantined-20260101T000000.000000Z")
     # Serving's impression and click logs.
     logs = tmp_path / "logs"
     logs.mkdir()

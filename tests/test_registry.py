@@ -157,6 +157,22 @@ def test_promote_refuses_metrics_from_another_test_window(client):
     assert _champion(client) == "1"
 
 
+@pytest.mark.parametrize("bad", ["nan", "inf", "n/a"])
+@pytest.mark.parametrize("with_champion", [True, False], ids=["over_a_champion", "first"])
+def test_promote_refuses_metrics_that_are_not_finite_numbers(client, bad, with_champion):
+    if with_champion:
+        assert _challenge(client, "1").promoted
+    tag = R.metric_tag("all", "ndcg@10")
+    kept = client.get_model_version(NAME, "5").tags[tag]
+    client.set_model_version_tag(NAME, "5", tag, bad)
+    try:
+        decision = _challenge(client, "5")  # was promoted: "nan beats 0.3000"
+    finally:
+        client.set_model_version_tag(NAME, "5", tag, kept)
+    assert not decision.promoted and "not finite numbers" in decision.reason and f"{tag}={bad!r}" in decision.reason
+    assert R.aliases(client, NAME).get(R.CHAMPION) == ("1" if with_champion else None)
+
+
 def test_promote_moves_champion_to_a_better_challenger(client):
     assert _challenge(client, "1").promoted
     decision = _challenge(client, "5")

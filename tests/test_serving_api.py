@@ -149,6 +149,13 @@ def _counter(text: str, series: str) -> float:
         ("/v1/articles/1?time=1e3", "epoch milliseconds"),
         ("/v1/users/99999999999999999999/recommendations", "less than or equal to"),
         ("/v1/articles/1/similar?k=1000", "less than or equal to 100"),
+        # Found in review: each of these was a 500 (a datetime past year 9999 once in UTC, a negative time).
+        ("/v1/users/1/recommendations?time=9999-12-31T23:59:59-14:00", "in the years 1970 to 2099"),
+        ("/v1/articles/1?time=9999-06-01T00:00:00Z", "in the years 1970 to 2099"),
+        ("/v1/articles/1?time=0001-01-01T00:00:00Z", "in the years 1970 to 2099"),
+        ("/v1/articles/1?time=1969-12-31T23:59:59Z", "in the years 1970 to 2099"),
+        ("/v1/articles/1?time=2100-01-01T00:00:00%2B14:00", "in the years 1970 to 2099"),
+        ("/v1/articles/1?time=4102444800000", "less than or equal to 4102444799999"),
     ],
 )
 def test_bad_parameters_are_422_with_a_message(client, url, fragment):
@@ -205,6 +212,66 @@ def test_events_are_validated(client, bundle):
     assert client.post("/v1/events", json={"user_id": 1}).status_code == 422
     r = client.post("/v1/events", json={"user_id": 1, "article_id": article, "colour": "red"})
     assert r.status_code == 422 and "colour" in json.dumps(r.json())
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("body", [
+    b'{"user_id": NaN, "article_id": 1}',
+    b'{"user_id": 1, "article_id": Infinity}',
+    b'{"user_id": 1, "article_id": 1, "timestamp": -Infinity}',
+    b'{"user_id": 1, "article_id": 1, "timestamp": "0001-01-01T00:00:00Z"}',
+    b'{"user_id": 1, "article_id": 1, "timestamp": "9999-12-31T23:59:59Z"}',
+], ids=["nan_id", "infinite_id", "infinite_time", "year_1", "year_9999"])
+def test_events_with_values_json_cannot_hold_are_422_with_an_encodable_body(client, bundle, body):
+    article = int(bundle.articles["article_id"].iloc[0])
+    r = client.post("/v1/events", content=body.replace(b'"article_id": 1', f'"article_id": {article}'.encode()),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text  # was a 500: NaN in the error body could not be encoded (or year 10000)
+    detail = json.dumps(r.json())
+    assert "NaN" in detail or "Infinity" in detail or "in the years 1970 to 2099" in detail
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("time", ["1970-01-01T00:00:00+14:00", "2099-12-31T23:59:59-14:00", "0", "4102444799999"])
+def test_every_accepted_time_works(client, bundle, time):
+    article = int(bundle.index.pool["article_id"].iloc[0])
+    assert client.get("/v1/users/1/recommendations", params={"time": time}).status_code == 200
+    assert client.get(f"/v1/articles/{article}/similar", params={"time": time}).status_code == 200
+    stamp = int(time) if time.isdigit() else time
+    assert client.post("/v1/events", json={"user_id": 7, "article_id": article, "timestamp": stamp}).status_code == 202
+
+
+@pytest.mark.integration
+def test_every_accepted_user_id_works_after_a_click(client, bundle):
+    article = int(bundle.index.pool["article_id"].iloc[0])
+    for user in (2**47 + 1, 2**53 - 1):  # used to overflow the (user, article) pair key: a 500 on every request
+        r = client.post("/v1/events", json={"user_id": user, "article_id": article})
+        assert r.status_code == 202, r.text
+        rec_ = client.get(f"/v1/users/{user}/recommendations", params={"k": 5})
+        assert rec_.status_code == 200, rec_.text
+        body = rec_.json()
+        assert body["user_id"] == user and not body["cold_start"] and article not in {i["article_id"] for i in body["items"]}
+    assert client.get("/v1/users/1/recommendations").status_code == 200
+
+
+@pytest.mark.integration
+def test_a_body_over_the_limit_is_413(serving_registry, bundle, tmp_path):
+    app = create_app(_settings(serving_registry, tmp_path, max_body_bytes=1024), poll=False)
+    article = int(bundle.articles["article_id"].iloc[0])
+    with TestClient(app) as c:
+        ok = c.post("/v1/events", json={"user_id": 1, "article_id": article})
+        assert ok.status_code == 202
+        big = c.post("/v1/events", json={"user_id": 1, "article_id": article, "impression_id": "x" * 2000})
+        assert big.status_code == 413 and "over the limit of 1024 bytes" in big.json()["detail"]
+
+        def chunks():  # no Content-Length: counted as it arrives
+            yield b'{"user_id": 1, "article_id": 1, "impression_id": "'
+            for _ in range(40):
+                yield b"x" * 50
+            yield b'"}'
+
+        streamed = c.post("/v1/events", content=chunks(), headers={"content-type": "application/json"})
+        assert streamed.status_code == 413 and "serve.max_body_bytes" in streamed.json()["detail"]
 
 
 @pytest.mark.integration

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
+import os
 import pickle
 import shutil
+import subprocess
+import time
 import zipfile
 from pathlib import Path
 
@@ -20,11 +24,13 @@ import pytest
 from pipelines import columns as C
 from pipelines.baddrops import BAD_DROP_KINDS, inject_bad_drop
 from pipelines.config import load_params
+from pipelines.flows import quarantine_alert
 from pipelines.validate import (
     LANDED,
     QUARANTINED,
     MetadataError,
     Settings,
+    archive_dir,
     embedding_problems,
     list_hours,
     load_embeddings,
@@ -33,6 +39,7 @@ from pipelines.validate import (
     partition_dir,
     quarantine_dir,
     summary_path,
+    unvalidated_files,
     validate_all,
     validate_hour,
     validate_hour_drops,
@@ -98,14 +105,29 @@ def test_parse_nulls_become_nullable_ints_for_the_suite_to_count():
         (",".join(C.CLICK_COLUMNS).encode() + b"\n" + b"1," * 11 + b"99999999999999999999\n", "dtypes", "int64"),
         (",".join(C.CLICK_COLUMNS).encode() + b"\n" + b"1," * 11 + b"1\n1,2,3", "parse", "Expected 12 columns"),
         (",".join(C.CLICK_COLUMNS).encode() + b"," + C.USER_ID.encode() + b"\n", "schema", "more than once"),
+        (",".join(C.CLICK_COLUMNS).encode() + b"\n" + b"1," * 11 + b"0x13\n", "dtypes", "plain decimal"),
+        (",".join(C.CLICK_COLUMNS).encode() + b"\n" + b"1," * 11 + b"+942\n", "dtypes", "['+942']"),
+        (",".join(C.CLICK_COLUMNS).encode() + b"\n" + b"1," * 11 + "\u0663\n".encode(), "dtypes", "plain decimal"),
     ],
-    ids=["zero_bytes", "missing_column", "float", "overflow", "truncated", "duplicate_header"],
+    ids=["zero_bytes", "missing_column", "float", "overflow", "truncated", "duplicate_header", "hex", "plus_sign",
+         "non_ascii_digit"],
 )
 def test_parse_stops_what_gx_cannot_be_shown(data, check, words):
     parsed = parse_csv(data, C.CLICK_COLUMNS)
     assert parsed.frame is None
     assert [c for c, _ in parsed.problems] == [check]
     assert words in parsed.problems[0][1]
+
+
+@pytest.mark.unit
+def test_a_header_far_wider_than_the_contract_is_refused_before_the_body_is_read():
+    head = ",".join([*C.CLICK_COLUMNS, *(f"extra_{i:05d}" for i in range(20_000))]).encode()
+    row = b"1," * 20_011 + b"1\n"
+    start = time.perf_counter()
+    parsed = parse_csv(head + b"\n" + row * 20, C.CLICK_COLUMNS)
+    assert time.perf_counter() - start < 1.0  # was ~35 s for these 600 kB (75 s and 1.2 GB for 12 MB)
+    assert parsed.frame is None and [c for c, _ in parsed.problems] == ["schema"]
+    assert "20,012 columns" in parsed.problems[0][1]
 
 
 @pytest.mark.unit
@@ -140,13 +162,43 @@ def test_volume_floor_keeps_a_small_streams_swings_from_being_spikes():
 
 
 @pytest.mark.unit
-def test_volume_reference_needs_history_and_ignores_empty_hours():
+def test_volume_reference_ignores_empty_and_later_hours():
     s = dataclasses.replace(SETTINGS, volume_max_ratio=5.0, volume_window_hours=24, volume_min_history=3)
-    assert volume_reference({0: 10, 1: 10}, 2, s) is None  # two trailing hours < 3
     assert volume_reference({0: 10, 1: 0, 2: 10, 3: 30}, 4, s).median_rows == 10  # hour 1 (empty) left out
     later_only = {h: 10 for h in range(5, 30)}
-    assert volume_reference(later_only, 3, s) is None  # later hours never count
+    assert volume_reference(later_only, 3, s) is None  # later hours never count (and no floor here)
     assert volume_reference({0: 4, 1: 6, 2: 8}, 3, s).max_rows == 30
+
+
+@pytest.mark.unit
+def test_volume_is_judged_on_thin_history_and_never_waved_through():
+    # Used to be None ("volume not judged: no history yet") until volume_min_history landed hours existed, so a
+    # 10x spike after a few quarantined hours landed.
+    s = dataclasses.replace(SETTINGS, volume_max_ratio=5.0, volume_window_hours=24, volume_min_history=24,
+                            volume_floor_rows=100)
+    thin = volume_reference({0: 10, 1: 30, 2: 20}, 3, s)  # the busiest landed hour: a morning ramp passes
+    assert (thin.max_rows, thin.hours) == (150, (0, 1, 2)) and "busiest of 3 landed hours" in thin.describe()
+    # Every hour of the last day quarantined: the landed hours before them still bound it.
+    far = volume_reference({0: 40, 1: 50}, 40, s)
+    assert far.max_rows == 250 and far.hours == (0, 1)
+    # Nothing landed before it, but earlier hours arrived (and were quarantined): the floor bounds it.
+    floor = volume_reference({}, 5, s)
+    assert floor.max_rows == 100 and "no landed hour before it" in floor.describe()
+    # Only the first hour of a dataset (nothing arrived before it) has nothing to be judged against.
+    assert volume_reference({}, 0, s, earlier_drops=False) is None
+
+
+@pytest.mark.data
+def test_a_spike_after_quarantined_hours_is_quarantined(tiny_raw, tmp_path):
+    root = _copy_raw(tiny_raw, tmp_path)
+    clicks = root / "raw" / C.CLICKS_DIR
+    for hour in (0, 1, 2):
+        inject_bad_drop(clicks, hour, "null_ids")
+    inject_bad_drop(clicks, 3, "volume_spike")
+    settings = dataclasses.replace(SETTINGS, volume_floor_rows=500)  # tiny's hour 3: ~90 rows, ~900 spiked
+    results = _run(root, hours=[0, 1, 2, 3], settings=settings)
+    assert [r.status for r in results] == [QUARANTINED] * 4  # the spike used to land: "volume not judged"
+    assert results[3].checks == ("volume",) and "floor of 500 rows" in results[3].reason
 
 
 # --------------------------------------------------------------------------------------------- good data
@@ -250,36 +302,184 @@ def test_good_hours_beside_bad_ones_land_and_summary_and_docs_tell(bad_root):
 
 
 @pytest.mark.data
-def test_rerun_is_idempotent_and_clears_the_other_outcome(tiny_raw, tmp_path):
+def test_rerun_is_idempotent_and_nothing_received_is_lost(tiny_raw, tmp_path):
     root = _copy_raw(tiny_raw, tmp_path)
-    good = (root / "raw" / C.CLICKS_DIR / C.hour_file_name(3)).read_bytes()
+    raw_file = root / "raw" / C.CLICKS_DIR / C.hour_file_name(3)
+    good = raw_file.read_bytes()
     _run(root, hours=[2, 3])
     part = partition_dir(root, 3) / "part-0.parquet"
     first = _sha(part)
 
     again = _run(root, hours=[3])[0]
-    assert again.status == LANDED and _sha(part) == first
+    assert again.status == LANDED and _sha(part) == first and again.reason == ""
+    assert not (root / "archive").exists()  # the same drop again replaces nothing
 
-    # The hour is dropped again, broken: it leaves validated/ for quarantine.
+    # The hour is dropped again, broken: quarantined with its reason, the landed hour stays (it used to be deleted).
     inject_bad_drop(root / "raw" / C.CLICKS_DIR, 3, "duplicated_rows")
+    bad_bytes = raw_file.read_bytes()
     bad = _run(root, hours=[3])[0]
-    assert bad.status == QUARANTINED and not partition_dir(root, 3).exists()
+    assert bad.status == QUARANTINED and bad.kept == str(partition_dir(root, 3).relative_to(root))
+    assert _sha(part) == first
     reason = (quarantine_dir(root, 3) / "reason.txt").read_text()
+    summary = json.loads(summary_path(root).read_text())
+    assert summary["hours"]["003"]["kept"] == bad.kept
 
     # Re-run with the drop only in quarantine: the same verdict, the drop still kept whole.
     assert list_hours(root) == list(range(24))
     rerun = _run(root, hours=[3])[0]
-    assert (rerun.status, rerun.checks, rerun.reason) == (bad.status, bad.checks, bad.reason)
+    assert (rerun.status, rerun.checks, rerun.reason, rerun.kept) == (bad.status, bad.checks, bad.reason, bad.kept)
     assert (quarantine_dir(root, 3) / "reason.txt").read_text() == reason
 
-    # A fixed drop arrives: it lands with the same bytes as before and the stale quarantine goes.
-    (root / "raw" / C.CLICKS_DIR / C.hour_file_name(3)).write_bytes(good)
+    # A fixed drop arrives: it lands with the same bytes as before; the bad drop it replaces goes to the archive.
+    raw_file.write_bytes(good)
     fixed = _run(root, hours=[3])[0]
     assert fixed.status == LANDED and _sha(part) == first
     assert not quarantine_dir(root, 3).exists()
+    (kept_bad,) = archive_dir(root, 3).glob("quarantined-*")
+    assert (kept_bad / C.hour_file_name(3)).read_bytes() == bad_bytes and (kept_bad / "reason.txt").exists()
+
+    # A second, different good delivery replaces the landed hour; the first version is archived, not lost.
+    frame = pd.read_csv(io.BytesIO(good))
+    frame.iloc[::-1].to_csv(raw_file, index=False)
+    second = _run(root, hours=[3])[0]
+    assert second.status == LANDED and _sha(part) != first and "replaced an earlier landed version" in second.reason
+    (kept_first,) = archive_dir(root, 3).glob("landed-*")
+    assert _sha(kept_first / "part-0.parquet") == first and str(kept_first.relative_to(root)) in second.reason
+
     assert not [p for p in root.rglob("*.tmp")] and not [p for p in root.rglob(".hour=*")]
     summary = json.loads(summary_path(root).read_text())
     assert summary["hours"]["003"]["status"] == LANDED and summary["hours"]["002"]["status"] == LANDED
+
+
+@pytest.mark.data
+def test_an_article_redelivery_keeps_every_version(tiny_drops_raw, tmp_path):
+    root = _copy_raw(tiny_drops_raw, tmp_path)
+    hour = 2
+    _run(root, hours=[hour])
+    landed = partition_dir(root, hour, C.ARTICLES_DIR)
+    first = _sha(landed / "part-0.parquet")
+    frame, matrix = _read_drop(root, hour)
+    _write_drop(root, hour, matrix=b"not a pickle")
+    bad = next(r for r in _run(root, hours=[hour]) if r.kind == C.ARTICLES_DIR)
+    assert bad.status == QUARANTINED and bad.kept and _sha(landed / "part-0.parquet") == first
+    _write_drop(root, hour, frame.iloc[::-1], matrix[::-1].copy())
+    good = next(r for r in _run(root, hours=[hour]) if r.kind == C.ARTICLES_DIR)
+    assert good.status == LANDED and "replaced an earlier landed version" in good.reason
+    (kept,) = archive_dir(root, hour, C.ARTICLES_DIR).glob("landed-*")
+    assert _sha(kept / "part-0.parquet") == first and (kept / C.EMBEDDINGS_PART).exists()
+    assert len(list(archive_dir(root, hour, C.ARTICLES_DIR).glob("quarantined-*"))) == 1
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.data
+def test_every_file_in_the_landing_area_lands_is_quarantined_or_is_reported(tiny_raw, tmp_path, capsys):
+    root = _copy_raw(tiny_raw, tmp_path)
+    clicks = root / "raw" / C.CLICKS_DIR
+    strays = {
+        "clicks_hour_50.csv": "not read as hour 50",
+        "clicks_hour_0006.csv": "second spelling beside clicks_hour_006.csv",
+        "clicks_hour_\u0665\u0660.csv": "not read as hour 50",
+        "clicks_hour_052.CSV": "not read as hour 52",
+        "notes.txt": "not an hourly file name",
+    }
+    for name in strays:
+        shutil.copy(clicks / C.hour_file_name(5), clicks / name)
+    assert main(["--data-root", str(root), "--all", "--no-docs"]) == 0
+    out = capsys.readouterr().out
+    assert "24 hours: 24 landed" in out and "5 files not validated" in out
+    reported = {Path(f["path"]).name: f["reason"] for f in json.loads(summary_path(root).read_text())["unvalidated_files"]}
+    assert set(reported) == set(strays)
+    for name, words in strays.items():
+        assert words in reported[name], (name, reported[name])
+        assert f"not validated: raw/clicks/{name}" in out
+
+
+@pytest.mark.unit
+def test_clicks_zip_members_no_hour_reads_are_reported(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / C.ARTICLES_DIR).mkdir(parents=True)
+    head = ",".join(C.CLICK_COLUMNS) + "\n"
+    with zipfile.ZipFile(raw / C.CLICKS_ZIP, "w") as zf:
+        for name in ("clicks/clicks_hour_000.csv", "clicks_hour_000.csv", "clicks/clicks_hour_1.csv", "clicks/"):
+            zf.writestr(name, head)
+    (raw / C.ARTICLES_DIR / C.hour_file_name(4, C.EMBEDDINGS_HOUR)).write_bytes(b"")
+    reported = {f["path"]: f["reason"] for f in unvalidated_files(tmp_path)}
+    assert reported == {
+        "raw/clicks.zip:clicks_hour_000.csv": "hour 0 again: only clicks/clicks_hour_000.csv is read",
+        "raw/clicks.zip:clicks/clicks_hour_1.csv": reported["raw/clicks.zip:clicks/clicks_hour_1.csv"],
+        "raw/articles/embeddings_hour_004.pickle": reported["raw/articles/embeddings_hour_004.pickle"],
+    }
+    assert "clicks_hour_001.csv" in reported["raw/clicks.zip:clicks/clicks_hour_1.csv"]
+    assert "articles_hour_004.csv" in reported["raw/articles/embeddings_hour_004.pickle"]
+    outside = tmp_path / "elsewhere.zip"
+    (raw / C.CLICKS_ZIP).rename(outside)
+    (raw / C.CLICKS_ZIP).symlink_to(outside)
+    assert list_hours(tmp_path) == []  # not opened
+    assert "outside the landing area" in {f["path"]: f["reason"] for f in unvalidated_files(tmp_path)}["raw/clicks.zip"]
+    (raw / C.CLICKS_ZIP).unlink()
+    (raw / C.CLICKS_ZIP).write_bytes(b"PK\x03\x04 cut short")  # a corrupt archive stops nothing
+    assert list_hours(tmp_path) == []
+    assert "cannot be read as a zip" in {f["path"]: f["reason"] for f in unvalidated_files(tmp_path)}["raw/clicks.zip"]
+
+
+@pytest.mark.data
+def test_a_run_killed_mid_swap_is_recovered_at_the_next_run(tiny_raw, tmp_path):
+    root = _copy_raw(tiny_raw, tmp_path)
+    inject_bad_drop(root / "raw" / C.CLICKS_DIR, 4, "null_ids")
+    first = _run(root, hours=[4])[0]
+    assert first.status == QUARANTINED
+    # Killed between the two renames of a re-check: only the old folder (and the new copy) are left.
+    qdir, pid = quarantine_dir(root, 4), _dead_pid()
+    qdir.rename(qdir.with_name(f".hour=004.old-{pid}"))
+    shutil.copytree(qdir.with_name(f".hour=004.old-{pid}"), qdir.with_name(f".hour=004.tmp-{pid}"))
+    (root / "raw" / C.CLICKS_DIR / f".{C.hour_file_name(7)}.pid{pid}.x1y2.tmp").write_text("half a copy")
+    assert 4 not in list_hours(root)  # hidden: the drop used to stay there forever
+
+    results = {r.hour: r for r in _run(root)}
+    assert results[4].status == QUARANTINED and results[4].reason == first.reason
+    assert (qdir / C.hour_file_name(4)).exists()
+    assert not list(root.rglob(".hour=*")) and not list(root.rglob("*.tmp"))
+    assert json.loads(summary_path(root).read_text())["unvalidated_files"] == []
+
+
+@pytest.mark.data
+def test_the_summary_is_written_as_the_run_goes(tiny_raw, tmp_path):
+    root = _copy_raw(tiny_raw, tmp_path)
+
+    def killed_at_hour_2(result):
+        if result.hour == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        validate_all(root, epoch_ms=EPOCH_MS, settings=SETTINGS, gx_dir=GX_DIR, docs=False, on_result=killed_at_hour_2)
+    summary = json.loads(summary_path(root).read_text())
+    assert sorted(summary["hours"]) == ["000", "001", "002"] and summary[LANDED] == 3
+
+
+@pytest.mark.data
+def test_a_symlink_out_of_the_landing_area_is_refused_unread(tiny_raw, tmp_path):
+    root = _copy_raw(tiny_raw, tmp_path / "root")
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:SECRET-CONTENT:/root:/bin/bash\n")
+    link = root / "raw" / C.CLICKS_DIR / C.hour_file_name(5)
+    link.unlink()
+    link.symlink_to(secret)
+    r = _run(root, hours=[5])[0]
+    assert r.status == QUARANTINED and r.checks == ("symlink",) and "outside the landing area" in r.reason
+    qdir = quarantine_dir(root, 5)
+    kept = qdir / C.hour_file_name(5)
+    assert kept.is_symlink() and os.readlink(kept) == str(secret) and not link.is_symlink()
+    texts = [(qdir / "reason.txt").read_text(), (qdir / "result.json").read_text(), summary_path(root).read_text()]
+    subject, body, attachments = quarantine_alert(root, r.to_dict(), EPOCH_MS)
+    texts += [subject, body, *(p.read_text() for p in attachments)]
+    assert not any("SECRET" in t for t in texts)
+    assert _run(root, hours=[5])[0].reason == r.reason  # re-checked from quarantine, still unread
+    assert secret.read_text().startswith("root:x")
 
 
 @pytest.mark.data
@@ -651,7 +851,8 @@ def test_article_drop_reruns_redeliveries_and_fixes(tiny_drops_raw, tmp_path):
     csv_path, pickle_path = _article_files(root, 3)
     csv_path.write_bytes(csv_path.read_bytes()[:-7])
     bad = _run(root, hours=[3])[0]
-    assert bad.status == QUARANTINED and bad.checks == ("parse",) and not part.exists()
+    assert bad.status == QUARANTINED and bad.checks == ("parse",) and bad.kept  # the landed version stays
+    assert {p.name: _sha(p) for p in part.iterdir()} == second
     assert not csv_path.exists() and not pickle_path.exists()
     assert list_hours(root, C.ARTICLES_DIR) == list(range(24))  # still found, in quarantine
     assert _run(root, hours=[3])[0].reason == bad.reason
@@ -662,6 +863,8 @@ def test_article_drop_reruns_redeliveries_and_fixes(tiny_drops_raw, tmp_path):
     assert fixed.source == f"raw/articles/{csv_path.name} + raw/articles/{pickle_path.name}"
     assert pickle_path.exists() and not quarantine_dir(root, 3, C.ARTICLES_DIR).exists()
     assert {p.name: _sha(p) for p in part.iterdir()} == second
+    (cut,) = archive_dir(root, 3, C.ARTICLES_DIR).glob("quarantined-*")  # the cut csv it replaced is kept
+    assert (cut / csv_path.name).read_bytes() != csv_path.read_bytes()
     assert not [p for p in root.rglob("*.tmp*")] and not [p for p in root.rglob(".hour=*")]
 
 
