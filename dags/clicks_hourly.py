@@ -90,23 +90,27 @@ def clicks_hourly():
             if result["status"] != "landed":
                 # A replayed hour that is quarantined now must not leave its earlier aggregates behind.
                 removed = drop_hour(p["data"]["root"], result["hour"])
-                raise AirflowSkipException(f"hour {result['hour']} was quarantined: nothing to aggregate"
+                raise AirflowSkipException(f"hour {result['hour']:03d} was quarantined ({result['reason']}): "
+                                           "nothing to aggregate"
                                            + (f", removed {len(removed)} stale partitions" if removed else ""))
             outs = aggregate_hour(p["data"]["root"], result["hour"], p["data"]["epoch_ms"],
                                   p["aggregates"]["coclick_max_distance"])
         return {kind: str(path) for kind, path in outs.items()}
 
-    @task(retries=6, retry_delay=timedelta(minutes=5), execution_timeout=timedelta(minutes=2))
+    @task(retries=0, execution_timeout=timedelta(minutes=2))
     def alert_quarantined(result: dict) -> str:
         from airflow.exceptions import AirflowSkipException
 
-        from pipelines.alerts import send_alert, settings_for_airflow
+        from pipelines.alerts import deliver_alert, settings_for_airflow
 
         if not flows.quarantined_drops(result):
             raise AirflowSkipException(f"hour {result['hour']} landed: nothing to report")
         with flows.project(flows.params_file()) as p:
-            subject, body, files = flows.quarantine_alert(p["data"]["root"], result, p["data"]["epoch_ms"])
-            send_alert(subject, body, settings_for_airflow(p["alerts"]), files)
+            subject, body, files = flows.quarantine_alert(p["data"]["root"], result, p["data"]["epoch_ms"],
+                                                          flows.params_file())
+            failure = deliver_alert(subject, body, settings_for_airflow(p["alerts"]), files)
+        if failure:
+            raise AirflowSkipException(failure)
         return subject
 
     @task(execution_timeout=timedelta(minutes=10))

@@ -56,18 +56,20 @@ def drift_monitor():
         with flows.project(flows.params_file()) as p:
             return str(flows.drift_run(p, windows, flows.run_folder(run_id)))
 
-    @task(retries=6, retry_delay=timedelta(minutes=5), execution_timeout=timedelta(minutes=2))
+    @task(retries=0, execution_timeout=timedelta(minutes=2))
     def alert_drift(run_dir: str) -> str:
         from airflow.exceptions import AirflowSkipException
 
-        from pipelines.alerts import send_alert, settings_for_airflow
+        from pipelines.alerts import deliver_alert, settings_for_airflow
 
         with flows.project(flows.params_file()) as p:
             summary = flows.read_json(f"{run_dir}/summary.json")
             if not summary["drift_detected"]:
                 raise AirflowSkipException(f"no drift: {len(summary['columns'])} columns within thresholds")
             subject, body, files = flows.drift_alert(summary, run_dir)
-            send_alert(subject, body, settings_for_airflow(p["alerts"]), files)
+            failure = deliver_alert(subject, body, settings_for_airflow(p["alerts"]), files)
+        if failure:
+            raise AirflowSkipException(f"{failure} (report: {run_dir})")
         return subject
 
     alert_drift(report(windows()))

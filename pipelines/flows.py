@@ -131,9 +131,20 @@ def _hour_span(hour: int, epoch_ms: int) -> str:
     return f"{start:%Y-%m-%d %H:%M}-{start + timedelta(hours=1):%H:%M} UTC"
 
 
-def quarantine_alert(data_root: str | Path, result: Mapping[str, Any], epoch_ms: int) -> tuple[str, str, list[Path]]:
+def replay_commands(data_root: str | Path, hour: int, params_path: str | Path | None = None) -> list[str]:
+    """The commands that re-run hour `hour` whole, as clicks_hourly does: validate, then (if it lands) its
+    aggregates and the serving index. Validating alone leaves the hour without aggregates."""
+    root = shlex.quote(str(Path(data_root).resolve()))
+    extra = f" --params {shlex.quote(str(Path(params_path).resolve()))}" if params_path else ""
+    return [f"newsrec {step} --data-root {root} --hour {int(hour)}{extra}"
+            for step in ("validate", "aggregates", "refresh")]
+
+
+def quarantine_alert(data_root: str | Path, result: Mapping[str, Any], epoch_ms: int,
+                     params_path: str | Path | None = None) -> tuple[str, str, list[Path]]:
     """(subject, body, attachments) for an hour with quarantined drops, from hour_outcome's dict (or one
-    HourResult dict): a section and the reason.txt/result.json of each quarantined drop."""
+    HourResult dict): a section and the reason.txt/result.json of each quarantined drop, and how to re-run
+    the hour once the drop is fixed (`params_path`: the params file those commands name)."""
     hour = int(result["hour"])
     bad = quarantined_drops(result)
     if not bad:
@@ -160,9 +171,14 @@ def quarantine_alert(data_root: str | Path, result: Mapping[str, Any], epoch_ms:
     if any(d.get("kind") == C.ARTICLES_DIR for d in bad):
         body.append("The articles of a quarantined article drop stay out of the catalogue; clicks on them are "
                     "quarantined too.")
+    validate, *downstream = replay_commands(data_root, hour, params_path)
     body += [
-        "Nothing from a quarantined drop reaches training. Fix the drop (or the metadata) and re-run the hour:",
-        f"  newsrec validate --data-root {Path(data_root).resolve()} --hour {hour}",
+        "Nothing from a quarantined drop reaches training. Fix the drop (or the metadata), then re-run the hour",
+        "whole: in Airflow (validates, aggregates, refreshes the serving index)",
+        f"  airflow dags trigger clicks_hourly --conf '{{\"hour\": {hour}}}'",
+        "or by hand, all three in this order (validating alone leaves the hour without aggregates):",
+        f"  {validate}",
+        *(f"  {command}" for command in downstream),
     ]
     kinds = {d.get("kind", C.CLICKS_DIR) for d in bad}
     subject = {

@@ -89,10 +89,15 @@ def test_quarantine_alert_names_the_hour_the_reason_and_the_files(tmp_path):
     result = {"hour": 5, "status": "quarantined", "rows": 180, "checks": ["null_ids"],
               "reason": "null_ids: 12 rows with a null user_id", "path": "quarantine/clicks/hour=005",
               "source": "raw/clicks/clicks_hour_005.csv"}
-    subject, body, files = flows.quarantine_alert(tmp_path, result, EPOCH_MS)
+    subject, body, files = flows.quarantine_alert(tmp_path, result, EPOCH_MS, tmp_path / "params.yaml")
     assert subject == "quarantined hourly drop 005"
     assert "2017-10-01 08:00-09:00 UTC" in body and "null_ids: 12 rows" in body and "180 rows" in body
     assert [f.name for f in files] == ["reason.txt", "result.json"]
+    # The fix advice is the whole step: validating alone would leave the hour without its aggregates.
+    assert """airflow dags trigger clicks_hourly --conf '{"hour": 5}'""" in body
+    steps = [line.strip() for line in body.splitlines() if line.strip().startswith("newsrec ")]
+    assert [s.split()[1] for s in steps] == ["validate", "aggregates", "refresh"]
+    assert all(f"--data-root {tmp_path} --hour 5 --params {tmp_path / 'params.yaml'}" in s for s in steps)
 
 
 @pytest.mark.unit
