@@ -7,6 +7,9 @@ and this DAG produce the same files) with the params file the DAGs run with. `re
 promotion gate to its own task, so the grid shows the decision; a refused challenger is an answer, not a
 failure. `promote` updates the `newsrec_ranker` asset, which triggers drift_monitor.
 
+When it runs: when triggered, or on params.yaml `schedule.train_ranker` (a cron, e.g. "@daily"; off by
+default, so switching the DAG on starts no retrain by itself; without a schedule it starts unpaused).
+
 Timing: one run at a time (each retrains on everything); stages retry once after 5 min (MLflow's SQLite
 or the file system may be briefly busy) within a 1 h execution timeout each. Airflow 3 removed SLAs; the
 bound used instead is `dagrun_timeout` (a run still going after 4 h is failed) with an
@@ -22,8 +25,10 @@ from airflow.sdk import Asset, dag, task
 
 from pipelines import flows
 from pipelines.alerts import run_failed
+from pipelines.config import load_params
 
 MODEL = Asset(name=flows.MODEL_ASSET, uri=flows.MODEL_ASSET_URI)
+SCHEDULE = flows.scheduled(load_params(path=flows.params_file()), "train_ranker")
 
 
 def _stage(name: str, **overrides) -> None:
@@ -33,10 +38,11 @@ def _stage(name: str, **overrides) -> None:
 
 @dag(
     dag_id="train_ranker",
-    schedule="@daily",
+    schedule=SCHEDULE,
     start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
+    is_paused_upon_creation=None if SCHEDULE else False,
     dagrun_timeout=timedelta(hours=4),
     on_failure_callback=run_failed,
     default_args={

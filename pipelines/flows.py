@@ -8,7 +8,8 @@ Hour of a run: the run for hour N has logical date `epoch + N h` (UTC), the star
 processes. Scheduled and backfill runs of an hourly data-interval schedule starting at the epoch get
 exactly that (logical date = data interval start), and `dag.test(logical_date=...)` or a manual trigger
 with a logical date picks an hour the same way. A logical date that is not the start of an hour after
-the epoch is an error, never rounded.
+the epoch is an error, never rounded. A run can also name its hour outright: the DAG param `hour` (the
+trigger form, `--conf '{"hour": 5}'`) wins over the logical date, so nobody computes epoch + N h by hand.
 """
 
 from __future__ import annotations
@@ -80,6 +81,34 @@ def hour_of(logical_date: datetime | None, epoch_ms: int) -> int:
             f"{epoch_datetime(epoch_ms).isoformat()}"
         )
     return offset_ms // C.HOUR_MS
+
+
+def run_hour(hour: int | None, logical_date: datetime | None, epoch_ms: int) -> int:
+    """The hour a run processes: its `hour` param when given, else the hour its logical date starts."""
+    if hour is not None:
+        if isinstance(hour, bool) or int(hour) != hour or int(hour) < 0:
+            raise ValueError(f"hour {hour!r} is not an hour number (0, 1, 2, ...)")
+        return int(hour)
+    if logical_date is None:
+        raise ValueError("this run has neither an `hour` param nor a logical date: trigger it with "
+                         "--conf '{\"hour\": N}' (the Trigger form's `hour` field)")
+    return hour_of(logical_date, epoch_ms)
+
+
+def scheduled(params: Mapping[str, Any], dag_id: str) -> Any:
+    """What params.yaml `schedule` says for DAG `dag_id`: None/False when it runs only when triggered."""
+    return (params.get("schedule") or {}).get(dag_id) or None
+
+
+def drop_location(data_root: str | Path, hour: int, raw_uri: str | None = None) -> str:
+    """Where the sensor looks for hour `hour`'s click drop, for its log line."""
+    from pipelines import storage
+
+    if raw_uri:
+        return storage.hour_uri(raw_uri, hour)
+    root = Path(data_root).resolve()
+    return (f"{root / 'raw' / C.CLICKS_DIR / C.hour_file_name(hour)} (or inside {root / 'raw' / C.CLICKS_ZIP}, "
+            f"or back from {root / 'quarantine' / C.CLICKS_DIR / C.partition_name(hour)})")
 
 
 def drop_available(data_root: str | Path, hour: int, raw_uri: str | None = None) -> bool:

@@ -40,6 +40,34 @@ def test_logical_dates_that_are_no_hour_are_refused(when, message):
 
 
 @pytest.mark.unit
+def test_a_run_names_its_hour_by_number_or_by_logical_date():
+    assert flows.run_hour(5, None, EPOCH_MS) == 5  # triggered with {"hour": 5}, no logical date
+    assert flows.run_hour(5, datetime(2026, 12, 1, 0, 17, tzinfo=UTC), EPOCH_MS) == 5  # the number wins
+    assert flows.run_hour(None, flows.hour_start(7, EPOCH_MS), EPOCH_MS) == 7
+    with pytest.raises(ValueError, match="neither an `hour` param nor a logical date"):
+        flows.run_hour(None, None, EPOCH_MS)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="not an hour number"):
+            flows.run_hour(bad, None, EPOCH_MS)
+
+
+@pytest.mark.unit
+def test_the_sensor_says_where_it_waits(tmp_path):
+    where = flows.drop_location(tmp_path / "data", 7)
+    assert str((tmp_path / "data" / "raw" / "clicks" / "clicks_hour_007.csv").resolve()) in where
+    assert "clicks.zip" in where and "hour=007" in where
+    assert flows.drop_location("data", 7, "s3://bucket/raw") == "s3://bucket/raw/clicks/clicks_hour_007.csv"
+
+
+@pytest.mark.unit
+def test_nothing_is_scheduled_unless_params_say_so():
+    params = load_params()
+    assert {flows.scheduled(params, d) for d in ("clicks_hourly", "train_ranker", "drift_monitor")} == {None}
+    assert flows.scheduled({"schedule": {"train_ranker": "@daily"}}, "train_ranker") == "@daily"
+    assert flows.scheduled({}, "clicks_hourly") is None
+
+
+@pytest.mark.unit
 def test_stage_commands_come_from_dvc_yaml_with_params_filled_in(tmp_path):
     params = load_params()
     params["data"] = {**params["data"], "root": "/data/with space"}
