@@ -301,6 +301,13 @@ def promotion_gate(params: Mapping[str, Any]) -> dict[str, Any]:
     return asdict(decision)
 
 
+def promotion_summary(decision: Mapping[str, Any]) -> str:
+    """One line for the grid and the log: "promoted v5: ..." or "kept champion v4: ..."."""
+    if decision["promoted"]:
+        return f"promoted v{decision['challenger']}: {decision['reason']}"
+    return f"kept champion v{decision['champion']}: {decision['reason']}"
+
+
 def champion_test_start(params: Mapping[str, Any]) -> tuple[int, str] | None:
     """(first hour of the champion's test window, its version) from the registry, or None without a champion.
 

@@ -112,7 +112,7 @@ def test_task_graphs(dagbag):
     }
     assert edges("train_ranker") == {
         ("split", "candidates"), ("split", "features"), ("candidates", "train"), ("features", "train"),
-        ("train", "evaluate"), ("evaluate", "register"), ("register", "promote"),
+        ("train", "evaluate"), ("evaluate", "register"), ("register", "promote"), ("promote", "publish"),
     }
     assert edges("drift_monitor") == {("windows", "report"), ("report", "alert_drift")}
 
@@ -132,7 +132,7 @@ def test_out_of_the_box_nothing_runs_unless_triggered_and_triggers_run(dagbag):
     assert hourly.params["hour"] is None  # the Trigger form's hour number, empty: from the logical date
     assert hourly.get_task("wait_for_drop").mode == "reschedule"
     assert hourly.get_task("validate").depends_on_past
-    outlets = [a.name for a in dagbag.dags["train_ranker"].get_task("promote").outlets]
+    outlets = [a.name for a in dagbag.dags["train_ranker"].get_task("publish").outlets]
     assert outlets == [flows.MODEL_ASSET]
     assert all(t.retries == 0 for d, t in (("clicks_hourly", "alert_quarantined"), ("drift_monitor", "alert_drift"))
                for t in [dagbag.dags[d].get_task(t)])
@@ -332,6 +332,18 @@ def test_train_ranker_trains_registers_and_gates(trained):
         use_tracking(p["mlflow"])
         champion = MlflowClient().get_model_version_by_alias(p["register"]["model_name"], "champion")
         assert flows.champion_test_start(p) == (21, str(champion.version))  # tiny: hours 0-23, test 21-23
+
+
+def test_a_kept_champion_shows_as_a_skipped_promote_and_drift_still_follows(trained, dagbag, monkeypatch):
+    """Gating the same challenger again refuses it (it is champion already): `promote` is skipped, saying
+    why, and `publish` still updates the asset drift_monitor follows."""
+    monkeypatch.setenv(flows.PARAMS_ENV, str(trained["params"]))
+    gate = dagbag.dags["train_ranker"].partial_subset(task_ids=["promote", "publish"], include_upstream=False)
+
+    run = gate.test()
+
+    assert states(run) == {"promote": "skipped", "publish": "success"}
+    assert str(run.state) == "success"
 
 
 def test_drift_monitor_reports_against_the_champion_window_and_alerts(trained, dagbag, monkeypatch, smtp_sink):

@@ -68,6 +68,13 @@ def test_nothing_is_scheduled_unless_params_say_so():
 
 
 @pytest.mark.unit
+def test_the_promotion_decision_reads_as_one_line():
+    kept = {"promoted": False, "reason": "gain -0.0100", "challenger": "5", "champion": "4"}
+    assert flows.promotion_summary(kept) == "kept champion v4: gain -0.0100"
+    assert flows.promotion_summary({**kept, "promoted": True, "reason": "wins"}) == "promoted v5: wins"
+
+
+@pytest.mark.unit
 def test_stage_commands_come_from_dvc_yaml_with_params_filled_in(tmp_path):
     params = load_params()
     params["data"] = {**params["data"], "root": "/data/with space"}
