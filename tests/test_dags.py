@@ -232,7 +232,7 @@ def test_quarantined_drop_sends_an_alert_and_the_run_succeeds(dagbag, hourly_roo
     assert {a.get_filename() for a in msg.iter_attachments()} == {"reason.txt", "result.json"}
 
 
-def test_triggered_by_hour_number_without_a_mail_server_a_quarantined_hour_ends_at_once(dagbag, hourly_root,
+def test_triggered_by_hour_number_without_a_mail_server_a_quarantined_hour_ends_at_once(airflow_home, hourly_root,
                                                                                         tmp_path, monkeypatch):
     """The Trigger form's `hour` (no logical date) picks the hour. With the default SMTP settings and no
     server listening, the alert is tried once and skipped with the reason; the run succeeds at once and
@@ -250,8 +250,13 @@ def test_triggered_by_hour_number_without_a_mail_server_a_quarantined_hour_ends_
                                                           alerts={"smtp_host": "127.0.0.1", "smtp_port": port})))
     monkeypatch.delenv("AIRFLOW_CONN_SMTP_DEFAULT", raising=False)
 
+    # A DAG object of its own: in-process, Airflow writes a run's conf into the DAG's Param objects, so the
+    # shared one would hand hour 5 to every later test run (task processes of a real deployment parse anew).
+    from airflow.models.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(ROOT / "dags"), include_examples=False).dags["clicks_hourly"]
     started = time.monotonic()
-    run = dagbag.dags["clicks_hourly"].test(logical_date=None, run_conf={"hour": 5})
+    run = dag.test(logical_date=None, run_conf={"hour": 5})
 
     assert time.monotonic() - started < 120  # no half hour of alert retries
     assert str(run.state) == "success", states(run)
