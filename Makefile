@@ -46,4 +46,4 @@ serve:  ## the recommendation API on the registry's champion (params serve), htt
 	$(BIN)/newsrec serve
 
 dashboard:  ## the Streamlit dashboard for product people, http://127.0.0.1:8501
-	$(BIN)/streamlit run dashboard/app.py --server.address 127.0.0.1 --server.port 8501 --server.headless true
+	$(BIN)/streamlit run dashboard/app.py --server.address 127.0.0.1 --server.port 8501  # settings: .streamlit/config.toml

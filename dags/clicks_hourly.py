@@ -11,15 +11,22 @@ it, validate judges it before the clicks (which may click those articles) and ha
 with the article drop's under `articles`, and alert_quarantined reports either drop when it is quarantined.
 An hour without new articles has no article drop; that is normal.
 
-The run for hour N has logical date `data.epoch_ms + N h`: the schedule is hourly data intervals from
-the epoch, so scheduled and backfilled runs map to hours exactly, and a backfill of a range replays those
-hours (Globo's data is from October 2017; catchup is off, so nothing replays unless asked).
+Which hour: the run's `hour` param (the Trigger form, `airflow dags trigger clicks_hourly --conf
+'{"hour": 5}'`), else its logical date, `data.epoch_ms + N h` for hour N.
+
+When it runs: params.yaml `schedule.clicks_hourly`. Off (the default: the demo and Globo data replay
+October 2017) the DAG has no schedule and starts unpaused: it runs the hours it is asked for, one run at
+a time in the order they were triggered, and nothing else. On (live hourly drops, `data.epoch_ms` when
+they began) it runs every hour on hourly data intervals from the epoch, so scheduled and backfilled runs
+map to hours exactly; catchup is off.
 
 Timing, chosen per task: the sensor pokes every minute in reschedule mode (no worker slot held while
-waiting) and fails after 3 h without a drop; work tasks retry twice (transient I/O) within a 15 min
-execution timeout; the alert retries for half an hour (an SMTP server may be briefly away). Airflow 3
-removed SLAs; the bound used instead is `dagrun_timeout`: a run not finished 4 h after it started is
-failed, and `on_failure_callback` emails every failed run (a drop that never came included).
+waiting), logs the hour and the path it waits for, and fails after 3 h without a drop; work tasks retry
+twice (transient I/O) within a 15 min execution timeout. The alert is tried once and never decides the
+run's outcome: without a reachable mail server it is skipped with one log line saying so, and the
+quarantine stays visible in the grid (`aggregates` and `refresh_index` skipped, their logs give the
+reason). Airflow 3 removed SLAs; the bound used instead is `dagrun_timeout`: a run not finished 4 h after
+it started is failed, and `on_failure_callback` emails every failed run (a drop that never came included).
 `validate` depends on its previous run: the volume check compares an hour with the hours before it,
 so hours are judged in order even when a backfill runs several at once.
 """
@@ -28,22 +35,29 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import PokeReturnValue, dag, task
+from airflow.sdk import Param, PokeReturnValue, dag, task
 from airflow.timetables.interval import DeltaDataIntervalTimetable
 
 from pipelines import flows
 from pipelines.alerts import run_failed
 from pipelines.config import load_params
 
-EPOCH_MS = int(load_params("data", flows.params_file())["epoch_ms"])
+PARAMS = load_params(path=flows.params_file())
+EPOCH_MS = int(PARAMS["data"]["epoch_ms"])
+LIVE = bool(flows.scheduled(PARAMS, "clicks_hourly"))
 
 
 @dag(
     dag_id="clicks_hourly",
-    schedule=DeltaDataIntervalTimetable(timedelta(hours=1)),
+    schedule=DeltaDataIntervalTimetable(timedelta(hours=1)) if LIVE else None,
     start_date=flows.epoch_datetime(EPOCH_MS),
     catchup=False,
-    max_active_runs=4,
+    # Triggered hours run one after another in trigger order, so each is validated after the one before.
+    max_active_runs=4 if LIVE else 1,
+    is_paused_upon_creation=None if LIVE else False,
+    params={"hour": Param(None, type=["null", "integer"], minimum=0, title="Hour",
+                          description="Hour number to process (hour N starts at data.epoch_ms + N h). "
+                                      "Empty: the hour the logical date starts.")},
     default_args={
         "owner": "newsrec",
         "retries": 2,
@@ -57,10 +71,16 @@ EPOCH_MS = int(load_params("data", flows.params_file())["epoch_ms"])
 )
 def clicks_hourly():
     @task.sensor(mode="reschedule", poke_interval=60, timeout=3 * 3600, retries=0)
-    def wait_for_drop(logical_date=None) -> PokeReturnValue:
+    def wait_for_drop(params=None, logical_date=None) -> PokeReturnValue:
+        import logging
+
         with flows.project(flows.params_file()) as p:
-            hour = flows.hour_of(logical_date, p["data"]["epoch_ms"])
-            landed = flows.drop_available(p["data"]["root"], hour, p.get("storage", {}).get("raw_uri"))
+            hour = flows.run_hour((params or {}).get("hour"), logical_date, p["data"]["epoch_ms"])
+            raw_uri = p.get("storage", {}).get("raw_uri")
+            landed = flows.drop_available(p["data"]["root"], hour, raw_uri)
+            where = flows.drop_location(p["data"]["root"], hour, raw_uri)
+        logging.getLogger(__name__).info("hour %03d: %s %s", hour, "drop found at" if landed else "waiting for",
+                                         where)
         return PokeReturnValue(is_done=landed, xcom_value=hour)
 
     @task
@@ -90,23 +110,27 @@ def clicks_hourly():
             if result["status"] != "landed":
                 # A replayed hour that is quarantined now must not leave its earlier aggregates behind.
                 removed = drop_hour(p["data"]["root"], result["hour"])
-                raise AirflowSkipException(f"hour {result['hour']} was quarantined: nothing to aggregate"
+                raise AirflowSkipException(f"hour {result['hour']:03d} was quarantined ({result['reason']}): "
+                                           "nothing to aggregate"
                                            + (f", removed {len(removed)} stale partitions" if removed else ""))
             outs = aggregate_hour(p["data"]["root"], result["hour"], p["data"]["epoch_ms"],
                                   p["aggregates"]["coclick_max_distance"])
         return {kind: str(path) for kind, path in outs.items()}
 
-    @task(retries=6, retry_delay=timedelta(minutes=5), execution_timeout=timedelta(minutes=2))
+    @task(retries=0, execution_timeout=timedelta(minutes=2))
     def alert_quarantined(result: dict) -> str:
         from airflow.exceptions import AirflowSkipException
 
-        from pipelines.alerts import send_alert, settings_for_airflow
+        from pipelines.alerts import deliver_alert, settings_for_airflow
 
         if not flows.quarantined_drops(result):
             raise AirflowSkipException(f"hour {result['hour']} landed: nothing to report")
         with flows.project(flows.params_file()) as p:
-            subject, body, files = flows.quarantine_alert(p["data"]["root"], result, p["data"]["epoch_ms"])
-            send_alert(subject, body, settings_for_airflow(p["alerts"]), files)
+            subject, body, files = flows.quarantine_alert(p["data"]["root"], result, p["data"]["epoch_ms"],
+                                                          flows.params_file())
+            failure = deliver_alert(subject, body, settings_for_airflow(p["alerts"]), files)
+        if failure:
+            raise AirflowSkipException(failure)
         return subject
 
     @task(execution_timeout=timedelta(minutes=10))

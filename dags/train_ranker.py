@@ -1,11 +1,16 @@
 """train_ranker: daily retraining on every validated hour.
 
-split -> candidates, features -> train -> evaluate -> register -> promote
+split -> candidates, features -> train -> evaluate -> register -> promote -> publish
 
 Each task runs the DVC stage of the same name (the command and paths dvc.yaml declares, so `dvc repro`
 and this DAG produce the same files) with the params file the DAGs run with. `register` leaves the
-promotion gate to its own task, so the grid shows the decision; a refused challenger is an answer, not a
-failure. `promote` updates the `newsrec_ranker` asset, which triggers drift_monitor.
+promotion gate to its own task, so the grid shows the decision: `promote` succeeds when the challenger
+became champion and is skipped when the champion was kept, its log saying why ("kept champion v4: ...");
+a refused challenger is an answer, not a failure. `publish` then updates the `newsrec_ranker` asset either
+way, which triggers drift_monitor.
+
+When it runs: when triggered, or on params.yaml `schedule.train_ranker` (a cron, e.g. "@daily"; off by
+default, so switching the DAG on starts no retrain by itself; without a schedule it starts unpaused).
 
 Timing: one run at a time (each retrains on everything); stages retry once after 5 min (MLflow's SQLite
 or the file system may be briefly busy) within a 1 h execution timeout each. Airflow 3 removed SLAs; the
@@ -22,8 +27,10 @@ from airflow.sdk import Asset, dag, task
 
 from pipelines import flows
 from pipelines.alerts import run_failed
+from pipelines.config import load_params
 
 MODEL = Asset(name=flows.MODEL_ASSET, uri=flows.MODEL_ASSET_URI)
+SCHEDULE = flows.scheduled(load_params(path=flows.params_file()), "train_ranker")
 
 
 def _stage(name: str, **overrides) -> None:
@@ -33,10 +40,11 @@ def _stage(name: str, **overrides) -> None:
 
 @dag(
     dag_id="train_ranker",
-    schedule="@daily",
+    schedule=SCHEDULE,
     start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
+    is_paused_upon_creation=None if SCHEDULE else False,
     dagrun_timeout=timedelta(hours=4),
     on_failure_callback=run_failed,
     default_args={
@@ -73,17 +81,29 @@ def train_ranker():
     def register() -> None:
         _stage("register", **{"register.auto_promote": False})
 
-    @task(outlets=[MODEL])
+    @task
     def promote() -> dict:
+        import logging
+
+        from airflow.exceptions import AirflowSkipException
+
         with flows.project(flows.params_file()) as p:
-            return flows.promotion_gate(p)
+            decision = flows.promotion_gate(p)
+        if not decision["promoted"]:
+            raise AirflowSkipException(flows.promotion_summary(decision))
+        logging.getLogger(__name__).info("%s", flows.promotion_summary(decision))
+        return decision
+
+    @task(outlets=[MODEL], trigger_rule="none_failed")
+    def publish() -> None:
+        """A new ranker was trained and gated (champion moved or not): drift_monitor runs on it."""
 
     s = split()
     c, f = candidates(), features()
     s >> [c, f]
     t = train()
     [c, f] >> t
-    t >> evaluate() >> register() >> promote()
+    t >> evaluate() >> register() >> promote() >> publish()
 
 
 train_ranker()

@@ -3,13 +3,20 @@ the pipeline's health. A client of the recommendation API (`make serve`); run wi
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard.data import Api, ApiError, items_frame, latest_drift, source_counts, validation_status
+from dashboard.data import (
+    Api,
+    ApiError,
+    items_frame,
+    latest_drift,
+    opening_article,
+    source_counts,
+    time_text,
+    validation_status,
+)
 from pipelines.config import load_params
 
 PAGES = ("Recommendations", "Similar articles", "Model & pipeline")
@@ -73,9 +80,10 @@ def recommendations_page() -> None:
     except ApiError as exc:
         st.error(str(exc))
         return
-    as_of = datetime.fromisoformat(recs["as_of"]).astimezone(UTC)
+    if recs["items"]:  # the similar-articles page opens on this reader's top article
+        st.session_state["article"] = int(recs["items"][0]["article_id"])
     st.caption(f"Served by **{recs['variant']}** (model v{recs['model_version']}) as of "
-               f"{as_of:%Y-%m-%d %H:%M} UTC" + (" · **new reader: trending and fresh articles**"
+               f"{time_text(recs['as_of'])}" + (" · **new reader: trending and fresh articles**"
                                                 if recs["cold_start"] else ""))
     col_recs, col_reads = st.columns([3, 2])
     with col_recs:
@@ -102,7 +110,15 @@ def recommendations_page() -> None:
 
 def similar_page() -> None:
     st.header("Similar articles")
-    article = st.number_input("Article id", min_value=0, step=1, value=int(st.session_state.get("article", 0)))
+    start = st.session_state.get("article")
+    if start is None:
+        try:
+            start = opening_article(api)
+        except ApiError as exc:
+            st.error(str(exc))
+            return
+    article = st.number_input("Article id", min_value=0, step=1, value=int(start or 0),
+                              help="Opens on the top recommendation of the reader on the Recommendations page")
     k = st.slider("How many", 1, 50, int(params["top_n"]))
     try:
         body = api.similar(int(article), k)
@@ -143,11 +159,10 @@ def model_page() -> None:
         m = models.get(alias)
         if not m:
             continue
-        trained = datetime.fromtimestamp(m["trained_at"] / 1000, UTC) if m.get("trained_at") else None
         c1, c2, c3, c4 = st.columns(4)
         c1.metric(alias.title(), f"v{m['version']}")
-        c2.metric("Trained", f"{trained:%Y-%m-%d %H:%M}" if trained else "unknown")
-        c3.metric("Data up to", m["cutoff"][:16].replace("T", " "))
+        c2.metric("Trained", time_text(m.get("trained_at")))
+        c3.metric("Data up to", time_text(m["cutoff"]))
         c4.metric("Share of readers", f"{(models['challenger_share'] if alias == 'challenger' else 1 - models['challenger_share']):.0%}")
         metrics = pd.DataFrame(sorted(m.get("metrics", {}).items()), columns=["metric", "value"])
         if len(metrics):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,7 @@ def items_frame(items: list[dict[str, Any]], with_sources: bool = False) -> pd.D
     elif "score" in frame:
         cols += ["score"]
     if "clicked_at" in frame:
+        frame["clicked_at"] = frame["clicked_at"].map(time_text)
         cols = ["clicked_at", *cols[1:], "online"]
     return frame[[c for c in cols if c in frame]]
 
@@ -87,6 +89,30 @@ def source_counts(items: list[dict[str, Any]]) -> pd.DataFrame:
     rows = [{"source": SOURCE_NAMES.get(s, s), "articles": sum(s in i["sources"] for i in items)}
             for s in SOURCE_NAMES]
     return pd.DataFrame(rows)
+
+
+def time_text(value: str | float | datetime | None) -> str:
+    """A time as people read it, "2017-10-06 02:13 UTC", from an ISO string, epoch ms or a datetime."""
+    if value is None or value == "":
+        return "unknown"
+    if isinstance(value, int | float):
+        when = datetime.fromtimestamp(value / 1000, UTC)
+    elif isinstance(value, datetime):
+        when = value
+    else:
+        when = datetime.fromisoformat(str(value))  # Python 3.11 reads a trailing Z
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return f"{when:%Y-%m-%d %H:%M} UTC"
+
+
+def opening_article(api: Api) -> int | None:
+    """The article the similar-articles page opens on: the top recommendation for the most active reader,
+    so a recommendable one (None when the model knows no reader or recommends nothing)."""
+    users = api.users(1)
+    if not len(users):
+        return None
+    items = api.recommendations(int(users["user_id"].iloc[0]), 1)["items"]
+    return int(items[0][C.ARTICLE_ID]) if items else None
 
 
 def _age_text(hours: float) -> str:

@@ -44,8 +44,7 @@ def streamlit_server(env: dict[str, str] | None = None) -> Iterator[str]:
     """`streamlit run dashboard/app.py` on loopback; yields its URL once its health endpoint answers."""
     port = _free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
-           "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-           "--browser.gatherUsageStats", "false"]
+           "--server.address", "127.0.0.1", "--server.port", str(port)]  # the rest: .streamlit/config.toml
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

@@ -216,6 +216,24 @@ def send_alert(
     return msg
 
 
+def deliver_alert(
+    subject: str,
+    body: str,
+    settings: SmtpSettings,
+    attachments: Sequence[str | Path] = (),
+) -> str | None:
+    """Send one alert from inside a pipeline run: None when it was delivered, else one line saying why not.
+
+    A run's outcome never depends on mail: with no reachable server the caller logs that line and goes on
+    (no retries that keep a finished run busy for half an hour; the SMTP timeout bounds the wait).
+    """
+    try:
+        send_alert(subject, body, settings, attachments)
+    except AlertError as exc:
+        return f"alert {subject!r} not sent: {exc}"
+    return None
+
+
 def run_failed(context: Mapping[str, Any]) -> None:
     """Airflow DAG `on_failure_callback`: a run failed, including one stopped by its `dagrun_timeout`
     (the SLA-like bound Airflow 3 offers), so somebody hears of it."""
@@ -232,7 +250,14 @@ def run_failed(context: Mapping[str, Any]) -> None:
     if ti is not None:
         lines.append(f"task: {getattr(ti, 'task_id', ti)}")
     params = load_params("alerts", params_file())
-    send_alert(f"run failed: {dag_id}", "\n".join(lines), settings_for_airflow(params))
+    try:
+        settings = settings_for_airflow(params)
+    except AlertError as exc:
+        log.error("alert 'run failed: %s' not sent: %s", dag_id, exc)
+        return
+    failure = deliver_alert(f"run failed: {dag_id}", "\n".join(lines), settings)
+    if failure:
+        log.error("%s", failure)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,8 @@ Hour of a run: the run for hour N has logical date `epoch + N h` (UTC), the star
 processes. Scheduled and backfill runs of an hourly data-interval schedule starting at the epoch get
 exactly that (logical date = data interval start), and `dag.test(logical_date=...)` or a manual trigger
 with a logical date picks an hour the same way. A logical date that is not the start of an hour after
-the epoch is an error, never rounded.
+the epoch is an error, never rounded. A run can also name its hour outright: the DAG param `hour` (the
+trigger form, `--conf '{"hour": 5}'`) wins over the logical date, so nobody computes epoch + N h by hand.
 """
 
 from __future__ import annotations
@@ -82,6 +83,34 @@ def hour_of(logical_date: datetime | None, epoch_ms: int) -> int:
     return offset_ms // C.HOUR_MS
 
 
+def run_hour(hour: int | None, logical_date: datetime | None, epoch_ms: int) -> int:
+    """The hour a run processes: its `hour` param when given, else the hour its logical date starts."""
+    if hour is not None:
+        if isinstance(hour, bool) or int(hour) != hour or int(hour) < 0:
+            raise ValueError(f"hour {hour!r} is not an hour number (0, 1, 2, ...)")
+        return int(hour)
+    if logical_date is None:
+        raise ValueError("this run has neither an `hour` param nor a logical date: trigger it with "
+                         "--conf '{\"hour\": N}' (the Trigger form's `hour` field)")
+    return hour_of(logical_date, epoch_ms)
+
+
+def scheduled(params: Mapping[str, Any], dag_id: str) -> Any:
+    """What params.yaml `schedule` says for DAG `dag_id`: None/False when it runs only when triggered."""
+    return (params.get("schedule") or {}).get(dag_id) or None
+
+
+def drop_location(data_root: str | Path, hour: int, raw_uri: str | None = None) -> str:
+    """Where the sensor looks for hour `hour`'s click drop, for its log line."""
+    from pipelines import storage
+
+    if raw_uri:
+        return storage.hour_uri(raw_uri, hour)
+    root = Path(data_root).resolve()
+    return (f"{root / 'raw' / C.CLICKS_DIR / C.hour_file_name(hour)} (or inside {root / 'raw' / C.CLICKS_ZIP}, "
+            f"or back from {root / 'quarantine' / C.CLICKS_DIR / C.partition_name(hour)})")
+
+
 def drop_available(data_root: str | Path, hour: int, raw_uri: str | None = None) -> bool:
     """Whether hour `hour`'s drop is there: at the raw location (local or S3), or for a local raw folder
     also inside raw/clicks.zip or back from quarantine for a re-run (wherever validation finds it)."""
@@ -131,9 +160,20 @@ def _hour_span(hour: int, epoch_ms: int) -> str:
     return f"{start:%Y-%m-%d %H:%M}-{start + timedelta(hours=1):%H:%M} UTC"
 
 
-def quarantine_alert(data_root: str | Path, result: Mapping[str, Any], epoch_ms: int) -> tuple[str, str, list[Path]]:
+def replay_commands(data_root: str | Path, hour: int, params_path: str | Path | None = None) -> list[str]:
+    """The commands that re-run hour `hour` whole, as clicks_hourly does: validate, then (if it lands) its
+    aggregates and the serving index. Validating alone leaves the hour without aggregates."""
+    root = shlex.quote(str(Path(data_root).resolve()))
+    extra = f" --params {shlex.quote(str(Path(params_path).resolve()))}" if params_path else ""
+    return [f"newsrec {step} --data-root {root} --hour {int(hour)}{extra}"
+            for step in ("validate", "aggregates", "refresh")]
+
+
+def quarantine_alert(data_root: str | Path, result: Mapping[str, Any], epoch_ms: int,
+                     params_path: str | Path | None = None) -> tuple[str, str, list[Path]]:
     """(subject, body, attachments) for an hour with quarantined drops, from hour_outcome's dict (or one
-    HourResult dict): a section and the reason.txt/result.json of each quarantined drop."""
+    HourResult dict): a section and the reason.txt/result.json of each quarantined drop, and how to re-run
+    the hour once the drop is fixed (`params_path`: the params file those commands name)."""
     hour = int(result["hour"])
     bad = quarantined_drops(result)
     if not bad:
@@ -161,9 +201,14 @@ def quarantine_alert(data_root: str | Path, result: Mapping[str, Any], epoch_ms:
     if any(d.get("kind") == C.ARTICLES_DIR for d in bad):
         body.append("The articles of a quarantined article drop stay out of the catalogue; clicks on them are "
                     "quarantined too.")
+    validate, *downstream = replay_commands(data_root, hour, params_path)
     body += [
-        "Nothing from a quarantined drop reaches training. Fix the drop (or the metadata) and re-run the hour:",
-        f"  newsrec validate --data-root {Path(data_root).resolve()} --hour {hour}",
+        "Nothing from a quarantined drop reaches training. Fix the drop (or the metadata), then re-run the hour",
+        "whole: in Airflow (validates, aggregates, refreshes the serving index)",
+        f"  airflow dags trigger clicks_hourly --conf '{{\"hour\": {hour}}}'",
+        "or by hand, all three in this order (validating alone leaves the hour without aggregates):",
+        f"  {validate}",
+        *(f"  {command}" for command in downstream),
     ]
     kinds = {d.get("kind", C.CLICKS_DIR) for d in bad}
     subject = {
@@ -256,6 +301,13 @@ def promotion_gate(params: Mapping[str, Any]) -> dict[str, Any]:
     decision = promote(MlflowClient(), gate["model_name"], gate["metric"], float(gate["min_gain"]),
                        float(gate["cold_tolerance"]))
     return asdict(decision)
+
+
+def promotion_summary(decision: Mapping[str, Any]) -> str:
+    """One line for the grid and the log: "promoted v5: ..." or "kept champion v4: ..."."""
+    if decision["promoted"]:
+        return f"promoted v{decision['challenger']}: {decision['reason']}"
+    return f"kept champion v{decision['champion']}: {decision['reason']}"
 
 
 def champion_test_start(params: Mapping[str, Any]) -> tuple[int, str] | None:

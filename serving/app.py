@@ -26,6 +26,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from serving import recommend as rec
 from serving.ab import CHALLENGER, CHAMPION, assign_variant
+from serving.docs import add_offline_docs
 from serving.eventlog import JsonLinesLog
 from serving.explore import Explorer, make_explore_stats
 from serving.live import LiveCounts, make_live_counts, with_live
@@ -307,7 +308,10 @@ def create_app(
         version="1",
         description="Personalised news recommendations from the registry's champion ranker, with an A/B split.",
         lifespan=lifespan,
+        docs_url=None,  # served from local files by add_offline_docs: the pages work without internet
+        redoc_url=None,
     )
+    add_offline_docs(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(PrometheusMiddleware, metrics=metrics)
 

@@ -119,6 +119,30 @@ def test_unreachable_server_is_a_clear_error():
 
 
 @pytest.mark.integration
+def test_inside_a_run_an_unreachable_server_is_one_line_not_an_error(tmp_path, monkeypatch, caplog):
+    import socket
+
+    import yaml
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = alerts.settings_from_params(_params(smtp_host="127.0.0.1", smtp_port=port), env={})
+    line = alerts.deliver_alert("quarantined hourly drop 005", "y", settings)
+    assert line.startswith("alert 'quarantined hourly drop 005' not sent: could not send alert through "
+                           f"127.0.0.1:{port}") and "\n" not in line
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({"alerts": _params(smtp_host="127.0.0.1", smtp_port=port,
+                                                             airflow_conn_id=None)}))
+    monkeypatch.setenv("NEWSREC_PARAMS", str(params_file))
+    with caplog.at_level("ERROR", logger="pipelines.alerts"):
+        alerts.run_failed({"dag_run": SimpleNamespace(dag_id="clicks_hourly", run_id="r", logical_date=None)})
+    (record,) = caplog.records
+    assert "run failed: clicks_hourly" in record.getMessage() and f"127.0.0.1:{port}" in record.getMessage()
+
+
+@pytest.mark.integration
 def test_failed_run_callback_emails_the_run_and_reason(smtp_sink, tmp_path, monkeypatch):
     import yaml
 

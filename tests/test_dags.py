@@ -112,24 +112,51 @@ def test_task_graphs(dagbag):
     }
     assert edges("train_ranker") == {
         ("split", "candidates"), ("split", "features"), ("candidates", "train"), ("features", "train"),
-        ("train", "evaluate"), ("evaluate", "register"), ("register", "promote"),
+        ("train", "evaluate"), ("evaluate", "register"), ("register", "promote"), ("promote", "publish"),
     }
     assert edges("drift_monitor") == {("windows", "report"), ("report", "alert_drift")}
 
 
-def test_schedules_map_runs_to_hours_and_chain_training_to_drift(dagbag):
+def test_out_of_the_box_nothing_runs_unless_triggered_and_triggers_run(dagbag):
+    """The data replays 2017: switching a DAG on must not start a wall-clock hour or a retrain, and a DAG
+    that runs only when triggered starts unpaused, so the README's `airflow dags trigger` runs at once."""
+    for dag_id in ("clicks_hourly", "train_ranker"):
+        dag = dagbag.dags[dag_id]
+        assert dag.timetable.summary == "None", dag_id
+        assert dag.is_paused_upon_creation is False, dag_id
+    drift = dagbag.dags["drift_monitor"]
+    assert not drift.timetable.periodic and flows.MODEL_ASSET in str(drift.timetable.asset_condition)
+    assert drift.is_paused_upon_creation is False
     hourly = dagbag.dags["clicks_hourly"]
-    assert hourly.start_date == flows.epoch_datetime(EPOCH_MS) and not hourly.catchup
-    interval = hourly.timetable.infer_manual_data_interval(run_after=flows.hour_start(10, EPOCH_MS))
-    assert flows.hour_of(interval.end, EPOCH_MS) == 10  # hourly intervals aligned on the epoch
+    assert hourly.max_active_runs == 1  # triggered hours are validated in the order they were triggered
+    assert hourly.params["hour"] is None  # the Trigger form's hour number, empty: from the logical date
     assert hourly.get_task("wait_for_drop").mode == "reschedule"
     assert hourly.get_task("validate").depends_on_past
-    outlets = [a.name for a in dagbag.dags["train_ranker"].get_task("promote").outlets]
+    outlets = [a.name for a in dagbag.dags["train_ranker"].get_task("publish").outlets]
     assert outlets == [flows.MODEL_ASSET]
-    assert flows.MODEL_ASSET in str(dagbag.dags["drift_monitor"].timetable.asset_condition)
+    assert all(t.retries == 0 for d, t in (("clicks_hourly", "alert_quarantined"), ("drift_monitor", "alert_drift"))
+               for t in [dagbag.dags[d].get_task(t)])
     for dag in dagbag.dags.values():
         assert dag.dagrun_timeout is not None
         assert all(t.execution_timeout is not None for t in dag.tasks if t.task_id != "wait_for_drop")
+
+
+def test_schedules_from_params_map_runs_to_hours_and_chain_training_to_drift(airflow_home, tmp_path, monkeypatch):
+    from airflow.models.dagbag import DagBag
+
+    params = write_params(tmp_path, tmp_path / "data",
+                          schedule={"clicks_hourly": True, "train_ranker": "@daily", "drift_monitor": "0 */6 * * *"})
+    monkeypatch.setenv(flows.PARAMS_ENV, str(params))
+    bag = DagBag(dag_folder=str(ROOT / "dags"), include_examples=False)
+    assert bag.import_errors == {}
+    hourly = bag.dags["clicks_hourly"]
+    assert hourly.start_date == flows.epoch_datetime(EPOCH_MS) and not hourly.catchup
+    interval = hourly.timetable.infer_manual_data_interval(run_after=flows.hour_start(10, EPOCH_MS))
+    assert flows.hour_of(interval.end, EPOCH_MS) == 10  # hourly intervals aligned on the epoch
+    assert hourly.max_active_runs == 4 and hourly.is_paused_upon_creation is None  # backfills run in parallel
+    assert bag.dags["train_ranker"].timetable.summary == "0 0 * * *"  # @daily
+    drift = bag.dags["drift_monitor"].timetable
+    assert drift.periodic and flows.MODEL_ASSET in str(drift.asset_condition)
 
 
 def test_parsing_the_dags_imports_nothing_heavy(airflow_home):
@@ -203,6 +230,39 @@ def test_quarantined_drop_sends_an_alert_and_the_run_succeeds(dagbag, hourly_roo
     body = msg.get_body(("plain",)).get_content()
     assert "click_timestamp" in body or "session" in body
     assert {a.get_filename() for a in msg.iter_attachments()} == {"reason.txt", "result.json"}
+
+
+def test_triggered_by_hour_number_without_a_mail_server_a_quarantined_hour_ends_at_once(airflow_home, hourly_root,
+                                                                                        tmp_path, monkeypatch):
+    """The Trigger form's `hour` (no logical date) picks the hour. With the default SMTP settings and no
+    server listening, the alert is tried once and skipped with the reason; the run succeeds at once and
+    the quarantine shows in the grid (aggregates and refresh_index skipped)."""
+    import socket
+    import time
+
+    from pipelines.baddrops import inject_bad_drop
+
+    inject_bad_drop(hourly_root / "raw" / "clicks", 5, "click_before_session")
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv(flows.PARAMS_ENV, str(write_params(tmp_path / "work", hourly_root,
+                                                          alerts={"smtp_host": "127.0.0.1", "smtp_port": port})))
+    monkeypatch.delenv("AIRFLOW_CONN_SMTP_DEFAULT", raising=False)
+
+    # A DAG object of its own: in-process, Airflow writes a run's conf into the DAG's Param objects, so the
+    # shared one would hand hour 5 to every later test run (task processes of a real deployment parse anew).
+    from airflow.models.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(ROOT / "dags"), include_examples=False).dags["clicks_hourly"]
+    started = time.monotonic()
+    run = dag.test(logical_date=None, run_conf={"hour": 5})
+
+    assert time.monotonic() - started < 120  # no half hour of alert retries
+    assert str(run.state) == "success", states(run)
+    assert states(run) == {"wait_for_drop": "success", "stage_drop": "success", "validate": "success",
+                           "aggregates": "skipped", "refresh_index": "skipped", "alert_quarantined": "skipped"}
+    assert (hourly_root / "quarantine" / "clicks" / "hour=005" / "reason.txt").is_file()
 
 
 def test_a_missing_drop_keeps_the_sensor_waiting(dagbag, hourly_root, tmp_path, monkeypatch):
@@ -294,6 +354,18 @@ def test_train_ranker_trains_registers_and_gates(trained):
         assert len(curve) >= int(run.data.metrics["best_iteration"]) and curve[0].step == 1
         assert {"model_card.md", "importance_gain.png"} <= {a.path for a in client.list_artifacts(champion.run_id)}
         assert "evaluation/eval_report.html" in {a.path for a in client.list_artifacts(champion.run_id, "evaluation")}
+
+
+def test_a_kept_champion_shows_as_a_skipped_promote_and_drift_still_follows(trained, dagbag, monkeypatch):
+    """Gating the same challenger again refuses it (it is champion already): `promote` is skipped, saying
+    why, and `publish` still updates the asset drift_monitor follows."""
+    monkeypatch.setenv(flows.PARAMS_ENV, str(trained["params"]))
+    gate = dagbag.dags["train_ranker"].partial_subset(task_ids=["promote", "publish"], include_upstream=False)
+
+    run = gate.test()
+
+    assert states(run) == {"promote": "skipped", "publish": "success"}
+    assert str(run.state) == "success"
 
 
 def test_drift_monitor_reports_against_the_champion_window_and_alerts(trained, dagbag, monkeypatch, smtp_sink):

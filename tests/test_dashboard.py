@@ -55,6 +55,7 @@ def test_recommendations_page_shows_top_n_beside_recent_reads(dashboard_env):
     assert {"article_id", "category_id", "age", "words_count", "score", "why"} <= set(recs.columns)
     assert recs["why"].str.len().gt(0).all()
     assert len(reads) > 0 and "clicked_at" in reads.columns
+    assert reads["clicked_at"].str.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC").all()  # readable, not ISO
     assert len(_charts(at)) == 2  # scores, and which sources proposed the list
 
     at.slider[0].set_value(5).run()
@@ -69,6 +70,49 @@ def test_typed_unknown_user_gets_cold_start_and_bad_id_an_error(dashboard_env):
     assert len(at.dataframe[0].value) == 10
     at.text_input[0].input("abc").run()
     assert "non-negative integer" in at.error[0].value
+
+
+@pytest.mark.integration
+def test_similar_articles_opens_on_a_recommendable_article(dashboard_env, serving_bundle):
+    from dashboard.data import Api, opening_article
+    from pipelines.registry import ServingBundle
+
+    pool = set(ServingBundle.load(serving_bundle).index.pool["article_id"])
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    top = int(at.dataframe[0].value["article_id"].iloc[0])  # the reader on the Recommendations page
+    at.sidebar.radio[0].set_value("Similar articles").run()
+    assert not at.error
+    assert at.number_input[0].value == top and top in pool
+    assert len(at.dataframe[0].value) > 0  # it has neighbours among the recommendable articles
+    # Straight to the page (nothing chosen yet): the most active reader's top article.
+    first = opening_article(Api(dashboard_env))
+    assert first in pool and first != 0
+
+
+@pytest.mark.unit
+def test_times_read_as_dates_in_utc():
+    from datetime import UTC, datetime
+
+    from dashboard.data import time_text
+
+    assert time_text("2017-10-06T02:13:44.123000Z") == "2017-10-06 02:13 UTC"
+    assert time_text("2017-10-05T23:13:44-03:00") == "2017-10-06 02:13 UTC"
+    assert time_text(1507256024000) == "2017-10-06 02:13 UTC"
+    assert time_text(datetime(2017, 10, 6, 2, 13, tzinfo=UTC)) == "2017-10-06 02:13 UTC"
+    assert time_text(None) == "unknown"
+
+
+@pytest.mark.unit
+def test_streamlit_sends_no_usage_statistics_and_shows_no_deploy_button():
+    import tomllib
+
+    from streamlit import config
+
+    settings = tomllib.loads((Path(APP).parents[1] / ".streamlit" / "config.toml").read_text())
+    assert settings["browser"]["gatherUsageStats"] is False
+    assert settings["client"]["toolbarMode"] == "viewer"  # hides Deploy, rerun and clear-cache
+    options = config.get_config_options()
+    assert {f"{section}.{key}" for section, keys in settings.items() for key in keys} <= set(options)
 
 
 @pytest.mark.integration

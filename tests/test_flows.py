@@ -40,6 +40,41 @@ def test_logical_dates_that_are_no_hour_are_refused(when, message):
 
 
 @pytest.mark.unit
+def test_a_run_names_its_hour_by_number_or_by_logical_date():
+    assert flows.run_hour(5, None, EPOCH_MS) == 5  # triggered with {"hour": 5}, no logical date
+    assert flows.run_hour(5, datetime(2026, 12, 1, 0, 17, tzinfo=UTC), EPOCH_MS) == 5  # the number wins
+    assert flows.run_hour(None, flows.hour_start(7, EPOCH_MS), EPOCH_MS) == 7
+    with pytest.raises(ValueError, match="neither an `hour` param nor a logical date"):
+        flows.run_hour(None, None, EPOCH_MS)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="not an hour number"):
+            flows.run_hour(bad, None, EPOCH_MS)
+
+
+@pytest.mark.unit
+def test_the_sensor_says_where_it_waits(tmp_path):
+    where = flows.drop_location(tmp_path / "data", 7)
+    assert str((tmp_path / "data" / "raw" / "clicks" / "clicks_hour_007.csv").resolve()) in where
+    assert "clicks.zip" in where and "hour=007" in where
+    assert flows.drop_location("data", 7, "s3://bucket/raw") == "s3://bucket/raw/clicks/clicks_hour_007.csv"
+
+
+@pytest.mark.unit
+def test_nothing_is_scheduled_unless_params_say_so():
+    params = load_params()
+    assert {flows.scheduled(params, d) for d in ("clicks_hourly", "train_ranker", "drift_monitor")} == {None}
+    assert flows.scheduled({"schedule": {"train_ranker": "@daily"}}, "train_ranker") == "@daily"
+    assert flows.scheduled({}, "clicks_hourly") is None
+
+
+@pytest.mark.unit
+def test_the_promotion_decision_reads_as_one_line():
+    kept = {"promoted": False, "reason": "gain -0.0100", "challenger": "5", "champion": "4"}
+    assert flows.promotion_summary(kept) == "kept champion v4: gain -0.0100"
+    assert flows.promotion_summary({**kept, "promoted": True, "reason": "wins"}) == "promoted v5: wins"
+
+
+@pytest.mark.unit
 def test_stage_commands_come_from_dvc_yaml_with_params_filled_in(tmp_path):
     params = load_params()
     params["data"] = {**params["data"], "root": "/data/with space"}
@@ -89,10 +124,15 @@ def test_quarantine_alert_names_the_hour_the_reason_and_the_files(tmp_path):
     result = {"hour": 5, "status": "quarantined", "rows": 180, "checks": ["null_ids"],
               "reason": "null_ids: 12 rows with a null user_id", "path": "quarantine/clicks/hour=005",
               "source": "raw/clicks/clicks_hour_005.csv"}
-    subject, body, files = flows.quarantine_alert(tmp_path, result, EPOCH_MS)
+    subject, body, files = flows.quarantine_alert(tmp_path, result, EPOCH_MS, tmp_path / "params.yaml")
     assert subject == "quarantined hourly drop 005"
     assert "2017-10-01 08:00-09:00 UTC" in body and "null_ids: 12 rows" in body and "180 rows" in body
     assert [f.name for f in files] == ["reason.txt", "result.json"]
+    # The fix advice is the whole step: validating alone would leave the hour without its aggregates.
+    assert """airflow dags trigger clicks_hourly --conf '{"hour": 5}'""" in body
+    steps = [line.strip() for line in body.splitlines() if line.strip().startswith("newsrec ")]
+    assert [s.split()[1] for s in steps] == ["validate", "aggregates", "refresh"]
+    assert all(f"--data-root {tmp_path} --hour 5 --params {tmp_path / 'params.yaml'}" in s for s in steps)
 
 
 @pytest.mark.unit
