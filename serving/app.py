@@ -36,6 +36,9 @@ from serving.settings import Settings
 from serving.state import UserStateStore, make_state_store
 
 log = logging.getLogger("newsrec.serving")
+# A request time this far after the serving state's cutoff gets a warning: nothing the service knows is that new
+# (hourly refreshes keep the cutoff within the hour; a replay or a stalled refresh does not).
+FAR_AHEAD_HOURS = 48
 
 # Ids and context codes end up in int64 columns; bounding them turns overflow into a 422. The bound is the
 # largest integer a JSON client (a float64 in JavaScript) can send exactly, far above any real id.
@@ -127,6 +130,8 @@ class Recommendations(BaseModel):
     cold_start: bool = Field(description="no history for this user: trending/fresh path")
     as_of: datetime
     items: list[RecommendedArticle]
+    warnings: list[str] = Field(default_factory=list, description="what the service did with input it could not "
+                                "use as given (an unknown context code, a time far past the newest data)")
 
 
 class SimilarArticle(ArticleOut):
@@ -169,7 +174,7 @@ class KnownUser(BaseModel):
 
 class UserHistory(BaseModel):
     user_id: int
-    known: bool = Field(description="the model's data has clicks of this user")
+    known: bool = Field(description="the model's data or the service's online clicks hold reads of this user")
     items: list[RecentRead]
 
 
@@ -410,6 +415,11 @@ def create_app(
         context = rec.Context(device=device, os=os, referrer=referrer, region=region, environment=environment)
         recent = state.recent(user_id)
         result = rec.recommend(model.bundle, user_id, recent, context, now_ms, k)
+        ahead_h = (now_ms - rec.cutoff_ms(model.bundle)) / 3_600_000
+        if ahead_h > FAR_AHEAD_HOURS:
+            newest = _dt(rec.cutoff_ms(model.bundle)).isoformat()
+            result.warnings.append(f"time is {ahead_h:,.0f} h after the newest data ({newest}): articles' ages "
+                                   "and popularity are extrapolated that far")
         explored = rec.explore(model.bundle, result, explorer, user_id, recent, k, now_ms)
         explore_stats.shown(result.article_ids)
         if result.cold_start:
@@ -436,6 +446,7 @@ def create_app(
             cold_start=result.cold_start,
             as_of=_dt(now_ms),
             items=result.items,
+            warnings=result.warnings,
         )
         # Validated once, above; returned as bytes so FastAPI does not validate and encode it a second time
         # (the schema in the OpenAPI spec still comes from response_model).

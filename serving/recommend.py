@@ -55,6 +55,7 @@ class Result:
     items: list[dict[str, Any]]
     article_ids: list[int]
     cold_start: bool
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Prepared:
     hist_end: np.ndarray
     hist: dict[str, np.ndarray]
     context_default: dict[str, int]
+    context_codes: dict[str, frozenset[int]]  # the codes each context parameter takes in the data
 
 
 def prepare(bundle: Any, compile_ranker: bool = True) -> Prepared:
@@ -143,6 +145,8 @@ def prepare(bundle: Any, compile_ranker: bool = True) -> Prepared:
         hist_end=starts + counts,
         hist=hist,
         context_default=context_default,
+        context_codes={param: frozenset(np.unique(hist[column]).tolist()) for param, (_, column, _)
+                       in CONTEXT_PARAMS.items()},
     )
     _warm_up(prepared)
     return prepared
@@ -218,8 +222,10 @@ def user_clicks(
     return cols
 
 
-def resolve_context(prepared: Prepared, user_id: int, context: Context) -> dict[str, int]:
-    """Request context with gaps filled: the user's habit when known, else the data's commonest value."""
+def resolve_context(prepared: Prepared, user_id: int, context: Context,
+                    warnings: list[str] | None = None) -> dict[str, int]:
+    """Request context with gaps filled: the user's habit when known, else the data's commonest value. A code
+    the data never holds (the model never saw it) is filled the same way, and said in `warnings`."""
     tables = prepared.bundle.tables
     pos = tables.users.index.get_indexer([user_id])[0]
     habits = [h for _, _, h in CONTEXT_PARAMS.values() if h is not None]
@@ -227,11 +233,22 @@ def resolve_context(prepared: Prepared, user_id: int, context: Context) -> dict[
     out = {}
     for param, (_, _, habit) in CONTEXT_PARAMS.items():
         value = getattr(context, param)
+        codes = prepared.context_codes.get(param)
+        if value is not None and codes and value not in codes:
+            if warnings is not None:
+                warnings.append(f"{param}={value} is a code the model's data never holds ({_codes(codes)}): "
+                                "treated as not sent")
+            value = None
         if value is None and habit is not None and known is not None:
             h = known[habits.index(habit)]
             value = None if np.isnan(h) else int(h)
         out[param] = int(value) if value is not None else prepared.context_default[param]
     return out
+
+
+def _codes(codes: frozenset[int]) -> str:
+    shown = sorted(codes)
+    return "known: " + ", ".join(map(str, shown[:12])) + (f" and {len(shown) - 12} more" if len(shown) > 12 else "")
 
 
 def _context_frame(user_id: int, context: dict[str, int], as_of_ms: int) -> pd.DataFrame:
@@ -262,14 +279,15 @@ def recommend(
     prepared: Prepared, user_id: int, recent: Sequence[Click], context: Context, as_of_ms: int, k: int
 ) -> Result:
     """Top-k articles for one user: candidates -> features -> ranker, read articles excluded."""
-    ctx = resolve_context(prepared, user_id, context)
+    warnings: list[str] = []
+    ctx = resolve_context(prepared, user_id, context, warnings)
     clicks = user_clicks(prepared, user_id, recent, ctx)
     cold = len(clicks[C.USER_ID]) == 0
     index = prepared.bundle.index
     # Columns rather than a frame, and scoring without `score_candidates`' slicing: one request is small.
     cands = index.candidate_columns(clicks, users=[user_id])  # reads the query columns it needs
     if len(cands[C.ARTICLE_ID]) == 0:
-        return Result(items=[], article_ids=[], cold_start=cold)
+        return Result(items=[], article_ids=[], cold_start=cold, warnings=warnings)
     tables = _tables_with_online(prepared, clicks, as_of_ms) if recent else prepared.bundle.tables
     scores = prepared.bundle.ranker.predict(feature_columns(cands, tables, _context_frame(user_id, ctx, as_of_ms)))
     order = np.lexsort((cands[C.rank_col(C.FUSED)], -scores))[:k]
@@ -280,7 +298,7 @@ def recommend(
         item["rank"] = i + 1
         item["score"] = float(scores[order[i]])
         item["sources"] = [s for s in C.CANDIDATE_SOURCES if ranks[s][i] > 0]
-    return Result(items=items, article_ids=[int(a) for a in ids], cold_start=cold)
+    return Result(items=items, article_ids=[int(a) for a in ids], cold_start=cold, warnings=warnings)
 
 
 def explore(prepared: Prepared, result: Result, explorer: Any, user_id: int, recent: Sequence[Click], k: int,
@@ -326,7 +344,8 @@ def similar(prepared: Prepared, article_id: int, k: int, as_of_ms: int) -> dict[
 def user_history(
     prepared: Prepared, user_id: int, recent: Sequence[Click], n: int, as_of_ms: int
 ) -> tuple[bool, list[dict[str, Any]]]:
-    """(known before the cutoff, the n latest reads newest first with when and whether online)."""
+    """(known: the model's data or the service's online clicks hold reads of the user; the n latest reads,
+    newest first, with when and whether online)."""
     sl = _history_slice(prepared, user_id)
     past_ids = prepared.hist[C.CLICK_ARTICLE_ID][sl][::-1][:n] if sl is not None else np.zeros(0, np.int64)
     past_ts = prepared.hist[C.CLICK_TIMESTAMP][sl][::-1][:n] if sl is not None else np.zeros(0, np.int64)
@@ -338,7 +357,7 @@ def user_history(
     for item, (_, ts, online) in zip(items, reads, strict=True):
         item["clicked_at"] = pd.Timestamp(ts, unit="ms", tz="UTC")
         item["online"] = online
-    return sl is not None, items
+    return sl is not None or bool(recent), items
 
 
 def known_users(prepared: Prepared, n: int, order: str, seed: int = 0) -> list[dict[str, int]]:

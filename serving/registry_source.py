@@ -62,11 +62,18 @@ class MlflowBundleSource:
         if not ref.run_id:
             return info
         run = self.client.get_run(ref.run_id)
-        info["trained_at"] = run.info.start_time
+        info["trained_at"] = _iso(run.info.start_time)
         info["run_name"] = run.info.run_name
         info["metrics"] = {k: v for k, v in sorted(run.data.metrics.items()) if k.split("_")[0] in _INFO_METRICS
                            or any(m in k for m in _INFO_METRICS)}
         mv = self.client.get_model_version(ref.name, ref.version)
         info["version_tags"] = dict(mv.tags)
-        info["registered_at"] = mv.creation_timestamp
+        info["registered_at"] = _iso(mv.creation_timestamp)
         return info
+
+
+def _iso(epoch_ms: int | None) -> str | None:
+    """MLflow's epoch milliseconds as the ISO 8601 time every other time in the API is."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).isoformat() if epoch_ms is not None else None

@@ -9,6 +9,7 @@ import time
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from serving_support import ServerThread
@@ -201,8 +202,25 @@ def test_a_click_is_reflected_at_once(client, bundle):
     # The profile now exists: the embedding and co-click sources propose articles for this user.
     assert {"emb", "cocl"} & {s for i in second["items"] for s in i["sources"]}
     history = client.get(f"/v1/users/{user}/history").json()
-    assert history["known"] is False
+    assert history["known"] is True  # the service holds a read of the user, even if the model's data does not
     assert history["items"][0]["article_id"] == clicked and history["items"][0]["online"] is True
+    assert client.get("/v1/users/555000002/history").json()["known"] is False
+
+
+def test_input_the_service_cannot_use_as_given_is_said_in_warnings(client, bundle):
+    user = _warm_user(bundle)
+    plain = client.get(f"/v1/users/{user}/recommendations", params={"k": 10}).json()
+    assert plain["warnings"] == []
+    odd = client.get(f"/v1/users/{user}/recommendations", params={"k": 10, "device": 97}).json()
+    assert len(odd["warnings"]) == 1 and odd["warnings"][0].startswith("device=97 is a code the model's data never")
+    ranked = [[i["article_id"] for i in r["items"] if i["sources"] != ["explore"]] for r in (odd, plain)]
+    assert ranked[0] == ranked[1]  # as not sent (explored slots are drawn at random)
+    cutoff = pd.Timestamp(client.get("/v1/models").json()["champion"]["cutoff"])
+    later = (cutoff + pd.Timedelta(days=400)).isoformat()
+    far = client.get(f"/v1/users/{user}/recommendations", params={"k": 10, "time": later}).json()
+    assert any("h after the newest data" in w for w in far["warnings"])
+    trained = client.get("/v1/models").json()["champion"]["trained_at"]
+    assert pd.Timestamp(trained).tzinfo is not None  # ISO like every other time, not epoch ms
 
 
 @pytest.mark.integration
