@@ -6,6 +6,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 import streamlit as st
+import streamlit.components.v1 as components
 
 from dashboard.data import (
     Api,
@@ -164,6 +165,11 @@ def model_page() -> None:
         c2.metric("Trained", time_text(m.get("trained_at")))
         c3.metric("Data up to", time_text(m["cutoff"]))
         c4.metric("Share of readers", f"{(models['challenger_share'] if alias == 'challenger' else 1 - models['challenger_share']):.0%}")
+        with st.expander(f"Evaluation report of v{m['version']}: every method and baseline, both protocols"):
+            try:
+                components.html(api.evaluation(alias), height=900, scrolling=True)
+            except ApiError as exc:
+                st.info(str(exc))
         metrics = pd.DataFrame(sorted(m.get("metrics", {}).items()), columns=["metric", "value"])
         if len(metrics):
             metrics["segment"] = metrics["metric"].str.split("_").str[0]

@@ -63,6 +63,16 @@ class Api:
     def models(self) -> dict[str, Any]:
         return self._get("/v1/models")
 
+    def evaluation(self, slot: str) -> str:
+        """The served model's evaluation report: one self-contained HTML page."""
+        try:
+            r = httpx.get(f"{self.base_url}/v1/models/{slot}/evaluation", timeout=self.timeout)
+        except httpx.HTTPError as exc:
+            raise ApiError(f"the API at {self.base_url} does not answer ({exc})") from exc
+        if r.status_code >= 400:
+            raise ApiError(f"{r.status_code}: {r.json().get('detail', r.text)}")
+        return r.text
+
 
 def items_frame(items: list[dict[str, Any]], with_sources: bool = False) -> pd.DataFrame:
     """API article items as a table a person reads: ages in hours/days, sources spelled out."""

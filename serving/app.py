@@ -7,6 +7,7 @@ and fought over under the GIL.
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint signatures at runtime, and the
 # query bounds (k_max) come from settings inside create_app, which string annotations cannot see.
+import asyncio
 import logging
 import math
 import time
@@ -20,7 +21,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
@@ -382,6 +383,20 @@ def create_app(
             "last_poll": _dt(int(holder.last_poll * 1000)).isoformat() if holder.last_poll else None,
             "last_error": holder.last_error,
         }
+
+    @app.get("/v1/models/{slot}/evaluation", tags=["models"], response_class=HTMLResponse,
+             summary="The served model's evaluation report (tables and plots, one self-contained page)",
+             responses={404: {"description": "no model in that slot, or its run has no report"}})
+    async def evaluation(slot: Literal["champion", "challenger"]) -> HTMLResponse:
+        model = getattr(holder.slots, slot)
+        if model is None:
+            raise HTTPException(404, f"no {slot} is served")
+        fetch = getattr(source, "report", None)
+        page = await asyncio.to_thread(fetch, model.ref) if fetch is not None else None
+        if page is None:
+            raise HTTPException(404, f"{model.ref.uri} has no evaluation report (registered before reports, "
+                                     "or its run's artifacts are gone)")
+        return HTMLResponse(page)
 
     @app.get(
         "/v1/users/{user_id}/recommendations",

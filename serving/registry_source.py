@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from serving.models import ServedModel, VersionRef
 
+# Where `newsrec register` logs the evaluation report on the version's run (pipelines.eval_report).
+REPORT_ARTIFACT = "evaluation/eval_report.html"
 # Run metrics shown beside the version in /v1/models and the dashboard (when the training run logged them).
 _INFO_METRICS = ("ndcg", "recall", "mrr", "hr", "coverage")
 
@@ -25,6 +28,7 @@ class MlflowBundleSource:
         self.model_name = model_name
         self.compile_ranker = compile_ranker
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._reports: dict[str, str] = {}  # run id -> evaluation report
 
     def resolve(self, alias: str) -> VersionRef | None:
         from mlflow.exceptions import MlflowException
@@ -55,6 +59,26 @@ class MlflowBundleSource:
         info = {**self._info(ref), "predictor": bundle.ranker.predictor,
                 "index": index_info(None, bundle.cutoff_ms, "model bundle")}
         return ServedModel(ref=ref, bundle=prepared, loaded_at=time.time(), info=info, base=bundle)
+
+    def report(self, ref: VersionRef) -> str | None:
+        """The version's evaluation report (`evaluation/eval_report.html` of its run), or None when it has none.
+        Downloaded once per run and kept (it is a few hundred KB and never changes)."""
+        if not ref.run_id:
+            return None
+        if ref.run_id not in self._reports:
+            import tempfile
+
+            from mlflow.artifacts import download_artifacts
+            from mlflow.exceptions import MlflowException
+
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    path = download_artifacts(run_id=ref.run_id, artifact_path=REPORT_ARTIFACT, dst_path=tmp,
+                                              tracking_uri=self.tracking_uri)
+                except (MlflowException, OSError):
+                    return None
+                self._reports[ref.run_id] = Path(path).read_text(encoding="utf-8")
+        return self._reports[ref.run_id]
 
     def _info(self, ref: VersionRef) -> dict[str, Any]:
         """When the version was trained and its offline metrics, for people deciding whether to trust it."""

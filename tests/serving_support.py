@@ -100,7 +100,11 @@ def register_versions(bundle_dir: Path, tracking_uri: str, artifact_root: Path, 
 
     use_tracking({"tracking_uri": tracking_uri, "artifact_root": str(artifact_root), "experiment": "serving-tests"})
     metrics = {"all": {"ndcg@10": 0.3}, "warm": {"ndcg@10": 0.35}, "cold": {"ndcg@10": 0.2}}
-    versions = [register(bundle_dir, metrics, "test", model_name, alias) for alias in aliases]
+    report = Path(artifact_root) / "eval_report.html"  # what `newsrec register` logs beside eval.json
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text("<!doctype html><html><body><h1>newsrec evaluation</h1></body></html>\n")
+    versions = [register(bundle_dir, metrics, "test", model_name, alias, run_artifacts=[report])
+                for alias in aliases]
     mlflow.set_tracking_uri(tracking_uri)
     return versions
 

@@ -141,6 +141,8 @@ def test_model_and_pipeline_page(dashboard_env):
     assert labels["Hours landed"] == "24" and labels["Hours quarantined"] == "0"
     assert labels["Drift detected"] == "1 of 4 columns"
     assert len(_charts(at)) >= 3  # metrics of both versions, clicks per validated hour
+    assert [e.label for e in at.expander][:2] == [f"Evaluation report of v{v}: every method and baseline, both "
+                                                  "protocols" for v in (1, 2)]
 
 
 @pytest.mark.integration

@@ -66,6 +66,14 @@ def test_health_ready_and_models(client, serving_registry):
 
 
 @pytest.mark.integration
+def test_the_served_models_evaluation_reports(client):
+    page = client.get("/v1/models/champion/evaluation")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<h1>newsrec evaluation</h1>" in page.text
+    assert client.get("/v1/models/challenger/evaluation").status_code == 200
+    assert client.get("/v1/models/nobody/evaluation").status_code == 422
+
+
 def test_user_listing(client, bundle):
     counts = bundle.history.groupby("user_id").size()
     active = client.get("/v1/users", params={"n": 3}).json()
