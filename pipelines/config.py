@@ -5,8 +5,9 @@ one environment variable per key, Airflow-style: `NEWSREC__SERVE__REDIS_URL=redi
 `serve.redis_url`. Only keys that params.yaml already has can be overridden, so a typo fails loudly instead
 of being ignored, and each value is read as the type of the default it replaces (coerce_override), so a
 wrong one fails at startup naming the variable: a string is taken as written (`newsrec:recent:` is no YAML
-mapping), a number must be one (`CHALLENGER_SHARE=yes` is refused), a bool is `true` or `false`, a list or
-mapping is YAML of that shape; `null` unsets a key whose default is null or a string (a URI, a path). `dvc repro` does not
+mapping), a number must be one (`CHALLENGER_SHARE=yes` is refused), a bool is `true` or `false`, a list is
+YAML or comma-separated items, a mapping YAML; `null` unsets a key whose default is null or a string (a URI,
+a path). `dvc repro` does not
 see these variables: reproducible runs use params.yaml (or `dvc exp run -S`).
 """
 
@@ -90,15 +91,41 @@ def coerce_override(name: str, raw: str, default: Any) -> Any:
         return value
     if isinstance(default, str):
         return raw
-    if isinstance(default, list | dict):
+    if isinstance(default, list) and not text.startswith("["):
+        # Comma-separated items, as deployments hand lists over (terraform joins alert recipients with ",").
+        value: Any = [item.strip() for item in raw.split(",") if item.strip()]
+    elif isinstance(default, list | dict):
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
             raise refuse(f"must be {_type_name(default)}: {' '.join(str(e).split())}") from None
         if not isinstance(value, type(default)):
-            raise refuse(f"must be {_type_name(default)}")
-        return value
-    raise refuse(f"a key of type {type(default).__name__} cannot be overridden")
+            raise refuse(f"must be {_type_name(default)}"
+                         + (" or comma-separated items" if isinstance(default, list) else ""))
+    else:
+        raise refuse(f"a key of type {type(default).__name__} cannot be overridden")
+    if isinstance(default, list) and default:
+        return [_list_item(refuse, item, default[0]) for item in value]
+    return value
+
+
+def _list_item(refuse: Any, item: Any, example: Any) -> Any:
+    """One item of a list override, of the kind of the default's first item: a number, a string, else as is."""
+    if isinstance(example, int | float) and not isinstance(example, bool):
+        if isinstance(item, bool) or not isinstance(item, int | float | str):
+            raise refuse(f"items must be numbers, got {item!r}")
+        try:
+            number = float(item)
+        except ValueError:
+            raise refuse(f"items must be numbers, got {item!r}") from None
+        if not math.isfinite(number):
+            raise refuse(f"items must be finite numbers, got {item!r}")
+        return number if isinstance(item, float) or not number.is_integer() else int(number)
+    if isinstance(example, str):
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            raise refuse(f"items must be strings, got {item!r}")
+        return str(item)
+    return item
 
 
 def apply_env_overrides(params: dict[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:

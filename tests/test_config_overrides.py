@@ -37,7 +37,9 @@ def test_values_are_read_as_the_type_of_their_default():
     ("NEWSREC__SERVE__PORT", "80.5", "must be an integer"),
     ("NEWSREC__SERVE__PORT", "true", "must be an integer"),
     ("NEWSREC__SERVE__HOURLY_INDEX", "yes", "must be true or false"),
-    ("NEWSREC__SERVE__EXPLORE_PRIOR", "{a: 1}", "must be a YAML list"),
+    ("NEWSREC__SERVE__EXPLORE_PRIOR", "{a: 1}", "items must be numbers"),
+    ("NEWSREC__SERVE__EXPLORE_PRIOR", "[1, yes]", "items must be numbers"),
+    ("NEWSREC__SERVE__EXPLORE_PRIOR", "1,x", "items must be numbers"),
     ("NEWSREC__SERVE__REDIS_URL", "{a: 1}", "single value"),
 ])
 def test_a_value_of_the_wrong_type_fails_naming_the_variable(name, value, words):
@@ -48,6 +50,14 @@ def test_a_value_of_the_wrong_type_fails_naming_the_variable(name, value, words)
     with pytest.raises(OverrideError, match=name) as e:
         apply_env_overrides(PARAMS, {name: value})
     assert words in str(e.value)
+
+
+def test_a_list_is_yaml_or_comma_separated_items():
+    params = {"alerts": {"to": ["mlops@localhost"]}, "serve": {"explore_prior": [1, 20]}}
+    env = {"NEWSREC__ALERTS__TO": "a@example.org, b@example.org", "NEWSREC__SERVE__EXPLORE_PRIOR": "2, 0.5"}
+    out = apply_env_overrides(params, env)
+    assert out["alerts"]["to"] == ["a@example.org", "b@example.org"] and out["serve"]["explore_prior"] == [2, 0.5]
+    assert apply_env_overrides(params, {"NEWSREC__ALERTS__TO": "[x@example.org]"})["alerts"]["to"] == ["x@example.org"]
 
 
 def test_the_service_fails_at_startup_on_a_bad_override(monkeypatch):
