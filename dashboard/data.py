@@ -6,7 +6,8 @@ Kept apart from the Streamlit script so it is testable without a browser and the
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ SOURCE_NAMES = {"emb": "similar to what they read", "cocl": "read together with 
                 "pop": "popular", "trend": "trending now", "explore": "new story given a try (exploration)"}
 
 
+API_KEY_ENV = "NEWSREC_DASHBOARD_API_KEY"
+
+
 class ApiError(RuntimeError):
     """The API answered with an error (its message is what the user should see)."""
 
@@ -30,11 +34,17 @@ class Api:
 
     base_url: str
     timeout: float = 10.0
+    # The API key when its serve.auth is on: one of the API's keys, from environment variable API_KEY_ENV.
+    api_key: str | None = field(default_factory=lambda: os.environ.get(API_KEY_ENV) or None)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def _get(self, path: str, **params: Any) -> Any:
         try:
             r = httpx.get(f"{self.base_url}{path}", params={k: v for k, v in params.items() if v is not None},
-                          timeout=self.timeout)
+                          timeout=self.timeout, headers=self.headers)
         except httpx.HTTPError as exc:
             raise ApiError(f"the API at {self.base_url} does not answer ({exc}); start it with `make serve`") from exc
         if r.status_code >= 400:
@@ -66,7 +76,7 @@ class Api:
     def evaluation(self, slot: str) -> str:
         """The served model's evaluation report: one self-contained HTML page."""
         try:
-            r = httpx.get(f"{self.base_url}/v1/models/{slot}/evaluation", timeout=self.timeout)
+            r = httpx.get(f"{self.base_url}/v1/models/{slot}/evaluation", timeout=self.timeout, headers=self.headers)
         except httpx.HTTPError as exc:
             raise ApiError(f"the API at {self.base_url} does not answer ({exc})") from exc
         if r.status_code >= 400:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -27,6 +27,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from serving import recommend as rec
 from serving.ab import CHALLENGER, CHAMPION, assign_variant
+from serving.access import Access, read_keys
 from serving.docs import add_offline_docs
 from serving.eventlog import JsonLinesLog
 from serving.explore import Explorer, make_explore_stats
@@ -286,6 +287,8 @@ def create_app(
         from serving.index_source import FolderIndexSource
 
         index_source = FolderIndexSource(settings.index_dir, settings.compile_ranker)
+    access = Access(settings.auth, read_keys(settings.api_keys_env), settings.rate_limit_per_minute,
+                    settings.redis_url, settings.state_prefix)
     holder = ModelHolder(source, settings.champion_alias, settings.challenger_alias, on_swap=on_swap,
                          index_source=index_source)
     impressions = clicks = None
@@ -347,6 +350,11 @@ def create_app(
             raise HTTPException(404, f"article {article_id} is not in the catalogue of "
                                      f"{model.ref.name} version {model.ref.version}")
 
+    # /v1: every request counts against its client's rate limit; personal data, writes and the models' details
+    # also need an API key when serve.auth is on (serving/access.py)
+    limited = [Depends(access.limit)]
+    keyed = [Depends(access.limit), Depends(access.require_key)]
+
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -372,7 +380,8 @@ def create_app(
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models", tags=["models"], summary="The model versions in service and what they were trained on")
+    @app.get("/v1/models", dependencies=keyed, tags=["models"],
+             summary="The model versions in service and what they were trained on")
     async def models() -> dict[str, Any]:
         slots = holder.slots
         return {
@@ -384,7 +393,7 @@ def create_app(
             "last_error": holder.last_error,
         }
 
-    @app.get("/v1/models/{slot}/evaluation", tags=["models"], response_class=HTMLResponse,
+    @app.get("/v1/models/{slot}/evaluation", dependencies=keyed, tags=["models"], response_class=HTMLResponse,
              summary="The served model's evaluation report (tables and plots, one self-contained page)",
              responses={404: {"description": "no model in that slot, or its run has no report"}})
     async def evaluation(slot: Literal["champion", "challenger"]) -> HTMLResponse:
@@ -400,6 +409,7 @@ def create_app(
 
     @app.get(
         "/v1/users/{user_id}/recommendations",
+        dependencies=keyed,
         tags=["recommendations"],
         summary="Top-k articles for a user (unknown users get the cold-start path)",
         response_model=Recommendations,
@@ -469,6 +479,7 @@ def create_app(
 
     @app.get(
         "/v1/articles/{article_id}",
+        dependencies=limited,
         tags=["articles"],
         summary="One article's details",
         response_model=ArticleOut,
@@ -484,6 +495,7 @@ def create_app(
 
     @app.get(
         "/v1/articles/{article_id}/similar",
+        dependencies=limited,
         tags=["articles"],
         summary="Articles nearest by embedding, and most co-read in sessions",
         response_model=Similar,
@@ -505,6 +517,7 @@ def create_app(
 
     @app.get(
         "/v1/users",
+        dependencies=keyed,
         tags=["recommendations"],
         summary="Users the model has history for: the most active, or a random sample",
         responses={503: {"description": "no model loaded yet"}},
@@ -518,6 +531,7 @@ def create_app(
 
     @app.get(
         "/v1/users/{user_id}/history",
+        dependencies=keyed,
         tags=["recommendations"],
         summary="A user's most recent reads: the model's history plus clicks posted since",
         response_model=UserHistory,
@@ -533,6 +547,7 @@ def create_app(
 
     @app.post(
         "/v1/events",
+        dependencies=keyed,
         tags=["events"],
         summary="Record a click; the user's next recommendations reflect it",
         status_code=202,

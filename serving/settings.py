@@ -41,6 +41,9 @@ class Settings:
     explore_fresh_hours: float
     explore_prior: tuple[float, float]
     max_body_bytes: int
+    auth: bool
+    api_keys_env: str
+    rate_limit_per_minute: int
     index_dir: Path | None = None  # where hourly serving indexes are published (params data.root + refresh)
 
     def __post_init__(self) -> None:

@@ -123,9 +123,13 @@ resource "aws_ecs_task_definition" "api" {
       environment = [
         { name = "NEWSREC__MLFLOW__TRACKING_URI", value = local.mlflow_url },
         { name = "NEWSREC__SERVE__CLOCK", value = "wall" },
+        # facing the internet: keys for personal data and writes, and a per-client rate limit
+        { name = "NEWSREC__SERVE__AUTH", value = "true" },
+        { name = "NEWSREC__SERVE__RATE_LIMIT_PER_MINUTE", value = "6000" },
       ]
       secrets = [
         { name = "NEWSREC__SERVE__REDIS_URL", valueFrom = aws_secretsmanager_secret.redis_url.arn },
+        { name = "NEWSREC_API_KEYS", valueFrom = aws_secretsmanager_secret.api_keys.arn },
       ]
       mountPoints = [
         { sourceVolume = "logs", containerPath = "/app/logs" },
@@ -211,6 +215,9 @@ resource "aws_ecs_task_definition" "dashboard" {
       # The dashboard is a client of the API, through the same HTTPS endpoint the readers use.
       { name = "NEWSREC__DASHBOARD__API_URL", value = "https://api.${var.domain_name}" },
       { name = "HOME", value = "/tmp" },
+    ]
+    secrets = [
+      { name = "NEWSREC_DASHBOARD_API_KEY", valueFrom = aws_secretsmanager_secret.dashboard_api_key.arn },
     ]
     mountPoints = [{ sourceVolume = "tmp", containerPath = "/tmp" }]
     healthCheck = {

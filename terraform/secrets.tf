@@ -17,3 +17,37 @@ resource "aws_secretsmanager_secret_version" "redis_url" {
   secret_id     = aws_secretsmanager_secret.redis_url.id
   secret_string = "rediss://:${random_password.redis_auth.result}@${aws_elasticache_replication_group.state.primary_endpoint_address}:6379/0"
 }
+
+# The API's keys (serve.auth): one for the site's backend, one for the dashboard. Rotate by adding a key, moving
+# the clients to it, then removing the old one (the API accepts every key in the list).
+resource "random_password" "api_key" {
+  for_each = toset(["site", "dashboard"])
+  length   = 40
+  special  = false
+}
+
+resource "aws_secretsmanager_secret" "api_keys" {
+  #checkov:skip=CKV2_AWS_57:API keys rotate by the add-move-remove runbook above, not a rotation Lambda.
+  name                    = "${local.name}/api-keys"
+  description             = "comma-separated API keys the recommendation API accepts (serve.auth)"
+  kms_key_id              = aws_kms_key.main.arn
+  recovery_window_in_days = 7
+}
+
+resource "aws_secretsmanager_secret_version" "api_keys" {
+  secret_id     = aws_secretsmanager_secret.api_keys.id
+  secret_string = join(",", [for k in random_password.api_key : k.result])
+}
+
+resource "aws_secretsmanager_secret" "dashboard_api_key" {
+  #checkov:skip=CKV2_AWS_57:rotated with api_keys (see above).
+  name                    = "${local.name}/dashboard-api-key"
+  description             = "the dashboard's key for the recommendation API"
+  kms_key_id              = aws_kms_key.main.arn
+  recovery_window_in_days = 7
+}
+
+resource "aws_secretsmanager_secret_version" "dashboard_api_key" {
+  secret_id     = aws_secretsmanager_secret.dashboard_api_key.id
+  secret_string = random_password.api_key["dashboard"].result
+}

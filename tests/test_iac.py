@@ -182,8 +182,9 @@ def test_settings_handed_to_the_code_are_ones_it_reads():
     names = set(re.findall(r'\b(NEWSREC__\w+)', text))
     assert {"NEWSREC__MLFLOW__TRACKING_URI", "NEWSREC__SERVE__REDIS_URL", "NEWSREC__STORAGE__RAW_URI"} <= names
     params = load_params()
-    for name in names:
-        apply_env_overrides(params, {name: "x"})
+    literal = dict(re.findall(r'name\s*=\s*"(NEWSREC__\w+)",\s*value\s*=\s*"([^"$]*)"', text))
+    for name in names:  # the value terraform sets where it is written out, else any text (secrets, expressions)
+        apply_env_overrides(params, {name: literal.get(name, "x")})  # raises for a key params.yaml lacks
     import mlflow.cli
 
     mlflow_env = {p.envvar for p in mlflow.cli.server.params if isinstance(p.envvar, str)}

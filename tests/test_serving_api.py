@@ -476,3 +476,33 @@ def test_serve_says_at_start_when_there_is_no_champion_and_how_to_make_one(servi
     other = _settings(serving_registry, tmp_path).with_(model_name="nobody-registered-this")
     assert "has no 'champion' for model 'nobody-registered-this'" in champion_problem(other)
     assert champion_problem(_settings(serving_registry, tmp_path)) is None
+
+
+@pytest.mark.integration
+def test_personal_data_and_writes_need_a_key_and_every_client_has_a_rate_limit(serving_registry, bundle, tmp_path,
+                                                                              monkeypatch):
+    """With serve.auth on, reading a user's data, posting events and the models' details need a key; article
+    pages stay public. Every /v1 request counts against its client's limit (its key, else its address)."""
+    monkeypatch.setenv("NEWSREC_TEST_KEYS", "k-one, k-two")
+    settings = _settings(serving_registry, tmp_path, auth=True, api_keys_env="NEWSREC_TEST_KEYS",
+                         rate_limit_per_minute=12)
+    article = int(bundle.index.pool["article_id"].iloc[0])
+    user = _warm_user(bundle)
+    key = {"Authorization": "Bearer k-two"}
+    with TestClient(create_app(settings, poll=False)) as c:
+        for path in (f"/v1/users/{user}/recommendations", f"/v1/users/{user}/history", "/v1/users", "/v1/models"):
+            denied = c.get(path)
+            assert denied.status_code == 401 and "Authorization: Bearer" in denied.json()["detail"], path
+            assert c.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.post("/v1/events", json={"user_id": user, "article_id": article}).status_code == 401
+        assert c.get(f"/v1/articles/{article}").status_code == 200  # public
+        assert c.get(f"/v1/users/{user}/history", headers=key).status_code == 200
+        assert c.post("/v1/events", json={"user_id": user, "article_id": article}, headers=key).status_code == 202
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200  # never limited
+        # the key's budget: 12 a minute, 2 spent above
+        assert [c.get(f"/v1/articles/{article}", headers=key).status_code for _ in range(10)] == [200] * 10
+        over = c.get(f"/v1/users/{user}/history", headers=key)
+        assert over.status_code == 429 and over.headers["Retry-After"] == "60"
+        assert c.get(f"/v1/users/{user}/history", headers={"Authorization": "Bearer k-one"}).status_code == 200
+    with pytest.raises(ValueError, match="no API key is set"):
+        create_app(settings.with_(api_keys_env="NEWSREC_NO_SUCH_KEYS"), poll=False)
