@@ -1,8 +1,9 @@
 """`newsrec ab-report`: click-through rate per A/B variant from the service's impression and click logs.
 
 An impression is one recommendation list shown to a user; a click is attributed to the impression that
-carried its `impression_id`, or else to the user's latest impression that showed the clicked article
-within `attribution_seconds` before the click. The unit of analysis is the impression (did it get at
+carried its `impression_id` (when that impression showed the article to the same user within
+`attribution_seconds` before the click), or else to the user's latest impression that showed the clicked
+article within that window. A click on nothing served is counted nowhere. The unit of analysis is the impression (did it get at
 least one click) or the user (did they click anything shown), each a Bernoulli trial, so each variant
 gets a Wilson interval and the pair a two-proportion z-test (equivalently, a 2x2 chi-square with one
 degree of freedom: chi2 = z^2).
@@ -49,9 +50,12 @@ def attribute_clicks(impressions: pd.DataFrame, clicks: pd.DataFrame, window_ms:
     cols = ["impression_id", "article_id", "ts_ms"]
     clicks = clicks.reset_index(drop=True).rename_axis("click_no").reset_index()
 
-    # Explicit: the client echoed the impression id back; only valid if that impression showed the article.
-    tagged = clicks[clicks["impression_id"].notna()]
-    explicit = tagged.merge(shown, on=["impression_id", "user_id", "article_id"])[["click_no", *cols]]
+    # Explicit: the client echoed the impression id back; only valid if that impression showed the article to
+    # this user, and the click came within the window after it (an id replayed later, or a click claimed
+    # before the list existed, counts nowhere).
+    tagged = clicks[clicks["impression_id"].notna()].merge(shown, on=["impression_id", "user_id", "article_id"])
+    lag = tagged["ts_ms"] - tagged["shown_ms"]
+    explicit = tagged[(lag >= 0) & (lag <= window_ms)][["click_no", *cols]]
 
     # Implicit: latest earlier impression of the same user that showed the article, within the window.
     rest = clicks[~clicks["click_no"].isin(explicit["click_no"])].drop(columns="impression_id")

@@ -65,12 +65,14 @@ def test_attribution_by_id_then_by_latest_impression_in_window():
         {"user_id": 2, "article_id": 10, "ts_ms": 100_000},  # outside the 10 s window
         {"user_id": 2, "article_id": 99, "ts_ms": 2_000},  # never shown
         {"user_id": 1, "article_id": 10, "ts_ms": 500},  # before any impression
+        {"user_id": 2, "article_id": 10, "ts_ms": 900_000, "impression_id": "c"},  # an id replayed long after
+        {"user_id": 1, "article_id": 12, "ts_ms": 1_500, "impression_id": "c"},  # not shown by that id, nor before
     ]
     got = ab.attribute_clicks(ab.load_impressions(imps), ab.load_clicks(clicks), window_ms=10_000)
     assert sorted(zip(got["impression_id"], got["article_id"])) == [("a", 11), ("b", 11), ("b", 12)]
 
     report = ab.ab_report(imps, clicks, attribution_seconds=10, confidence=0.95)
-    assert report["clicks_logged"] == 6 and report["clicks_attributed"] == 3
+    assert report["clicks_logged"] == 8 and report["clicks_attributed"] == 3
     assert report["variants"]["champion"]["ctr"] == 1.0
     assert report["variants"]["challenger"]["ctr"] == 0.0
     user_level = ab.ab_report(imps, clicks, attribution_seconds=10, confidence=0.95, unit="user")
