@@ -26,7 +26,7 @@ COMPOSE = DOCKER / "compose.yaml"
 pytestmark = pytest.mark.unit
 
 EXPECTED_SERVICES = {
-    "postgres", "redis", "s3", "s3-buckets", "mailpit", "mlflow",
+    "postgres", "redis", "redis-state", "s3", "s3-buckets", "mailpit", "mlflow",
     "airflow-init", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
     "airflow-triggerer", "airflow-worker", "api", "dashboard",
 }
@@ -405,7 +405,12 @@ def test_environment_matches_what_the_code_reads(service):
 def test_services_get_the_settings_their_code_needs():
     services = compose()["services"]
     api = _service_env(services["api"])
-    assert api["NEWSREC__SERVE__REDIS_URL"].startswith("redis://redis:")
+    # the API's state in its own bounded Redis, never in the broker's (which must not evict)
+    assert api["NEWSREC__SERVE__REDIS_URL"].startswith("redis://redis-state:")
+    state = services["redis-state"]["command"]
+    assert state[state.index("--maxmemory-policy") + 1] == "allkeys-lru" and "--maxmemory" in state
+    broker = services["redis"]["command"]
+    assert broker[broker.index("--maxmemory-policy") + 1] == "noeviction"
     assert api["NEWSREC__MLFLOW__TRACKING_URI"] == "http://mlflow:5000"
     worker = _service_env(services["airflow-worker"])
     assert worker["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
