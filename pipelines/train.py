@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -262,6 +263,8 @@ def fit_ranker(train: RankingSet, val: RankingSet, params: dict) -> Ranker:
         callbacks=[
             lgb.early_stopping(int(params["early_stopping_rounds"]), verbose=False),
             lgb.record_evaluation(evals),
+            # one line every `log_every` rounds ("[50] val's ndcg@10: 0.31"), so a long fit is not silent
+            *([lgb.log_evaluation(int(params["log_every"]))] if params.get("log_every") else []),
         ],
     )
     curve = evals["val"][f"ndcg@{eval_at}"]
@@ -317,6 +320,7 @@ def train(
     if not train_names or not val_names:
         raise ValueError(f"{split_path}: need >= 1 train snapshot and >= 1 val snapshot")
     sampling = {"max_negatives": params.get("max_negatives"), "seed": int(params["lgb"].get("seed", 0))}
+    print(f"reading {len(train_names)} train and {len(val_names)} val snapshots ...", file=sys.stderr, flush=True)
     train_set = concat_sets(
         [load_ranking_set(candidates_dir, features_dir, n, embeddings, **sampling) for n in train_names]
     )
@@ -325,6 +329,8 @@ def train(
     per_snapshot = None if cap is None else max(1, int(cap) // len(val_names))
     val_set = concat_sets([load_ranking_set(candidates_dir, features_dir, n, embeddings, max_queries=per_snapshot,
                                             seed=sampling["seed"]) for n in val_names])
+    print(f"training on {train_set.n_queries} queries ({len(train_set.y)} rows), early stopping on "
+          f"{val_set.n_queries} ...", file=sys.stderr, flush=True)
     ranker = fit_ranker(train_set, val_set, params)
     ranker.meta["train_snapshots"] = train_names
     return ranker
@@ -363,8 +369,6 @@ def log_run(ranker: Ranker, out_dir: Path, params: dict, mlflow_params: dict, ru
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys
-
     from pipelines.config import load_params
 
     parser = argparse.ArgumentParser(prog="newsrec train", description=__doc__.splitlines()[0])

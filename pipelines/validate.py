@@ -1389,6 +1389,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_gx()
     settings = Settings.from_params(cfg)
     root = Path(args.data_root)
+    # Great Expectations takes 10-16 s to start before the first hour's line: say so instead of going quiet
+    print("validating with Great Expectations (its start-up takes 10-16 s) ...", file=sys.stderr, flush=True)
     print(f"{'hour':<4}  {'rows':>8}  {'status':<11}  reason")
     try:
         if args.raw_uri:
