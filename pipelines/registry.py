@@ -49,6 +49,7 @@ CHALLENGER = "challenger"
 log = logging.getLogger("newsrec.registry")  # shown in the API's log (serving.app.configure_logging)
 HISTORY_TAG = "champion_history"
 WINDOW_TAG = "test_window"
+REFUSED_TAG = "gate_refused"  # on a version the promotion gate refused: why
 # Version tags holding the test metrics a promotion compares: test.<segment>.<metric>.
 SEGMENTS = ("all", "warm", "cold")
 
@@ -331,7 +332,8 @@ def _unusable_metrics(versions: Sequence[Any], metric: str) -> list[str]:
 
 
 def promote(client, model_name: str, metric: str, min_gain: float, cold_tolerance: float) -> Decision:
-    """Move `champion` to `challenger` if it wins on the same test window; otherwise say why and change nothing."""
+    """Move `champion` to `challenger` if it wins on the same test window; otherwise say why, tag the version
+    with the reason (`gate_refused`) and remove its `challenger` alias, so no reader is sent to it."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -345,6 +347,11 @@ def promote(client, model_name: str, metric: str, min_gain: float, cold_toleranc
     history = _history(client, model_name)
 
     def decide(ok: bool, reason: str) -> Decision:
+        if not ok and (champ is None or str(champ.version) != str(chal.version)):
+            # A refused version is no challenger: without the alias the A/B split sends it no reader (it got
+            # serve.challenger_share of them until the next registration). The version keeps why.
+            client.delete_registered_model_alias(model_name, CHALLENGER)
+            client.set_model_version_tag(model_name, str(chal.version), REFUSED_TAG, reason)
         return Decision(ok, reason, str(chal.version), str(champ.version) if champ else None)
 
     unusable = _unusable_metrics([chal] if champ is None else [chal, champ], metric)

@@ -141,6 +141,9 @@ def test_promote_refuses_a_worse_challenger_and_says_why(client):
     assert not decision.promoted
     assert "does not beat champion v1" in decision.reason and "0.2900" in decision.reason
     assert _champion(client) == "1"
+    # a refused version gets no A/B readers: its challenger alias is gone, the reason stays on it
+    assert R.aliases(client, NAME).get("challenger") is None
+    assert "does not beat" in client.get_model_version(NAME, "2").tags[R.REFUSED_TAG]
 
 
 def test_promote_refuses_a_cold_user_regression(client):
