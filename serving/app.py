@@ -371,6 +371,8 @@ def create_app(
         body = {
             "status": "not ready" if reasons else "ready",
             "reasons": reasons,
+            # what the last poll could not do (a version that failed to load, artifacts gone): still serving
+            "warnings": holder.last_errors,
             "champion": slots.champion.ref.version if slots.champion else None,
             "challenger": slots.challenger.ref.version if slots.challenger else None,
         }

@@ -100,6 +100,7 @@ class ModelHolder:
         self.aliases = {"champion": champion_alias, "challenger": challenger_alias}
         self.slots = Slots()
         self.last_error: str | None = None
+        self.last_errors: list[str] = []  # the last poll's problems, one each (last_error joins them)
         self.last_poll: float | None = None
         self._on_swap = on_swap
         self._refresh_lock = threading.Lock()
@@ -147,6 +148,10 @@ class ModelHolder:
                     new[slot], changed = None, True
                 continue
             if held is not None and held.ref == ref:
+                check = getattr(self.source, "check", None)  # can the served version still be loaded?
+                problem = check(ref) if check is not None else None
+                if problem:
+                    errors.append(problem)
                 continue
             other = new["champion" if slot == "challenger" else "challenger"]
             if other is not None and other.ref == ref:
@@ -169,6 +174,7 @@ class ModelHolder:
                 if combined[id(model)] is not model:
                     new[slot], changed = combined[id(model)], True
         self.last_poll = time.time()
+        self.last_errors = errors
         self.last_error = "; ".join(errors) or None
         if changed:
             self.slots = Slots(**new)  # the one atomic swap

@@ -60,6 +60,20 @@ class MlflowBundleSource:
                 "index": index_info(None, bundle.cutoff_ms, "model bundle")}
         return ServedModel(ref=ref, bundle=prepared, loaded_at=time.time(), info=info, base=bundle)
 
+    def check(self, ref: VersionRef) -> str | None:
+        """Why `ref` could not be loaded again (its artifacts are gone), or None when they are there. The served
+        copy keeps answering from memory, but a restart or a new replica would have nothing to load."""
+        from mlflow.artifacts import list_artifacts
+        from mlflow.exceptions import MlflowException
+
+        try:
+            uri = self.client.get_model_version_download_uri(ref.name, ref.version)
+            present = any(Path(a.path).name == "MLmodel" for a in list_artifacts(artifact_uri=uri))
+        except (MlflowException, OSError) as exc:
+            return f"artifacts of {ref.uri} cannot be listed ({exc}): a restart could not load it"
+        return None if present else (f"artifacts of {ref.uri} are gone from {uri}: served from memory, but a "
+                                     "restart or a new replica could not load it")
+
     def report(self, ref: VersionRef) -> str | None:
         """The version's evaluation report (`evaluation/eval_report.html` of its run), or None when it has none.
         Downloaded once per run and kept (it is a few hundred KB and never changes)."""

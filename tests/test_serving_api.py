@@ -506,3 +506,25 @@ def test_personal_data_and_writes_need_a_key_and_every_client_has_a_rate_limit(s
         assert c.get(f"/v1/users/{user}/history", headers={"Authorization": "Bearer k-one"}).status_code == 200
     with pytest.raises(ValueError, match="no API key is set"):
         create_app(settings.with_(api_keys_env="NEWSREC_NO_SUCH_KEYS"), poll=False)
+
+
+@pytest.mark.integration
+def test_artifacts_deleted_under_a_served_model_are_reported_and_serving_goes_on(serving_bundle, bundle, tmp_path):
+    import shutil
+
+    from mlflow import MlflowClient
+    from serving_support import register_versions
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    register_versions(serving_bundle, uri, tmp_path / "mlartifacts", MODEL, ["champion"])
+    settings = _settings({"tracking_uri": uri}, tmp_path)
+    with TestClient(create_app(settings, poll=False)) as c:
+        assert c.get("/readyz").json()["warnings"] == []
+        where = MlflowClient(uri, uri).get_model_version_download_uri(MODEL, "1")
+        shutil.rmtree(where.removeprefix("file://"))
+        c.app.state.holder.refresh()
+        ready = c.get("/readyz")
+        assert ready.status_code == 200  # it still serves, from memory ...
+        assert any("models:/newsrec-ranker/1 are gone" in w and "restart" in w for w in ready.json()["warnings"])
+        assert "are gone" in c.get("/v1/models").json()["last_error"]  # ... and says a restart could not load it
+        assert c.get(f"/v1/users/{_warm_user(bundle)}/recommendations").status_code == 200
