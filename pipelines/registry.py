@@ -49,6 +49,7 @@ CHALLENGER = "challenger"
 log = logging.getLogger("newsrec.registry")  # shown in the API's log (serving.app.configure_logging)
 HISTORY_TAG = "champion_history"
 WINDOW_TAG = "test_window"
+EXPERIMENTS_SUFFIX = "-experiments"  # where `dvc exp run` registers: apart from the live model's aliases
 REFUSED_TAG = "gate_refused"  # on a version the promotion gate refused: why
 # Version tags holding the test metrics a promotion compares: test.<segment>.<metric>.
 SEGMENTS = ("all", "warm", "cold")
@@ -237,11 +238,12 @@ def register(
     test_metrics: dict[str, dict[str, float]],
     test_window: str,
     model_name: str,
-    alias: str,
+    alias: str | None,
     run_id: str | None = None,
     run_artifacts: list[Path] | None = None,
 ) -> str:
-    """Log the pyfunc with its bundle (in the training run when it still exists), register it, alias it.
+    """Log the pyfunc with its bundle (in the training run when it still exists), register it, alias it (when
+    `alias` is given: an experiment's version gets none).
 
     `test_metrics` is {segment: {metric: value}} of the reranker on the test window `test_window`;
     both are stored as version tags so a later `promote` compares like with like. Returns the version.
@@ -279,7 +281,8 @@ def register(
     for seg, values in test_metrics.items():
         for metric, value in values.items():
             client.set_model_version_tag(model_name, version, metric_tag(seg, metric), repr(float(value)))
-    client.set_registered_model_alias(model_name, alias, version)
+    if alias:
+        client.set_registered_model_alias(model_name, alias, version)
     return version
 
 
@@ -485,17 +488,23 @@ def run_register(args: argparse.Namespace) -> dict:
     run_id = json.loads(run_file.read_text())["run_id"] if run_file.exists() else None
     use_tracking(mlflow_params)
     report = Path(args.eval).with_name("eval_report.html")  # written beside eval.json by `newsrec evaluate`
-    version = register(bundle, metrics, window, params["model_name"], params["alias"], run_id,
+    # An experiment (`dvc exp run` names it in DVC_EXP_NAME) never reaches the live registry's aliases: it is
+    # registered under <model_name>-experiments, without an alias, and not gated.
+    experiment = os.environ.get("DVC_EXP_NAME")
+    name = f"{params['model_name']}{EXPERIMENTS_SUFFIX}" if experiment else params["model_name"]
+    version = register(bundle, metrics, window, name, None if experiment else params["alias"], run_id,
                        [Path(args.eval), Path(args.eval_table), *([report] if report.exists() else [])])
-    describe(params["model_name"], version, window, results, Path(args.ranker), args.params, root)
-    out = {"model_name": params["model_name"], "version": version, "test_window": window,
-           "metrics": metrics["all"]}
-    if params["auto_promote"]:
+    describe(name, version, window, results, Path(args.ranker), args.params, root)
+    out = {"model_name": name, "version": version, "test_window": window, "metrics": metrics["all"]}
+    if experiment:
+        MlflowClient().set_model_version_tag(name, version, "dvc_experiment", experiment)
+        out["experiment"] = experiment
+    elif params["auto_promote"]:
         gate = load_params("promote", args.params)
         decision = promote(MlflowClient(), params["model_name"], gate["metric"], float(gate["min_gain"]),
                            float(gate["cold_tolerance"]))
         out["promotion"] = {"promoted": decision.promoted, "reason": decision.reason}
-    out["aliases"] = aliases(MlflowClient(), params["model_name"])
+    out["aliases"] = aliases(MlflowClient(), name)
     return out
 
 

@@ -60,3 +60,16 @@ def test_dvc_repro_runs_the_whole_flow_on_the_tiny_profile(tmp_path):
     status = subprocess.run([str(bin_dir / "dvc"), "status", "--json"], cwd=repo, env=env, capture_output=True,
                             text=True, check=True)
     assert json.loads(status.stdout or "{}") == {}, status.stdout  # nothing left to reproduce
+
+    # an experiment registers apart from the live model: its aliases (what the API serves) do not move
+    exp = subprocess.run([str(bin_dir / "dvc"), "exp", "run", "-S", "train.lgb.num_leaves=15"], cwd=repo, env=env,
+                         capture_output=True, text=True, check=False)
+    assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
+    from mlflow import MlflowClient
+
+    from pipelines.registry import aliases
+
+    client = MlflowClient(env["NEWSREC__MLFLOW__TRACKING_URI"], env["NEWSREC__MLFLOW__TRACKING_URI"])
+    assert aliases(client, "newsrec-ranker") == registered["aliases"]
+    (tried,) = client.search_model_versions("name='newsrec-ranker-experiments'")
+    assert tried.tags["dvc_experiment"] and not tried.aliases
