@@ -47,7 +47,7 @@ _META = "bundle.json"
 _HISTORY = "history.parquet"
 # Raised whenever what the bundle holds, or what the code expects of it, changes: a model registered by
 # other code is refused with a clear message instead of failing on a missing key mid-request.
-BUNDLE_FORMAT = 2
+BUNDLE_FORMAT = 3  # 3: feature tables hold the last clicks before the newest and the derived article shares
 
 
 # --------------------------------------------------------------------------------------------- bundle

@@ -37,7 +37,7 @@ from pipelines import columns as C
 from pipelines.fileio import atomic_write
 
 # Raised whenever what an index holds, or what the code expects of it, changes.
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: feature tables hold the last clicks before the newest and the derived article shares
 CURRENT = "CURRENT.json"
 META = "index.json"
 PARTS = {"index": "index", "features": "features", "history": "history.parquet",
