@@ -35,8 +35,12 @@ USER_FEATURES = [
     "u_referrer",
     "u_region",
 ]
-# Kept in the user table for pair features, not fed to the model as such.
-USER_KEYS = ["u_last_article", "u_last_category"]
+# A news reader follows a few threads at once: the pair features compare a candidate with each of the user's
+# last RECENT_CLICKS clicks (a profile mean blurs them, the last click alone forgets the others).
+RECENT_CLICKS = 5
+# Kept in the user table for pair features, not fed to the model as such: the last click, then the ones
+# before it (u_prev_article_1 = the second newest; -1 where the user has fewer clicks).
+USER_KEYS = ["u_last_article", "u_last_category"] + [f"u_prev_article_{i}" for i in range(1, RECENT_CLICKS)]
 
 ARTICLE_FEATURES = [
     "a_age_h",
@@ -50,6 +54,12 @@ ARTICLE_FEATURES = [
     "a_category",
     "a_words",
     "a_cat_clicks_24h",
+    "a_share_1h",
+    "a_share_6h",
+    "a_rank_6h",
+    "a_velocity",
+    "a_cat_share_1h",
+    "a_cat_share_6h",
 ]
 CONTEXT_FEATURES = ["c_hour_of_day", "c_device", "c_os", "c_referrer", "c_region", "c_environment"]
 PAIR_FEATURES = [
@@ -59,6 +69,12 @@ PAIR_FEATURES = [
     "ua_last_cat_match",
     "ua_age_vs_habit",
     "c_device_habit",
+    "ua_recent_sim_max",
+    "ua_recent_sim_mean",
+    "ua_recent_cat_share",
+    "ua_new_since_visit",
+    "ua_cat_mix_1h",
+    "ua_cat_mix_6h",
 ]
 # Each candidate source's score and rank, plus the fused score (pipelines.candidates writes them).
 SOURCE_FEATURES = [f(s) for s in C.CANDIDATE_SOURCES for f in (C.score_col, C.rank_col)] + [C.score_col(C.FUSED)]
@@ -331,6 +347,8 @@ def fit_user_tables(
         "u_last_article": article[last],
         "u_last_category": category[last],
     }
+    for i in range(1, RECENT_CLICKS):
+        columns[f"u_prev_article_{i}"] = np.where(last - i >= starts, article[np.maximum(last - i, 0)], -1)
     for name, col in _HABITS.items():
         columns[name] = _mode(user, h[col].to_numpy(np.int64)[order]) if col in h.columns else np.full(len(starts), -1)
     users = pd.DataFrame({c: columns[c] for c in USER_FEATURES + USER_KEYS}, index=pd.Index(user[starts], name=C.USER_ID))
@@ -355,8 +373,6 @@ def fit_article_table(history: pd.DataFrame, articles: pd.DataFrame, cutoff_ms: 
         table[f"a_clicks_{hours}h"] = clicks_since(hours).reindex(table.index, fill_value=0)
     table["a_clicks_all"] = by_article.value_counts().reindex(table.index, fill_value=0)
     table["a_users_24h"] = recent.groupby(C.CLICK_ARTICLE_ID)[C.USER_ID].nunique().reindex(table.index, fill_value=0)
-    # Hourly rate now vs the day's average: rising stories score above 1.
-    table["a_trend"] = table["a_clicks_1h"] / (table["a_clicks_24h"] / 24.0 + 1.0)
     table["a_hours_since_last_click"] = (cutoff_ms - ts.groupby(by_article).max()).reindex(table.index) / C.HOUR_MS
     table["a_category"] = available[C.CATEGORY_ID]
     table["a_words"] = available[C.WORDS_COUNT]
@@ -365,7 +381,30 @@ def fit_article_table(history: pd.DataFrame, articles: pd.DataFrame, cutoff_ms: 
     for col in ("a_clicks_1h", "a_clicks_6h", "a_clicks_24h", "a_clicks_all", "a_users_24h", "a_cat_clicks_24h"):
         table[col] = table[col].astype("int64")
     table.index.name = C.ARTICLE_ID
-    return table[ARTICLE_FEATURES]
+    return derive_article_features(table)[ARTICLE_FEATURES]
+
+
+def derive_article_features(table: pd.DataFrame) -> pd.DataFrame:
+    """The article features computed from the table's own click counts and age (a_trend, shares, rank,
+    velocity), in place; the live refresh (serving/live.py) calls it after moving the counts.
+
+    Raw counts mean different things at 4 am and at noon, and the ranker is trained on many hours but scores
+    one: a share of the hour's clicks and a rank among all articles are comparable across hours.
+    """
+    # Hourly rate now vs the day's average: rising stories score above 1.
+    table["a_trend"] = table["a_clicks_1h"] / (table["a_clicks_24h"] / 24.0 + 1.0)
+    for hours in (1, 6):
+        counts = table[f"a_clicks_{hours}h"]
+        table[f"a_share_{hours}h"] = counts / max(float(counts.sum()), 1.0)
+        # Share within the article's category: what a reader who has picked that section reads now.
+        in_category = counts.groupby(table["a_category"]).transform("sum")
+        table[f"a_cat_share_{hours}h"] = counts / np.maximum(in_category, 1.0)
+    # The article's place in the recent_popular order (1 = most read in the last 6 h; ties share a place).
+    table["a_rank_6h"] = table["a_clicks_6h"].rank(method="min", ascending=False)
+    # Last hour's clicks against the article's lifetime hourly rate: > 1 while a story is still climbing,
+    # which a_trend (against the day's mean) cannot say of an article younger than a day.
+    table["a_velocity"] = table["a_clicks_1h"] * np.clip(table["a_age_h"], 1.0, None) / (table["a_clicks_all"] + 1.0)
+    return table
 
 
 def request_context(requests: pd.DataFrame) -> pd.DataFrame:
@@ -510,16 +549,50 @@ def feature_columns(
     share = np.where(hit >= 0, share_values[np.maximum(hit, 0)], 0.0)
     X["ua_cat_share"] = np.where(known_user, share, np.nan).astype(np.float32)
     X["ua_last_cat_match"] = np.where(known_user, (keys["u_last_category"] == category), np.nan).astype(np.float32)
+    # A reader picks a section, then a story in it: P(article) ~ P(user reads its category) x the article's
+    # share of that category's clicks now (a product no tree split can form from the two alone).
+    for hours in (1, 6):
+        X[f"ua_cat_mix_{hours}h"] = (X["ua_cat_share"] * X[f"a_cat_share_{hours}h"]).astype(np.float32)
     # How far this article's age is from the ages the user usually reads at (log scale: hours to days).
     X["ua_age_vs_habit"] = np.log1p(np.clip(X["a_age_h"], 0, None)) - np.log1p(X["u_mean_click_age_h"])
     X["c_device_habit"] = np.where(
         known_user & ~np.isnan(X["c_device"]), X["c_device"] == X["u_device"], np.nan
     ).astype(np.float32)
+    _recent_click_features(X, keys, last_rows, art_rows, tables)
 
     for col in SOURCE_FEATURES:
         X[col] = (np.asarray(candidates[col], dtype=np.float32) if col in candidates
                   else np.full(len(user_ids), np.nan, dtype=np.float32))
     return X
+
+
+def _recent_click_features(
+    X: dict[str, np.ndarray], keys: dict[str, np.ndarray], last_rows: np.ndarray, art_rows: np.ndarray,
+    tables: FeatureTables,
+) -> None:
+    """Candidate vs each of the user's last RECENT_CLICKS clicks: max and mean cosine, share of them in the
+    candidate's category; and the article's age minus the hours since the user's last click (< 0: published
+    since the user was last here). NaN for unknown users."""
+    recent = [last_rows] + [np.nan_to_num(keys[f"u_prev_article_{i}"], nan=-1).astype(np.int64)
+                            for i in range(1, RECENT_CLICKS)]
+    sims = np.column_stack([X["ua_last_sim"]] + [_rowwise_dot(tables.embeddings, r, tables.embeddings, art_rows)
+                                                 for r in recent[1:]])
+    has = ~np.isnan(sims)
+    n = has.sum(axis=1)
+    filled = np.where(has, sims, 0.0)
+    X["ua_recent_sim_max"] = np.where(n > 0, np.where(has, sims, -np.inf).max(axis=1), np.nan).astype(np.float32)
+    X["ua_recent_sim_mean"] = np.where(n > 0, filled.sum(axis=1) / np.maximum(n, 1), np.nan).astype(np.float32)
+    # The clicked articles' categories, read from the article table (every clicked article is in it).
+    category = tables.matrix("articles", ["a_category"])[:, 0]
+    same = np.zeros(len(last_rows), dtype=np.float32)
+    seen = np.zeros(len(last_rows), dtype=np.int64)
+    for rows in recent:
+        pos = tables.article_positions(rows)
+        ok = (rows >= 0) & (pos >= 0)
+        seen += ok
+        same += ok & ((category[np.maximum(pos, 0)] if len(category) else -1) == X["a_category"])
+    X["ua_recent_cat_share"] = np.where(seen > 0, same / np.maximum(seen, 1), np.nan).astype(np.float32)
+    X["ua_new_since_visit"] = (X["a_age_h"] - X["u_hours_since_last"]).astype(np.float32)
 
 
 def build_snapshot_features(

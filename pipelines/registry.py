@@ -62,7 +62,7 @@ _HISTORY = "history.npy"  # memory-mapped, as in the hourly serving index
 _LEGACY_HISTORY = "history.parquet"  # bundles registered before the history was an .npy
 # Raised whenever what the bundle holds, or what the code expects of it, changes: a model registered by
 # other code is refused with a clear message instead of failing on a missing key mid-request.
-BUNDLE_FORMAT = 2
+BUNDLE_FORMAT = 3  # 3: feature tables hold the last clicks before the newest and the derived article shares
 
 
 # --------------------------------------------------------------------------------------------- bundle

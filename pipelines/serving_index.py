@@ -41,7 +41,9 @@ from pipelines import columns as C
 from pipelines.fileio import atomic_write
 
 # Raised whenever what an index holds, or what the code expects of it, changes.
-INDEX_FORMAT = 2
+# 2: history and profiles as memory-mapped .npy; 3: feature tables also hold the last clicks before the
+# newest and the derived article shares.
+INDEX_FORMAT = 3
 CURRENT = "CURRENT.json"
 META = "index.json"
 PARTS = {"index": "index", "features": "features", "history": "history.npy",

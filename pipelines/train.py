@@ -232,6 +232,20 @@ def concat_sets(sets: list[RankingSet]) -> RankingSet:
     )
 
 
+def _lgb_setup(params: dict) -> tuple[list[str], list[str], dict]:
+    """(features, categorical features, LightGBM params) of a training configuration."""
+    features = [f for f in FEATURES if f not in params.get("exclude_features", [])]
+    categorical = [f for f in CATEGORICAL if f in features]
+    lgb_params = {
+        **params["lgb"],
+        "objective": "lambdarank",
+        "metric": "ndcg",
+        "eval_at": [int(params["eval_at"])],
+        "verbosity": -1,
+    }
+    return features, categorical, lgb_params
+
+
 def fit_ranker(train: RankingSet, val: RankingSet, params: dict) -> Ranker:
     """Train LambdaRank on `train`, early-stopping on NDCG@eval_at of `val`."""
     import lightgbm as lgb
@@ -240,16 +254,8 @@ def fit_ranker(train: RankingSet, val: RankingSet, params: dict) -> Ranker:
         raise ValueError("training set has no query with a clicked candidate: nothing to learn from")
     if val.n_queries == 0:
         raise ValueError("validation set has no query with a clicked candidate: cannot early-stop")
-    features = [f for f in FEATURES if f not in params.get("exclude_features", [])]
-    categorical = [f for f in CATEGORICAL if f in features]
+    features, categorical, lgb_params = _lgb_setup(params)
     eval_at = int(params["eval_at"])
-    lgb_params = {
-        **params["lgb"],
-        "objective": "lambdarank",
-        "metric": "ndcg",
-        "eval_at": [eval_at],
-        "verbosity": -1,
-    }
     dtrain = lgb.Dataset(train.X[features], train.y, group=train.groups, categorical_feature=categorical,
                          free_raw_data=False)
     dval = lgb.Dataset(val.X[features], val.y, group=val.groups, reference=dtrain, categorical_feature=categorical)
@@ -281,6 +287,22 @@ def fit_ranker(train: RankingSet, val: RankingSet, params: dict) -> Ranker:
     return Ranker(booster=booster, features=features, meta=meta)
 
 
+def refit_ranker(ranker: Ranker, data: RankingSet, params: dict) -> Ranker:
+    """`ranker`'s configuration trained again on `data` (the train and val snapshots together) for the number
+    of rounds early stopping chose: the val window is the newest data before the cutoff, and in news the
+    newest hours are the ones most like the next."""
+    import lightgbm as lgb
+
+    features, categorical, lgb_params = _lgb_setup(params)
+    if features != ranker.features:
+        raise ValueError(f"refit features {features} differ from the early-stopped ranker's {ranker.features}")
+    rounds = int(ranker.meta["best_iteration"])
+    dtrain = lgb.Dataset(data.X[features], data.y, group=data.groups, categorical_feature=categorical)
+    booster = lgb.train(lgb_params, dtrain, num_boost_round=rounds)
+    meta = {**ranker.meta, "refit_queries": int(data.n_queries), "refit_rows": len(data.y)}
+    return Ranker(booster=booster, features=features, meta=meta)
+
+
 def feature_importance(ranker: Ranker) -> pd.DataFrame:
     """Gain and split importance per feature, highest gain first."""
     b = ranker.booster
@@ -308,7 +330,8 @@ def load_ranking_set(
 def train(
     split_path: Path, candidates_dir: Path, features_dir: Path, data_root: Path, params: dict
 ) -> Ranker:
-    """Fit the ranker on every train snapshot, early-stopping on the val snapshot (article embeddings from
+    """Fit the ranker on every train snapshot, early-stopping on the val snapshots, then (params
+    `refit_on_val`) refit it on train and val together for the chosen rounds (article embeddings from
     `data_root`'s catalogue: the static files and the landed article drops)."""
     from pipelines.catalogue import read_catalogue
     from pipelines.features import normalise_embeddings
@@ -332,6 +355,11 @@ def train(
     print(f"training on {train_set.n_queries} queries ({len(train_set.y)} rows), early stopping on "
           f"{val_set.n_queries} ...", file=sys.stderr, flush=True)
     ranker = fit_ranker(train_set, val_set, params)
+    if params.get("refit_on_val"):
+        # Every val query, sampled like the training ones (early stopping needed whole lists, a refit does not).
+        val_train = concat_sets([load_ranking_set(candidates_dir, features_dir, n, embeddings, **sampling)
+                                 for n in val_names])
+        ranker = refit_ranker(ranker, concat_sets([train_set, val_train]), params)
     ranker.meta["train_snapshots"] = train_names
     return ranker
 

@@ -11,8 +11,8 @@ requests read, as one atomic swap per served model (`with_live`):
 - the article table's time-dependent features: `a_age_h` and `a_hours_since_last_click` move with the
   clock; `a_clicks_1h`/`6h`/`24h` are the index's count over the part of its window still inside the
   window now (assuming its clicks were spread evenly over it: the index keeps counts, not times) plus
-  the live clicks inside the window; `a_clicks_all` adds every live click; `a_trend` is recomputed from
-  them as the pipeline computes it.
+  the live clicks inside the window; `a_clicks_all` adds every live click; `a_trend`, the click shares,
+  the 6-hour rank and the velocity are recomputed from them as the pipeline computes them.
 
 The hourly refresh replaces all of this with exact values; only clicks after the new cutoff stay live.
 """
@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pipelines import columns as C
+from pipelines.features import derive_article_features
 
 MINUTE_MS = 60_000
 # Live counts older than this are never read (the widest article window is 24 h before the newest index).
@@ -154,7 +155,7 @@ def with_live(prepared: Any, live: LiveCounts, now_ms: int | None = None) -> Any
     all_clicks = table["a_clicks_all"].to_numpy().copy()
     all_clicks[rows[found]] += total[found].astype(all_clicks.dtype)
     table["a_clicks_all"] = all_clicks
-    table["a_trend"] = table["a_clicks_1h"] / (table["a_clicks_24h"] / 24.0 + 1.0)
+    derive_article_features(table)  # a_trend, shares, rank, velocity: as the pipeline derives them
     last = np.full(len(ids), -1, dtype=np.int64)
     np.maximum.at(last, pos, minute + MINUTE_MS)
     since_last = table["a_hours_since_last_click"].to_numpy(np.float64) + age_h

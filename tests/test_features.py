@@ -59,6 +59,9 @@ def test_user_table_values(history, articles):
     assert u1["u_top_cat_share"] == pytest.approx(2 / 3)
     assert u1["u_device"] == 1  # the habit is the most frequent device, not the last one
     assert u1["u_last_article"] == 3 and u1["u_last_category"] == 1
+    # the clicks before the last one, newest first; -1 where the user has no more
+    assert [u1[f"u_prev_article_{i}"] for i in range(1, F.RECENT_CLICKS)] == [2, 0, -1, -1]
+    assert users.loc[2, "u_prev_article_1"] == -1
     shares = cats.set_index([C.USER_ID, C.CATEGORY_ID])["share"]
     assert shares[(1, 1)] == pytest.approx(2 / 3) and shares[(2, 0)] == pytest.approx(1.0)
 
@@ -109,6 +112,27 @@ def test_article_table_windows_and_availability(history, articles):
     assert table.loc[0, "a_clicks_1h"] == 0 and table.loc[0, "a_clicks_6h"] == 1
     assert table.loc[1, "a_hours_since_last_click"] == pytest.approx(3.0)
     assert table.loc[0, "a_cat_clicks_24h"] == 2  # articles 0 and 1 share category 0
+    # Shares of the window's clicks and the place in the 6-hour order (ties share it).
+    assert table.loc[3, "a_share_1h"] == 1.0 and table.loc[0, "a_share_1h"] == 0.0
+    assert table["a_share_6h"].tolist() == [0.25] * 4
+    assert table["a_rank_6h"].tolist() == [1.0] * 4
+    # Velocity: last hour's clicks against the lifetime hourly rate, 1 click * 4 h / (1 click + 1).
+    assert table.loc[3, "a_velocity"] == pytest.approx(2.0) and table.loc[1, "a_velocity"] == 0.0
+
+
+@pytest.mark.unit
+def test_article_rank_and_shares_follow_the_counts(articles):
+    clicks = pd.DataFrame([_click(u, u, a, 5 * H + u * 60_000) for u, a in enumerate([2, 2, 2, 1, 1, 0])])
+    table = F.fit_article_table(clicks, articles, 6 * H)
+    assert table.loc[[2, 1, 0, 3], "a_rank_6h"].tolist() == [1.0, 2.0, 3.0, 4.0]  # article 3 unread: last
+    assert table.loc[2, "a_share_1h"] == pytest.approx(0.5)
+    assert table.loc[2, "a_cat_share_1h"] == 1.0  # the only read article of category 1
+    assert table.loc[1, "a_cat_share_1h"] == pytest.approx(2 / 3)  # category 0: articles 1 (x2) and 0 (x1)
+    # The live refresh derives the same columns from moved counts (serving/live.py).
+    moved = table.copy()
+    moved["a_clicks_6h"] = [0, 0, 0, 9]
+    F.derive_article_features(moved)
+    assert moved.loc[3, "a_rank_6h"] == 1.0 and moved.loc[2, "a_rank_6h"] == 2.0
 
 
 @pytest.mark.unit
@@ -158,8 +182,19 @@ def test_assemble_pair_features_and_cold_users(history, articles, embeddings):
     assert X.loc[1, "ua_emb_sim"] == pytest.approx(float(tables.profiles[user_row] @ embeddings[1]), rel=1e-5)
     assert X.loc[0, "c_device_habit"] == 0.0  # request on device 3, habit device 1
     assert X.loc[0, "emb_score"] == 0.5 and np.isnan(X.loc[0, "cocl_score"])
+    # User 1 read 0, 2, 3 (newest last): the candidate against each of them.
+    sims = [float(embeddings[a] @ embeddings[2]) for a in (3, 2, 0)]
+    assert X.loc[0, "ua_recent_sim_max"] == pytest.approx(max(sims), rel=1e-5)
+    assert X.loc[0, "ua_recent_sim_mean"] == pytest.approx(np.mean(sims), rel=1e-5)
+    assert X.loc[0, "ua_recent_cat_share"] == pytest.approx(2 / 3)  # 2 and 3 are in category 1
+    assert X.loc[1, "ua_recent_cat_share"] == pytest.approx(1 / 3)  # article 1: category 0, like article 0
+    # Category mix: user 1's share of category 1 (2/3) x article 2's share of category 1's clicks in 6 h (1/2).
+    assert X.loc[0, "ua_cat_mix_6h"] == pytest.approx(2 / 3 * 1 / 2)
+    # Article 2 is 5 h old, the user's last click 0.5 h ago: published before that visit.
+    assert X.loc[0, "ua_new_since_visit"] == pytest.approx(4.5)
     # An unknown user is the cold path: no user or pair features, article features still there.
-    assert X.loc[2, ["u_clicks", "ua_emb_sim", "ua_cat_share"]].isna().all()
+    assert X.loc[2, ["u_clicks", "ua_emb_sim", "ua_cat_share", "ua_recent_sim_max", "ua_recent_sim_mean",
+                     "ua_recent_cat_share", "ua_new_since_visit"]].isna().all()
     assert X.loc[2, "a_clicks_6h"] == 1
 
 

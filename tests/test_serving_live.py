@@ -57,6 +57,9 @@ def test_live_clicks_lift_an_article_in_the_trend_source_and_its_features(prepar
     assert after["a_clicks_all"] == before["a_clicks_all"] + 40
     assert after["a_hours_since_last_click"] == pytest.approx(0.0, abs=1 / 60 + 1e-9)
     assert after["a_age_h"] == pytest.approx(before["a_age_h"] + 10 / 60)
+    # the derived features follow the moved counts, as the pipeline derives them
+    assert after["a_share_1h"] > before["a_share_1h"] and after["a_rank_6h"] < before["a_rank_6h"]
+    assert after["a_trend"] == pytest.approx(after["a_clicks_1h"] / (after["a_clicks_24h"] / 24.0 + 1.0))
     # decayed exactly like the pipeline: 40 clicks minutes old with a 1-hour half-life
     pool = fresh.bundle.index.pool.set_index(C.ARTICLE_ID)[TREND]
     assert 30 < pool[quiet] <= 40 + prepared.bundle.index.pool.set_index(C.ARTICLE_ID)[TREND][quiet]

@@ -105,6 +105,22 @@ def test_ranker_learns_the_planted_signal(trained):
     assert clicked > skipped
 
 
+@pytest.mark.model
+def test_refit_on_more_queries_keeps_the_chosen_rounds_and_the_signal(trained):
+    ranker, val_cands, val_tables = trained
+    more = T.ranking_set(val_cands, val_tables)
+    refit = T.refit_ranker(ranker, more, PARAMS)
+    assert refit.booster.num_trees() == ranker.meta["best_iteration"]
+    assert refit.meta["refit_queries"] == more.n_queries and refit.features == ranker.features
+    assert T.feature_importance(refit).iloc[0]["feature"] == "ua_emb_sim"
+    scores = T.score_candidates(refit, val_cands, val_tables)
+    assert not np.allclose(scores, T.score_candidates(ranker, val_cands, val_tables))  # a new model
+    labels = val_cands[C.LABEL].to_numpy()
+    assert scores[labels == 1].mean() > scores[labels == 0].mean()
+    with pytest.raises(ValueError, match="differ"):
+        T.refit_ranker(ranker, more, {**PARAMS, "exclude_features": ["ua_emb_sim"]})
+
+
 @pytest.mark.unit
 def test_saved_ranker_scores_identically(tmp_path, trained):
     ranker, val_cands, val_tables = trained
