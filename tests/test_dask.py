@@ -14,8 +14,12 @@ import pytest
 
 from pipelines import columns as C
 from pipelines import features as F
+from pipelines import train as T
 
 ROOT = Path(__file__).resolve().parents[1]
+# Two workers train data-parallel: bins from each worker's own sample, bagging per worker, histograms summed in
+# another order, so the model is close, not equal. The tiny val set has ~130 queries (one query = 0.008 NDCG).
+NDCG_TOLERANCE = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +35,22 @@ def client():
 def work(serving_bundle) -> Path:
     """The serving fixture's work folder: split.json, candidates/, features/ of the tiny profile, data -> root."""
     return serving_bundle.parent
+
+
+@pytest.fixture(scope="module")
+def train_params() -> dict:
+    from serving_support import TRAIN_FAST
+
+    from pipelines.config import load_params
+
+    params = {**load_params("train", ROOT / "params.yaml"), **TRAIN_FAST}
+    params["lgb"] = {**params["lgb"], "num_threads": 1}
+    return params
+
+
+@pytest.fixture(scope="module")
+def single(work, train_params) -> T.Ranker:
+    return T.train(work / "split.json", work / "candidates", work / "features", work / "data", train_params)
 
 
 def _history(work: Path, role: str):
@@ -86,3 +106,35 @@ def test_features_cli_on_a_scheduler_writes_the_same_tables(client, work, tmp_pa
         pd.testing.assert_frame_equal(dask.users, one.users, check_exact=True)
         pd.testing.assert_frame_equal(dask.user_categories, one.user_categories, check_exact=True)
         assert np.array_equal(dask.profiles, one.profiles)
+
+
+@pytest.mark.integration
+def test_training_on_one_dask_worker_is_the_single_process_model(client, work, train_params, single):
+    """One partition trains on one worker: LightGBM is then serial, and every tree and setting is the single
+    process's (only the network settings differ), which also checks the params' mapping onto the estimator."""
+    ranker = T.train(work / "split.json", work / "candidates", work / "features", work / "data", train_params,
+                     client=client, partitions=1)
+
+    def model(r: T.Ranker) -> list[str]:
+        skip = ("[machines:", "[local_listen_port:", "[num_machines:", "[time_out:")
+        return [line for line in r.booster.model_to_string().splitlines() if not line.startswith(skip)]
+
+    assert model(ranker) == model(single)
+    assert ranker.meta == single.meta
+
+
+@pytest.mark.integration
+def test_training_on_two_dask_workers_is_within_tolerance(client, work, train_params, single, tmp_path):
+    ranker = T.train(work / "split.json", work / "candidates", work / "features", work / "data", train_params,
+                     client=client, partitions=2)
+    key = f"val_ndcg_at_{train_params['eval_at']}"
+    assert abs(ranker.meta[key] - single.meta[key]) <= NDCG_TOLERANCE
+    rounds = min(len(ranker.meta["val_curve"]), len(single.meta["val_curve"]))
+    gap = np.abs(np.subtract(ranker.meta["val_curve"][:rounds], single.meta["val_curve"][:rounds]))
+    assert gap.max() <= NDCG_TOLERANCE
+    assert {k: ranker.meta[k] for k in ("train_queries", "train_rows", "val_queries", "val_rows")} == \
+        {k: single.meta[k] for k in ("train_queries", "train_rows", "val_queries", "val_rows")}
+    # The same artifact: saved, loaded and scored like any ranker.
+    loaded = T.Ranker.load(ranker.save(tmp_path / "ranker"))
+    assert loaded.features == single.features
+    assert loaded.booster.num_trees() == ranker.meta["best_iteration"]
