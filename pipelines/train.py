@@ -354,19 +354,31 @@ def fit_ranker_dask(client, train_parts: list, val, params: dict) -> Ranker:
     def column(part, name):
         return getattr(part, name)
 
-    meta = client.submit(frame, val, pure=False).result().iloc[:0]
-    X = dd.from_delayed([client.submit(frame, p, pure=False) for p in train_parts], meta=meta, verify_meta=False)
-    y = da.concatenate([da.from_delayed(client.submit(column, p, "y", pure=False), (n,), np.int32)
-                        for p, (n, _, _) in zip(train_parts, sizes, strict=True)])
-    groups = da.concatenate([da.from_delayed(client.submit(column, p, "groups", pure=False), (q,), np.int64)
-                             for p, (_, q, _) in zip(train_parts, sizes, strict=True)])
-    n = len(train_parts)
-    val_X = client.submit(frame, val, pure=False)
-    val_y = client.submit(column, val, "y", pure=False)
-    val_groups = client.submit(column, val, "groups", pure=False)
-    eval_X = dd.from_delayed([val_X] * n, meta=meta, verify_meta=False)
-    eval_y = da.concatenate([da.from_delayed(val_y, (val_rows,), np.int32)] * n)
-    eval_groups = da.concatenate([da.from_delayed(val_groups, (val_queries,), np.int64)] * n)
+    def empty(part):
+        return frame(part).iloc[:0]
+
+    meta = client.submit(empty, val, pure=False).result()  # the columns and dtypes, not the rows
+    # Everything LightGBM gathers for partition k (its rows, labels, groups and the val copy) is made on the
+    # worker that holds partition k: LightGBM trains each part where the scheduler gathers it, and it gathers
+    # it where most of its bytes are (left alone, beside the one val set: a single machine trains).
+    holders = client.who_has(train_parts)
+    pieces = []
+    for part, (rows, queries, _) in zip(train_parts, sizes, strict=True):
+        where = {"workers": sorted(holders[part.key])[:1], "allow_other_workers": True, "pure": False}
+        pieces.append({
+            "X": client.submit(frame, part, **where),
+            "y": da.from_delayed(client.submit(column, part, "y", **where), (rows,), np.int32),
+            "groups": da.from_delayed(client.submit(column, part, "groups", **where), (queries,), np.int64),
+            "val_X": client.submit(frame, val, **where),
+            "val_y": da.from_delayed(client.submit(column, val, "y", **where), (val_rows,), np.int32),
+            "val_groups": da.from_delayed(client.submit(column, val, "groups", **where), (val_queries,), np.int64),
+        })
+    X = dd.from_delayed([p["X"] for p in pieces], meta=meta, verify_meta=False)
+    y = da.concatenate([p["y"] for p in pieces])
+    groups = da.concatenate([p["groups"] for p in pieces])
+    eval_X = dd.from_delayed([p["val_X"] for p in pieces], meta=meta, verify_meta=False)
+    eval_y = da.concatenate([p["val_y"] for p in pieces])
+    eval_groups = da.concatenate([p["val_groups"] for p in pieces])
 
     model = lgb.DaskLGBMRanker(client=client, **_estimator_args(lgb_params, params["num_boost_round"]))
     # LightGBM waits on its parts through distributed's current client: ours, for this block only.

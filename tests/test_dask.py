@@ -127,6 +127,8 @@ def test_training_on_one_dask_worker_is_the_single_process_model(client, work, t
 def test_training_on_two_dask_workers_is_within_tolerance(client, work, train_params, single, tmp_path):
     ranker = T.train(work / "split.json", work / "candidates", work / "features", work / "data", train_params,
                      client=client, partitions=2)
+    machines = next(line for line in ranker.booster.model_to_string().splitlines() if line.startswith("[machines:"))
+    assert len(machines.split(",")) == 2, machines  # both workers trained, each on its own partition
     key = f"val_ndcg_at_{train_params['eval_at']}"
     assert abs(ranker.meta[key] - single.meta[key]) <= NDCG_TOLERANCE
     rounds = min(len(ranker.meta["val_curve"]), len(single.meta["val_curve"]))
