@@ -425,6 +425,63 @@ def request_context(requests: pd.DataFrame) -> pd.DataFrame:
     return ctx[CONTEXT_FEATURES].astype("int64")
 
 
+def fit_user_side(
+    history: pd.DataFrame, articles: pd.DataFrame, embeddings: np.ndarray, cutoff_ms: int, half_life_h: float
+) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """(users, user_categories, profiles) of the users in `history`: every row depends on that user's clicks
+    alone, so the users may be fitted in partitions and the parts put back in user order (`merge_user_sides`)."""
+    users, user_categories = fit_user_tables(history, articles, cutoff_ms)
+    index, profiles = user_profiles(history, embeddings, cutoff_ms, half_life_h)
+    assert index.equals(users.index)
+    return users, user_categories, profiles
+
+
+def merge_user_sides(
+    parts: list[tuple[pd.DataFrame, pd.DataFrame, np.ndarray]],
+) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """`fit_user_side` of disjoint user partitions as one result, identical to fitting them together."""
+    users = pd.concat([p[0] for p in parts])
+    order = np.argsort(users.index.to_numpy(), kind="stable")
+    categories = pd.concat([p[1] for p in parts], ignore_index=True)
+    # Stable on user id: each user's categories keep the ascending order fit_user_tables gave them.
+    categories = categories.iloc[np.argsort(categories[C.USER_ID].to_numpy(), kind="stable")].reset_index(drop=True)
+    profiles = np.concatenate([p[2] for p in parts])[order]
+    return users.iloc[order], categories, profiles
+
+
+class PartitionedUserSide:
+    """`fit_user_side` on a Dask cluster: the history split into user-hash partitions, one task each, the
+    articles and the embeddings shared with the workers (the embeddings once per client), the parts merged.
+
+    Called like `fit_user_side`; `fit_tables(..., user_side=PartitionedUserSide(client, n))`.
+    """
+
+    def __init__(self, client, partitions: int) -> None:
+        self.client = client
+        self.partitions = int(partitions)
+        self._embeddings: tuple[int, object] | None = None  # (id of the array, its future on the workers)
+
+    def _shared_embeddings(self, embeddings: np.ndarray):
+        if self._embeddings is None or self._embeddings[0] != id(embeddings):
+            self._embeddings = (id(embeddings), self.client.scatter(embeddings, broadcast=True, hash=False))
+        return self._embeddings[1]
+
+    def __call__(
+        self, history: pd.DataFrame, articles: pd.DataFrame, embeddings: np.ndarray, cutoff_ms: int,
+        half_life_h: float,
+    ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+        from pipelines.cluster import user_partition
+
+        part = user_partition(history[C.USER_ID].to_numpy(), self.partitions)
+        pieces = [history[part == i] for i in range(self.partitions)]
+        pieces = [p for p in pieces if len(p)] or [history]
+        shared = self._shared_embeddings(embeddings)
+        articles_f = self.client.scatter(articles, broadcast=True, hash=False)
+        futures = self.client.map(fit_user_side, self.client.scatter(pieces, hash=False), articles=articles_f,
+                                  embeddings=shared, cutoff_ms=cutoff_ms, half_life_h=half_life_h, pure=False)
+        return merge_user_sides(self.client.gather(futures))
+
+
 def fit_tables(
     history: pd.DataFrame,
     articles: pd.DataFrame,
@@ -433,19 +490,21 @@ def fit_tables(
     params: dict,
     requests: pd.DataFrame | None = None,
     only_users: np.ndarray | None = None,
+    user_side=fit_user_side,
 ) -> FeatureTables:
     """All feature tables at `cutoff_ms` from `history` (clicks at or after the cutoff are ignored).
 
     `only_users` fits the user-side tables for those users alone (the article table always reads the whole
-    history): an hourly replay scores an hour's few hundred users, not everyone who ever clicked."""
+    history): an hourly replay scores an hour's few hundred users, not everyone who ever clicked.
+    `user_side` fits the user-side tables: `fit_user_side` in this process, or a `PartitionedUserSide`
+    on a Dask cluster (the same result)."""
     if embeddings.shape[0] < len(articles):
         raise ValueError(f"embeddings have {embeddings.shape[0]} rows for {len(articles)} articles")
     user_history = history
     if only_users is not None:
         user_history = history[history[C.USER_ID].isin(np.asarray(only_users, dtype=np.int64))]
-    users, user_categories = fit_user_tables(user_history, articles, cutoff_ms)
-    index, profiles = user_profiles(user_history, embeddings, cutoff_ms, float(params["profile_half_life_h"]))
-    assert index.equals(users.index)
+    users, user_categories, profiles = user_side(user_history, articles, embeddings, cutoff_ms,
+                                                 float(params["profile_half_life_h"]))
     return FeatureTables(
         cutoff_ms=int(cutoff_ms),
         users=users,
@@ -596,12 +655,12 @@ def _recent_click_features(
 
 
 def build_snapshot_features(
-    data_root: str | Path, snapshots: list, out_dir: str | Path, params: dict
+    data_root: str | Path, snapshots: list, out_dir: str | Path, params: dict, user_side=fit_user_side
 ) -> dict[str, Path]:
     """Fit and save the tables of every snapshot under `<out_dir>/<snapshot name>/`.
 
     Each snapshot's history is read up to its cutoff only; its target window (absent for the
-    serve snapshot) supplies the request context and nothing else.
+    serve snapshot) supplies the request context and nothing else. `user_side` as in `fit_tables`.
     """
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
     from pipelines.split import snapshot_clicks
@@ -619,7 +678,7 @@ def build_snapshot_features(
         labelled = len(target) > 0
         tables = fit_tables(
             history, articles, embeddings, snap.cutoff_ms, params, requests=target if labelled else None,
-            only_users=target[C.USER_ID].unique() if labelled else None,
+            only_users=target[C.USER_ID].unique() if labelled else None, user_side=user_side,
         )
         written[snap.name] = tables.save(Path(out_dir) / snap.name)
     return written
@@ -628,6 +687,7 @@ def build_snapshot_features(
 def main(argv: list[str] | None = None) -> int:
     import sys
 
+    from pipelines.cluster import connect, partition_count
     from pipelines.config import load_params
     from pipelines.split import read_snapshots
 
@@ -638,8 +698,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params("features", args.params)
+    dask_params = load_params("dask", args.params)
     try:
-        written = build_snapshot_features(args.data_root, read_snapshots(args.split), args.out, params)
+        with connect(dask_params) as client:
+            user_side = fit_user_side if client is None else \
+                PartitionedUserSide(client, partition_count(client, dask_params))
+            written = build_snapshot_features(args.data_root, read_snapshots(args.split), args.out, params,
+                                              user_side=user_side)
     except (FileNotFoundError, ValueError) as exc:
         print(f"newsrec features: {exc}", file=sys.stderr)
         return 1

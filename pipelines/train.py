@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,30 +233,47 @@ def concat_sets(sets: list[RankingSet]) -> RankingSet:
     )
 
 
-def _lgb_setup(params: dict) -> tuple[list[str], list[str], dict]:
-    """(features, categorical features, LightGBM params) of a training configuration."""
+def _check_sets(train_queries: int, train_clicks: int, val_queries: int) -> None:
+    if train_queries == 0 or train_clicks == 0:
+        raise ValueError("training set has no query with a clicked candidate: nothing to learn from")
+    if val_queries == 0:
+        raise ValueError("validation set has no query with a clicked candidate: cannot early-stop")
+
+
+def _lgb_setup(params: dict) -> tuple[list[str], list[str], int, dict]:
+    """(features, categorical features, eval_at, LightGBM params) of the train params."""
     features = [f for f in FEATURES if f not in params.get("exclude_features", [])]
     categorical = [f for f in CATEGORICAL if f in features]
+    eval_at = int(params["eval_at"])
     lgb_params = {
         **params["lgb"],
         "objective": "lambdarank",
         "metric": "ndcg",
-        "eval_at": [int(params["eval_at"])],
+        "eval_at": [eval_at],
         "verbosity": -1,
     }
-    return features, categorical, lgb_params
+    return features, categorical, eval_at, lgb_params
+
+
+def _meta(curve: list[float], best: int, sizes: dict) -> dict:
+    best = best or len(curve)
+    return {
+        "best_iteration": int(best),
+        f"val_ndcg_at_{sizes['eval_at']}": float(curve[best - 1]),
+        "train_queries": int(sizes["train_queries"]),
+        "train_rows": int(sizes["train_rows"]),
+        "val_queries": int(sizes["val_queries"]),
+        "val_rows": int(sizes["val_rows"]),
+        "val_curve": [float(v) for v in curve],  # NDCG@eval_at on the val snapshot after each round
+    }
 
 
 def fit_ranker(train: RankingSet, val: RankingSet, params: dict) -> Ranker:
     """Train LambdaRank on `train`, early-stopping on NDCG@eval_at of `val`."""
     import lightgbm as lgb
 
-    if train.n_queries == 0 or int(train.y.sum()) == 0:
-        raise ValueError("training set has no query with a clicked candidate: nothing to learn from")
-    if val.n_queries == 0:
-        raise ValueError("validation set has no query with a clicked candidate: cannot early-stop")
-    features, categorical, lgb_params = _lgb_setup(params)
-    eval_at = int(params["eval_at"])
+    _check_sets(train.n_queries, int(train.y.sum()), val.n_queries)
+    features, categorical, eval_at, lgb_params = _lgb_setup(params)
     dtrain = lgb.Dataset(train.X[features], train.y, group=train.groups, categorical_feature=categorical,
                          free_raw_data=False)
     dval = lgb.Dataset(val.X[features], val.y, group=val.groups, reference=dtrain, categorical_feature=categorical)
@@ -273,17 +291,9 @@ def fit_ranker(train: RankingSet, val: RankingSet, params: dict) -> Ranker:
             *([lgb.log_evaluation(int(params["log_every"]))] if params.get("log_every") else []),
         ],
     )
-    curve = evals["val"][f"ndcg@{eval_at}"]
-    best = booster.best_iteration or len(curve)
-    meta = {
-        "best_iteration": int(best),
-        f"val_ndcg_at_{eval_at}": float(curve[best - 1]),
-        "train_queries": int(train.n_queries),
-        "train_rows": len(train.y),
-        "val_queries": int(val.n_queries),
-        "val_rows": len(val.y),
-        "val_curve": [float(v) for v in curve],  # NDCG@eval_at on the val snapshot after each round
-    }
+    sizes = {"eval_at": eval_at, "train_queries": train.n_queries, "train_rows": len(train.y),
+             "val_queries": val.n_queries, "val_rows": len(val.y)}
+    meta = _meta(evals["val"][f"ndcg@{eval_at}"], booster.best_iteration, sizes)
     return Ranker(booster=booster, features=features, meta=meta)
 
 
@@ -293,7 +303,7 @@ def refit_ranker(ranker: Ranker, data: RankingSet, params: dict) -> Ranker:
     newest hours are the ones most like the next."""
     import lightgbm as lgb
 
-    features, categorical, lgb_params = _lgb_setup(params)
+    features, categorical, _, lgb_params = _lgb_setup(params)
     if features != ranker.features:
         raise ValueError(f"refit features {features} differ from the early-stopped ranker's {ranker.features}")
     rounds = int(ranker.meta["best_iteration"])
@@ -301,6 +311,107 @@ def refit_ranker(ranker: Ranker, data: RankingSet, params: dict) -> Ranker:
     booster = lgb.train(lgb_params, dtrain, num_boost_round=rounds)
     meta = {**ranker.meta, "refit_queries": int(data.n_queries), "refit_rows": len(data.y)}
     return Ranker(booster=booster, features=features, meta=meta)
+
+
+# LightGBM params -> the scikit-learn estimator's own argument names, so no alias is set twice (the estimator
+# passes its defaults, e.g. reg_lambda=0, beside any alias given as a keyword). Others go in as keywords.
+_ESTIMATOR_NAMES = {
+    "learning_rate": "learning_rate",
+    "num_leaves": "num_leaves",
+    "max_depth": "max_depth",
+    "min_data_in_leaf": "min_child_samples",
+    "min_sum_hessian_in_leaf": "min_child_weight",
+    "min_gain_to_split": "min_split_gain",
+    "feature_fraction": "colsample_bytree",
+    "bagging_fraction": "subsample",
+    "bagging_freq": "subsample_freq",
+    "lambda_l1": "reg_alpha",
+    "lambda_l2": "reg_lambda",
+    "bin_construct_sample_cnt": "subsample_for_bin",
+    "seed": "random_state",
+}
+
+
+def _estimator_args(lgb_params: dict, num_boost_round: int) -> dict:
+    """`DaskLGBMRanker(**...)` for these LightGBM params: the same model settings. num_threads goes (each
+    worker uses its own threads); eval_at goes to `fit`."""
+    args = {"n_estimators": int(num_boost_round)}
+    for key, value in lgb_params.items():
+        if key in ("num_threads", "eval_at"):
+            continue
+        args[_ESTIMATOR_NAMES.get(key, key)] = value
+    return args
+
+
+def _part_sizes(part: RankingSet) -> tuple[int, int, int]:
+    return len(part.y), part.n_queries, int(part.y.sum())
+
+
+def fit_ranker_dask(client, train_parts: list, val, params: dict) -> Ranker:
+    """`fit_ranker` with LightGBM's Dask ranker: `train_parts` are futures of RankingSets (whole queries each:
+    a query never straddles partitions), `val` the future of the early-stopping set.
+
+    LightGBM trains data-parallel: each worker builds histograms of its own rows, the histograms are summed
+    over the network, every worker grows the same trees. Its Dask interface evaluates an eval set per worker
+    on the parts placed beside that worker's training parts and does not support early stopping (workers
+    that stop at different rounds hang: LightGBM issues #3712, #6351). So every training partition gets a
+    whole copy of the val set beside it: each worker computes the same global NDCG@eval_at (duplicated queries
+    leave a mean unchanged) and all stop at the same round.
+    """
+    import dask.array as da
+    import dask.dataframe as dd
+    import lightgbm as lgb
+
+    sizes = client.gather([client.submit(_part_sizes, p, pure=False) for p in train_parts])
+    val_rows, val_queries, _ = client.gather(client.submit(_part_sizes, val, pure=False))
+    _check_sets(sum(q for _, q, _ in sizes), sum(c for _, _, c in sizes), val_queries)
+    features, categorical, eval_at, lgb_params = _lgb_setup(params)
+
+    def frame(part):
+        return part.X[features]
+
+    def column(part, name):
+        return getattr(part, name)
+
+    def empty(part):
+        return frame(part).iloc[:0]
+
+    meta = client.submit(empty, val, pure=False).result()  # the columns and dtypes, not the rows
+    # Everything LightGBM gathers for partition k (its rows, labels, groups and the val copy) is made on the
+    # worker that holds partition k: LightGBM trains each part where the scheduler gathers it, and it gathers
+    # it where most of its bytes are (left alone, beside the one val set: a single machine trains).
+    holders = client.who_has(train_parts)
+    pieces = []
+    for part, (rows, queries, _) in zip(train_parts, sizes, strict=True):
+        where = {"workers": sorted(holders[part.key])[:1], "allow_other_workers": True, "pure": False}
+        pieces.append({
+            "X": client.submit(frame, part, **where),
+            "y": da.from_delayed(client.submit(column, part, "y", **where), (rows,), np.int32),
+            "groups": da.from_delayed(client.submit(column, part, "groups", **where), (queries,), np.int64),
+            "val_X": client.submit(frame, val, **where),
+            "val_y": da.from_delayed(client.submit(column, val, "y", **where), (val_rows,), np.int32),
+            "val_groups": da.from_delayed(client.submit(column, val, "groups", **where), (val_queries,), np.int64),
+        })
+    X = dd.from_delayed([p["X"] for p in pieces], meta=meta, verify_meta=False)
+    y = da.concatenate([p["y"] for p in pieces])
+    groups = da.concatenate([p["groups"] for p in pieces])
+    eval_X = dd.from_delayed([p["val_X"] for p in pieces], meta=meta, verify_meta=False)
+    eval_y = da.concatenate([p["val_y"] for p in pieces])
+    eval_groups = da.concatenate([p["val_groups"] for p in pieces])
+
+    model = lgb.DaskLGBMRanker(client=client, **_estimator_args(lgb_params, params["num_boost_round"]))
+    # LightGBM waits on its parts through distributed's current client: ours, for this block only.
+    with client.as_current(), warnings.catch_warnings():
+        # The estimator's n_jobs=None default, which the Dask interface replaces by each worker's threads.
+        warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+        model.fit(X, y, group=groups, eval_X=(eval_X,), eval_y=(eval_y,), eval_group=[eval_groups],
+                  eval_names=["val"], eval_at=[eval_at], categorical_feature=categorical,
+                  callbacks=[lgb.early_stopping(int(params["early_stopping_rounds"]), verbose=False)])
+    booster = model.booster_
+    totals = {"eval_at": eval_at, "train_queries": sum(q for _, q, _ in sizes),
+              "train_rows": sum(r for r, _, _ in sizes), "val_queries": val_queries, "val_rows": val_rows}
+    meta_ = _meta(model.evals_result_["val"][f"ndcg@{eval_at}"], booster.best_iteration, totals)
+    return Ranker(booster=booster, features=features, meta=meta_)
 
 
 def feature_importance(ranker: Ranker) -> pd.DataFrame:
@@ -328,11 +439,16 @@ def load_ranking_set(
 
 
 def train(
-    split_path: Path, candidates_dir: Path, features_dir: Path, data_root: Path, params: dict
+    split_path: Path, candidates_dir: Path, features_dir: Path, data_root: Path, params: dict,
+    client=None, partitions: int | None = None,
 ) -> Ranker:
     """Fit the ranker on every train snapshot, early-stopping on the val snapshots, then (params
-    `refit_on_val`) refit it on train and val together for the chosen rounds (article embeddings from
-    `data_root`'s catalogue: the static files and the landed article drops)."""
+    `refit_on_val`, single process) refit it on train and val together for the chosen rounds (article
+    embeddings from `data_root`'s catalogue: the static files and the landed article drops).
+
+    With a Dask `client` the snapshots' ranking sets are built on the workers (`load_ranking_set`, one task
+    per snapshot), concatenated into `partitions` training partitions of consecutive snapshots (default: one
+    per snapshot) and fitted with LightGBM's Dask ranker (`fit_ranker_dask`); no refit there."""
     from pipelines.catalogue import read_catalogue
     from pipelines.features import normalise_embeddings
     from pipelines.split import read_snapshots
@@ -343,23 +459,41 @@ def train(
     if not train_names or not val_names:
         raise ValueError(f"{split_path}: need >= 1 train snapshot and >= 1 val snapshot")
     sampling = {"max_negatives": params.get("max_negatives"), "seed": int(params["lgb"].get("seed", 0))}
-    print(f"reading {len(train_names)} train and {len(val_names)} val snapshots ...", file=sys.stderr, flush=True)
-    train_set = concat_sets(
-        [load_ranking_set(candidates_dir, features_dir, n, embeddings, **sampling) for n in train_names]
-    )
     # A bounded early-stopping set: at most val_max_queries whole queries, spread over the val snapshots.
     cap = params.get("val_max_queries")
-    per_snapshot = None if cap is None else max(1, int(cap) // len(val_names))
-    val_set = concat_sets([load_ranking_set(candidates_dir, features_dir, n, embeddings, max_queries=per_snapshot,
-                                            seed=sampling["seed"]) for n in val_names])
-    print(f"training on {train_set.n_queries} queries ({len(train_set.y)} rows), early stopping on "
-          f"{val_set.n_queries} ...", file=sys.stderr, flush=True)
-    ranker = fit_ranker(train_set, val_set, params)
-    if params.get("refit_on_val"):
-        # Every val query, sampled like the training ones (early stopping needed whole lists, a refit does not).
-        val_train = concat_sets([load_ranking_set(candidates_dir, features_dir, n, embeddings, **sampling)
-                                 for n in val_names])
-        ranker = refit_ranker(ranker, concat_sets([train_set, val_train]), params)
+    val_sampling = {"max_queries": None if cap is None else max(1, int(cap) // len(val_names)),
+                    "seed": sampling["seed"]}
+    print(f"reading {len(train_names)} train and {len(val_names)} val snapshots ...", file=sys.stderr, flush=True)
+    if client is None:
+        train_set = concat_sets(
+            [load_ranking_set(candidates_dir, features_dir, n, embeddings, **sampling) for n in train_names]
+        )
+        val_set = concat_sets([load_ranking_set(candidates_dir, features_dir, n, embeddings, **val_sampling)
+                               for n in val_names])
+        print(f"training on {train_set.n_queries} queries ({len(train_set.y)} rows), early stopping on "
+              f"{val_set.n_queries} ...", file=sys.stderr, flush=True)
+        ranker = fit_ranker(train_set, val_set, params)
+        if params.get("refit_on_val"):
+            # Every val query, sampled like the training ones (early stopping needed whole lists, a refit not).
+            val_train = concat_sets([load_ranking_set(candidates_dir, features_dir, n, embeddings, **sampling)
+                                     for n in val_names])
+            ranker = refit_ranker(ranker, concat_sets([train_set, val_train]), params)
+    else:
+        shared = client.scatter(embeddings, broadcast=True, hash=False)
+
+        def built(names: list[str], **kwargs) -> list:
+            return [client.submit(load_ranking_set, candidates_dir, features_dir, n, shared, **kwargs, pure=False)
+                    for n in names]
+
+        snaps = built(train_names, **sampling)
+        # Consecutive snapshots per partition: the rows keep the single process's order, queries stay whole.
+        # Partition i is meant for worker i (round robin): LightGBM trains on the workers that hold data.
+        batches = np.array_split(np.arange(len(snaps)), min(len(snaps), partitions or len(snaps)))
+        workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+        parts = [client.submit(concat_sets, [snaps[i] for i in b], workers=[workers[k % len(workers)]],
+                               allow_other_workers=True, pure=False) for k, b in enumerate(batches)]
+        val = client.submit(concat_sets, built(val_names, **val_sampling), pure=False)
+        ranker = fit_ranker_dask(client, parts, val, params)
     ranker.meta["train_snapshots"] = train_names
     return ranker
 
@@ -397,6 +531,7 @@ def log_run(ranker: Ranker, out_dir: Path, params: dict, mlflow_params: dict, ru
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.cluster import connect, partition_count
     from pipelines.config import load_params
 
     parser = argparse.ArgumentParser(prog="newsrec train", description=__doc__.splitlines()[0])
@@ -410,8 +545,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params("train", args.params)
+    dask_params = load_params("dask", args.params)
     try:
-        ranker = train(args.split, args.candidates, args.features, args.data_root, params)
+        with connect(dask_params) as client:
+            partitions = None if client is None else partition_count(client, dask_params)
+            ranker = train(args.split, args.candidates, args.features, args.data_root, params, client=client,
+                           partitions=partitions)
     except (FileNotFoundError, ValueError) as exc:
         print(f"newsrec train: {exc}", file=sys.stderr)
         return 1

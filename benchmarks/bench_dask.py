@@ -1,0 +1,152 @@
+"""Wall time and peak memory per process of `newsrec features` and `newsrec train`: one process vs a Dask cluster.
+
+Each step runs as the command the DVC stage and the Airflow task run, in its own process, measured from
+outside (wall time) and inside (its peak resident memory, VmHWM, written when it exits). For the Dask rows a fresh
+`distributed.LocalCluster` of 1 or 2 worker processes is started first and the command is pointed at it with
+`NEWSREC__DASK__SCHEDULER` (as a deployment sets it); each worker's peak resident memory is read on the worker
+before the cluster closes. Every configuration gets the same cores: the single process and the one worker use
+2 threads, the two workers 1 thread each. The scheduler runs in this script's process (not counted).
+
+The work folder must hold a dataset through `newsrec features` (benchmarks/champion.sh's steps):
+
+    .venv/bin/newsrec synth --profile demo --out DIR/data/raw && .venv/bin/newsrec validate --data-root DIR/data --all
+    ... split, aggregates, candidates, features (as champion.sh) ...
+    .venv/bin/python benchmarks/bench_dask.py --data-root DIR/data [--out benchmarks/results/dask_demo.md]
+
+Features of every configuration must equal the single process's bit for bit (checked); training reports the
+val NDCG@10 of each model and its difference from the single process's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CORES = 2
+
+
+def _peak_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: a forked child starts with its
+    parent's figure there, so every process this script starts would report at least this script's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+# Runs `newsrec ...` and writes its peak memory to $BENCH_PEAK_FILE when it exits.
+_WRAPPER = """import atexit, os, sys
+sys.path.insert(0, {bench!r})
+from bench_dask import _peak_mb
+atexit.register(lambda: open(os.environ["BENCH_PEAK_FILE"], "w").write(str(_peak_mb())))
+from pipelines.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _run(cmd: list[str], env: dict) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of `newsrec <cmd>`; raises with its output when it fails."""
+    with tempfile.TemporaryDirectory() as tmp:
+        peak_file = Path(tmp) / "peak"
+        wrapper = [sys.executable, "-c", _WRAPPER.format(bench=str(Path(__file__).resolve().parent))]
+        log = (Path(tmp) / "log").open("w+")
+        started = time.perf_counter()
+        proc = subprocess.run([*wrapper, *cmd], cwd=ROOT, env={**env, "BENCH_PEAK_FILE": str(peak_file)},
+                              stdout=log, stderr=subprocess.STDOUT, check=False)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            log.seek(0)
+            raise RuntimeError(f"newsrec {' '.join(cmd)} failed:\n{log.read()}")
+        return wall, float(peak_file.read_text())
+
+
+def _measure(step: list[str], workers: int, params: Path) -> dict:
+    """One step on one configuration: 0 workers = the single process."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [*step, "--params", str(params)]
+    if workers == 0:
+        wall, peak = _run(cmd, env)
+        return {"wall_s": wall, "client_mb": peak, "worker_mb": []}
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=workers, threads_per_worker=CORES // workers, processes=True,
+                      dashboard_address=None, silence_logs=50) as cluster, Client(cluster) as client:
+        env["NEWSREC__DASK__SCHEDULER"] = cluster.scheduler_address
+        wall, peak = _run(cmd, env)
+        worker_mb = sorted(client.run(_peak_mb).values())
+    return {"wall_s": wall, "client_mb": peak, "worker_mb": worker_mb}
+
+
+def _same_features(a: Path, b: Path) -> bool:
+    """Every snapshot's user-side tables equal bit for bit (parquet read back, profiles as arrays)."""
+    import pandas as pd
+
+    for snap in sorted(p.name for p in a.iterdir()):
+        for name in ("users.parquet", "user_categories.parquet", "articles.parquet"):
+            if not pd.read_parquet(a / snap / name).equals(pd.read_parquet(b / snap / name)):
+                return False
+        if not np.array_equal(np.load(a / snap / "profiles.npy"), np.load(b / snap / "profiles.npy")):
+            return False
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", type=Path, required=True, help="a data root through `newsrec features`")
+    parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    args = parser.parse_args()
+    root = args.data_root.resolve()
+    configs = [("one process", 0), ("Dask, 1 worker", 1), ("Dask, 2 workers", 2)]
+    rows, ndcg, equal = [], {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        params["train"]["lgb"]["num_threads"] = CORES
+        params_path = tmp / "params.yaml"
+        params_path.write_text(yaml.safe_dump(params))
+        for label, workers in configs:
+            out = tmp / str(workers)
+            features = ["features", "--data-root", str(root), "--split", str(root / "split.json"),
+                        "--out", str(out / "features")]
+            # Training reads the dataset's own feature tables, so every configuration trains on the same input.
+            train = ["train", "--split", str(root / "split.json"), "--candidates", str(root / "candidates"),
+                     "--features", str(root / "features"), "--data-root", str(root), "--out", str(out / "ranker"),
+                     "--no-mlflow"]
+            for step, cmd in (("features", features), ("train", train)):
+                m = _measure(cmd, workers, params_path)
+                rows.append((step, label, m))
+                print(f"{step:<9} {label:<16} {m['wall_s']:7.1f} s  client {m['client_mb']:6.0f} MB  "
+                      f"workers {[round(w) for w in m['worker_mb']]} MB", file=sys.stderr)
+            meta = json.loads((out / "ranker" / "ranker.json").read_text())
+            ndcg[label] = (meta["val_ndcg_at_10"], meta["best_iteration"])
+            equal[label] = _same_features(tmp / "0" / "features", out / "features")
+    base = ndcg["one process"][0]
+    header = f"| step | configuration ({CORES} cores in all) | wall time | peak RSS, command | peak RSS per worker | result |"
+    lines = [header, "|---|---|---|---|---|---|"]
+    for step, label, m in rows:
+        workers = ", ".join(f"{w:.0f} MB" for w in m["worker_mb"]) or "-"
+        if step == "features":
+            result = "equal bit for bit" if equal[label] else "DIFFERS"
+        else:
+            value, best = ndcg[label]
+            result = f"val NDCG@10 {value:.4f} ({value - base:+.4f}), {best} trees"
+        lines.append(f"| {step} | {label} | {m['wall_s']:.1f} s | {m['client_mb']:.0f} MB | {workers} | {result} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out:
+        args.out.write_text(table)
+    return 0 if all(equal.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""The batch steps on a Dask cluster (params `dask.scheduler`) against the single process, on the tiny profile.
+
+A real `distributed.LocalCluster` of two worker processes with one thread each: the machine has two cores,
+and worker processes are what a cluster has (pickling, scattering, LightGBM's sockets between workers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import columns as C
+from pipelines import features as F
+from pipelines import train as T
+
+ROOT = Path(__file__).resolve().parents[1]
+# Two workers train data-parallel: bins from each worker's own sample, bagging per worker, histograms summed in
+# another order, so the model is close, not equal. The tiny val set has ~130 queries (one query = 0.008 NDCG).
+NDCG_TOLERANCE = 0.05
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster, set_as_default=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def work(serving_bundle) -> Path:
+    """The serving fixture's work folder: split.json, candidates/, features/ of the tiny profile, data -> root."""
+    return serving_bundle.parent
+
+
+@pytest.fixture(scope="module")
+def train_params() -> dict:
+    from serving_support import TRAIN_FAST
+
+    from pipelines.config import load_params
+
+    # the early-stopped fit on both paths: the refit on train + val (train.refit_on_val) is single-process only
+    params = {**load_params("train", ROOT / "params.yaml"), **TRAIN_FAST, "refit_on_val": False}
+    params["lgb"] = {**params["lgb"], "num_threads": 1}
+    return params
+
+
+@pytest.fixture(scope="module")
+def single(work, train_params) -> T.Ranker:
+    return T.train(work / "split.json", work / "candidates", work / "features", work / "data", train_params)
+
+
+def _history(work: Path, role: str):
+    from pipelines.catalogue import read_catalogue
+    from pipelines.split import read_snapshots, snapshot_clicks
+
+    snap = read_snapshots(work / "split.json", roles=[role])[0]
+    history, target = snapshot_clicks(work / "data" / "validated" / "clicks", snap)
+    catalogue, embeddings = read_catalogue(work / "data")
+    return snap, history, target, catalogue, F.normalise_embeddings(embeddings)
+
+
+@pytest.mark.unit
+def test_user_partitions_are_stable_and_cover_every_partition():
+    from pipelines.cluster import user_partition
+
+    users = np.arange(1000)
+    part = user_partition(users, 4)
+    assert set(part) == {0, 1, 2, 3} and np.array_equal(part, user_partition(users, 4))
+    assert np.array_equal(user_partition(users[::-1], 4), part[::-1])  # a user's partition is its own
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("role", ["serve", "train"])
+def test_user_tables_on_dask_equal_the_single_process_bit_for_bit(client, work, role):
+    snap, history, target, articles, embeddings = _history(work, role)
+    only = target[C.USER_ID].unique() if len(target) else None
+    params = {"profile_half_life_h": 24}
+    one = F.fit_tables(history, articles, embeddings, snap.cutoff_ms, params, only_users=only)
+    many = F.fit_tables(history, articles, embeddings, snap.cutoff_ms, params, only_users=only,
+                        user_side=F.PartitionedUserSide(client, 3))
+    assert len(one.users) > 20
+    pd.testing.assert_frame_equal(many.users, one.users, check_exact=True)
+    pd.testing.assert_frame_equal(many.user_categories, one.user_categories, check_exact=True)
+    assert many.profiles.dtype == one.profiles.dtype and np.array_equal(many.profiles, one.profiles)
+    pd.testing.assert_frame_equal(many.articles, one.articles, check_exact=True)
+
+
+@pytest.mark.integration
+def test_features_cli_on_a_scheduler_writes_the_same_tables(client, work, tmp_path, monkeypatch):
+    """`newsrec features` with `dask.scheduler` set (as a deployment sets it) against the single process."""
+    from pipelines.split import read_snapshots, write_snapshots
+
+    split = write_snapshots(read_snapshots(work / "split.json", roles=["val", "serve"]), tmp_path / "split.json")
+    args = ["--data-root", str(work / "data"), "--split", str(split)]
+    assert F.main([*args, "--out", str(tmp_path / "one")]) == 0
+    monkeypatch.setenv("NEWSREC__DASK__SCHEDULER", client.scheduler.address)
+    assert F.main([*args, "--out", str(tmp_path / "dask")]) == 0
+    embeddings = np.zeros((1, 1), dtype=np.float32)
+    for snap in read_snapshots(split):
+        one = F.FeatureTables.load(tmp_path / "one" / snap.name, embeddings)
+        dask = F.FeatureTables.load(tmp_path / "dask" / snap.name, embeddings)
+        pd.testing.assert_frame_equal(dask.users, one.users, check_exact=True)
+        pd.testing.assert_frame_equal(dask.user_categories, one.user_categories, check_exact=True)
+        assert np.array_equal(dask.profiles, one.profiles)
+
+
+@pytest.mark.integration
+def test_training_on_one_dask_worker_is_the_single_process_model(client, work, train_params, single):
+    """One partition trains on one worker: LightGBM is then serial, and every tree and setting is the single
+    process's (only the network settings differ), which also checks the params' mapping onto the estimator."""
+    ranker = T.train(work / "split.json", work / "candidates", work / "features", work / "data", train_params,
+                     client=client, partitions=1)
+
+    def model(r: T.Ranker) -> list[str]:
+        skip = ("[machines:", "[local_listen_port:", "[num_machines:", "[time_out:")
+        return [line for line in r.booster.model_to_string().splitlines() if not line.startswith(skip)]
+
+    assert model(ranker) == model(single)
+    assert ranker.meta == single.meta
+
+
+@pytest.mark.integration
+def test_training_on_two_dask_workers_is_within_tolerance(client, work, train_params, single, tmp_path):
+    ranker = T.train(work / "split.json", work / "candidates", work / "features", work / "data", train_params,
+                     client=client, partitions=2)
+    machines = next(line for line in ranker.booster.model_to_string().splitlines() if line.startswith("[machines:"))
+    assert len(machines.split(",")) == 2, machines  # both workers trained, each on its own partition
+    key = f"val_ndcg_at_{train_params['eval_at']}"
+    assert abs(ranker.meta[key] - single.meta[key]) <= NDCG_TOLERANCE
+    rounds = min(len(ranker.meta["val_curve"]), len(single.meta["val_curve"]))
+    gap = np.abs(np.subtract(ranker.meta["val_curve"][:rounds], single.meta["val_curve"][:rounds]))
+    assert gap.max() <= NDCG_TOLERANCE
+    assert {k: ranker.meta[k] for k in ("train_queries", "train_rows", "val_queries", "val_rows")} == \
+        {k: single.meta[k] for k in ("train_queries", "train_rows", "val_queries", "val_rows")}
+    # The same artifact: saved, loaded and scored like any ranker.
+    loaded = T.Ranker.load(ranker.save(tmp_path / "ranker"))
+    assert loaded.features == single.features
+    assert loaded.booster.num_trees() == ranker.meta["best_iteration"]
