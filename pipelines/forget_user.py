@@ -1,14 +1,27 @@
 """`newsrec forget-user USER_ID`: erase one user everywhere the project keeps them (GDPR art. 17).
 
-Where a user lives, and what happens there:
-- raw drops: `<root>/raw/clicks/*.csv` and members of `raw/clicks.zip`, and the drops under
-  `storage.raw_uri` when that is S3 (older object versions of a rewritten drop are deleted too);
-- quarantined drops (`<root>/quarantine/clicks/hour=NNN/`): the csv, and the user's id wherever the GX
-  result lists it as an unexpected value;
-- validated partitions (`<root>/validated/clicks/hour=NNN/part-0.parquet`);
-- derived data: every other parquet file under the data root with a `user_id` column (features,
-  candidates, indexes...) loses the user's rows, and the hourly aggregates of the hours the user clicked
-  in are rebuilt from the cleaned partitions (they count users, so they carry the user's contribution);
+Ids match as integers wherever they are read (`0005959`, ` 5959` and 5959 are one user). Where a user lives,
+and what happens there:
+- every file under the data root, whatever writes it, hidden files and writers' temporary copies left by a
+  crash included (`.part-0.parquet.PID.tmp`, `.hour=NNN.tmp-PID/`, atomic_write's `.NAME.pidPID.*.tmp`):
+  raw drops (`raw/clicks/*.csv`, members of `raw/clicks.zip`), quarantined and archived drops with their GX
+  `result.json` (the id leaves every value list of a user_id check and every listed row of the user), validated
+  partitions, the GX results store (`gx/validations`; the data docs are rebuilt from it), and everything derived
+  (aggregates, candidates, features, indexes, hourly serving indexes): a parquet file loses the user's rows (a
+  features `users.parquet` and its `profiles.npy` the same rows), a `history.npy` the user's clicks, and a
+  folder with a `manifest.json` gets it rewritten. The hourly aggregates of the hours the user clicked in are
+  rebuilt from the cleaned partitions (they count users);
+- the drops under `storage.raw_uri` when that is S3 (older object versions of a rewritten drop are deleted);
+- dvc.yaml's outputs outside the data root (`models/bundle`, the serving bundle);
+- DVC itself (settle_dvc): the stages whose outputs were rewritten are committed (`dvc commit -f`), so dvc.lock
+  records the erased versions and `dvc repro` has nothing to check out of the cache, then every object the
+  workspace does not use is deleted from the cache and the default remote (`dvc gc --workspace --cloud`) and the
+  erased versions are pushed. This costs other commits and experiments their cached data (the CLI says so);
+- the MLflow registry (erase_model_registry): a registered version cannot be rewritten as a new version in
+  place, so the rule is: every artifact of the experiment (runs and logged models, the registered serving
+  bundles among them) is rewritten without the user, every version is tagged `erasure.last_at`, and the user's
+  clicks leave the versions' test-window tags, so the next version, trained by `dvc repro` on the erased data, is
+  judged against the champion on the same window and replaces it when it wins;
 - the online store (Redis, when `serve.redis_url` is set) and the impression and click logs.
 
 Sessions belong to one user, so dropping a user's rows never breaks another session's `session_size`.
@@ -16,18 +29,20 @@ Sessions belong to one user, so dropping a user's rows never breaks another sess
 The erasure is recorded in `<root>/<forget_user.register>` as one JSON line that holds a keyed hash
 (HMAC-SHA256) of the id, the time and how many rows went where: never the id or any click. Training reads
 clicks through `split.load_clicks`, which drops every user whose hash is in the register, so a drop
-restored from a backup, an S3 version or the DVC cache cannot bring an erased user back into a model.
-The key comes from the environment variable `forget_user.key_env` (a secret: with it, ids could be tested
-against the register); without the key the register cannot be written or honoured, which is an error.
+restored from a backup or an S3 version cannot bring an erased user back into a model. The key comes from the
+environment variable `forget_user.key_env` (a secret: with it, ids could be tested against the register);
+without the key the register cannot be written or honoured, which is an error that says how to provide it.
 
-Not reachable from here, and said in the report: registered models whose serving bundle holds the user's
-history (they age out when the next training registers a new version) and an API's in-process state
-(bounded by `serve.state_ttl_seconds`, gone on restart).
+Not reachable from here, and said in the report: what a running API holds in its own memory, the in-process
+user state (when no Redis is configured: gone after `serve.state_ttl_seconds`) and the bundle and index it
+loaded (gone when it loads the next hourly index or the champion changes, at the latest on restart: restart
+the API after an erasure).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -595,7 +610,8 @@ def dvc_outputs(repo_root: Path) -> list[Path]:
     """Every output path dvc.yaml declares (the product's stores that DVC versions)."""
     from dvc.repo import Repo
 
-    with Repo(str(repo_root)) as repo:
+    # DVC resolves a stage's paths against the working directory: work from the repository's root.
+    with contextlib.chdir(repo_root), Repo(str(repo_root)) as repo:
         return sorted({Path(out.fs_path) for out in repo.index.outs})
 
 
@@ -610,7 +626,7 @@ def settle_dvc(repo_root: Path, report: ErasureReport) -> None:
     longer `dvc checkout`/`dvc pull` their data (they reproduce it with `dvc repro`)."""
     from dvc.repo import Repo
 
-    with Repo(str(repo_root)) as repo:
+    with contextlib.chdir(repo_root), Repo(str(repo_root)) as repo:
         changed = [name for name, entries in repo.status().items()
                    if any(isinstance(e, dict) and "changed outs" in e for e in entries)]
         for name in changed:
@@ -682,6 +698,8 @@ def forget_user(
         erase_online_state(state_store, user_id, report)
     else:
         report.not_reached.append("in-process user state of running API replicas (expires after serve.state_ttl_seconds)")
+    report.not_reached.append("the bundle and index a running API loaded into memory (restart the API: "
+                              "`docker compose restart api`, or a new ECS deployment)")
     if registry is not None:
         erase_model_registry(registry, user_id, clicks, report, when)
     else:

@@ -47,7 +47,7 @@ def test_dvc_repro_runs_the_whole_flow_on_the_tiny_profile(tmp_path):
            "NEWSREC__MLFLOW__TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "NEWSREC__MLFLOW__ARTIFACT_ROOT": str(tmp_path / "mlartifacts")}
     env.pop("NEWSREC_PARAMS", None)
-    run = subprocess.run([str(bin_dir / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    run = subprocess.run([str(bin_dir / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
     summary = json.loads((repo / "metrics" / "summary.json").read_text())
