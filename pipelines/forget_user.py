@@ -138,22 +138,29 @@ def _cached_tokens(path: str, mtime_ns: int) -> frozenset[str]:
     return frozenset(read_register(path))
 
 
-def drop_erased_users(frame: pd.DataFrame, data_root: str | Path, params_path: str | Path = DEFAULT_PARAMS,
-                      environ: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """`frame` without the rows of users in the data root's erasure register (unchanged when it is empty)."""
+def erased_users(user_ids: Iterable[int], data_root: str | Path, params_path: str | Path = DEFAULT_PARAMS,
+                 environ: Mapping[str, str] | None = None) -> list[int]:
+    """Those of `user_ids` in the data root's erasure register ([] when it is empty or absent)."""
     try:
         params = load_params("forget_user", params_path)
     except (FileNotFoundError, KeyError):
-        return frame  # called where no params.yaml configures a register (a library user): none to honour
+        return []  # called where no params.yaml configures a register (a library user): none to honour
     path = Path(data_root) / params["register"]
-    if not path.exists() or frame.empty or C.USER_ID not in frame.columns:
-        return frame
+    if not path.exists():
+        return []
     tokens = _cached_tokens(str(path), path.stat().st_mtime_ns)
     if not tokens:
-        return frame
+        return []
     key = erasure_key(params["key_env"], environ)
-    users = frame[C.USER_ID].unique()
-    erased = [u for u in users if user_token(int(u), key) in tokens]
+    return [int(u) for u in user_ids if user_token(int(u), key) in tokens]
+
+
+def drop_erased_users(frame: pd.DataFrame, data_root: str | Path, params_path: str | Path = DEFAULT_PARAMS,
+                      environ: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """`frame` without the rows of users in the data root's erasure register (unchanged when it is empty)."""
+    if frame.empty or C.USER_ID not in frame.columns:
+        return frame
+    erased = erased_users(frame[C.USER_ID].unique(), data_root, params_path, environ)
     return frame[~frame[C.USER_ID].isin(erased)].reset_index(drop=True) if erased else frame
 
 

@@ -373,3 +373,26 @@ def test_dvc_treats_the_erased_outputs_as_the_truth(tmp_path):
     assert _cached_user_objects(repo / ".dvc" / "cache", 4242) == []
     assert _cached_user_objects(tmp_path / "remote", 4242) == []
     assert "new:" not in run(dvc, "status", "--cloud")  # the erased versions were pushed
+
+
+@pytest.mark.integration
+def test_a_regenerated_dataset_does_not_make_an_erased_user_again(tmp_path, monkeypatch):
+    """The demo's raw data is a DVC stage (synth): when it runs again, the users in the register stay erased."""
+    from pipelines.config import load_params
+    from pipelines.synth import Profile, synthesize
+
+    profile = Profile.from_params(load_params("synth"), "tiny")
+    epoch = load_params("data")["epoch_ms"]
+
+    def users(root: Path) -> pd.Series:
+        return pd.concat(pd.read_csv(p) for p in (root / "raw" / C.CLICKS_DIR).glob("*.csv"))[C.USER_ID]
+
+    synthesize(tmp_path / "first" / "raw", profile, seed=3, epoch_ms=epoch, hours=6)
+    user = int(users(tmp_path / "first").value_counts().index[0])
+    root = tmp_path / "again"
+    root.mkdir()
+    F.record_erasure(root / "erasures.jsonl", user, KEY, F.ErasureReport(), dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    monkeypatch.setenv("NEWSREC_ERASURE_KEY", KEY.decode())
+    synthesize(root / "raw", profile, seed=3, epoch_ms=epoch, hours=6)
+    again = users(root)
+    assert user not in set(again) and len(again) == len(users(tmp_path / "first")) - (users(tmp_path / "first") == user).sum()
