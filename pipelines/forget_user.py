@@ -634,10 +634,9 @@ def settle_dvc(repo_root: Path, report: ErasureReport) -> None:
     from dvc.repo import Repo
 
     with contextlib.chdir(repo_root), Repo(str(repo_root)) as repo:
-        changed = [name for name, entries in repo.status().items()
-                   if any(isinstance(e, dict) and "changed outs" in e for e in entries)]
+        changed, left = stages_to_commit(repo.status())
         for name in changed:
-            repo.commit(name.split(":")[-1], force=True)
+            repo.commit(name, force=True)
         cloud = bool(repo.config["core"].get("remote"))
         before = _cache_objects(repo)
         repo.gc(workspace=True, cloud=cloud, force=True)
@@ -647,9 +646,39 @@ def settle_dvc(repo_root: Path, report: ErasureReport) -> None:
     report.removed["dvc_cache"] = removed
     report.files.append(f"dvc.lock: committed the erased outputs of {', '.join(changed) or 'no stage'} "
                         "(commit dvc.lock to git)")
+    if left:
+        report.notes.append(f"DVC: not committed, as they changed for other reasons too (dvc repro rebuilds them): "
+                            f"{', '.join(left)}")
     report.notes.append(f"DVC: {removed} cached objects the workspace does not use were deleted"
                         + (" from the cache and the default remote" if cloud else " from the cache")
                         + "; other commits and experiments can no longer check out their data (dvc repro rebuilds it)")
+
+
+def stages_to_commit(status: Mapping[str, list]) -> tuple[list[str], list[str]]:
+    """(stages to `dvc commit -f`, stages with changed outputs left alone) from `dvc status`.
+
+    A stage is committed when its outputs were modified in place (what the erasure does) and nothing else
+    about it changed but dependencies that are such outputs of other stages: a stage whose code, params or
+    command changed, or whose output is missing, must be reproduced, not declared up to date."""
+    def parts(entries: list) -> tuple[dict, dict, bool]:
+        outs, deps, other = {}, {}, False
+        for entry in entries:
+            if isinstance(entry, dict) and set(entry) <= {"changed outs", "changed deps"}:
+                outs.update(entry.get("changed outs", {}))
+                deps.update(entry.get("changed deps", {}))
+            else:
+                other = True
+        return outs, deps, other
+
+    split = {name.split(":")[-1]: parts(entries) for name, entries in status.items()}
+    rewritten = {path for outs, _, _ in split.values() for path, what in outs.items() if what == "modified"}
+    commit, left = [], []
+    for name, (outs, deps, other) in split.items():
+        if not outs:
+            continue
+        ok = not other and all(what == "modified" for what in outs.values()) and set(deps) <= rewritten
+        (commit if ok else left).append(name)
+    return commit, left
 
 
 def _cache_objects(repo: Any) -> int:
@@ -707,12 +736,23 @@ def forget_user(
         report.not_reached.append("in-process user state of running API replicas (expires after serve.state_ttl_seconds)")
     report.not_reached.append("the bundle and index a running API loaded into memory (restart the API: "
                               "`docker compose restart api`, or a new ECS deployment)")
+    # The files are rewritten by now: whatever fails below is said in the record, which is always written (the
+    # register is what keeps restored copies out of training).
     if registry is not None:
-        erase_model_registry(registry, user_id, clicks, report, when)
+        try:
+            erase_model_registry(registry, user_id, clicks, report, when)
+        except Exception as error:  # noqa: BLE001 - any registry failure leaves the record to write
+            report.not_reached.append(f"the model registry ({type(error).__name__}: {error}); run the command "
+                                      "again once it answers")
     else:
         report.not_reached.append("the model registry (no MLflow tracking store given)")
     if repo_root is not None:
-        settle_dvc(repo_root, report)
+        try:
+            settle_dvc(repo_root, report)
+        except Exception as error:  # noqa: BLE001 - as above
+            report.not_reached.append(f"DVC's cache and remote ({type(error).__name__}: {error}); run the "
+                                      "command again, or `dvc commit -f` the rewritten stages and "
+                                      "`dvc gc --workspace --cloud --force`")
     record = record_erasure(Path(register), user_id, key, report, when)
     return report, record
 

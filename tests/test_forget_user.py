@@ -396,3 +396,18 @@ def test_a_regenerated_dataset_does_not_make_an_erased_user_again(tmp_path, monk
     synthesize(root / "raw", profile, seed=3, epoch_ms=epoch, hours=6)
     again = users(root)
     assert user not in set(again) and len(again) == len(users(tmp_path / "first")) - (users(tmp_path / "first") == user).sum()
+
+
+@pytest.mark.unit
+def test_only_stages_the_erasure_alone_changed_are_committed():
+    status = {
+        "synth": [{"changed outs": {"data/raw": "modified"}}],
+        "validate": [{"changed deps": {"data/raw": "modified"}}, {"changed outs": {"data/validated": "modified"}}],
+        "split": [{"changed deps": {"data/validated": "modified"}}],  # runs again: nothing to commit
+        "features": [{"changed deps": {"data/validated": "modified", "pipelines/features.py": "modified"}},
+                     {"changed outs": {"data/features": "modified"}}],  # code changed too: reproduce it
+        "candidates": [{"changed outs": {"data/candidates": "deleted"}}],
+        "train": [{"changed deps": {"params.yaml": {"train.seed": "modified"}}},
+                  {"changed outs": {"models/ranker": "modified"}}],
+    }
+    assert F.stages_to_commit(status) == (["synth", "validate"], ["features", "candidates", "train"])
