@@ -745,7 +745,7 @@ def forget_user(
             report.not_reached.append(f"the model registry ({type(error).__name__}: {error}); run the command "
                                       "again once it answers")
     else:
-        report.not_reached.append("the model registry (no MLflow tracking store given)")
+        report.not_reached.append("the model registry (none given, or none exists yet)")
     if repo_root is not None:
         try:
             settle_dvc(repo_root, report)
@@ -806,12 +806,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _model_registry(params_path: Path) -> ModelRegistry:
-    """The MLflow registry params.yaml names (tracking store, experiment, registered model)."""
+def _model_registry(params_path: Path) -> ModelRegistry | None:
+    """The MLflow registry params.yaml names (tracking store, experiment, registered model); None when it is a
+    SQLite file that does not exist (nothing was ever registered, and none is created here)."""
     import mlflow
     from mlflow import MlflowClient
 
     tracking = load_params("mlflow", params_path)
+    uri = str(tracking["tracking_uri"])
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return None
     mlflow.set_tracking_uri(tracking["tracking_uri"])
     client = MlflowClient(tracking_uri=tracking["tracking_uri"], registry_uri=tracking["tracking_uri"])
     return ModelRegistry(client, load_params("register", params_path)["model_name"], tracking["experiment"],

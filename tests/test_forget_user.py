@@ -288,6 +288,7 @@ def test_cli_asks_for_yes_then_erases(tiny_validated, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSREC")}
     env["NEWSREC__SERVE__IMPRESSION_LOG"] = str(tmp_path / "logs" / "impressions.jsonl")
     env["NEWSREC__SERVE__CLICK_LOG"] = str(tmp_path / "logs" / "clicks.jsonl")
+    env["NEWSREC__MLFLOW__TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"  # none: nothing registered
 
     dry = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert dry.returncode == 2 and "--yes" in dry.stderr
@@ -304,6 +305,7 @@ def test_cli_asks_for_yes_then_erases(tiny_validated, tmp_path):
     assert "erased: raw" in done.stdout and "not reachable from here" in done.stdout
     assert _user_rows(root, user) == {}
     assert len((root / "erasures.jsonl").read_text().splitlines()) == 1
+    assert not (tmp_path / "mlflow.db").exists()  # no registry is created to be erased
 
 
 _STAGES = """
