@@ -413,3 +413,40 @@ def test_only_stages_the_erasure_alone_changed_are_committed():
                   {"changed outs": {"models/ranker": "modified"}}],
     }
     assert F.stages_to_commit(status) == (["synth", "validate"], ["features", "candidates", "train"])
+
+
+@pytest.mark.integration
+def test_registry_artifacts_on_s3_are_rewritten_and_versions_tagged(s3_env, tmp_path):
+    """A registry whose artifacts live in an object store (compose and AWS): the bundle files are downloaded,
+    rewritten without the user, uploaded over the old ones with their manifest, and every version is tagged."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines import storage
+    from pipelines.fileio import verify_manifest, write_manifest
+
+    bucket = f"artifacts-{uuid.uuid4().hex[:12]}"
+    storage.make_buckets([bucket])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri, uri)
+    exp = client.create_experiment("erasure", artifact_location=f"s3://{bucket}/mlflow")
+    bundle = tmp_path / "bundle"
+    (bundle / "features").mkdir(parents=True)
+    pd.DataFrame({C.USER_ID: [5, 7], "u_clicks": [1, 2]}).to_parquet(bundle / "features" / "users.parquet")
+    write_manifest(bundle)
+    run = client.create_run(exp)
+    client.log_artifacts(run.info.run_id, str(bundle), "bundle")
+    client.create_registered_model("ranker")
+    client.create_model_version("ranker", f"runs:/{run.info.run_id}/bundle", run.info.run_id)
+
+    registry = F.ModelRegistry(client, "ranker", "erasure", epoch_ms=0)
+    report = F.ErasureReport()
+    F.erase_model_registry(registry, 7, pd.DataFrame(columns=[C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP]),
+                           report, dt.datetime(2026, 1, 2, tzinfo=dt.UTC))
+    assert report.removed["model_registry"] == 1
+    back = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="bundle",
+                                                    dst_path=str(tmp_path / "back")))
+    assert pd.read_parquet(back / "features" / "users.parquet")[C.USER_ID].tolist() == [5]
+    assert verify_manifest(back)
+    assert client.get_model_version("ranker", "1").tags["erasure.last_at"] == "2026-01-02T00:00:00+00:00"
