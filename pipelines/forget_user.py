@@ -29,7 +29,8 @@ Sessions belong to one user, so dropping a user's rows never breaks another sess
 The erasure is recorded in `<root>/<forget_user.register>` as one JSON line that holds a keyed hash
 (HMAC-SHA256) of the id, the time and how many rows went where: never the id or any click. Training reads
 clicks through `split.load_clicks`, which drops every user whose hash is in the register, so a drop
-restored from a backup or an S3 version cannot bring an erased user back into a model. The key comes from the
+restored from a backup or an S3 version cannot bring an erased user back into a model; `newsrec synth` honours
+it too, so regenerating the demo dataset does not make an erased user again. The key comes from the
 environment variable `forget_user.key_env` (a secret: with it, ids could be tested against the register);
 without the key the register cannot be written or honoured, which is an error that says how to provide it.
 
