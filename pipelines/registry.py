@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -434,14 +435,58 @@ def aliases(client, model_name: str) -> dict[str, str]:
 
 def window_id(validated_dir: str | Path, snapshot) -> str:
     """Identity of a test window: its hours and a digest of its clicks, so two evaluations on the same
-    window agree and a window over other data (another dataset, re-validated hours) does not."""
+    window agree and a window over other data (another dataset, re-validated hours) does not. Users in the
+    erasure register are not in it (split.load_clicks); `window_without` takes a later erasure out of an
+    existing id, so a version registered before it still compares with one registered after."""
     from pipelines.split import load_clicks
 
-    clicks = load_clicks(validated_dir, snapshot.cutoff_ms, snapshot.end_ms, columns=[C.USER_ID,
-                         C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP])
-    digest = int(pd.util.hash_pandas_object(clicks[[C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP]],
-                                            index=False).sum()) & 0xFFFFFFFFFFFF
-    return f"hours {snapshot.cutoff_hour}-{snapshot.end_hour - 1}, {len(clicks)} clicks, {digest:012x}"
+    clicks = load_clicks(validated_dir, snapshot.cutoff_ms, snapshot.end_ms, columns=list(_WINDOW_COLUMNS))
+    return f"hours {snapshot.cutoff_hour}-{snapshot.end_hour - 1}, {len(clicks)} clicks, {_digest(clicks):012x}"
+
+
+_WINDOW_COLUMNS = (C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP)
+_DIGEST_MASK = 0xFFFFFFFFFFFF
+_WINDOW = re.compile(r"^hours (\d+)-(\d+), (\d+) clicks, ([0-9a-f]{12})(.*)$")
+
+
+def _digest(clicks: pd.DataFrame) -> int:
+    """A sum of per-click hashes (mod 2**48): additive, so one user's clicks can be subtracted from it."""
+    frame = clicks[list(_WINDOW_COLUMNS)].astype("int64")
+    return int(pd.util.hash_pandas_object(frame, index=False).sum()) & _DIGEST_MASK
+
+
+def window_without(window: str, clicks: pd.DataFrame, epoch_ms: int) -> str:
+    """The test-window id `window` as `window_id` computes it once `clicks` (an erased user's) are gone."""
+    match = _WINDOW.match(window or "")
+    if match is None:
+        return window
+    first, last, count, digest, rest = match.groups()
+    start, end = int(epoch_ms) + int(first) * C.HOUR_MS, int(epoch_ms) + (int(last) + 1) * C.HOUR_MS
+    inside = clicks[(clicks[C.CLICK_TIMESTAMP] >= start) & (clicks[C.CLICK_TIMESTAMP] < end)]
+    if inside.empty:
+        return window
+    left = (int(digest, 16) - _digest(inside)) & _DIGEST_MASK
+    return f"hours {first}-{last}, {int(count) - len(inside)} clicks, {left:012x}{rest}"
+
+
+def forget_in_windows(client, model_name: str, clicks: pd.DataFrame, epoch_ms: int) -> list[str]:
+    """Take an erased user's clicks out of the test-window tag of every version of `model_name`, so the gate
+    compares a version registered before the erasure with one registered after (same window, same clicks)
+    instead of calling them not comparable. The versions whose tag changed."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{model_name}'")
+    except MlflowException:
+        return []
+    changed = []
+    for mv in versions:
+        old = mv.tags.get(WINDOW_TAG)
+        new = window_without(old, clicks, epoch_ms) if old else old
+        if new != old:
+            client.set_model_version_tag(model_name, mv.version, WINDOW_TAG, new)
+            changed.append(str(mv.version))
+    return changed
 
 
 def reranker_metrics(eval_results: dict) -> dict[str, dict[str, float]]:

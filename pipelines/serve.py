@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    # No access log: its lines name user ids in their paths (/v1/users/ID/...) and would stay in container logs
+    # (CloudWatch keeps them a year) where `newsrec forget-user` cannot erase them. Requests are counted in
+    # /metrics; impressions and clicks are logged by id in the event logs, which the erasure rewrites.
     if args.workers > 1:
         # Workers are separate processes: each builds its own app from the same params (see factory below).
         os.environ["NEWSREC_SERVE_PARAMS"] = str(args.params)
@@ -54,13 +57,14 @@ def main(argv: list[str] | None = None) -> int:
             section = "MLFLOW" if key == "tracking_uri" else "SERVE"
             os.environ[f"NEWSREC__{section}__{key.upper()}"] = str(value)
         uvicorn.run("serving.app:app_from_env", factory=True, host=settings.host, port=settings.port,
-                    workers=args.workers, log_level=args.log_level)
+                    workers=args.workers, log_level=args.log_level, access_log=False)
         return 0
 
     from serving.app import configure_logging, create_app
 
     configure_logging(args.log_level)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
+                access_log=False)
     return 0
 
 

@@ -637,6 +637,14 @@ def synthesize(out_dir: str | Path, profile: Profile, seed: int, epoch_ms: int, 
 
     sess = make_sessions(r_sess, profile, arts, total_hours, hours, drift_from, drift_kind)
     clicks, click_hour = make_clicks(r_click, profile, arts, sess, epoch_ms, surge_cat, drift_from)
+    # Users erased with `newsrec forget-user` (the register of the data root `out` belongs to) are not made
+    # again when the dataset is regenerated. Sessions belong to one user, so other sessions stay whole.
+    from pipelines.forget_user import erased_users
+
+    erased = erased_users(np.unique(clicks[C.USER_ID]), out.parent)
+    if erased:
+        keep = ~np.isin(clicks[C.USER_ID], erased)
+        clicks, click_hour = {c: v[keep] for c, v in clicks.items()}, click_hour[keep]
     n_clicks = len(click_hour)
     n_sessions = len(sess.hour)  # session ids are unique by construction
     n_users = int(np.count_nonzero(np.bincount(clicks[C.USER_ID])))

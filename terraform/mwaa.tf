@@ -64,11 +64,13 @@ resource "aws_vpc_security_group_ingress_rule" "services_mlflow_from_mwaa" {
 resource "aws_s3_object" "mwaa_startup" {
   bucket = local.bucket["dags"].id
   key    = "startup/startup.sh"
+  # The erasure key goes by name (the execution role may read ${local.name}/airflow/*); the script fetches it.
   content = templatefile("${path.module}/mwaa/startup.sh", {
-    raw_uri     = "s3://${local.bucket["raw"].id}/globo"
-    mlflow_url  = local.mlflow_url
-    alerts_from = "newsrec-alerts@${var.domain_name}"
-    alerts_to   = join(",", var.drift_alert_recipients)
+    raw_uri            = "s3://${local.bucket["raw"].id}/globo"
+    mlflow_url         = local.mlflow_url
+    alerts_from        = "newsrec-alerts@${var.domain_name}"
+    alerts_to          = join(",", var.drift_alert_recipients)
+    erasure_key_secret = aws_secretsmanager_secret.erasure_key.name
   })
   kms_key_id = aws_kms_key.main.arn
 }

@@ -51,3 +51,28 @@ resource "aws_secretsmanager_secret_version" "dashboard_api_key" {
   secret_id     = aws_secretsmanager_secret.dashboard_api_key.id
   secret_string = random_password.api_key["dashboard"].result
 }
+
+# The erasure register's key (`newsrec forget-user`, params forget_user.key_env): an HMAC key, so ids cannot be
+# tested against the register without it. Every task that reads clicks needs it once anyone was erased, and
+# it must never change afterwards (the register's tokens would stop matching), hence prevent_destroy. Under
+# the Airflow variables prefix, which the MWAA execution role may read; mwaa/startup.sh exports it.
+resource "random_password" "erasure_key" {
+  length  = 64
+  special = false
+  lifecycle {
+    prevent_destroy = true
+  }
+}
+
+resource "aws_secretsmanager_secret" "erasure_key" {
+  #checkov:skip=CKV2_AWS_57:Rotating this key would orphan every token in the erasure register; it is never rotated.
+  name                    = "${local.name}/airflow/variables/erasure_key"
+  description             = "HMAC key of the erasure register (NEWSREC_ERASURE_KEY)"
+  kms_key_id              = aws_kms_key.main.arn
+  recovery_window_in_days = 30
+}
+
+resource "aws_secretsmanager_secret_version" "erasure_key" {
+  secret_id     = aws_secretsmanager_secret.erasure_key.id
+  secret_string = random_password.erasure_key.result
+}

@@ -370,6 +370,12 @@ def _service_env(svc: dict) -> dict[str, str]:
     return {str(k): str(v) for k, v in env.items()}
 
 
+def _secret_env_names(params: dict) -> set[str]:
+    """Variables params.yaml names as where a secret is read from (`alerts.password_env`, `forget_user.key_env`)."""
+    return {value for section in params.values() if isinstance(section, dict)
+            for key, value in section.items() if key.endswith("_env") and isinstance(value, str)}
+
+
 @pytest.mark.parametrize("service", sorted(EXPECTED_SERVICES))
 def test_environment_matches_what_the_code_reads(service):
     from dashboard.data import API_KEY_ENV
@@ -390,7 +396,7 @@ def test_environment_matches_what_the_code_reads(service):
             assert name in _mlflow_env_names(), f"{where}: MLflow reads no such variable"
         elif name.startswith("AWS_"):
             assert name in _boto_env_names(), f"{where}: botocore reads no such variable"
-        elif name in IMAGE_ENV.get(image, set()):
+        elif name in IMAGE_ENV.get(image, set()) or name in _secret_env_names(params):
             pass
         elif service == "api" and name == params["serve"]["api_keys_env"]:
             pass  # serving/access.py reads the keys from the variable params names
@@ -419,6 +425,7 @@ def test_services_get_the_settings_their_code_needs():
     assert worker["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert worker["NEWSREC__STORAGE__RAW_URI"].startswith("s3://")
     assert worker["NEWSREC__MLFLOW__TRACKING_URI"] == "http://mlflow:5000"
+    assert "NEWSREC_ERASURE_KEY" in worker  # tasks that read clicks honour the erasure register with it
     # Artifacts go where the server proxies them, never to a path inside one container.
     assert yaml.safe_load(worker["NEWSREC__MLFLOW__ARTIFACT_ROOT"]) is None
     dashboard = _service_env(services["dashboard"])

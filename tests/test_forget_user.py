@@ -11,6 +11,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -63,6 +64,66 @@ def test_tokens_are_keyed_and_the_key_is_required():
         F.erasure_key("NEWSREC_ERASURE_KEY", {})
     with pytest.raises(F.ErasureError):
         F.erasure_key("K", {"K": "short"})
+
+
+@pytest.mark.unit
+def test_ids_match_as_integers_not_as_text():
+    data = b"user_id,session_id\n0005959,1\n 5959,2\n59590,3\n\"5959\",4\n"
+    out, removed = F.csv_without_user(data, 5959)
+    assert removed == 3 and out == b"user_id,session_id\n59590,3\n"
+    assert F.same_id("0005959", 5959) and F.same_id(5959.0, 5959) and not F.same_id("59590", 5959)
+    assert not F.same_id(True, 1) and not F.same_id("x", 5959)
+    # The catalogue has no users: an article whose id equals the user's stays.
+    catalogue = b"article_id,category_id\n5959,3\n"
+    assert F.csv_without_user(catalogue, 5959) == (catalogue, 0)
+
+
+@pytest.mark.unit
+def test_gx_rows_of_the_user_leave_the_result():
+    result = {"results": [{"expectation_config": {"kwargs": {"column_list": ["user_id", "session_id"]}},
+                           "result": {"partial_unexpected_list": [{"user_id": "0005959", "session_id": 1},
+                                                                  {"user_id": 8, "session_id": 2}]}}]}
+    scrubbed, removed = F.scrub_gx_result(result, 5959)
+    assert removed == 1
+    assert scrubbed["results"][0]["result"]["partial_unexpected_list"] == [{"user_id": 8, "session_id": 2}]
+
+
+@pytest.mark.unit
+def test_bundles_temp_copies_and_gx_store_lose_the_user(tmp_path):
+    from pipelines.fileio import verify_manifest, write_manifest
+    from pipelines.serving_index import HISTORY_COLUMNS, load_history, save_history
+
+    root = tmp_path / "root"
+    users = root / "serving_index" / "hour=010" / "features"
+    users.mkdir(parents=True)
+    pd.DataFrame({C.USER_ID: [3, 7, 9], "u_clicks": [1, 2, 3]}).to_parquet(users / "users.parquet")
+    np.save(users / "profiles.npy", np.array([[3.0], [7.0], [9.0]], dtype=np.float32))
+    history = pd.DataFrame({c: [3, 7, 7, 9] for c in HISTORY_COLUMNS})
+    save_history(history, users.parent / "history.npy")
+    write_manifest(users.parent)
+    # A writer's temporary copies left by a crash, and a GX result in the results store.
+    part = root / "validated" / C.CLICKS_DIR / "hour=004"
+    part.mkdir(parents=True)
+    pd.DataFrame({C.USER_ID: [7, 8]}).to_parquet(part / ".part-0.parquet.999999.tmp")
+    raw = root / "raw" / C.CLICKS_DIR
+    raw.mkdir(parents=True)
+    (raw / ".clicks_hour_004.csv.pid999999.ab12.tmp").write_text("user_id,session_id\n7,1\n8,2\n")
+    gx = root / "gx" / "validations" / "clicks_hour" / "run"
+    gx.mkdir(parents=True)
+    (gx / "result.json").write_text(json.dumps({"results": [{"expectation_config": {"kwargs": {"column": "user_id"}},
+                                                             "result": {"partial_unexpected_list": [7, 8]}}]}))
+
+    report = F.ErasureReport()
+    F.erase_data_root(root, 7, report)
+    assert _user_rows(root, 7) == {}
+    assert report.removed["derived"] == 3 and report.removed["validated"] == 1 and report.removed["raw"] == 1
+    assert report.removed["gx_store"] == 1
+    kept = pd.read_parquet(users / "users.parquet")[C.USER_ID].tolist()
+    assert kept == [3, 9] and np.load(users / "profiles.npy")[:, 0].tolist() == [3.0, 9.0]  # still aligned
+    assert load_history(users.parent / "history.npy")[C.USER_ID].tolist() == [3, 9]
+    assert verify_manifest(users.parent)  # rewritten with the files
+    assert pd.read_parquet(part / ".part-0.parquet.999999.tmp")[C.USER_ID].tolist() == [8]
+    assert "\n7," not in (raw / ".clicks_hour_004.csv.pid999999.ab12.tmp").read_text()
 
 
 # --- the whole erasure on a real (tiny) data root ----------------------------------------------------------
@@ -227,6 +288,7 @@ def test_cli_asks_for_yes_then_erases(tiny_validated, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSREC")}
     env["NEWSREC__SERVE__IMPRESSION_LOG"] = str(tmp_path / "logs" / "impressions.jsonl")
     env["NEWSREC__SERVE__CLICK_LOG"] = str(tmp_path / "logs" / "clicks.jsonl")
+    env["NEWSREC__MLFLOW__TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"  # none: nothing registered
 
     dry = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert dry.returncode == 2 and "--yes" in dry.stderr
@@ -243,3 +305,148 @@ def test_cli_asks_for_yes_then_erases(tiny_validated, tmp_path):
     assert "erased: raw" in done.stdout and "not reachable from here" in done.stdout
     assert _user_rows(root, user) == {}
     assert len((root / "erasures.jsonl").read_text().splitlines()) == 1
+    assert not (tmp_path / "mlflow.db").exists()  # no registry is created to be erased
+
+
+_STAGES = """
+stages:
+  synth:
+    cmd: python -c "import pathlib; p = pathlib.Path('data/raw/clicks'); p.mkdir(parents=True, exist_ok=True);
+      (p / 'clicks_hour_000.csv').write_text('user_id,session_id\\n4242,1\\n8,2\\n4242,3\\n')"
+    outs:
+      - data/raw
+  features:
+    cmd: python -c "import pandas as pd, pathlib; pathlib.Path('data/features').mkdir(exist_ok=True);
+      pd.read_csv('data/raw/clicks/clicks_hour_000.csv').to_parquet('data/features/users.parquet')"
+    deps:
+      - data/raw
+    outs:
+      - data/features
+"""
+
+
+def _cached_user_objects(folder: Path, user_id: int) -> list[str]:
+    hits = []
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.name.endswith(".dir"):
+            data = path.read_bytes()
+            if data[:4] == b"PAR1":
+                import io
+
+                frame = pd.read_parquet(io.BytesIO(data))
+                hit = C.USER_ID in frame and bool((frame[C.USER_ID] == user_id).any())
+            else:
+                hit = str(user_id).encode() in data
+            if hit:
+                hits.append(str(path))
+    return hits
+
+
+@pytest.mark.integration
+def test_dvc_treats_the_erased_outputs_as_the_truth(tmp_path):
+    """After the erasure, `dvc repro` checks nothing out of the cache (dvc.lock holds the erased outputs), and
+    neither the cache nor the DVC remote keeps an object with the user's rows."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    dvc = str(Path(sys.executable).parent / "dvc")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    def run(*cmd: str) -> str:
+        done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    run("git", "init", "-q")
+    run(dvc, "init", "-q")
+    run(dvc, "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    (repo / "dvc.yaml").write_text(_STAGES)
+    run(dvc, "repro")
+    run(dvc, "push")
+    assert _cached_user_objects(repo / ".dvc" / "cache", 4242) and _cached_user_objects(tmp_path / "remote", 4242)
+
+    report, _ = F.forget_user(4242, repo / "data", key=KEY, register=repo / "data" / "erasures.jsonl")
+    assert report.removed["raw"] == 2 and report.removed["derived"] == 2 and report.removed["dvc_cache"] > 0
+    assert any("DVC:" in note for note in report.notes)
+
+    assert "synth" not in run(dvc, "status") and "features" not in run(dvc, "status")
+    out = run(dvc, "repro")
+    assert "Restored" not in out and "Running stage" not in out, out
+    assert _user_rows(repo / "data", 4242) == {}
+    assert _cached_user_objects(repo / ".dvc" / "cache", 4242) == []
+    assert _cached_user_objects(tmp_path / "remote", 4242) == []
+    assert "new:" not in run(dvc, "status", "--cloud")  # the erased versions were pushed
+
+
+@pytest.mark.integration
+def test_a_regenerated_dataset_does_not_make_an_erased_user_again(tmp_path, monkeypatch):
+    """The demo's raw data is a DVC stage (synth): when it runs again, the users in the register stay erased."""
+    from pipelines.config import load_params
+    from pipelines.synth import Profile, synthesize
+
+    profile = Profile.from_params(load_params("synth"), "tiny")
+    epoch = load_params("data")["epoch_ms"]
+
+    def users(root: Path) -> pd.Series:
+        return pd.concat(pd.read_csv(p) for p in (root / "raw" / C.CLICKS_DIR).glob("*.csv"))[C.USER_ID]
+
+    synthesize(tmp_path / "first" / "raw", profile, seed=3, epoch_ms=epoch, hours=6)
+    user = int(users(tmp_path / "first").value_counts().index[0])
+    root = tmp_path / "again"
+    root.mkdir()
+    F.record_erasure(root / "erasures.jsonl", user, KEY, F.ErasureReport(), dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    monkeypatch.setenv("NEWSREC_ERASURE_KEY", KEY.decode())
+    synthesize(root / "raw", profile, seed=3, epoch_ms=epoch, hours=6)
+    again = users(root)
+    assert user not in set(again) and len(again) == len(users(tmp_path / "first")) - (users(tmp_path / "first") == user).sum()
+
+
+@pytest.mark.unit
+def test_only_stages_the_erasure_alone_changed_are_committed():
+    status = {
+        "synth": [{"changed outs": {"data/raw": "modified"}}],
+        "validate": [{"changed deps": {"data/raw": "modified"}}, {"changed outs": {"data/validated": "modified"}}],
+        "split": [{"changed deps": {"data/validated": "modified"}}],  # runs again: nothing to commit
+        "features": [{"changed deps": {"data/validated": "modified", "pipelines/features.py": "modified"}},
+                     {"changed outs": {"data/features": "modified"}}],  # code changed too: reproduce it
+        "candidates": [{"changed outs": {"data/candidates": "deleted"}}],
+        "train": [{"changed deps": {"params.yaml": {"train.seed": "modified"}}},
+                  {"changed outs": {"models/ranker": "modified"}}],
+    }
+    assert F.stages_to_commit(status) == (["synth", "validate"], ["features", "candidates", "train"])
+
+
+@pytest.mark.integration
+def test_registry_artifacts_on_s3_are_rewritten_and_versions_tagged(s3_env, tmp_path):
+    """A registry whose artifacts live in an object store (compose and AWS): the bundle files are downloaded,
+    rewritten without the user, uploaded over the old ones with their manifest, and every version is tagged."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines import storage
+    from pipelines.fileio import verify_manifest, write_manifest
+
+    bucket = f"artifacts-{uuid.uuid4().hex[:12]}"
+    storage.make_buckets([bucket])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri, uri)
+    exp = client.create_experiment("erasure", artifact_location=f"s3://{bucket}/mlflow")
+    bundle = tmp_path / "bundle"
+    (bundle / "features").mkdir(parents=True)
+    pd.DataFrame({C.USER_ID: [5, 7], "u_clicks": [1, 2]}).to_parquet(bundle / "features" / "users.parquet")
+    write_manifest(bundle)
+    run = client.create_run(exp)
+    client.log_artifacts(run.info.run_id, str(bundle), "bundle")
+    client.create_registered_model("ranker")
+    client.create_model_version("ranker", f"runs:/{run.info.run_id}/bundle", run.info.run_id)
+
+    registry = F.ModelRegistry(client, "ranker", "erasure", epoch_ms=0)
+    report = F.ErasureReport()
+    F.erase_model_registry(registry, 7, pd.DataFrame(columns=[C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP]),
+                           report, dt.datetime(2026, 1, 2, tzinfo=dt.UTC))
+    assert report.removed["model_registry"] == 1
+    back = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="bundle",
+                                                    dst_path=str(tmp_path / "back")))
+    assert pd.read_parquet(back / "features" / "users.parquet")[C.USER_ID].tolist() == [5]
+    assert verify_manifest(back)
+    assert client.get_model_version("ranker", "1").tags["erasure.last_at"] == "2026-01-02T00:00:00+00:00"

@@ -281,3 +281,64 @@ def test_a_damaged_bundle_is_refused_before_anything_parses_it_and_the_service_k
     assert holder.refresh() is False
     assert holder.slots.champion is good
     assert "load models:/m/2" in holder.last_error and "ranker.txt" in holder.last_error
+
+
+def test_after_an_erasure_the_gate_compares_versions_on_the_same_window(client, tiny_validated, tmp_path):
+    """A champion registered before an erasure, a challenger trained on the erased data: the same test window
+    once the erased user's clicks leave the champion's tag, so the gate judges them (and the champion that
+    held the user is replaced when the challenger wins) instead of calling them not comparable."""
+    import shutil
+
+    from pipelines import forget_user as F
+    from pipelines.config import load_params
+    from pipelines.split import load_clicks, make_snapshot
+
+    root = tmp_path / "root"
+    shutil.copytree(tiny_validated, root)
+    validated = root / "validated" / C.CLICKS_DIR
+    epoch = int(load_params("data")["epoch_ms"])
+    last = max(int(p.name.split("=")[1]) for p in validated.glob("hour=*"))
+    snapshot = make_snapshot("test", "test", last - 2, last + 1, epoch)
+    target = load_clicks(validated, snapshot.cutoff_ms, snapshot.end_ms)
+    user = int(target[C.USER_ID].value_counts().index[0])
+    before = R.window_id(validated, snapshot) + ", as served"
+    clicks = F.user_clicks(root, user)
+    for part in validated.glob("*/part-0.parquet"):
+        F.parquet_without_user(part, user)
+    after = R.window_id(validated, snapshot) + ", as served"
+    assert after != before
+
+    kept = {v: client.get_model_version(NAME, v).tags[R.WINDOW_TAG] for v in VERSIONS}
+    try:
+        client.set_model_version_tag(NAME, "1", R.WINDOW_TAG, before)
+        assert _challenge(client, "1").promoted
+        client.set_model_version_tag(NAME, "5", R.WINDOW_TAG, after)  # registered after the erasure
+        refused = _challenge(client, "5")
+        assert not refused.promoted and "not comparable" in refused.reason  # what happened before the fix
+        # The order of the real flow: the erasure, then `dvc repro` registers the challenger.
+        client.delete_model_version_tag(NAME, "5", R.WINDOW_TAG)
+        assert "1" in R.forget_in_windows(client, NAME, clicks, epoch)
+        assert client.get_model_version(NAME, "1").tags[R.WINDOW_TAG] == after
+        client.set_model_version_tag(NAME, "5", R.WINDOW_TAG, after)
+        decision = _challenge(client, "5")
+        assert decision.promoted and "beats champion v1" in decision.reason
+    finally:
+        for version, window in kept.items():
+            client.set_model_version_tag(NAME, version, R.WINDOW_TAG, window)
+
+
+@pytest.mark.unit
+def test_a_window_id_loses_exactly_the_erased_clicks():
+    rng = np.random.default_rng(0)
+    epoch, n = 1_506_826_800_000, 400
+    frame = pd.DataFrame({C.USER_ID: rng.integers(0, 40, n), C.CLICK_ARTICLE_ID: rng.integers(0, 900, n),
+                          C.CLICK_TIMESTAMP: epoch + rng.integers(0, 5 * C.HOUR_MS, n)}).astype("int64")
+
+    def window(clicks: pd.DataFrame) -> str:
+        inside = clicks[clicks[C.CLICK_TIMESTAMP] >= epoch + 2 * C.HOUR_MS]
+        return f"hours 2-4, {len(inside)} clicks, {R._digest(inside):012x}, as served"
+
+    mine = frame[C.USER_ID] == 7
+    assert R.window_without(window(frame), frame[mine], epoch) == window(frame[~mine])
+    assert R.window_without(window(frame), frame[mine].iloc[0:0], epoch) == window(frame)
+    assert R.window_without("another id format", frame[mine], epoch) == "another id format"

@@ -466,6 +466,27 @@ def test_serve_runs_each_worker_single_threaded_unless_told_otherwise(monkeypatc
     assert os.environ["OPENBLAS_NUM_THREADS"] == "1" and os.environ["MKL_NUM_THREADS"] == "1"
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_writes_no_access_log_that_names_users(monkeypatch, workers):
+    """Access lines carry user ids in their paths, in container logs the erasure cannot reach."""
+    import sys
+    import types
+
+    from pipelines import serve
+
+    runs = []
+    monkeypatch.setitem(sys.modules, "uvicorn", types.SimpleNamespace(run=lambda *a, **kw: runs.append(kw)))
+    monkeypatch.setattr(serve, "champion_problem", lambda settings: None)
+    monkeypatch.setitem(sys.modules, "serving.app", types.SimpleNamespace(configure_logging=lambda level: None,
+                                                                          create_app=lambda settings: object()))
+    for name in ("NEWSREC_SERVE_PARAMS", "NEWSREC_SERVE_LOG_LEVEL", "NEWSREC__SERVE__REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # serve.main exports settings for its workers
+    assert serve.main(["--workers", workers, "--redis-url", "redis://127.0.0.1:6379/0", "--params", "params.yaml"]) == 0
+    assert runs and runs[0]["access_log"] is False
+
+
 def test_serve_says_at_start_when_there_is_no_champion_and_how_to_make_one(serving_registry, tmp_path):
     from pipelines.serve import champion_problem
 

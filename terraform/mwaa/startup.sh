@@ -8,4 +8,7 @@ export NEWSREC__MLFLOW__ARTIFACT_ROOT="null"   # MLflow proxies artifacts to S3
 export NEWSREC__DATA__ROOT="/usr/local/airflow/newsrec-data"
 export NEWSREC__ALERTS__FROM="${alerts_from}"
 export NEWSREC__ALERTS__TO="${alerts_to}"
+# The erasure register's key (terraform/secrets.tf): tasks that read clicks fail without it once anyone was erased.
+NEWSREC_ERASURE_KEY="$(aws secretsmanager get-secret-value --secret-id "${erasure_key_secret}" --query SecretString --output text)"
+export NEWSREC_ERASURE_KEY
 mkdir -p /usr/local/airflow/newsrec-data
