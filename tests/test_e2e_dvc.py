@@ -32,9 +32,9 @@ def _copy_checkout(dest: Path) -> None:
         subprocess.run(cmd, cwd=dest, check=True)
 
 
-@pytest.mark.e2e
-@pytest.mark.timeout(1200)
-def test_dvc_repro_runs_the_whole_flow_on_the_tiny_profile(tmp_path):
+def tiny_checkout(tmp_path: Path, **env_vars: str) -> tuple[Path, Path, dict[str, str]]:
+    """(repo, the venv's bin folder, environment): a copy of the checkout set to the tiny profile, with its own
+    MLflow registry under `tmp_path`; no NEWSREC variable of the caller's environment leaks in."""
     repo = tmp_path / "repo"
     _copy_checkout(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -43,10 +43,17 @@ def test_dvc_repro_runs_the_whole_flow_on_the_tiny_profile(tmp_path):
         params[section][name] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     bin_dir = Path(os.sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "NEWSREC__MLFLOW__TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-           "NEWSREC__MLFLOW__ARTIFACT_ROOT": str(tmp_path / "mlartifacts")}
-    env.pop("NEWSREC_PARAMS", None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSREC")}
+    env.update({"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                "NEWSREC__MLFLOW__TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                "NEWSREC__MLFLOW__ARTIFACT_ROOT": str(tmp_path / "mlartifacts"), **env_vars})
+    return repo, bin_dir, env
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(1200)
+def test_dvc_repro_runs_the_whole_flow_on_the_tiny_profile(tmp_path):
+    repo, bin_dir, env = tiny_checkout(tmp_path)
     run = subprocess.run([str(bin_dir / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True,
                          check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

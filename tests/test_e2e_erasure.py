@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import subprocess
 import zipfile
@@ -16,8 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import yaml
-from test_e2e_dvc import TINY, _copy_checkout
+from test_e2e_dvc import tiny_checkout
 
 from pipelines import columns as C
 from pipelines.forget_user import user_token
@@ -80,18 +78,7 @@ def _plant(repo: Path) -> int:
 @pytest.mark.e2e
 @pytest.mark.timeout(1800)
 def test_an_erased_user_is_nowhere_after_dvc_repro(tmp_path):
-    repo = tmp_path / "repo"
-    _copy_checkout(repo)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for key, value in TINY.items():
-        section, name = key.split(".")
-        params[section][name] = value
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    bin_dir = Path(os.sys.executable).parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSREC")}
-    env.update({"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "NEWSREC_ERASURE_KEY": KEY,
-                "NEWSREC__MLFLOW__TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                "NEWSREC__MLFLOW__ARTIFACT_ROOT": str(tmp_path / "mlartifacts")})
+    repo, bin_dir, env = tiny_checkout(tmp_path, NEWSREC_ERASURE_KEY=KEY)
 
     def run(*cmd: str) -> subprocess.CompletedProcess:
         exe = str(bin_dir / cmd[0]) if (bin_dir / cmd[0]).exists() else cmd[0]
