@@ -149,6 +149,18 @@ def similar_page() -> None:
             st.info("No co-reads recorded for this article.")
 
 
+# What the test-window figures mean, for people who do not read ranking papers.
+METRICS_EXPLAINED = (
+    "Test window: the last hours of the data, replayed as served (the index refreshed every hour). "
+    "all / warm / cold: every reader, readers with history, readers without. "
+    "ndcg@10: how high the articles the reader then clicked sit in the top 10 (1 = all on top). "
+    "recall@10: share of those articles that made the top 10. mrr@10: 1 / the rank of the first one. "
+    "hr@10: share of readers with at least one in their top 10. coverage@10: share of the catalogue that "
+    "appears in anyone's top 10. The baselines (most clicked, trending, recently popular, similar content, "
+    "co-reads) are in the evaluation report above."
+)
+
+
 def model_page() -> None:
     st.header("Model in service")
     try:
@@ -179,6 +191,7 @@ def model_page() -> None:
                     x=alt.X("value:Q", title="test window"), y=alt.Y("segment:N", title=None),
                     color="segment:N", row=alt.Row("measure:N", title=None), tooltip=["metric", "value"]),
             )
+            st.caption(METRICS_EXPLAINED)
 
     st.header("Pipeline health")
     data = load_params("data")

@@ -141,6 +141,7 @@ def test_model_and_pipeline_page(dashboard_env):
     assert labels["Hours landed"] == "24" and labels["Hours quarantined"] == "0"
     assert labels["Drift detected"] == "1 of 4 columns"
     assert len(_charts(at)) >= 3  # metrics of both versions, clicks per validated hour
+    assert any("ndcg@10: how high the articles" in c.value for c in at.caption)  # metric names explained
     assert [e.label for e in at.expander][:2] == [f"Evaluation report of v{v}: every method and baseline, both "
                                                   "protocols" for v in (1, 2)]
 
