@@ -233,16 +233,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the report as JSON here")
     args = parser.parse_args(argv)
 
-    from serving.eventlog import read_jsonl
+    from serving.eventlog import log_files, read_log
 
     for path in (args.impressions, args.clicks):
-        if not path.exists():
-            print(f"newsrec ab-report: log not found: {path}", file=sys.stderr)
+        if not log_files(path):
+            print(f"newsrec ab-report: log not found: {path} (nor its day files {path.name}.YYYY-MM-DD)",
+                  file=sys.stderr)
             return 2
     try:
         report = ab_report(
-            read_jsonl(args.impressions),
-            read_jsonl(args.clicks),
+            read_log(args.impressions),
+            read_log(args.clicks),
             args.attribution_seconds,
             args.confidence,
             unit=args.unit,

@@ -296,8 +296,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         nonlocal impressions, clicks
-        impressions = JsonLinesLog(settings.impression_log, settings.log_flush_seconds)
-        clicks = JsonLinesLog(settings.click_log, settings.log_flush_seconds)
+        impressions = JsonLinesLog(settings.impression_log, settings.log_flush_seconds, settings.log_keep_days)
+        clicks = JsonLinesLog(settings.click_log, settings.log_flush_seconds, settings.log_keep_days)
         app.state.logs = (impressions, clicks)
         holder.refresh()
         if poll:

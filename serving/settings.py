@@ -30,6 +30,7 @@ class Settings:
     impression_log: Path
     click_log: Path
     log_flush_seconds: float
+    log_keep_days: int
     k_default: int
     k_max: int
     similar_k_max: int
@@ -60,6 +61,8 @@ class Settings:
         if self.max_body_bytes < 1024:
             raise ValueError(f"serve.max_body_bytes must be >= 1024 (a click event is ~150 bytes), got "
                              f"{self.max_body_bytes}")
+        if self.log_keep_days < 1:
+            raise ValueError(f"serve.log_keep_days must be >= 1, got {self.log_keep_days}")
         if self.clock not in {"wall", "cutoff"}:
             raise ValueError(f"serve.clock must be 'wall' or 'cutoff', got {self.clock!r}")
 

@@ -11,7 +11,7 @@ from pipelines.ab_report import ab_report
 from pipelines.registry import ServingBundle
 from serving import recommend as rec
 from serving.app import create_app
-from serving.eventlog import read_jsonl
+from serving.eventlog import read_log
 from serving.explore import Explorer, InProcessExploreStats
 from serving.settings import Settings
 
@@ -77,9 +77,9 @@ def test_the_api_gives_the_last_slot_to_a_fresh_article_and_logs_it(serving_regi
         assert all(i["sources"] != ["explore"] for i in short["items"])  # floor(5 x 0.1) = 0 slots
         assert client.post("/v1/events", json={"user_id": user, "article_id": explored["article_id"],
                                                 "impression_id": body["impression_id"]}).status_code == 202
-    impressions = read_jsonl(tmp_path / "i.jsonl")
+    impressions = read_log(tmp_path / "i.jsonl")
     assert impressions[0]["explored"] == [explored["article_id"]] and impressions[1]["explored"] == []
-    report = ab_report(impressions, read_jsonl(tmp_path / "c.jsonl"), 1800, 0.95)["exploration"]
+    report = ab_report(impressions, read_log(tmp_path / "c.jsonl"), 1800, 0.95)["exploration"]
     assert report["explored_slots"] == 1 and report["explored_clicks"] == 1 and report["articles_clicked"] == 1
     assert report["other_slots"] == 9 + 5 and report["other_clicks"] == 0
 
