@@ -99,13 +99,17 @@ class ModelHolder:
         self.index_pointer: dict | None = None
         self.aliases = {"champion": champion_alias, "challenger": challenger_alias}
         self.slots = Slots()
-        self.last_error: str | None = None
-        self.last_errors: list[str] = []  # the last poll's problems, one each (last_error joins them)
+        self.last_errors: list[str] = []  # the last poll's problems, one each
         self.last_poll: float | None = None
         self._on_swap = on_swap
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def last_error(self) -> str | None:
+        """The last poll's problems as one line (None when it had none)."""
+        return "; ".join(self.last_errors) or None
 
     def refresh(self) -> bool:
         """Re-read both aliases (and the index pointer); load and swap in what changed. True when something
@@ -175,7 +179,6 @@ class ModelHolder:
                     new[slot], changed = combined[id(model)], True
         self.last_poll = time.time()
         self.last_errors = errors
-        self.last_error = "; ".join(errors) or None
         if changed:
             self.slots = Slots(**new)  # the one atomic swap
             for slot in self.aliases:
