@@ -488,13 +488,13 @@ def rebuild_gx_docs(data_root: Path, gx_dir: Path) -> bool:
     """Build the GX data docs again from the scrubbed results store (the old pages showed the user's ids)."""
     import shutil
 
-    from pipelines.validate import GX_RUNTIME_DIR, open_gx_context
+    from pipelines.validate import GX_RUNTIME_DIR, build_gx_docs, open_gx_context
 
     docs = data_root / GX_RUNTIME_DIR / "docs"
     if not docs.exists():
         return False
     shutil.rmtree(docs)
-    open_gx_context(gx_dir, data_root / GX_RUNTIME_DIR).build_data_docs()
+    build_gx_docs(open_gx_context(gx_dir, data_root / GX_RUNTIME_DIR), data_root / GX_RUNTIME_DIR)
     return True
 
 

@@ -1245,8 +1245,17 @@ class HourValidator:
 
     def build_docs(self) -> Path:
         """Build the GX data docs of every stored result; the index page's path."""
-        self.context.build_data_docs()
-        return self.root / GX_RUNTIME_DIR / "docs" / "index.html"
+        return build_gx_docs(self.context, self.root / GX_RUNTIME_DIR)
+
+
+def build_gx_docs(context: Any, runtime_dir: Path) -> Path:
+    """Build the data docs of every result in `context`'s store under `runtime_dir`/docs, loading their scripts,
+    styles and images from the site itself (pipelines.offline_pages), so they open without internet."""
+    from pipelines.offline_pages import localise_site
+
+    context.build_data_docs()
+    localise_site(runtime_dir / "docs")
+    return runtime_dir / "docs" / "index.html"
 
 
 def _resolve(epoch_ms: int | None, settings: Settings | None, gx_dir: str | Path | None,

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import pickle
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ from pipelines import columns as C
 from pipelines.baddrops import BAD_DROP_KINDS, inject_bad_drop
 from pipelines.config import load_params
 from pipelines.flows import quarantine_alert
+from pipelines.offline_pages import remote_assets
 from pipelines.validate import (
     LANDED,
     QUARANTINED,
@@ -296,6 +298,14 @@ def test_good_hours_beside_bad_ones_land_and_summary_and_docs_tell(bad_root):
     assert summary["hours"]["005"]["checks"] == ["articles"]
     assert (root / "gx" / "docs" / "index.html").exists()
     assert list((root / "gx" / "validations").rglob("*.json"))
+    # the pages load every script, style and image from the site itself (no internet on private deployments)
+    pages = list((root / "gx" / "docs").rglob("*.html"))
+    assert len(pages) > 1
+    for page in pages:
+        text = page.read_text()
+        assert remote_assets(text) == [], page
+        for ref in re.findall(r'(?:src|href)="([^"#?:]+\.(?:js|css|png))', text):
+            assert (page.parent / ref).is_file(), (page, ref)
 
 
 # --------------------------------------------------------------------------------------------- re-runs
