@@ -142,7 +142,10 @@ def stage_drop(data_root: str | Path, hour: int, raw_uri: str | None = None) -> 
 
 def hour_outcome(results: Sequence[Any]) -> dict[str, Any]:
     """What the hourly DAG's validate task hands on: the click drop's HourResult dict, with the article drop's
-    (or None: not every hour has new articles) under `articles`."""
+    (or None: not every hour has new articles) under `articles`. Raises OSError when a drop was unreadable."""
+    unreadable = [r.reason for r in results if r.status == "unreadable"]
+    if unreadable:  # nothing was decided: fail the task (it retries; a failed run emails), never skip quietly
+        raise OSError("; ".join(unreadable))
     by_kind = {r.kind: r.to_dict() for r in results}
     if C.CLICKS_DIR not in by_kind:
         raise ValueError(f"no click drop among the results: {sorted(by_kind)}")

@@ -48,7 +48,8 @@ or quarantine folder that a different delivery replaces moves to `<root>/archive
 re-delivery of a landed hour is quarantined while the landed partition stays. A quarantined drop is found
 there again when its hour is re-run (after a metadata fix, say); if it then lands, its files go back to raw/.
 Files of the landing area that no hour reads (misnamed, second spellings) are listed in `_summary.json`
-(unvalidated_files), and a symlink out of raw/ is quarantined unread.
+(unvalidated_files), and a symlink out of raw/ is quarantined unread. A drop that cannot be read (permissions,
+I/O) is reported as UNREADABLE and left where it is; the run goes on and exits non-zero.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ from pipelines.fileio import atomic_write_bytes
 
 LANDED = "landed"
 QUARANTINED = "quarantined"
+# A drop the process cannot read (permissions, an I/O error): nothing is decided or moved, the hour's earlier
+# landed version stays, the other hours go on, and the run exits non-zero so a person looks.
+UNREADABLE = "unreadable"
 PART_FILE = "part-0.parquet"
 RESULT_FILE = "result.json"
 REASON_FILE = "reason.txt"
@@ -195,6 +199,15 @@ class Drop:
         if self.member is not None:
             return []
         return [p for p in (self.path, self.embeddings) if p is not None]
+
+
+class DropUnreadable(OSError):
+    """A drop's file could not be read; `path` is the file, relative to the data root."""
+
+    def __init__(self, path: str, error: OSError):
+        super().__init__(f"cannot read {path}: {error.strerror or error}; the drop stays where it is and nothing "
+                         "was changed: make it readable, then validate the hour again")
+        self.path = path
 
 
 @dataclass
@@ -1002,8 +1015,10 @@ def _tally(hours: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         "hours_total": len(hours),
         LANDED: statuses.count(LANDED),
         QUARANTINED: statuses.count(QUARANTINED),
+        UNREADABLE: statuses.count(UNREADABLE),
         "rows_landed": sum(h["rows"] or 0 for h in hours.values() if h["status"] == LANDED),
         "quarantined_hours": [int(k) for k, h in hours.items() if h["status"] == QUARANTINED],
+        "unreadable_hours": [int(k) for k, h in hours.items() if h["status"] == UNREADABLE],
         "hours": hours,
     }
 
@@ -1111,7 +1126,16 @@ class HourValidator:
         kinds = [k for k in KINDS if _found(self.root, hour, k)]
         if not kinds:
             find_drop(self.root, hour)  # raises, naming where it looked
-        return [self.validate_articles(hour) if k == ARTICLES else self.validate(hour) for k in kinds]
+        return [self._validate_kind(hour, k) for k in kinds]
+
+    def _validate_kind(self, hour: int, kind: str) -> HourResult:
+        """One drop's outcome; an unreadable drop is reported (UNREADABLE), not raised, so later hours go on."""
+        try:
+            return self.validate_articles(hour) if kind == ARTICLES else self.validate(hour)
+        except DropUnreadable as e:
+            landed = partition_dir(self.root, hour, kind)
+            kept = _rel(landed, self.root) if (landed / PART_FILE).exists() else ""
+            return HourResult(hour, UNREADABLE, None, ("read",), str(e), e.path, e.path, kind, kept)
 
     def _read(self, drop: Drop, names: Sequence[str]) -> tuple[dict[str, bytes], dict[str, str], list[tuple[str, str]]]:
         """The drop's files (`names`, in Drop order; a pickle may be absent) as name -> bytes, and the symlinks
@@ -1125,13 +1149,16 @@ class HourValidator:
             if path is None:
                 continue
             why = _refused_link(path, landing) if drop.member is None else None
-            if why is not None:
-                links[name] = os.readlink(path)
-                problems.append(("symlink", f"{path.name} is {why}: refused, not read"))
-            elif drop.member is not None or path == drop.path:
-                files[name] = drop.read_bytes()
-            else:
-                files[name] = path.read_bytes()
+            try:
+                if why is not None:
+                    links[name] = os.readlink(path)
+                    problems.append(("symlink", f"{path.name} is {why}: refused, not read"))
+                elif drop.member is not None or path == drop.path:
+                    files[name] = drop.read_bytes()
+                else:
+                    files[name] = path.read_bytes()
+            except OSError as e:
+                raise DropUnreadable(_rel(path, self.root), e) from e
         return files, links, problems
 
     def validate(self, hour: int) -> HourResult:
@@ -1367,8 +1394,10 @@ def _totals(results: Sequence[HourResult]) -> str:
         if kind == ARTICLES and not mine:
             continue
         landed = [r for r in mine if r.status == LANDED]
+        unreadable = sum(r.status == UNREADABLE for r in mine)
         parts.append(f"{len(mine)} {noun}: {len(landed)} landed ({sum(r.rows or 0 for r in landed):,} {unit}), "
-                     f"{len(mine) - len(landed)} quarantined")
+                     f"{len(mine) - len(landed) - unreadable} quarantined"
+                     + (f", {unreadable} UNREADABLE (not validated, see above)" if unreadable else ""))
     return "; ".join(parts)
 
 
@@ -1424,7 +1453,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{_totals(results)}" + (f"; {len(stray)} files not validated" if stray else "")
           + f"; summary: {summary_path(root)}"
           + (f"; docs: {root / GX_RUNTIME_DIR / 'docs' / 'index.html'}" if args.docs else ""))
-    return 0
+    # a quarantined drop is a decision (the run did its job); an unreadable one is not: a person must look
+    return 1 if any(r.status == UNREADABLE for r in results) else 0
 
 
 if __name__ == "__main__":

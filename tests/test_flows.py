@@ -149,6 +149,10 @@ def test_an_hours_outcome_carries_its_article_drop_and_alerts_name_it(tmp_path):
     assert flows.quarantined_drops(flows.hour_outcome([clicks])) == []
     with pytest.raises(ValueError, match="no click drop"):
         flows.hour_outcome([articles])
+    unreadable = HourResult(5, "unreadable", None, ("read",), "cannot read raw/clicks/clicks_hour_005.csv: "
+                            "Permission denied; ...", "raw/clicks/clicks_hour_005.csv", "raw/clicks/clicks_hour_005.csv")
+    with pytest.raises(OSError, match="Permission denied"):  # the validate task fails (retries, emails)
+        flows.hour_outcome([articles, unreadable])
 
     folder = tmp_path / "quarantine" / "articles" / "hour=005"
     folder.mkdir(parents=True)

@@ -30,6 +30,7 @@ from pipelines.offline_pages import remote_assets
 from pipelines.validate import (
     LANDED,
     QUARANTINED,
+    UNREADABLE,
     MetadataError,
     Settings,
     archive_dir,
@@ -469,6 +470,36 @@ def test_the_summary_is_written_as_the_run_goes(tiny_raw, tmp_path):
         validate_all(root, epoch_ms=EPOCH_MS, settings=SETTINGS, gx_dir=GX_DIR, docs=False, on_result=killed_at_hour_2)
     summary = json.loads(summary_path(root).read_text())
     assert sorted(summary["hours"]) == ["000", "001", "002"] and summary[LANDED] == 3
+
+
+@pytest.mark.data
+def test_an_unreadable_drop_is_reported_and_the_other_hours_go_on(tiny_raw, tmp_path, monkeypatch, capsys):
+    root = _copy_raw(tiny_raw, tmp_path)
+    assert _run(root, hours=[2])[0].status == LANDED
+    landed = partition_dir(root, 2) / "part-0.parquet"
+    before = _sha(landed)
+    raw = root / "raw" / C.CLICKS_DIR / C.hour_file_name(2)
+    real_read = Path.read_bytes
+
+    def read_bytes(path):  # as a file without read permission does for a process that is not root
+        if path == raw:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    results = {r.hour: r for r in _run(root, hours=[1, 2, 3])}
+    r = results[2]
+    assert r.status == UNREADABLE and r.rows is None and r.checks == ("read",)
+    assert "cannot read raw/clicks/" in r.reason and "Permission denied" in r.reason
+    assert r.kept == "validated/clicks/hour=002"  # the earlier landed version stays, untouched
+    assert results[1].status == results[3].status == LANDED  # later hours were validated
+    assert raw.exists() and not quarantine_dir(root, 2).exists() and _sha(landed) == before
+    summary = json.loads(summary_path(root).read_text())
+    assert summary["unreadable_hours"] == [2] and summary[UNREADABLE] == 1
+    capsys.readouterr()
+    assert main(["--data-root", str(root), "--all", "--no-docs"]) == 1  # a person must look
+    out = capsys.readouterr().out
+    assert "002         -  unreadable" in out and "1 UNREADABLE" in out
 
 
 @pytest.mark.data
