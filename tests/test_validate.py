@@ -8,8 +8,8 @@ import hashlib
 import io
 import json
 import os
-import re
 import pickle
+import re
 import shutil
 import subprocess
 import time
