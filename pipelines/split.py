@@ -210,7 +210,7 @@ def load_clicks(
     with duckdb.connect() as con:
         frame = con.execute(sql, [glob, *args]).df()
     # Users erased with `newsrec forget-user` never reach features or models, even from restored data.
-    from pipelines.forget_user import drop_erased_users
+    from pipelines.erasures import drop_erased_users
 
     frame = drop_erased_users(frame, Path(validated_dir).parents[1])
     return frame.astype({HOUR: "int64"})

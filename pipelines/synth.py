@@ -639,7 +639,7 @@ def synthesize(out_dir: str | Path, profile: Profile, seed: int, epoch_ms: int, 
     clicks, click_hour = make_clicks(r_click, profile, arts, sess, epoch_ms, surge_cat, drift_from)
     # Users erased with `newsrec forget-user` (the register of the data root `out` belongs to) are not made
     # again when the dataset is regenerated. Sessions belong to one user, so other sessions stay whole.
-    from pipelines.forget_user import erased_users
+    from pipelines.erasures import erased_users
 
     erased = erased_users(np.unique(clicks[C.USER_ID]), out.parent)
     if erased:

@@ -18,7 +18,7 @@ import pytest
 from test_e2e_dvc import tiny_checkout
 
 from pipelines import columns as C
-from pipelines.forget_user import user_token
+from pipelines.erasures import user_token
 
 PLANTED = 9876543  # far above the tiny profile's ids, so any integer column holding it holds the user
 KEY = "e2e-erasure-key-0123456789abcdef"
