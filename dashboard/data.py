@@ -145,7 +145,7 @@ def _age_text(hours: float) -> str:
 
 def validation_status(data_root: str | Path) -> tuple[dict[str, Any] | None, pd.DataFrame]:
     """The validation summary (or None before any run) and one row per hour: hour, status, rows, reason."""
-    from pipelines.validate import summary_path
+    from pipelines.lake import summary_path
 
     path = summary_path(data_root)
     if not path.exists():

@@ -44,18 +44,18 @@ from pipelines.columns import (
     WEIGHT,
 )
 from pipelines.config import load_params
+from pipelines.lake import (
+    PART_FILE,
+    aggregate_file,
+    aggregates_dir,
+    landed_hours,
+    partition_file,
+    partition_hour,
+    validated_dir,
+)
 
 POPULARITY = "popularity"
 COCLICK = "coclick"
-PART = "part-0.parquet"
-
-
-def _partition(data_root: Path, kind: str, hour: int) -> Path:
-    return Path(data_root) / "aggregates" / kind / f"{HOUR}={hour:03d}" / PART
-
-
-def _validated_file(data_root: Path, hour: int) -> Path:
-    return Path(data_root) / "validated" / "clicks" / f"{HOUR}={hour:03d}" / PART
 
 
 def _copy_atomic(con, sql: str, args: list, out: Path) -> None:
@@ -74,7 +74,7 @@ def aggregate_hour(
     if coclick_max_distance < 1:
         raise ValueError(f"coclick_max_distance must be >= 1, got {coclick_max_distance}")
     data_root = Path(data_root)
-    src = _validated_file(data_root, hour)
+    src = partition_file(data_root, hour)
     if not src.exists():
         raise FileNotFoundError(f"hour {hour} is not validated: {src} missing (run `newsrec validate` first)")
     click_hour = f"CAST(floor(({{ts}} - {int(epoch_ms)}) / {HOUR_MS}) AS BIGINT)"
@@ -95,8 +95,8 @@ def aggregate_hour(
                          AND abs(x.pos - y.pos) <= ?
         GROUP BY 1, 2, 3 ORDER BY 3, 1, 2"""
     outs = {
-        POPULARITY: _partition(data_root, POPULARITY, hour),
-        COCLICK: _partition(data_root, COCLICK, hour),
+        POPULARITY: aggregate_file(data_root, POPULARITY, hour),
+        COCLICK: aggregate_file(data_root, COCLICK, hour),
     }
     with duckdb.connect() as con:
         con.execute("SET threads TO 2")
@@ -109,7 +109,7 @@ def drop_hour(data_root: str | Path, hour: int) -> list[Path]:
     """Remove one hour's partitions (the hour is no longer validated, e.g. a re-run quarantined it)."""
     removed = []
     for kind in (POPULARITY, COCLICK):
-        part = _partition(data_root, kind, hour).parent
+        part = aggregate_file(data_root, kind, hour).parent
         if part.is_dir():
             for f in part.iterdir():
                 f.unlink()
@@ -120,17 +120,15 @@ def drop_hour(data_root: str | Path, hour: int) -> list[Path]:
 
 def aggregate_all(data_root: str | Path, epoch_ms: int, coclick_max_distance: int) -> list[int]:
     """Aggregate every validated hour and drop partitions whose hour is no longer validated."""
-    from pipelines.split import validated_hours
-
     data_root = Path(data_root)
-    hours = validated_hours(data_root / "validated" / "clicks")
+    hours = landed_hours(validated_dir(data_root))
     if not hours:
-        raise FileNotFoundError(f"no validated hours under {data_root / 'validated' / 'clicks'}")
+        raise FileNotFoundError(f"no validated hours under {validated_dir(data_root)}")
     for hour in hours:
         aggregate_hour(data_root, hour, epoch_ms, coclick_max_distance)
     landed = set(hours)
-    stale = {int(part.name.split("=", 1)[1]) for kind in (POPULARITY, COCLICK)
-             for part in (data_root / "aggregates" / kind).glob(f"{HOUR}=*")}
+    stale = {hour for kind in (POPULARITY, COCLICK) for part in aggregates_dir(data_root, kind).glob(f"{HOUR}=*")
+             if (hour := partition_hour(part.name)) is not None}
     for hour in sorted(stale - landed):
         drop_hour(data_root, hour)
     return hours
@@ -144,10 +142,10 @@ def _exact_sum(term: str) -> str:
 
 
 def _glob(data_root: Path, kind: str) -> str:
-    base = Path(data_root) / "aggregates" / kind
-    if not any(base.glob(f"{HOUR}=*/{PART}")):
+    base = aggregates_dir(data_root, kind)
+    if not any(base.glob(f"{HOUR}=*/{PART_FILE}")):
         raise FileNotFoundError(f"no {kind} aggregates under {base} (run `newsrec aggregates --all` first)")
-    return str(base / "*" / PART)
+    return str(base / "*" / PART_FILE)
 
 
 def read_popularity(

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from pipelines import lake
 from pipelines.columns import (
     ARTICLE_A,
     ARTICLE_B,
@@ -731,7 +732,7 @@ def build_candidates(
         index.save(Path(index_dir) / snap.name)
         if snap.role == "serve":
             continue
-        history, target = snapshot_clicks(root / "validated" / "clicks", snap)
+        history, target = snapshot_clicks(lake.validated_dir(root), snap)
         targets = eval_targets(history, target, articles, snap.cutoff_ms)
         cap = (params.get("max_users") or {}).get(snap.role)
         users = sample_users(targets[USER_ID].unique(), int(cap)) if cap else targets[USER_ID].unique()

@@ -19,19 +19,21 @@ import numpy as np
 import pandas as pd
 
 from pipelines import columns as C
-from pipelines.validate import ARTICLES, PART_FILE, partition_dir
+from pipelines.lake import PART_FILE, partition_dir, partition_hour, validated_dir
+
+ARTICLES = C.ARTICLES_DIR
 
 
 def article_drop_hours(data_root: str | Path, until_hour: int | None = None) -> list[int]:
     """Hours with a landed article drop (both files there), up to `until_hour` inclusive when given, sorted."""
-    base = Path(data_root) / "validated" / ARTICLES
+    base = validated_dir(data_root, ARTICLES)
     if not base.is_dir():
         return []
     hours = []
-    for d in base.glob("hour=*"):
-        key = d.name.split("=", 1)[1]
-        if key.isdigit() and (d / PART_FILE).is_file() and (d / C.EMBEDDINGS_PART).is_file():
-            hours.append(int(key))
+    for d in base.glob(f"{C.HOUR}=*"):
+        hour = partition_hour(d.name)
+        if hour is not None and (d / PART_FILE).is_file() and (d / C.EMBEDDINGS_PART).is_file():
+            hours.append(hour)
     return sorted(h for h in hours if until_hour is None or h <= until_hour)
 
 
@@ -77,7 +79,7 @@ def read_catalogue(data_root: str | Path, until_hour: int | None = None) -> tupl
     clash = np.intersect1d(ids, articles[C.ARTICLE_ID].to_numpy(dtype=np.int64))
     repeated = np.unique(ids[pd.Series(ids).duplicated().to_numpy()])
     if len(clash) or len(repeated):
-        raise ValueError(f"article drops under {Path(data_root) / 'validated' / ARTICLES} repeat ids of the "
+        raise ValueError(f"article drops under {validated_dir(data_root, ARTICLES)} repeat ids of the "
                          f"catalogue: {sorted({*clash.tolist(), *repeated.tolist()})[:5]}")
     if embeddings.shape[1] != C.EMBEDDING_DIM:
         raise ValueError(f"static embeddings are {embeddings.shape[1]} wide, article drops {C.EMBEDDING_DIM}")

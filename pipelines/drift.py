@@ -82,10 +82,11 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 def hour_files(data_root: str | Path, hours: Sequence[int]) -> tuple[list[Path], list[int]]:
     """The validated part files of `hours`, and the hours that have none (quarantined or not yet landed)."""
-    base = Path(data_root) / "validated" / C.CLICKS_DIR
+    from pipelines.lake import partition_file
+
     files, missing = [], []
     for h in hours:
-        part = base / f"{C.HOUR}={h:03d}" / "part-0.parquet"
+        part = partition_file(data_root, h)
         (files.append(part) if part.exists() else missing.append(h))
     return files, missing
 
@@ -394,9 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params("drift", args.params)
     data_root = args.data_root or Path(load_params("data", args.params)["root"])
     try:
-        from pipelines.split import validated_hours
+        from pipelines.lake import landed_hours, validated_dir
 
-        available = validated_hours(Path(data_root) / "validated" / C.CLICKS_DIR)
+        available = landed_hours(validated_dir(data_root))
         reference, current = resolve_windows(
             available,
             parse_hours(args.current) if args.current else None,

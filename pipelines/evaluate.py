@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines import eval_report
+from pipelines import eval_report, lake
 from pipelines.columns import (
     ARTICLE_ID,
     CREATED_AT_TS,
@@ -460,7 +460,7 @@ def evaluate(
     catalogue, embeddings = read_catalogue(root)
     delivered = delivered_hours(root, catalogue)
     articles = known_at(catalogue, delivered, snap.cutoff_hour)
-    clicks = load_clicks(root / "validated" / "clicks", None, snap.end_ms)
+    clicks = load_clicks(lake.validated_dir(root), None, snap.end_ms)
     before = clicks["click_timestamp"].to_numpy() < snap.cutoff_ms
     history, target = clicks[before], clicks[~before]
     targets = eval_targets(history, target, articles, snap.cutoff_ms)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import columns as C
+from pipelines import lake
 
 USER_FEATURES = [
     "u_clicks",
@@ -672,7 +673,7 @@ def build_snapshot_features(
     written = {}
     for snap in snapshots:
         articles = known_at(catalogue, delivered, snap.cutoff_hour)
-        history, target = snapshot_clicks(root / "validated" / "clicks", snap)
+        history, target = snapshot_clicks(lake.validated_dir(root), snap)
         # A labelled snapshot only ever scores the users of its target window: their user tables suffice
         # (dozens of hourly snapshots would otherwise each store every user's table and profile).
         labelled = len(target) > 0

@@ -357,10 +357,10 @@ def training_outputs(params: Mapping[str, Any]) -> dict[str, Path] | None:
 def drift_windows(params: Mapping[str, Any]) -> dict[str, str]:
     """drift_monitor's windows as hour specs, and what the reference is based on."""
     from pipelines.drift import format_hours, resolve_windows
-    from pipelines.split import validated_hours
+    from pipelines.lake import landed_hours, validated_dir
 
     settings = params["drift"]
-    available = validated_hours(Path(params["data"]["root"]) / "validated" / C.CLICKS_DIR)
+    available = landed_hours(validated_dir(params["data"]["root"]))
     champion = champion_test_start(params)
     if champion is None:
         reference, basis = None, f"no champion yet: the {settings['reference_hours']} hours before the current ones"

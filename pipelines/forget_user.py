@@ -65,6 +65,7 @@ from pipelines import columns as C
 from pipelines.config import DEFAULT_PARAMS, load_params
 from pipelines.erasures import ErasureError, erasure_key, user_token
 from pipelines.fileio import MANIFEST, atomic_write, atomic_write_bytes, write_manifest
+from pipelines.lake import AGGREGATES, partition_file, validated_dir
 
 PLACES = ("raw", "raw_zip", "raw_remote", "quarantine", "validated", "gx_store", "derived", "models", "model_registry",
           "dvc_cache", "online_store", "event_logs")
@@ -432,15 +433,14 @@ def rebuild_aggregates(data_root: Path, hours: Iterable[int], params_path: str |
     """Recompute the hourly aggregates of the given hours from the cleaned partitions (when they exist)."""
     from pipelines.aggregates import aggregate_hour
 
-    agg_root = data_root / "aggregates"
+    agg_root = data_root / AGGREGATES
     if not agg_root.exists():
         return []
     epoch_ms = int(load_params("data", params_path)["epoch_ms"])
     distance = int(load_params("aggregates", params_path)["coclick_max_distance"])
     done = []
     for hour in sorted(set(hours)):
-        partition = data_root / "validated" / C.CLICKS_DIR / f"{C.HOUR}={hour:03d}" / "part-0.parquet"
-        if partition.exists():
+        if partition_file(data_root, hour).exists():
             aggregate_hour(data_root, hour, epoch_ms, distance)
             done.append(hour)
     return done
@@ -463,7 +463,7 @@ def user_clicks(data_root: Path, user_id: int) -> pd.DataFrame:
     ids of registered versions held of them (pipelines.registry.forget_in_windows)."""
     import duckdb
 
-    validated = data_root / "validated" / C.CLICKS_DIR
+    validated = validated_dir(data_root)
     cols = [C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP]
     if not any(validated.glob("*/*.parquet")):
         return pd.DataFrame({c: pd.Series(dtype="int64") for c in cols})

@@ -119,11 +119,12 @@ def hours_frame(validated_dir: str | Path):
     """One row per validated hour partition (hour, bytes): the dataset a model was built from, for MLflow."""
     import pandas as pd
 
-    from pipelines.split import validated_hours
+    from pipelines.columns import partition_name
+    from pipelines.lake import landed_hours
 
     root = Path(validated_dir)
-    hours = validated_hours(root)
-    sizes = [sum(p.stat().st_size for p in (root / f"hour={h:03d}").glob("*")) for h in hours]
+    hours = landed_hours(root)
+    sizes = [sum(p.stat().st_size for p in (root / partition_name(h)).glob("*")) for h in hours]
     return pd.DataFrame({"hour": hours, "bytes": sizes})
 
 

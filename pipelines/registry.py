@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import columns as C
+from pipelines import lake
 from pipelines.features import (
     CONTEXT_FEATURES,
     FeatureTables,
@@ -511,7 +512,7 @@ def run_register(args: argparse.Namespace) -> dict:
     params = load_params("register", args.params)
     mlflow_params = load_params("mlflow", args.params)
     root = Path(args.data_root)
-    validated = root / "validated" / "clicks"
+    validated = lake.validated_dir(root)
     serve = read_snapshots(args.split, roles=["serve"])
     if len(serve) != 1:
         raise ValueError(f"{args.split}: expected exactly one serve snapshot, found {len(serve)}")
@@ -561,11 +562,10 @@ def describe(name: str, version: str, window: str, eval_results: dict, ranker_di
     from mlflow import MlflowClient
 
     from pipelines import model_card as card
-    from pipelines.split import validated_hours
 
     client = MlflowClient()
-    validated = data_root / "validated" / "clicks"
-    tags = card.lineage(params_path, data_root, validated_hours(validated))
+    validated = lake.validated_dir(data_root)
+    tags = card.lineage(params_path, data_root, lake.landed_hours(validated))
     meta = json.loads((ranker_dir / "ranker.json").read_text())
     text = card.model_card(name, version, window, eval_results, meta, meta.get("features", []), tags)
     run_id = client.get_model_version(name, version).run_id

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import columns as C
+from pipelines import lake
 from pipelines.fileio import atomic_write
 
 # Raised whenever what an index holds, or what the code expects of it, changes.
@@ -153,7 +154,7 @@ def fit_serving_index(
 
     root = Path(data_root)
     cutoff_ms = hour_start_ms(cutoff_hour, epoch_ms)
-    history = load_clicks(root / "validated" / "clicks", None, cutoff_ms, columns=HISTORY_COLUMNS, epoch_ms=epoch_ms)
+    history = load_clicks(lake.validated_dir(root), None, cutoff_ms, columns=HISTORY_COLUMNS, epoch_ms=epoch_ms)
     history = history[HISTORY_COLUMNS].sort_values([C.USER_ID, C.CLICK_TIMESTAMP], kind="mergesort")
     index = CandidateIndex.fit(root, articles, embeddings, cutoff_ms, index_params, epoch_ms)
     tables = fit_tables(history, articles, normalise_embeddings(embeddings), cutoff_ms, feature_params)  # once

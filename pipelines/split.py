@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines import lake
 from pipelines.columns import (
     ARTICLE_ID,
     CLICK_ARTICLE_ID,
@@ -156,20 +157,6 @@ def get_snapshot(path: str | Path, name: str) -> Snapshot:
     return snaps[name]
 
 
-def validated_hours(validated_dir: str | Path) -> list[int]:
-    """Hour numbers with a landed part file under `<root>/validated/clicks/hour=NNN/`."""
-    validated_dir = Path(validated_dir)
-    if not validated_dir.is_dir():
-        raise FileNotFoundError(f"validated clicks folder not found: {validated_dir}")
-    hours = []
-    for part in validated_dir.glob(f"{HOUR}=*/part-0.parquet"):
-        try:
-            hours.append(int(part.parent.name.split("=", 1)[1]))
-        except ValueError as exc:
-            raise ValueError(f"unexpected partition name {part.parent.name!r} in {validated_dir}") from exc
-    return sorted(hours)
-
-
 def load_clicks(
     validated_dir: str | Path,
     start_ms: int | None,
@@ -182,7 +169,7 @@ def load_clicks(
     at all (a file's clicks are never earlier than its hour)."""
     import duckdb
 
-    hours = validated_hours(validated_dir)
+    hours = lake.landed_hours(validated_dir)
     if not hours:
         raise FileNotFoundError(f"no validated hours under {validated_dir} (run `newsrec validate` first)")
     cols = list(columns) if columns is not None else list(CLICK_COLUMNS)
@@ -253,7 +240,7 @@ def eval_targets(
 
 def split(data_root: str | Path, out: str | Path, params: dict, epoch_ms: int) -> list[Snapshot]:
     """Plan the snapshots from `<data_root>/validated/clicks` and write them to `out`."""
-    hours = validated_hours(Path(data_root) / "validated" / "clicks")
+    hours = lake.landed_hours(lake.validated_dir(data_root))
     snaps = plan_snapshots(
         hours,
         epoch_ms,

@@ -80,18 +80,28 @@ import pandas as pd
 from pipelines import columns as C
 from pipelines.config import DEFAULT_PARAMS, load_params
 from pipelines.fileio import atomic_write_bytes
+from pipelines.lake import (
+    PART_FILE,
+    QUARANTINE,
+    SUMMARY_FILE,
+    VALIDATED,
+    archive_dir,
+    landing_dir,
+    partition_dir,
+    partition_hour,
+    quarantine_dir,
+    raw_dir,
+    summary_path,
+    validated_dir,
+)
 
 LANDED = "landed"
 QUARANTINED = "quarantined"
 # A drop the process cannot read (permissions, an I/O error): nothing is decided or moved, the hour's earlier
 # landed version stays, the other hours go on, and the run exits non-zero so a person looks.
 UNREADABLE = "unreadable"
-PART_FILE = "part-0.parquet"
 RESULT_FILE = "result.json"
 REASON_FILE = "reason.txt"
-SUMMARY_FILE = "_summary.json"
-# Earlier versions of an hour that a later delivery replaced: `<root>/archive/<kind>/hour=NNN/<status>-<time>/`.
-ARCHIVE_DIR = "archive"
 CLICKS_SUITE = "clicks_hour"
 ARTICLES_SUITE = "articles_hour"
 METADATA_SUITE = "articles_metadata"
@@ -240,28 +250,6 @@ class VolumeReference:
 # --------------------------------------------------------------------------------------------- layout
 
 
-def partition_dir(data_root: str | Path, hour: int, kind: str = CLICKS) -> Path:
-    """`<root>/validated/clicks/hour=NNN` (or `validated/articles/...`): one landed hour."""
-    return Path(data_root) / "validated" / kind / C.partition_name(hour)
-
-
-def quarantine_dir(data_root: str | Path, hour: int, kind: str = CLICKS) -> Path:
-    """`<root>/quarantine/clicks/hour=NNN` (or `quarantine/articles/...`): one rejected hour, whole."""
-    return Path(data_root) / "quarantine" / kind / C.partition_name(hour)
-
-
-def archive_dir(data_root: str | Path, hour: int, kind: str = CLICKS) -> Path:
-    """`<root>/archive/clicks/hour=NNN`: the versions of an hour that later deliveries replaced, one folder
-    each (`landed-<time>/` a landed partition, `quarantined-<time>/` a quarantine folder, <time> when it was
-    written). Nothing is deleted there: an operator removes what is no longer wanted."""
-    return Path(data_root) / ARCHIVE_DIR / kind / C.partition_name(hour)
-
-
-def summary_path(data_root: str | Path) -> Path:
-    """`<root>/validated/_summary.json`: the latest outcome of every hour, for DAGs and the dashboard."""
-    return Path(data_root) / "validated" / SUMMARY_FILE
-
-
 def _rel(path: Path, root: Path) -> str:
     path = Path(path)
     try:  # the parent resolved, not the name: a symlink is named where it is, not where it points
@@ -322,17 +310,17 @@ def list_hours(data_root: str | Path, kind: str = CLICKS) -> list[int]:
     """
     root = Path(data_root)
     hours: set[int] = set()
-    raw_dir = root / "raw" / kind
-    if raw_dir.is_dir():
-        hours |= {h for f in raw_dir.iterdir() if (h := C.hour_of_file(f.name, kind)) is not None}
+    landing = raw_dir(root, kind)
+    if landing.is_dir():
+        hours |= {h for f in landing.iterdir() if (h := C.hour_of_file(f.name, kind)) is not None}
     if kind == CLICKS:
-        hours |= set(_zip_members(root / "raw" / C.CLICKS_ZIP))
-    qroot = root / "quarantine" / kind
+        hours |= set(_zip_members(landing_dir(root) / C.CLICKS_ZIP))
+    qroot = root / QUARANTINE / kind
     if qroot.is_dir():
-        for d in qroot.glob("hour=*"):
-            key = d.name.split("=", 1)[1]
-            if key.isdigit() and _present(d / C.hour_file_name(int(key), kind)):
-                hours.add(int(key))
+        for d in qroot.glob(f"{C.HOUR}=*"):
+            hour = partition_hour(d.name)
+            if hour is not None and _present(d / C.hour_file_name(hour, kind)):
+                hours.add(hour)
     return sorted(hours)
 
 
@@ -343,7 +331,7 @@ def unvalidated_files(data_root: str | Path) -> list[dict[str, str]]:
     hourly file or repeat an hour, a clicks.zip that is a symlink out of raw/ (not opened). Only names are
     looked at. The run reports them in `_summary.json` (`unvalidated_files`)."""
     root = Path(data_root)
-    raw = root / "raw"
+    raw = landing_dir(root)
     out: list[dict[str, str]] = []
     readable = {CLICKS: (CLICKS,), ARTICLES: ARTICLE_FILES}
     for kind in KINDS:
@@ -406,7 +394,7 @@ def find_drop(data_root: str | Path, hour: int, kind: str = CLICKS) -> Drop:
         found = []
         for file_kind in ARTICLE_FILES:
             name = C.hour_file_name(hour, file_kind)
-            where = [root / "raw" / ARTICLES / name, quarantine_dir(root, hour, ARTICLES) / name]
+            where = [raw_dir(root, ARTICLES) / name, quarantine_dir(root, hour, ARTICLES) / name]
             found.append(next((p for p in where if _present(p)), None))
         csv_path, embeddings = found
         if csv_path is None:
@@ -414,12 +402,12 @@ def find_drop(data_root: str | Path, hour: int, kind: str = CLICKS) -> Drop:
                                     f"{root / 'raw' / ARTICLES / C.hour_file_name(hour, ARTICLES)} and "
                                     f"{quarantine_dir(root, hour, ARTICLES)}")
         return Drop(hour, csv_path, kind=ARTICLES, embeddings=embeddings)
-    csv_path = root / "raw" / C.CLICKS_DIR / C.hour_file_name(hour)
+    csv_path = raw_dir(root) / C.hour_file_name(hour)
     if _present(csv_path):
         return Drop(hour, csv_path)
-    member = _zip_members(root / "raw" / C.CLICKS_ZIP).get(hour)
+    member = _zip_members(landing_dir(root) / C.CLICKS_ZIP).get(hour)
     if member is not None:
-        return Drop(hour, root / "raw" / C.CLICKS_ZIP, member)
+        return Drop(hour, landing_dir(root) / C.CLICKS_ZIP, member)
     quarantined = quarantine_dir(root, hour) / C.hour_file_name(hour)
     if _present(quarantined):
         return Drop(hour, quarantined)
@@ -960,7 +948,7 @@ def recover_interrupted(data_root: str | Path) -> list[str]:
     """
     root = Path(data_root)
     done: list[str] = []
-    for area in ("validated", "quarantine"):
+    for area in (VALIDATED, QUARANTINE):
         for kind in KINDS:
             base = root / area / kind
             if not base.is_dir():
@@ -982,7 +970,7 @@ def recover_interrupted(data_root: str | Path) -> list[str]:
                         shutil.rmtree(d)
                         done.append(f"removed {_rel(d, root)}, the same files as {_rel(target, root)}")
                     else:
-                        status = LANDED if area == "validated" else QUARANTINED
+                        status = LANDED if area == VALIDATED else QUARANTINED
                         newest = max((p for p in d.iterdir() if p.is_file()), key=lambda p: p.stat().st_mtime,
                                      default=d)
                         slot = _archive_slot(root, hour, kind, status, newest)
@@ -991,13 +979,13 @@ def recover_interrupted(data_root: str | Path) -> list[str]:
                         done.append(f"archived the replaced {_rel(target, root)} as {_rel(slot, root)}")
                 except OSError:
                     continue  # another run got there first
-            temps = [*base.glob(f"hour=*/.{PART_FILE}.*.tmp")] if area == "validated" else []
+            temps = [*base.glob(f"{C.HOUR}=*/.{PART_FILE}.*.tmp")] if area == VALIDATED else []
             for f in temps:
                 m = re.match(rf"^\.{re.escape(PART_FILE)}\.([0-9]+)\.tmp$", f.name)
                 if m and not _pid_alive(int(m.group(1))):
                     f.unlink(missing_ok=True)
                     done.append(f"removed the temporary file {_rel(f, root)}")
-    for folder in (root / "raw" / CLICKS, root / "raw" / ARTICLES, root / "validated"):
+    for folder in (raw_dir(root, CLICKS), raw_dir(root, ARTICLES), root / VALIDATED):
         if folder.is_dir():
             for f in folder.glob(".*.tmp"):
                 m = _TEMP_FILE.match(f.name)
@@ -1053,13 +1041,13 @@ def landed_article_ids(data_root: str | Path) -> dict[int, np.ndarray]:
     import pyarrow.parquet as pq
 
     out: dict[int, np.ndarray] = {}
-    base = Path(data_root) / "validated" / ARTICLES
+    base = validated_dir(data_root, ARTICLES)
     if base.is_dir():
-        for part in base.glob(f"hour=*/{PART_FILE}"):
-            key = part.parent.name.split("=", 1)[1]
-            if key.isdigit():
+        for part in base.glob(f"{C.HOUR}=*/{PART_FILE}"):
+            hour = partition_hour(part.parent.name)
+            if hour is not None:
                 ids = pq.read_table(part, columns=[C.ARTICLE_ID]).column(0).to_numpy()
-                out[int(key)] = np.sort(ids.astype(np.int64, copy=False))
+                out[hour] = np.sort(ids.astype(np.int64, copy=False))
     return out
 
 
@@ -1067,12 +1055,12 @@ def _landed_rows(data_root: Path) -> dict[int, int]:
     import pyarrow.parquet as pq
 
     out: dict[int, int] = {}
-    base = data_root / "validated" / C.CLICKS_DIR
+    base = validated_dir(data_root)
     if base.is_dir():
-        for part in base.glob(f"hour=*/{PART_FILE}"):
-            key = part.parent.name.split("=", 1)[1]
-            if key.isdigit():
-                out[int(key)] = pq.ParquetFile(part).metadata.num_rows
+        for part in base.glob(f"{C.HOUR}=*/{PART_FILE}"):
+            hour = partition_hour(part.parent.name)
+            if hour is not None:
+                out[hour] = pq.ParquetFile(part).metadata.num_rows
     return out
 
 
@@ -1106,10 +1094,10 @@ class HourValidator:
         for line in self.recovered:
             logging.getLogger(__name__).warning("recovered: %s", line)
         self.context = open_gx_context(gx_dir, self.root / GX_RUNTIME_DIR)
-        self.article_ids = load_article_ids(self.root / "raw" / C.METADATA_FILE, self.context)
+        self.article_ids = load_article_ids(landing_dir(self.root) / C.METADATA_FILE, self.context)
         self.drop_ids = landed_article_ids(self.root)  # hour -> ids of its landed article drop
         self.landed_rows = _landed_rows(self.root)
-        self.min_session_size = declared_min_session_size(self.root / "raw")
+        self.min_session_size = declared_min_session_size(landing_dir(self.root))
         # Every hour known to have had a drop (landed, quarantined or waiting): the volume check's "first hour".
         self.seen_hours = set(self.landed_rows) | set(list_all_hours(self.root))
 
@@ -1143,7 +1131,7 @@ class HourValidator:
         files: dict[str, bytes] = {}
         links: dict[str, str] = {}
         problems: list[tuple[str, str]] = []
-        landing = self.root / "raw"
+        landing = landing_dir(self.root)
         paths = [drop.path, drop.embeddings]
         for name, path in zip(names, paths, strict=False):
             if path is None:
@@ -1244,7 +1232,7 @@ class HourValidator:
         stale = quarantine_dir(self.root, drop.hour, drop.kind)
         from_quarantine = [p for p in drop.local_files() if p.parent.resolve() == stale.resolve()]
         for path in from_quarantine:
-            atomic_write_bytes(self.root / "raw" / drop.kind / path.name, files[path.name])
+            atomic_write_bytes(raw_dir(self.root, drop.kind) / path.name, files[path.name])
         if stale.exists():
             if _folder_files(stale, (RESULT_FILE, REASON_FILE)) == dict(files):
                 shutil.rmtree(stale, ignore_errors=True)

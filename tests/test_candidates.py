@@ -19,6 +19,7 @@ from pipelines.candidates import (
     label_candidates,
     sample_users,
 )
+from pipelines.lake import landed_hours
 
 CUTOFF = at(10)
 PARAMS = {
@@ -234,7 +235,7 @@ def test_labels_and_report():
 @pytest.mark.data
 def test_stage_writes_labelled_candidates_and_indexes(tiny_validated, tmp_path):
     from pipelines.config import load_params
-    from pipelines.split import eval_targets, plan_snapshots, snapshot_clicks, validated_hours
+    from pipelines.split import eval_targets, plan_snapshots, snapshot_clicks
 
     epoch = load_params("data")["epoch_ms"]
     params = load_params("candidates")
@@ -245,7 +246,7 @@ def test_stage_writes_labelled_candidates_and_indexes(tiny_validated, tmp_path):
         (work / sub).symlink_to(root / sub)
     aggregate_all(work, epoch, load_params("aggregates")["coclick_max_distance"])
     snaps = plan_snapshots(
-        validated_hours(root / "validated" / "clicks"),
+        landed_hours(root / "validated" / "clicks"),
         epoch,
         test_hours=4,
         val_hours=4,
@@ -285,7 +286,7 @@ def test_each_user_alone_gets_exactly_their_rows_of_a_large_batch(tiny_validated
     (scores included), also where embedding scores nearly tie."""
     from pipelines.config import load_params
     from pipelines.features import read_articles, read_embeddings
-    from pipelines.split import plan_snapshots, snapshot_clicks, validated_hours
+    from pipelines.split import plan_snapshots, snapshot_clicks
 
     epoch = load_params("data")["epoch_ms"]
     params = load_params("candidates")
@@ -294,7 +295,7 @@ def test_each_user_alone_gets_exactly_their_rows_of_a_large_batch(tiny_validated
     for sub in ("raw", "validated"):
         (work / sub).symlink_to(tiny_validated / sub)
     aggregate_all(work, epoch, load_params("aggregates")["coclick_max_distance"])
-    snaps = plan_snapshots(validated_hours(work / "validated" / "clicks"), epoch, test_hours=4, val_hours=4,
+    snaps = plan_snapshots(landed_hours(work / "validated" / "clicks"), epoch, test_hours=4, val_hours=4,
                            label_hours=4, train_snapshots=1, min_history_hours=8)
     test = next(s for s in snaps if s.name == "test")
     meta = read_articles(work / "raw" / C.METADATA_FILE)

@@ -8,6 +8,7 @@ import pytest
 
 from pipelines import columns as C
 from pipelines import features as F
+from pipelines.lake import landed_hours
 
 H = C.HOUR_MS
 PARAMS = {"profile_half_life_h": 24}
@@ -261,11 +262,11 @@ def test_features_stage_on_validated_data_is_point_in_time(tiny_validated, tmp_p
     """`newsrec features` on real validated hours; the test snapshot's tables equal a refit from all the
     clicks (later hours included), so nothing after a cutoff reaches what is fitted at it."""
     from pipelines.config import load_params
-    from pipelines.split import load_clicks, plan_snapshots, validated_hours, write_snapshots
+    from pipelines.split import load_clicks, plan_snapshots, write_snapshots
 
     validated = tiny_validated / "validated" / "clicks"
     epoch_ms = int(load_params("data")["epoch_ms"])
-    snaps = plan_snapshots(validated_hours(validated), epoch_ms, test_hours=3, val_hours=3, label_hours=3,
+    snaps = plan_snapshots(landed_hours(validated), epoch_ms, test_hours=3, val_hours=3, label_hours=3,
                            train_snapshots=2, min_history_hours=6)
     split_file = write_snapshots(snaps, tmp_path / "split.json")
     assert F.main(["--data-root", str(tiny_validated), "--split", str(split_file), "--out", str(tmp_path / "f")]) == 0

@@ -11,6 +11,7 @@ import pytest
 from clickdata import EPOCH, H, at, clicks, write_validated
 
 from pipelines import columns as C
+from pipelines.lake import landed_hours
 from pipelines.split import (
     eval_targets,
     get_snapshot,
@@ -18,7 +19,6 @@ from pipelines.split import (
     plan_snapshots,
     read_snapshots,
     snapshot_clicks,
-    validated_hours,
     write_snapshots,
 )
 
@@ -86,7 +86,7 @@ def late_outlier_root(tmp_path):
 @pytest.mark.unit
 def test_history_drops_late_outliers_at_or_after_the_cutoff_and_target_keeps_them(late_outlier_root):
     vdir = late_outlier_root / "validated" / "clicks"
-    assert validated_hours(vdir) == [0, 1, 6]
+    assert landed_hours(vdir) == [0, 1, 6]
     hist = load_clicks(vdir, None, at(2), epoch_ms=EPOCH)
     assert hist[C.CLICK_ARTICLE_ID].tolist() == [10, 11, 12]
     assert hist[C.HOUR].tolist() == [0, 0, 1]
@@ -159,7 +159,7 @@ def test_nothing_after_a_cutoff_reaches_what_is_fitted_at_it(tiny_validated, tmp
     fparams = load_params("features")
     snap = get_snapshot(
         write_snapshots(
-            plan_snapshots(validated_hours(tiny_validated / "validated" / "clicks"), epoch, **PLAN),
+            plan_snapshots(landed_hours(tiny_validated / "validated" / "clicks"), epoch, **PLAN),
             tmp_path / "snaps.json",
         ),
         "val_h016",

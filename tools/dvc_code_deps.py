@@ -1,14 +1,14 @@
-"""Every DVC stage lists, as deps, every project module its command imports, so a code change re-runs the stages
-it changes and no other.
+"""Every DVC stage lists, as deps, exactly the project modules its command imports, so a code change re-runs the
+stages it can change and no other.
 
 A stage's command names `newsrec <step>`; the step's module (pipelines/cli.py COMMANDS) and every project module
 it imports, directly or through others, at the top or inside a function (the code runs either way), are its
 code. Imports under `if TYPE_CHECKING:` are not. Package `__init__.py` files are left out (they hold no code).
 
-    .venv/bin/python tools/dvc_code_deps.py           # list what each stage misses; exit 1 when any does
-    .venv/bin/python tools/dvc_code_deps.py --write   # add what is missing to dvc.yaml (comments kept)
+    .venv/bin/python tools/dvc_code_deps.py           # what each stage misses or lists for nothing; exit 1 if any
+    .venv/bin/python tools/dvc_code_deps.py --write   # put dvc.yaml right (comments kept)
 
-tests/test_dvc_code_deps.py fails when a stage misses a module.
+tests/test_dvc_code_deps.py fails when a stage misses a module or lists one its command never imports.
 """
 
 from __future__ import annotations
@@ -80,18 +80,37 @@ def stage_commands(cmd: str | list[str]) -> list[str]:
     return re.findall(r"\bnewsrec ([a-z][a-z-]*)", text)
 
 
-def missing_deps(dvc_yaml: dict) -> dict[str, list[str]]:
-    """stage -> the code paths its command runs that its deps do not list (a listed folder covers its files)."""
+def _needed(stage: dict) -> set[str]:
     from pipelines.cli import COMMANDS
 
+    needed: set[str] = set()
+    for step in stage_commands(stage["cmd"]):
+        needed |= code_of(COMMANDS[step][0].split(":")[0])
+    return needed
+
+
+def _listed(stage: dict) -> list[str]:
+    return [d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])]
+
+
+def missing_deps(dvc_yaml: dict) -> dict[str, list[str]]:
+    """stage -> the code paths its command runs that its deps do not list (a listed folder covers its files)."""
     out = {}
     for name, stage in dvc_yaml["stages"].items():
-        needed: set[str] = set()
-        for step in stage_commands(stage["cmd"]):
-            needed |= code_of(COMMANDS[step][0].split(":")[0])
-        deps = [d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])]
+        deps = _listed(stage)
         folders = [d.rstrip("/") + "/" for d in deps]
-        out[name] = sorted(p for p in needed if p not in deps and not any(p.startswith(f) for f in folders))
+        out[name] = sorted(p for p in _needed(stage) if p not in deps and not any(p.startswith(f) for f in folders))
+    return {k: v for k, v in out.items() if v}
+
+
+def extra_deps(dvc_yaml: dict) -> dict[str, list[str]]:
+    """stage -> the project modules its deps list that its command never imports (a change there re-runs it
+    for nothing)."""
+    out = {}
+    for name, stage in dvc_yaml["stages"].items():
+        needed = _needed(stage)
+        out[name] = [d for d in _listed(stage) if d.endswith(".py") and d.split("/")[0] in PACKAGES
+                     and Path(d).name != "__init__.py" and d not in needed]
     return {k: v for k, v in out.items() if v}
 
 
@@ -107,17 +126,23 @@ def main(argv: list[str] | None = None) -> int:
     yaml.indent(mapping=2, sequence=4, offset=2)  # dvc.yaml's own layout
     path = ROOT / "dvc.yaml"
     doc = yaml.load(path.read_text())
-    missing = missing_deps(doc)
+    missing, extra = missing_deps(doc), extra_deps(doc)
     for stage, paths in missing.items():
-        print(f"{stage}: {', '.join(paths)}")
-        if args.write:
-            doc["stages"][stage]["deps"].extend(paths)
-    if args.write and missing:
+        print(f"{stage}: missing {', '.join(paths)}")
+    for stage, paths in extra.items():
+        print(f"{stage}: never imported {', '.join(paths)}")
+    if not args.write:
+        return 1 if missing or extra else 0
+    for stage, paths in missing.items():
+        doc["stages"][stage]["deps"].extend(paths)
+    for stage, paths in extra.items():
+        deps = doc["stages"][stage]["deps"]
+        for module in paths:
+            deps.remove(module)
+    if missing or extra:
         with path.open("w") as f:
             yaml.dump(doc, f)
-        return 0
-    return 1 if missing else 0
-
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -44,6 +44,9 @@ for _ in $(seq 180); do
     sleep 5
 done
 airflow dags list-runs clicks_hourly -o plain
-chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=2000,1000 \
-    --virtual-time-budget=15000 --screenshot="$out" "http://127.0.0.1:$port/dags/clicks_hourly" 2> /dev/null
+# the first page load logs in (and lands on Home); the second, in the same browser profile, opens the DAG
+shot=(chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=2000,1000
+      --user-data-dir="$work/chromium" --virtual-time-budget=15000)
+"${shot[@]}" --screenshot="$work/home.png" "http://127.0.0.1:$port/" 2> /dev/null
+"${shot[@]}" --screenshot="$out" "http://127.0.0.1:$port/dags/clicks_hourly" 2> /dev/null
 echo "wrote $out"
