@@ -18,14 +18,18 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines import columns as C
-from pipelines.config import DEFAULT_PARAMS, load_params
+from pipelines.lake import erasure_register
+
+# The register's HMAC key comes from this environment variable, the same for every process that reads clicks:
+# a register belongs to its dataset (lake.erasure_register), so no configuration can point a reader elsewhere.
+KEY_ENV = "NEWSREC_ERASURE_KEY"
 
 
 class ErasureError(RuntimeError):
     """The erasure cannot be carried out or recorded as asked."""
 
 
-def erasure_key(key_env: str, environ: Mapping[str, str] | None = None) -> bytes:
+def erasure_key(key_env: str = KEY_ENV, environ: Mapping[str, str] | None = None) -> bytes:
     """The HMAC key from the environment; an unset or short key is an error, never a silent default."""
     value = (os.environ if environ is None else environ).get(key_env, "")
     if len(value) < 16:
@@ -63,27 +67,24 @@ def _cached_tokens(path: str, mtime_ns: int) -> frozenset[str]:
     return frozenset(read_register(path))
 
 
-def erased_users(user_ids: Iterable[int], data_root: str | Path, params_path: str | Path = DEFAULT_PARAMS,
+def erased_users(user_ids: Iterable[int], data_root: str | Path,
                  environ: Mapping[str, str] | None = None) -> list[int]:
-    """Those of `user_ids` in the data root's erasure register ([] when it is empty or absent)."""
-    try:
-        params = load_params("forget_user", params_path)
-    except (FileNotFoundError, KeyError):
-        return []  # called where no params.yaml configures a register (a library user): none to honour
-    path = Path(data_root) / params["register"]
+    """Those of `user_ids` in the data root's erasure register ([] when it is empty or absent). Raises
+    ErasureError when there is a register and no key to read it with (never a silent pass)."""
+    path = erasure_register(data_root)
     if not path.exists():
         return []
     tokens = _cached_tokens(str(path), path.stat().st_mtime_ns)
     if not tokens:
         return []
-    key = erasure_key(params["key_env"], environ)
+    key = erasure_key(KEY_ENV, environ)
     return [int(u) for u in user_ids if user_token(int(u), key) in tokens]
 
 
-def drop_erased_users(frame: pd.DataFrame, data_root: str | Path, params_path: str | Path = DEFAULT_PARAMS,
+def drop_erased_users(frame: pd.DataFrame, data_root: str | Path,
                       environ: Mapping[str, str] | None = None) -> pd.DataFrame:
     """`frame` without the rows of users in the data root's erasure register (unchanged when it is empty)."""
     if frame.empty or C.USER_ID not in frame.columns:
         return frame
-    erased = erased_users(frame[C.USER_ID].unique(), data_root, params_path, environ)
+    erased = erased_users(frame[C.USER_ID].unique(), data_root, environ)
     return frame[~frame[C.USER_ID].isin(erased)].reset_index(drop=True) if erased else frame

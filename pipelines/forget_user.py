@@ -26,12 +26,12 @@ and what happens there:
 
 Sessions belong to one user, so dropping a user's rows never breaks another session's `session_size`.
 
-The erasure is recorded in `<root>/<forget_user.register>` as one JSON line that holds a keyed hash
+The erasure is recorded in `<root>/erasures.jsonl` (lake.erasure_register) as one JSON line that holds a keyed hash
 (HMAC-SHA256) of the id, the time and how many rows went where: never the id or any click. Training reads
 clicks through `split.load_clicks`, which drops every user whose hash is in the register, so a drop
 restored from a backup or an S3 version cannot bring an erased user back into a model; `newsrec synth` honours
 it too, so regenerating the demo dataset does not make an erased user again. The key comes from the
-environment variable `forget_user.key_env` (a secret: with it, ids could be tested against the register);
+environment variable `NEWSREC_ERASURE_KEY` (erasures.KEY_ENV; a secret: with it, ids could be tested against the register);
 without the key the register cannot be written or honoured, which is an error that says how to provide it.
 
 Not reachable from here, and said in the report: what a running API holds in its own memory, the in-process
@@ -63,9 +63,9 @@ import pandas as pd
 
 from pipelines import columns as C
 from pipelines.config import DEFAULT_PARAMS, load_params
-from pipelines.erasures import ErasureError, erasure_key, user_token
+from pipelines.erasures import KEY_ENV, ErasureError, erasure_key, user_token
 from pipelines.fileio import MANIFEST, atomic_write, atomic_write_bytes, write_manifest
-from pipelines.lake import AGGREGATES, partition_file, validated_dir
+from pipelines.lake import AGGREGATES, erasure_register, partition_file, validated_dir
 
 PLACES = ("raw", "raw_zip", "raw_remote", "quarantine", "validated", "gx_store", "derived", "models", "model_registry",
           "dvc_cache", "online_store", "event_logs")
@@ -622,7 +622,6 @@ def forget_user(
     data_root: str | Path,
     *,
     key: bytes,
-    register: str | Path,
     raw_uri: str | None = None,
     event_logs: Iterable[Path] = (),
     state_store: Any | None = None,
@@ -645,7 +644,8 @@ def forget_user(
     when = now()
     report = ErasureReport()
     clicks = user_clicks(root, user_id)
-    erase_data_root(root, user_id, report, skip=[Path(register)])
+    register = erasure_register(root)
+    erase_data_root(root, user_id, report, skip=[register])
     if raw_uri:
         erase_remote_raw(raw_uri, user_id, report, s3_client)
     rebuilt = rebuild_aggregates(root, report.hours, params_path)
@@ -684,7 +684,7 @@ def forget_user(
             report.not_reached.append(f"DVC's cache and remote ({type(error).__name__}: {error}); run the "
                                       "command again, or `dvc commit -f` the rewritten stages and "
                                       "`dvc gc --workspace --cloud --force`")
-    record = record_erasure(Path(register), user_id, key, report, when)
+    record = record_erasure(register, user_id, key, report, when)
     return report, record
 
 
@@ -697,7 +697,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--yes", action="store_true", help="do it (without it, nothing is changed)")
     args = parser.parse_args(argv)
 
-    params = load_params("forget_user", args.params)
     serve = load_params("serve", args.params)
     root = args.data_root or Path(load_params("data", args.params)["root"])
     raw_uri = args.raw_uri or load_params("storage", args.params).get("raw_uri")
@@ -708,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f" and {raw_uri}" if raw_uri else "") + "; add --yes to do it", file=sys.stderr)
         return 2
     try:
-        key = erasure_key(params["key_env"])
+        key = erasure_key(KEY_ENV)
         store = None
         if serve.get("redis_url"):
             from serving.state import make_state_store
@@ -716,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
             store = make_state_store(serve["redis_url"], serve["state_prefix"], int(serve["state_max_clicks"]),
                                      int(serve["state_ttl_seconds"]), int(serve["state_max_users"]))
         report, _record = forget_user(
-            args.user_id, root, key=key, register=root / params["register"], raw_uri=raw_uri,
+            args.user_id, root, key=key, raw_uri=raw_uri,
             event_logs=[Path(serve["impression_log"]), Path(serve["click_log"])], state_store=store,
             registry=_model_registry(args.params), gx_dir=Path(load_params("validate", args.params)["gx_dir"]),
             params_path=args.params,
@@ -726,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     rows = {k: v for k, v in report.removed.items() if v and k != "dvc_cache"}
     removed = ", ".join(f"{k} {v}" for k, v in rows.items()) or "nothing (no data held)"
-    print(f"erased: {removed}; {len(report.files)} files rewritten; recorded in {root / params['register']}")
+    print(f"erased: {removed}; {len(report.files)} files rewritten; recorded in {erasure_register(root)}")
     for item in report.files:
         if not Path(item).exists():  # the lines that say what was done beside rewriting files
             print(f"  {item}")

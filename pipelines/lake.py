@@ -7,6 +7,7 @@
     <root>/quarantine/<kind>/hour=NNN/                 rejected drops, whole, with result.json and reason.txt
     <root>/archive/<kind>/hour=NNN/                    versions that later deliveries replaced
     <root>/aggregates/<popularity|coclick>/hour=NNN/part-0.parquet
+    <root>/erasures.jsonl                              the erasure register (pipelines.erasures)
 
 Partition folders are named `hour=NNN` (columns.partition_name) and read back with `partition_hour`; hour-file
 names are written and parsed by columns.hour_file_name / parse_hour_file_name. Stage outputs whose place the
@@ -26,6 +27,7 @@ VALIDATED = "validated"
 QUARANTINE = "quarantine"
 ARCHIVE = "archive"
 AGGREGATES = "aggregates"
+ERASURE_REGISTER = "erasures.jsonl"
 
 
 def landing_dir(data_root: str | Path) -> Path:
@@ -78,6 +80,11 @@ def aggregates_dir(data_root: str | Path, kind: str) -> Path:
 def aggregate_file(data_root: str | Path, kind: str, hour: int) -> Path:
     """`<root>/aggregates/<kind>/hour=NNN/part-0.parquet`."""
     return aggregates_dir(data_root, kind) / C.partition_name(hour) / PART_FILE
+
+
+def erasure_register(data_root: str | Path) -> Path:
+    """`<root>/erasures.jsonl`: the dataset's erasure register (pipelines.erasures), one line per erased user."""
+    return Path(data_root) / ERASURE_REGISTER
 
 
 def partition_hour(name: str) -> int | None:

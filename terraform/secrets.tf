@@ -52,7 +52,7 @@ resource "aws_secretsmanager_secret_version" "dashboard_api_key" {
   secret_string = random_password.api_key["dashboard"].result
 }
 
-# The erasure register's key (`newsrec forget-user`, params forget_user.key_env): an HMAC key, so ids cannot be
+# The erasure register's key (`newsrec forget-user`, NEWSREC_ERASURE_KEY in pipelines/erasures.py): an HMAC key, so ids cannot be
 # tested against the register without it. Every task that reads clicks needs it once anyone was erased, and
 # it must never change afterwards (the register's tokens would stop matching), hence prevent_destroy. Under
 # the Airflow variables prefix, which the MWAA execution role may read; mwaa/startup.sh exports it.

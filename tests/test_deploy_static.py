@@ -371,9 +371,11 @@ def _service_env(svc: dict) -> dict[str, str]:
 
 
 def _secret_env_names(params: dict) -> set[str]:
-    """Variables params.yaml names as where a secret is read from (`alerts.password_env`, `forget_user.key_env`)."""
-    return {value for section in params.values() if isinstance(section, dict)
-            for key, value in section.items() if key.endswith("_env") and isinstance(value, str)}
+    """Variables a secret is read from: those params.yaml names (`alerts.password_env`, ...) and the erasure key."""
+    from pipelines.erasures import KEY_ENV
+
+    return {KEY_ENV} | {value for section in params.values() if isinstance(section, dict)
+                        for key, value in section.items() if key.endswith("_env") and isinstance(value, str)}
 
 
 @pytest.mark.parametrize("service", sorted(EXPECTED_SERVICES))

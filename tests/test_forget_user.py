@@ -229,7 +229,7 @@ def test_forget_user_everywhere(root, tmp_path, s3_env, redis_server, monkeypatc
     register = root / "erasures.jsonl"
     try:
         report, record = F.forget_user(
-            user, root, key=KEY, register=register, raw_uri=raw_uri,
+            user, root, key=KEY, raw_uri=raw_uri,
             event_logs=[logs / "impressions.jsonl", logs / "clicks.jsonl"], state_store=store,
             now=lambda: dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
         )
@@ -364,7 +364,7 @@ def test_dvc_treats_the_erased_outputs_as_the_truth(tmp_path):
     run(dvc, "push")
     assert _cached_user_objects(repo / ".dvc" / "cache", 4242) and _cached_user_objects(tmp_path / "remote", 4242)
 
-    report, _ = F.forget_user(4242, repo / "data", key=KEY, register=repo / "data" / "erasures.jsonl")
+    report, _ = F.forget_user(4242, repo / "data", key=KEY)
     assert report.removed["raw"] == 2 and report.removed["derived"] == 2 and report.removed["dvc_cache"] > 0
     assert any("DVC:" in note for note in report.notes)
 
