@@ -1273,14 +1273,6 @@ def build_gx_docs(context: Any, runtime_dir: Path) -> Path:
     return runtime_dir / "docs" / "index.html"
 
 
-def _resolve(epoch_ms: int | None, settings: Settings | None, gx_dir: str | Path | None,
-             params_path: str | Path = DEFAULT_PARAMS) -> tuple[int, Settings, Path]:
-    """Fill what the caller left out from params.yaml (`data.epoch_ms`, `validate`)."""
-    section = load_params("validate", params_path) if settings is None or gx_dir is None else {}
-    epoch = int(load_params("data", params_path)["epoch_ms"]) if epoch_ms is None else int(epoch_ms)
-    return (epoch, settings or Settings.from_params(section), Path(gx_dir or section["gx_dir"]))
-
-
 def stage(raw_uri: str, data_root: str | Path, hours: Sequence[int] | None = None) -> list[Path]:
     """Copy the side files and the drops of `hours` (None: every hour with a drop there, of either kind) from
     the raw location `raw_uri` into `<data_root>/raw/`."""
@@ -1291,29 +1283,26 @@ def stage(raw_uri: str, data_root: str | Path, hours: Sequence[int] | None = Non
     return storage.stage_raw(raw_uri, data_root, hours)
 
 
-def validate_hour_drops(data_root: str | Path, hour: int, *, epoch_ms: int | None = None,
-                        settings: Settings | None = None, gx_dir: str | Path | None = None,
+def validate_hour_drops(data_root: str | Path, hour: int, *, epoch_ms: int, settings: Settings, gx_dir: str | Path,
                         docs: bool = False, raw_uri: str | None = None) -> list[HourResult]:
     """Validate every drop of one hour (its article drop first, then its click drop; each when there is one),
     land or quarantine each and record them in `_summary.json`.
 
-    What is not given comes from params.yaml in the working directory. Raises MetadataError when the
-    metadata is missing or invalid and FileNotFoundError when the hour has no drop at all. With `raw_uri`
+    `epoch_ms` (params data.epoch_ms), `settings` (params validate) and `gx_dir` come from the caller's
+    configuration. Raises MetadataError when the metadata is missing or invalid and FileNotFoundError when the hour has no drop at all. With `raw_uri`
     (e.g. `s3://bucket/prefix`, params `storage.raw_uri`) the drops are first staged from there into raw/.
     """
-    epoch, settings, gx_dir = _resolve(epoch_ms, settings, gx_dir)
     if raw_uri:
         stage(raw_uri, data_root, [hour])
-    validator = HourValidator(data_root, epoch_ms=epoch, settings=settings, gx_dir=gx_dir)
+    validator = HourValidator(data_root, epoch_ms=epoch_ms, settings=settings, gx_dir=gx_dir)
     results = validator.validate_drops(hour)
-    update_summary(data_root, results, epoch, unvalidated_files(data_root))
+    update_summary(data_root, results, epoch_ms, unvalidated_files(data_root))
     if docs:
         validator.build_docs()
     return results
 
 
-def validate_hour(data_root: str | Path, hour: int, *, epoch_ms: int | None = None,
-                  settings: Settings | None = None, gx_dir: str | Path | None = None,
+def validate_hour(data_root: str | Path, hour: int, *, epoch_ms: int, settings: Settings, gx_dir: str | Path,
                   docs: bool = False, raw_uri: str | None = None) -> HourResult:
     """Validate one hourly click drop, land or quarantine it and record it in `_summary.json`; its result.
 
@@ -1327,9 +1316,9 @@ def validate_hour(data_root: str | Path, hour: int, *, epoch_ms: int | None = No
     return next(r for r in results if r.kind == CLICKS)
 
 
-def validate_all(data_root: str | Path, hours: Sequence[int] | None = None, *, epoch_ms: int | None = None,
-                 settings: Settings | None = None, gx_dir: str | Path | None = None, docs: bool = True,
-                 on_result: Any = None, raw_uri: str | None = None) -> list[HourResult]:
+def validate_all(data_root: str | Path, hours: Sequence[int] | None = None, *, epoch_ms: int, settings: Settings,
+                 gx_dir: str | Path, docs: bool = True, on_result: Any = None,
+                 raw_uri: str | None = None) -> list[HourResult]:
     """Validate every hour with a drop (or `hours`), in hour order, in one process and one GX context.
 
     Each hour's article drop comes before its click drop; the results are in that order. `on_result(HourResult)`
@@ -1337,16 +1326,15 @@ def validate_all(data_root: str | Path, hours: Sequence[int] | None = None, *, e
     killed midway leaves it true for the hours it did; files no hour reads are listed there first. Docs are
     built at the end. With `raw_uri`, the hours that landed there (or `hours`) are first staged into raw/.
     """
-    epoch, settings, gx_dir = _resolve(epoch_ms, settings, gx_dir)
     if raw_uri:
         stage(raw_uri, data_root, hours)
-    validator = HourValidator(data_root, epoch_ms=epoch, settings=settings, gx_dir=gx_dir)
+    validator = HourValidator(data_root, epoch_ms=epoch_ms, settings=settings, gx_dir=gx_dir)
     todo = list_all_hours(data_root) if hours is None else sorted(set(hours))
-    update_summary(data_root, [], epoch, unvalidated_files(data_root))
+    update_summary(data_root, [], epoch_ms, unvalidated_files(data_root))
     results = []
     for hour in todo:
         done = validator.validate_drops(hour)
-        update_summary(data_root, done, epoch)
+        update_summary(data_root, done, epoch_ms)
         for result in done:
             results.append(result)
             if on_result is not None:

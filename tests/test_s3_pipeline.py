@@ -32,17 +32,20 @@ def landed(tiny_raw, s3_env):
 
 
 def test_validate_hour_stages_from_s3_and_lands(landed, tiny_raw, tmp_path):
-    from pipelines.validate import partition_dir, validate_hour
+    from pipelines.config import load_params
+    from pipelines.validate import Settings, partition_dir, validate_hour
 
     raw, hours = landed
     root = tmp_path / "root"
-    result = validate_hour(root, hours[1], raw_uri=raw, docs=False)
+    cfg = {"epoch_ms": load_params("data")["epoch_ms"], "settings": Settings.from_params(load_params("validate")),
+           "gx_dir": load_params("validate")["gx_dir"]}
+    result = validate_hour(root, hours[1], raw_uri=raw, docs=False, **cfg)
     assert result.status == "landed", result.reason
     landed_frame = pd.read_parquet(partition_dir(root, hours[1]) / "part-0.parquet")
     source = pd.read_csv(tiny_raw / "raw" / C.CLICKS_DIR / C.hour_file_name(hours[1]))
     assert len(landed_frame) == len(source)
     with pytest.raises(FileNotFoundError, match="has not landed"):
-        validate_hour(root, 999, raw_uri=raw, docs=False)
+        validate_hour(root, 999, raw_uri=raw, docs=False, **cfg)
 
 
 def test_validate_cli_all_from_s3(landed, tmp_path):
