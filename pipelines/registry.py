@@ -274,7 +274,8 @@ def register(
             python_model=ranker_pyfunc.__file__,
             artifacts={ranker_pyfunc.BUNDLE_ARTIFACT: str(Path(bundle_dir).resolve())},
             signature=signature(),
-            # Declared, not inferred: inference re-imports the model in a subprocess and takes minutes.
+            # Declared, not inferred: inference re-imports the model in a subprocess and takes minutes. The
+            # core package is what scoring needs (no Airflow, Streamlit, GX or DVC: pyproject.toml's extras).
             pip_requirements=["newsrec"],
             registered_model_name=model_name,
         )

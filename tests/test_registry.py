@@ -99,6 +99,83 @@ def test_registered_model_loads_by_alias_and_scores_a_candidate_frame_consistent
     assert names[:2] == [C.USER_ID, C.ARTICLE_ID] and C.score_col("emb") in names
 
 
+_SCORE_WITHOUT_EXTRAS = """
+import importlib.abc, sys
+BLOCKED = set(sys.argv[4].split(","))
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"scoring imported {name}, which is not in newsrec's core dependencies")
+sys.meta_path.insert(0, Block())
+import mlflow, numpy as np, pandas as pd
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model(sys.argv[2])
+np.save(sys.argv[3], np.asarray(model.predict(pd.read_parquet(sys.argv[3] + ".parquet"))))
+"""
+
+
+def _dist(requirement: str) -> str:
+    import re
+
+    return re.split(r"[<>=!~\[;\s]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _closure(requirements) -> set[str]:
+    """Distributions installed by `requirements`, transitively (extras of dependencies left out)."""
+    import importlib.metadata as md
+
+    seen: set[str] = set()
+    todo = [_dist(r) for r in requirements]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            todo += [_dist(r) for r in md.requires(name) or [] if "extra ==" not in r]
+        except md.PackageNotFoundError:
+            continue
+    return seen
+
+
+def extras_only_modules() -> set[str]:
+    """Top-level modules of the packages pyproject.toml's extras name that the core's dependency closure does
+    not bring (their own dependencies are left alone: a core package may import one of those when present)."""
+    import importlib.metadata as md
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    extras = [r for name in ("pipeline", "airflow", "serve", "dashboard")
+              for r in project["optional-dependencies"][name] if not r.startswith("newsrec")]
+    only = {_dist(r) for r in extras} - _closure(project["dependencies"])
+    return {module for module, dists in md.packages_distributions().items()
+            if module.isidentifier() and any(_dist(d) in only for d in dists)}
+
+
+def test_a_registered_model_scores_with_the_core_package_alone(client, registry, candidate_frame, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mlflow
+
+    assert _challenge(client, "1").promoted
+    uri = f"models:/{NAME}@{R.CHAMPION}"
+    requirements = Path(mlflow.artifacts.download_artifacts(f"{uri}/requirements.txt", dst_path=str(tmp_path)))
+    declared = [line.split("==")[0] for line in requirements.read_text().split() if line]
+    assert sorted(declared) == ["mlflow", "newsrec"]
+    blocked = extras_only_modules()
+    assert {"airflow", "streamlit", "great_expectations", "evidently", "dvc", "dask", "lleaves"} <= blocked
+    out = tmp_path / "scores.npy"
+    candidate_frame.to_parquet(f"{out}.parquet")
+    proc = subprocess.run([sys.executable, "-c", _SCORE_WITHOUT_EXTRAS, registry[0]["tracking_uri"], uri, str(out),
+                           ",".join(sorted(blocked))], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = mlflow.pyfunc.load_model(uri)
+    np.testing.assert_allclose(np.load(out), np.asarray(model.predict(candidate_frame)))
+
+
 def test_request_context_columns_reach_the_features(client, candidate_frame):
     import mlflow
 
