@@ -31,6 +31,7 @@ import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -705,6 +706,35 @@ def sample_users(users: np.ndarray, max_users: int) -> np.ndarray:
     return np.sort(users[np.argsort(mixed ^ (mixed >> np.uint64(29)), kind="stable")[:max_users]])
 
 
+@lru_cache(maxsize=2)
+def _loaded_index(index_dir: str, written_ns: int) -> CandidateIndex:
+    """A Dask worker loads each snapshot's index once (from the shared data root), not once per task; an index
+    saved again at the same path (its meta.json is written last) is a new key."""
+    return CandidateIndex.load(index_dir)
+
+
+def _partition_candidates(index_dir: str, history: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
+    written_ns = (Path(index_dir) / _FILES["meta"]).stat().st_mtime_ns
+    return _loaded_index(index_dir, written_ns).candidates(history, users=users)
+
+
+def candidates_on_cluster(client, partitions: int, index_dir: str | Path, history: pd.DataFrame,
+                          users: np.ndarray) -> pd.DataFrame:
+    """`CandidateIndex.load(index_dir).candidates(history, users=users)` on a Dask cluster: users split into
+    user-hash partitions (cluster.user_partition), one task each with its users' history, every worker reading
+    the saved index itself; the parts back in the single process's order (by user, then fused rank)."""
+    from pipelines.cluster import user_partition
+
+    users = np.unique(np.asarray(users, dtype=np.int64))
+    part = user_partition(users, partitions)
+    history_part = user_partition(history[USER_ID].to_numpy(), partitions)
+    futures = [client.submit(_partition_candidates, str(Path(index_dir).resolve()), history[history_part == p],
+                             users[part == p], pure=False)
+               for p in range(partitions) if (part == p).any()]
+    parts = client.gather(futures)
+    return pd.concat(parts, ignore_index=True).sort_values(USER_ID, kind="stable").reset_index(drop=True)
+
+
 def build_candidates(
     data_root: str | Path,
     snapshots: Sequence,
@@ -712,11 +742,14 @@ def build_candidates(
     index_dir: str | Path,
     params: dict,
     epoch_ms: int,
+    client=None,
+    partitions: int = 1,
 ) -> dict[str, dict]:
     """For each snapshot: fit and save its index under `<index_dir>/<name>/`; for labelled snapshots also
     write `<out_dir>/<name>.parquet` (candidates of every evaluated user, with `label`; roles listed in
     params `max_users` keep a fixed sample of that many users). Returns the candidate-recall report per
-    labelled snapshot."""
+    labelled snapshot. With a Dask `client`, the lists are made on the cluster in `partitions` user partitions
+    (candidates_on_cluster; the same lists)."""
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
     from pipelines.split import eval_targets, snapshot_clicks
 
@@ -737,7 +770,11 @@ def build_candidates(
         cap = (params.get("max_users") or {}).get(snap.role)
         users = sample_users(targets[USER_ID].unique(), int(cap)) if cap else targets[USER_ID].unique()
         targets = targets[targets[USER_ID].isin(users)]
-        cands = index.candidates(history[history[USER_ID].isin(users)], users=users)
+        asked = history[history[USER_ID].isin(users)]
+        if client is None:
+            cands = index.candidates(asked, users=users)
+        else:
+            cands = candidates_on_cluster(client, partitions, Path(index_dir) / snap.name, asked, users)
         cands = label_candidates(cands, targets)
         tmp = Path(out_dir) / f".{snap.name}.parquet.tmp"
         cands.to_parquet(tmp, index=False)
@@ -763,12 +800,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", type=Path, required=True, help="candidate recall report to write (JSON)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
+    from pipelines.cluster import connect, partition_count
+
     params = load_params("candidates", args.params)
     epoch_ms = int(load_params("data", args.params)["epoch_ms"])
+    dask_params = load_params("dask", args.params)
     try:
-        reports = build_candidates(
-            args.data_root, read_snapshots(args.split), args.out, args.index_out, params, epoch_ms
-        )
+        with connect(dask_params) as client:
+            reports = build_candidates(
+                args.data_root, read_snapshots(args.split), args.out, args.index_out, params, epoch_ms,
+                client=client, partitions=partition_count(client, dask_params) if client is not None else 1,
+            )
     except (ValueError, FileNotFoundError, KeyError) as exc:
         print(f"newsrec candidates: {exc}", file=sys.stderr)
         return 1

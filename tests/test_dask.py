@@ -141,3 +141,41 @@ def test_training_on_two_dask_workers_is_within_tolerance(client, work, train_pa
     loaded = T.Ranker.load(ranker.save(tmp_path / "ranker"))
     assert loaded.features == single.features
     assert loaded.booster.num_trees() == ranker.meta["best_iteration"]
+
+
+@pytest.mark.parametrize("role", ["train", "test"])
+def test_candidate_lists_on_dask_equal_the_single_process(client, work, role):
+    from pipelines.candidates import CandidateIndex, candidates_on_cluster
+    from pipelines.split import read_snapshots
+
+    snap, history, _, _, _ = _history(work, role)
+    index_dir = work / "index" / snap.name
+    users = np.unique(history[C.USER_ID].to_numpy())[::2]
+    users = np.append(users, users.max() + 1)  # a cold user: no history, global sources only
+    single = CandidateIndex.load(index_dir).candidates(history[history[C.USER_ID].isin(users)], users=users)
+    on_dask = candidates_on_cluster(client, 3, index_dir, history[history[C.USER_ID].isin(users)], users)
+    assert len(single) > 0 and single[C.USER_ID].nunique() == len(users)
+    pd.testing.assert_frame_equal(on_dask, single, check_exact=True)  # bit for bit
+    assert read_snapshots(work / "split.json", roles=[role])[0].name == snap.name
+
+
+def test_candidates_cli_on_a_scheduler_writes_the_same_lists(client, work, tmp_path, monkeypatch):
+    """`newsrec candidates` with `dask.scheduler` set against the single process: the same files' rows."""
+    from pipelines import candidates as CA
+    from pipelines.split import read_snapshots, write_snapshots
+
+    split = write_snapshots(read_snapshots(work / "split.json", roles=["val"]), tmp_path / "split.json")
+    args = ["--data-root", str(work / "data"), "--split", str(split)]
+
+    def run(name: str) -> int:
+        return CA.main([*args, "--out", str(tmp_path / name), "--index-out", str(tmp_path / f"{name}-index"),
+                        "--metrics", str(tmp_path / f"{name}.json")])
+
+    assert run("one") == 0
+    monkeypatch.setenv("NEWSREC__DASK__SCHEDULER", client.scheduler.address)
+    assert run("dask") == 0
+    name = read_snapshots(split)[0].name
+    one, dask = (pd.read_parquet(tmp_path / d / f"{name}.parquet") for d in ("one", "dask"))
+    assert len(one) > 0
+    pd.testing.assert_frame_equal(dask, one, check_exact=True)
+    assert (tmp_path / "dask.json").read_text() == (tmp_path / "one.json").read_text()

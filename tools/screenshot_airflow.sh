@@ -9,7 +9,9 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-$repo/docs/img/airflow_grid_backfill.png}"
 work="$(mktemp -d /tmp/newsrec-airflow-shot.XXXXXX)"
 port="${AIRFLOW_SHOT_PORT:-18080}"
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+airflow_pid=""
+# standalone starts a process tree (api-server, scheduler, workers...): stop the whole group, or they outlive us
+trap '[ -n "$airflow_pid" ] && kill -- "-$airflow_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 
 export PATH="$repo/.venv/bin:$PATH" NEWSREC_HOME="$repo"
 export AIRFLOW_HOME="$work/airflow_home" AIRFLOW_CONFIG="$repo/config/airflow.cfg"
@@ -26,7 +28,12 @@ export NEWSREC_PARAMS="$work/params.yaml"
 newsrec synth --profile demo --hours 8 --out "$work/data/raw" --bad 5:missing_column > /dev/null
 
 mkdir -p "$AIRFLOW_HOME"
-airflow standalone > "$work/standalone.log" 2>&1 &
+if curl -fs "http://127.0.0.1:$port/api/v2/monitor/health" > /dev/null 2>&1; then
+    echo "port $port is taken (another Airflow?): set AIRFLOW_SHOT_PORT" >&2
+    exit 1
+fi
+setsid airflow standalone > "$work/standalone.log" 2>&1 &
+airflow_pid=$!
 for _ in $(seq 120); do
     curl -fs "http://127.0.0.1:$port/api/v2/monitor/health" > /dev/null 2>&1 && break
     sleep 2
