@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates docs/img/airflow_grid_backfill.png: Airflow standalone on a scratch copy of the demo data, hours
 # 0-7 replayed through clicks_hourly with hour 5 turned into a bad drop, then the DAG's grid in headless
-# Chromium. Needs `make setup` and Debian's chromium. Takes a few minutes; touches nothing in the checkout
+# Chromium (tools/cdp_screenshot.py). Needs `make setup` and Debian's chromium. Takes a few minutes; touches nothing in the checkout
 # but the picture.
 #     tools/screenshot_airflow.sh [OUT.png]
 set -euo pipefail
@@ -51,9 +51,7 @@ for _ in $(seq 180); do
     sleep 5
 done
 airflow dags list-runs clicks_hourly -o plain
-# the first page load logs in (and lands on Home); the second, in the same browser profile, opens the DAG
-shot=(chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=2000,1000
-      --user-data-dir="$work/chromium" --virtual-time-budget=15000)
-"${shot[@]}" --screenshot="$work/home.png" "http://127.0.0.1:$port/" 2> /dev/null
-"${shot[@]}" --screenshot="$out" "http://127.0.0.1:$port/dags/clicks_hourly" 2> /dev/null
+# one browser session: the log-in sets a session cookie, then the DAG's page with its grid
+python "$repo/tools/cdp_screenshot.py" --first "http://127.0.0.1:$port/auth/token/login" \
+    --url "http://127.0.0.1:$port/dags/clicks_hourly" --out "$out"
 echo "wrote $out"
