@@ -112,7 +112,8 @@ def render(results: dict, title: str = "newsrec evaluation") -> str:
             "every method ranks the catalogue available at each cutoff, read articles excluded. Methods: "
             "popular (all-time clicks), trending (decayed recent clicks), recent_popular (clicks in the last "
             "hours), cocl (co-reads), emb_knn (embedding kNN of the reader's profile), fusion (the four "
-            "sources fused), reranker (the LightGBM ranker over the fused list).</p>")]
+            "sources fused), als (implicit's ALS, the collaborative-filtering peer), reranker (the LightGBM ranker "
+            "over the fused list).</p>")]
     for name, res in (("as_served", results.get("as_served")), ("frozen", results)):
         if res and "methods" in res:
             body += _protocol(name, res, k)

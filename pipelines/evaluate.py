@@ -13,6 +13,10 @@ absence from the top k matters. Methods:
     fusion     reciprocal-rank fusion of the four candidate sources
     reranker   the LightGBM ranker's scores over the candidate list (`pipelines.train.score_candidates`)
 
+and two methods that rank the whole catalogue rather than the candidate list:
+
+    recent_popular  clicks in the last hours              als  implicit's ALS (pipelines.peers), the CF peer
+
 A source that runs out of articles for a user (a cold user has no co-clicks) continues with the
 trending order, so every method shows k articles to everyone. candidate_recall is the share of the
 user's relevant articles the method's list can reach at all: its own list for a single source, the
@@ -42,6 +46,7 @@ from pipelines.columns import (
     HOUR_MS,
     LABEL,
     RANK,
+    SCORE,
     USER_ID,
     WARM,
     rank_col,
@@ -54,6 +59,8 @@ from pipelines.metrics import candidate_recall, coverage, per_user_metrics, rank
 BASELINES = {"popular": "pop", "trending": "trend", "cocl": "cocl", "emb_knn": "emb", "fusion": FUSED}
 RERANKER = "reranker"
 RECENT_POPULAR = "recent_popular"
+CF_PEER = "als"
+OWN_DEPTH = 100  # an own-list method's list is at least this deep: what it can reach (its candidate_recall)
 SEGMENTS = ("all", "warm", "cold")
 SCORE_CHUNK_ROWS = 500_000
 _TIE = "_trend_tiebreak"
@@ -124,7 +131,31 @@ def recent_popular_lists(
     from pipelines.candidates import top_unread
 
     ids, scores = recent_popular_order(data_root, articles, cutoff_hour, cutoff_ms, hours)
-    return top_unread(ids, scores, users, user_clicks, max(depth, 100))[[USER_ID, ARTICLE_ID, RANK]]
+    return top_unread(ids, scores, users, user_clicks, max(depth, OWN_DEPTH))[[USER_ID, ARTICLE_ID, RANK]]
+
+
+def cf_peer_lists(
+    peer,
+    users: np.ndarray,
+    user_clicks: pd.DataFrame,
+    available: np.ndarray,
+    trending: pd.DataFrame,
+    depth: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The CF peer's lists at a cutoff: (each user's top `depth`, continued in the trending order where the
+    peer runs out, as every source does; its own list at least OWN_DEPTH deep, what it can reach at all).
+
+    `peer` is a fitted `pipelines.peers.CFPeer`, `available` the article ids available at the cutoff,
+    `trending` the index's pool in trending order (article_id, trend), `user_clicks` those users' history."""
+    from pipelines.candidates import TREND, top_unread
+
+    own = peer.recommend(users, user_clicks, available, max(depth, OWN_DEPTH))
+    fill = top_unread(trending[ARTICLE_ID].to_numpy(), trending[TREND].to_numpy(), users, user_clicks, depth)
+    both = pd.concat([own[[USER_ID, ARTICLE_ID, SCORE]], fill[[USER_ID, ARTICLE_ID]].assign(**{SCORE: np.nan})],
+                     ignore_index=True).drop_duplicates([USER_ID, ARTICLE_ID], keep="first")
+    both[_TIE] = trending.set_index(ARTICLE_ID)[TREND].reindex(both[ARTICLE_ID]).fillna(0.0).to_numpy()
+    ranked = rank_by_score(both, SCORE, k=depth, tiebreak=_TIE)[[USER_ID, ARTICLE_ID, RANK]]
+    return ranked, own[[USER_ID, ARTICLE_ID, RANK]]
 
 
 def rank_methods(
@@ -146,7 +177,7 @@ def rank_methods(
 
 def reach_of(candidates: pd.DataFrame, method: str, own_lists: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """What a method can recommend at all: its source's rows, the whole list for fusion and the reranker,
-    or its own list for a method outside the candidates (`own_lists`)."""
+    or its own list for a method outside the candidates (`own_lists`: what it reaches)."""
     if method in own_lists:
         return own_lists[method]
     src = BASELINES.get(method)
@@ -234,16 +265,18 @@ def evaluate_snapshot(
     scorers: Mapping[str, Scorer] | None = None,
     curve_k: int | None = None,
     own_lists: Mapping[str, pd.DataFrame] | None = None,
+    own_reach: Mapping[str, pd.DataFrame] | None = None,
 ) -> dict:
     """The frozen protocol: every method ranks one snapshot's candidates, all computed at its cutoff.
 
-    `own_lists` are methods ranked outside the candidates (recent_popular), as user_id, article_id, rank.
+    `own_lists` are methods ranked outside the candidates (recent_popular, the CF peer), as user_id,
+    article_id, rank; `own_reach` what such a method reaches at all when that is not its list (default).
     """
     own_lists = dict(own_lists or {})
     depth = max(k, curve_k or 0)
     recs = rank_methods(candidates, trend, depth, scorers)
     recs.update({m: r[r[RANK] <= depth] for m, r in own_lists.items()})
-    reach = {m: reach_of(candidates, m, own_lists) for m in recs}
+    reach = {m: reach_of(candidates, m, {**own_lists, **dict(own_reach or {})}) for m in recs}
     return summarise_methods(recs, reach, targets, pd.Series({0: catalogue_size}), k, curve_k)
 
 
@@ -260,6 +293,7 @@ def evaluate_as_served(
     recent_hours: int,
     ranker=None,
     curve_k: int | None = None,
+    cf_params: dict | None = None,
 ) -> dict:
     """The as-served protocol: the snapshot's target window replayed hour by hour.
 
@@ -267,13 +301,14 @@ def evaluate_as_served(
     the hourly refresh does for the API (`CandidateIndex.fit`, `features.fit_tables`); the ranker stays
     the one trained before the window. Each user with a click in hour h is one query, judged on their
     clicks in that hour on articles published before it and not read before it. Every baseline gets the
-    same refresh. `clicks` holds the validated clicks up to the window's end (ordered by time);
+    same refresh (the CF peer, with `cf_params`, is refitted every hour). `clicks` holds the validated clicks up to the window's end (ordered by time);
     `catalogue` is (articles, the hour each was delivered: `catalogue.delivered_hours`), so each hour sees
     the articles delivered before it; `embeddings` are the raw article embeddings.
     """
     from pipelines.candidates import TREND, CandidateIndex
     from pipelines.catalogue import known_at
     from pipelines.features import fit_tables, normalise_embeddings
+    from pipelines.peers import CFPeer
     from pipelines.split import eval_targets, hour_start_ms
     from pipelines.train import score_candidates
 
@@ -303,13 +338,19 @@ def evaluate_as_served(
         recs = rank_methods(cands, index.pool.set_index(ARTICLE_ID)[TREND], depth, scorers)
         own = recent_popular_lists(data_root, articles, hour, cutoff, recent_hours, users, mine, depth)
         recs[RECENT_POPULAR] = own[own[RANK] <= depth]
+        own_reach = {RECENT_POPULAR: own}
+        if cf_params:
+            peer = CFPeer.fit(history, cutoff, cf_params)
+            available = articles.loc[articles[CREATED_AT_TS] < cutoff, ARTICLE_ID].to_numpy()
+            recs[CF_PEER], own_reach[CF_PEER] = cf_peer_lists(
+                peer, users, mine, available, index.trending()[[ARTICLE_ID, TREND]], depth)
 
         def to_query(frame: pd.DataFrame, offset: int = offset, users: np.ndarray = users) -> pd.DataFrame:
             return frame.assign(**{USER_ID: offset + np.searchsorted(users, frame[USER_ID].to_numpy())})
 
         for method, ranked in recs.items():
             parts.setdefault(method, []).append(to_query(ranked))
-            reach = own if method == RECENT_POPULAR else reach_of(cands, method, {})
+            reach = reach_of(cands, method, own_reach)
             reach_parts.setdefault(method, []).append(to_query(reach[[USER_ID, ARTICLE_ID]]))
         target_parts.append(to_query(targets))
         group_parts.append(pd.Series(hour, index=offset + np.arange(len(users))))
@@ -483,12 +524,22 @@ def evaluate(
         ranker = Ranker.load(model_dir)
         scorers[RERANKER] = reranker_scorer(ranker, Path(features_dir) / snap.name, embeddings)
     users = targets[USER_ID].unique()
-    own = recent_popular_lists(root, articles, snap.cutoff_hour, snap.cutoff_ms, recent_hours, users,
-                               history[history[USER_ID].isin(users)], max(k, curve_k))
-    available = int((articles[CREATED_AT_TS] < snap.cutoff_ms).sum())
+    mine = history[history[USER_ID].isin(users)]
+    own = recent_popular_lists(root, articles, snap.cutoff_hour, snap.cutoff_ms, recent_hours, users, mine,
+                               max(k, curve_k))
+    available_ids = articles.loc[articles[CREATED_AT_TS] < snap.cutoff_ms, ARTICLE_ID].to_numpy()
+    own_lists, own_reach = {RECENT_POPULAR: own}, {}
+    cf_params = params.get("cf")
+    if cf_params:
+        from pipelines.peers import CFPeer
+
+        peer = CFPeer.fit(history, snap.cutoff_ms, cf_params)
+        own_lists[CF_PEER], own_reach[CF_PEER] = cf_peer_lists(
+            peer, users, mine, available_ids, index.trending()[[ARTICLE_ID, TREND]], max(k, curve_k))
+    available = len(available_ids)
     results = evaluate_snapshot(
-        candidates, targets, trend, available, k, scorers, curve_k=curve_k,
-        own_lists={RECENT_POPULAR: own},
+        candidates, targets, trend, available, k, scorers, curve_k=curve_k, own_lists=own_lists,
+        own_reach=own_reach,
     )
     results["snapshot"] = snap.name
     results["catalogue"] = available
@@ -497,7 +548,7 @@ def evaluate(
             raise ValueError("the as-served protocol needs the candidates and features params and the epoch")
         results["as_served"] = evaluate_as_served(
             root, snap, clicks, (catalogue, delivered), embeddings, index_params, feature_params, int(epoch_ms), k,
-            recent_hours, ranker=ranker, curve_k=curve_k,
+            recent_hours, ranker=ranker, curve_k=curve_k, cf_params=cf_params,
         )
     return results
 

@@ -182,6 +182,9 @@ def test_stage_evaluates_baselines_on_tiny_data(tiny_validated, tmp_path, capsys
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert res["snapshot"] == "test" and res["users"]["all"] > 0
     assert res["methods"]["emb_knn"]["warm"]["ndcg@10"] > 0
+    # the CF peer is fitted at the cutoff and ranks everyone (cold users in the trending order)
+    assert res["methods"]["als"]["cold"] == {**res["methods"]["trending"]["cold"], "candidate_recall": 0.0}
+    assert 0 < res["methods"]["als"]["warm"]["candidate_recall"] <= 1
     assert "reranker_vs_best_baseline" not in res
     assert main([*args, "--model", str(tmp_path / "none")]) == 1  # a model needs its feature tables
     assert "--features" in capsys.readouterr().err
@@ -192,7 +195,7 @@ def test_reranker_is_scored_through_the_trained_model(serving_bundle):
     """The serving fixture ran split -> features -> candidates -> train on a copy of tiny_validated; evaluate
     its test snapshot with that ranker, in both protocols."""
     from pipelines.config import load_params
-    from pipelines.evaluate import RECENT_POPULAR, evaluate
+    from pipelines.evaluate import CF_PEER, RECENT_POPULAR, evaluate
     from pipelines.split import get_snapshot, load_clicks
 
     work = serving_bundle.parent
@@ -213,7 +216,7 @@ def test_reranker_is_scored_through_the_trained_model(serving_bundle):
     # the reranker reorders the same candidate list fusion ranks, so they share the ceiling
     assert rr["all"]["candidate_recall"] == res["methods"]["fusion"]["all"]["candidate_recall"]
     assert res["reranker_vs_best_baseline"]["ratio"] > 0
-    assert RECENT_POPULAR in res["methods"]
+    assert RECENT_POPULAR in res["methods"] and CF_PEER in res["methods"]
 
     # as served: one query per user per hour of the window with a click on an article available then
     served = res["as_served"]
