@@ -43,6 +43,7 @@ from pipelines.columns import (
     ARTICLE_ID,
     CREATED_AT_TS,
     FUSED,
+    HOUR,
     HOUR_MS,
     LABEL,
     RANK,
@@ -156,6 +157,72 @@ def cf_peer_lists(
     both[_TIE] = trending.set_index(ARTICLE_ID)[TREND].reindex(both[ARTICLE_ID]).fillna(0.0).to_numpy()
     ranked = rank_by_score(both, SCORE, k=depth, tiebreak=_TIE)[[USER_ID, ARTICLE_ID, RANK]]
     return ranked, own[[USER_ID, ARTICLE_ID, RANK]]
+
+
+def with_shown(candidates: pd.DataFrame, shown: pd.DataFrame) -> pd.DataFrame:
+    """`candidates` plus one row for each shown (user_id, article_id) pair the list lacks, as a candidate row
+    looks where no source proposed it (scores NaN, ranks 0, fused score 0): so the reranker scores every
+    article an impression showed, and a baseline places what it did not propose after what it did."""
+    pairs = shown[[USER_ID, ARTICLE_ID]].drop_duplicates()
+    known = candidates[[USER_ID, ARTICLE_ID]].assign(_in=True)
+    missing = pairs.merge(known, on=[USER_ID, ARTICLE_ID], how="left")
+    missing = missing.loc[missing["_in"].isna(), [USER_ID, ARTICLE_ID]].reset_index(drop=True)
+    if missing.empty:
+        return candidates
+    extra = {USER_ID: missing[USER_ID].to_numpy(np.int64), ARTICLE_ID: missing[ARTICLE_ID].to_numpy(np.int64)}
+    for col in candidates.columns:
+        if col in extra:
+            continue
+        fill = 0.0 if col == score_col(FUSED) else (0 if col.endswith(RANK) else np.nan)
+        extra[col] = np.full(len(missing), fill, dtype=candidates[col].dtype)
+    return pd.concat([candidates, pd.DataFrame(extra)[candidates.columns]], ignore_index=True)
+
+
+def impression_ranks(
+    shown: pd.DataFrame, pair_scores: pd.DataFrame, methods: list[str], trend: pd.Series
+) -> dict[str, pd.DataFrame]:
+    """Each method's strict order of every impression's shown articles (impression_id, rank, clicked).
+
+    `shown`: impression_id, user_id, article_id, clicked; `pair_scores`: user_id, article_id and one score
+    column per method. The order is the one the full-catalogue protocol uses: score down, what the method did
+    not score (NaN) after what it did, then the trending order (`trend` by article id), then article id."""
+    from pipelines.metrics import CLICKED, IMPRESSION
+
+    frame = shown.merge(pair_scores, on=[USER_ID, ARTICLE_ID], how="left")
+    frame[_TIE] = trend.reindex(frame[ARTICLE_ID]).fillna(0.0).to_numpy()
+    keyed = frame.rename(columns={USER_ID: "_user"}).rename(columns={IMPRESSION: USER_ID})
+    out = {}
+    for method in methods:
+        ranked = rank_by_score(keyed, method, tiebreak=_TIE)
+        out[method] = ranked[[USER_ID, RANK, CLICKED]].rename(columns={USER_ID: IMPRESSION})
+    return out
+
+
+def judgeable_impressions(impressions: pd.DataFrame) -> pd.DataFrame:
+    """The impressions MIND's protocol scores: at least one clicked and one unclicked article (one row per
+    shown article; an article listed twice in one impression counts once, clicked if either was)."""
+    from pipelines.metrics import CLICKED, IMPRESSION
+
+    missing = {IMPRESSION, USER_ID, ARTICLE_ID, CLICKED, HOUR} - set(impressions.columns)
+    if missing:
+        raise ValueError(f"impressions lack column(s) {sorted(missing)}; has {list(impressions.columns)}")
+    shown = impressions.groupby([IMPRESSION, USER_ID, HOUR, ARTICLE_ID], as_index=False)[CLICKED].max()
+    clicks = shown.groupby(IMPRESSION)[CLICKED].agg(["min", "max"])
+    ok = clicks.index[(clicks["min"] == 0) & (clicks["max"] == 1)]
+    return shown[shown[IMPRESSION].isin(ok)].reset_index(drop=True)
+
+
+def summarise_impressions(ranks: Mapping[str, list[pd.DataFrame]], shown_total: int) -> dict:
+    """MIND's metrics per method, averaged over impressions (`pipelines.metrics.impression_metrics`)."""
+    from pipelines.metrics import IMPRESSION_METRICS, impression_metrics
+
+    methods = {}
+    n = 0
+    for method, parts in ranks.items():
+        per = impression_metrics(pd.concat(parts, ignore_index=True))
+        n = len(per)
+        methods[method] = {m: float(per[m].mean()) if len(per) else float("nan") for m in IMPRESSION_METRICS}
+    return {"impressions": n, "impressions_shown": int(shown_total), "methods": methods}
 
 
 def rank_methods(
@@ -294,6 +361,7 @@ def evaluate_as_served(
     ranker=None,
     curve_k: int | None = None,
     cf_params: dict | None = None,
+    impressions: pd.DataFrame | None = None,
 ) -> dict:
     """The as-served protocol: the snapshot's target window replayed hour by hour.
 
@@ -304,6 +372,11 @@ def evaluate_as_served(
     same refresh (the CF peer, with `cf_params`, is refitted every hour). `clicks` holds the validated clicks up to the window's end (ordered by time);
     `catalogue` is (articles, the hour each was delivered: `catalogue.delivered_hours`), so each hour sees
     the articles delivered before it; `embeddings` are the raw article embeddings.
+
+    With `impressions` (the MIND importer's impressions.parquet: impression_id, user_id, hour, article_id,
+    clicked), MIND's own protocol runs in the same replay: every method orders each impression of hour h by
+    what it knew at the start of h, and AUC / MRR / nDCG@5 / nDCG@10 are averaged over impressions
+    (results["impressions"]).
     """
     from pipelines.candidates import TREND, CandidateIndex
     from pipelines.catalogue import known_at
@@ -318,16 +391,31 @@ def evaluate_as_served(
     parts: dict[str, list[pd.DataFrame]] = {}
     reach_parts: dict[str, list[pd.DataFrame]] = {}
     target_parts, group_parts, sizes, offset = [], [], {}, 0
+    shown_all, shown_total = None, 0
+    if impressions is not None:
+        in_window = impressions[(impressions[HOUR] >= snap.cutoff_hour) & (impressions[HOUR] < snap.end_hour)]
+        shown_all, shown_total = judgeable_impressions(in_window), in_window["impression_id"].nunique()
+    imp_parts: dict[str, list[pd.DataFrame]] = {}
     for hour in range(snap.cutoff_hour, snap.end_hour):
         cutoff = hour_start_ms(hour, epoch_ms)
         articles = known_at(*catalogue, hour)
         start, end = np.searchsorted(ts, [cutoff, cutoff + HOUR_MS])
         history, target = clicks.iloc[:start], clicks.iloc[start:end]
         targets = eval_targets(history, target, articles, cutoff)
-        if targets.empty:
+        shown = shown_all[shown_all[HOUR] == hour] if shown_all is not None else None
+        if targets.empty and (shown is None or shown.empty):
             continue
         users = np.unique(targets[USER_ID].to_numpy())
         index = CandidateIndex.fit(data_root, articles, embeddings, cutoff, index_params, epoch_ms, similar=False)
+        peer = CFPeer.fit(history, cutoff, cf_params) if cf_params else None
+        if shown is not None and len(shown):
+            for method, ranked in _impression_hour(
+                data_root, shown, history, target, articles, normalised, index, cutoff, hour, feature_params,
+                recent_hours, ranker, peer,
+            ).items():
+                imp_parts.setdefault(method, []).append(ranked)
+        if targets.empty:
+            continue
         mine = history[history[USER_ID].isin(users)]
         cands = index.candidates(mine, users=users)
         scorers: dict[str, Scorer] = {}
@@ -339,8 +427,7 @@ def evaluate_as_served(
         own = recent_popular_lists(data_root, articles, hour, cutoff, recent_hours, users, mine, depth)
         recs[RECENT_POPULAR] = own[own[RANK] <= depth]
         own_reach = {RECENT_POPULAR: own}
-        if cf_params:
-            peer = CFPeer.fit(history, cutoff, cf_params)
+        if peer is not None:
             available = articles.loc[articles[CREATED_AT_TS] < cutoff, ARTICLE_ID].to_numpy()
             recs[CF_PEER], own_reach[CF_PEER] = cf_peer_lists(
                 peer, users, mine, available, index.trending()[[ARTICLE_ID, TREND]], depth)
@@ -368,7 +455,37 @@ def evaluate_as_served(
         group=pd.concat(group_parts),
     )
     results["hours"] = len(sizes)
+    if shown_all is not None:
+        results["impressions"] = summarise_impressions(imp_parts, shown_total)
     return results
+
+
+def _impression_hour(
+    data_root, shown, history, target, articles, normalised, index, cutoff, hour, feature_params, recent_hours,
+    ranker, peer,
+) -> dict[str, pd.DataFrame]:
+    """One replayed hour of MIND's protocol: every method's order of the hour's impressions, with the index,
+    feature tables and CF peer fitted at the hour's start (the as-served loop's own)."""
+    from pipelines.candidates import TREND
+    from pipelines.features import fit_tables
+    from pipelines.train import score_candidates
+
+    users = np.unique(shown[USER_ID].to_numpy())
+    mine = history[history[USER_ID].isin(users)]
+    cands = with_shown(index.candidates(mine, users=users), shown)
+    scorers: dict[str, Scorer] = {}
+    if ranker is not None:
+        tables = fit_tables(history, articles, normalised, cutoff, feature_params, requests=target,
+                            only_users=users)
+        scorers[RERANKER] = lambda c: score_candidates(ranker, c, tables)
+    scores = method_scores(cands, scorers)
+    ids, recent = recent_popular_order(data_root, articles, hour, cutoff, recent_hours)
+    scores[RECENT_POPULAR] = pd.Series(recent, index=ids).reindex(cands[ARTICLE_ID]).to_numpy()
+    if peer is not None:
+        scores[CF_PEER] = peer.score(cands[USER_ID].to_numpy(), cands[ARTICLE_ID].to_numpy())
+    pair_scores = cands[[USER_ID, ARTICLE_ID]].assign(**scores)
+    trend = index.pool.set_index(ARTICLE_ID)[TREND]
+    return impression_ranks(shown, pair_scores, list(scores), trend)
 
 
 PROTOCOLS = {
@@ -414,7 +531,28 @@ def markdown_table(results: dict) -> str:
                 ),
             ]
         lines.append("")
+    imp = (results.get("as_served") or {}).get("impressions")
+    if imp:
+        lines += impression_table(imp)
     return "\n".join(lines)
+
+
+def impression_table(imp: dict) -> list[str]:
+    """MIND's impression protocol as markdown lines: a row per method."""
+    from pipelines.metrics import IMPRESSION_METRICS
+
+    lines = [
+        "### impressions (MIND's protocol): every method orders each test impression's shown articles, as served",
+        "",
+        (f"{imp['impressions']} impressions with a clicked and an unclicked article (of {imp['impressions_shown']} "
+         "in the test window); metrics per impression, averaged."),
+        "",
+        "| method | " + " | ".join(IMPRESSION_METRICS) + " |",
+        "|---|" + "---:|" * len(IMPRESSION_METRICS),
+    ]
+    for method, row in imp["methods"].items():
+        lines.append(f"| {method} | " + " | ".join(f"{row[m]:.4f}" for m in IMPRESSION_METRICS) + " |")
+    return [*lines, ""]
 
 
 def summary(results: dict) -> dict:
@@ -546,9 +684,13 @@ def evaluate(
     if params.get("as_served"):
         if index_params is None or feature_params is None or epoch_ms is None:
             raise ValueError("the as-served protocol needs the candidates and features params and the epoch")
+        from pipelines.importers import IMPRESSIONS_FILE
+
+        shown = root / "raw" / IMPRESSIONS_FILE  # what an importer kept of the source's impressions (MIND)
         results["as_served"] = evaluate_as_served(
             root, snap, clicks, (catalogue, delivered), embeddings, index_params, feature_params, int(epoch_ms), k,
             recent_hours, ranker=ranker, curve_k=curve_k, cf_params=cf_params,
+            impressions=pd.read_parquet(shown) if shown.exists() else None,
         )
     return results
 
