@@ -41,6 +41,7 @@ import pandas as pd
 from pipelines import eval_report
 from pipelines.columns import (
     ARTICLE_ID,
+    CATEGORY_ID,
     CREATED_AT_TS,
     FUSED,
     HOUR,
@@ -54,7 +55,14 @@ from pipelines.columns import (
     score_col,
 )
 from pipelines.config import load_params
-from pipelines.metrics import candidate_recall, coverage, per_user_metrics, rank_by_score, summarise
+from pipelines.metrics import (
+    candidate_recall,
+    coverage,
+    list_diversity,
+    per_user_metrics,
+    rank_by_score,
+    summarise,
+)
 
 # method -> the candidate column it ranks by (None: scores come from a scorer, e.g. the reranker)
 BASELINES = {"popular": "pop", "trending": "trend", "cocl": "cocl", "emb_knn": "emb", "fusion": FUSED}
@@ -230,14 +238,31 @@ def rank_methods(
     trend: pd.Series,
     depth: int,
     scorers: Mapping[str, Scorer] | None = None,
+    rank_params: Mapping | None = None,
+    vectors: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Each method's top `depth` per user (user_id, article_id, rank) over the candidate rows: a source's own
-    score first, then the trending order (`trend`: the pool's trend by article id) for the rest."""
+    score first, then the trending order (`trend`: the pool's trend by article id) for the rest.
+
+    The reranker's list then goes through the diversity re-rank the API applies (`rank_params`, params.yaml
+    `rank`; `vectors(article_ids)`: the index's normalised embeddings), so the evaluation scores what is served."""
+    from pipelines import diversity
+
     frame = candidates[[USER_ID, ARTICLE_ID]].copy()
     frame[_TIE] = trend.reindex(frame[ARTICLE_ID]).fillna(0.0).to_numpy()
     out = {}
     for method, score in method_scores(candidates, dict(scorers or {})).items():
         frame["_s"] = score
+        if method == RERANKER and diversity.active(rank_params):
+            if vectors is None:
+                raise ValueError("the diversity re-rank needs the articles' embeddings (vectors)")
+            pool = rank_by_score(frame, "_s", k=max(depth, int(rank_params["mmr_depth"])), tiebreak=_TIE)
+            keep = diversity.rerank(pool[USER_ID].to_numpy(), pool[ARTICLE_ID].to_numpy(),
+                                    pool["_s"].fillna(pool["_s"].min()).to_numpy(), vectors, depth, rank_params)
+            picked = pool.iloc[keep]
+            out[method] = picked.assign(**{RANK: picked.groupby(USER_ID, sort=False).cumcount().to_numpy() + 1})[
+                [USER_ID, ARTICLE_ID, RANK]].reset_index(drop=True)
+            continue
         out[method] = rank_by_score(frame, "_s", k=depth, tiebreak=_TIE)[[USER_ID, ARTICLE_ID, RANK]]
     return out
 
@@ -259,12 +284,15 @@ def summarise_methods(
     k: int,
     curve_k: int | None = None,
     group: pd.Series | None = None,
+    diversity_of: tuple[Callable[[np.ndarray], np.ndarray], pd.Series] | None = None,
 ) -> dict:
     """Metrics of every method for all / warm / cold queries of `targets` (user_id, article_id, warm).
 
     A query is a user_id of the frames (one user at one cutoff). Coverage@k is computed per cutoff group
     (`group`: query -> group key, default one group) against `catalogue` (group key -> articles available)
     and averaged over groups. With `curve_k`, also NDCG@j and Recall@j for j = 1..curve_k (all queries).
+    With `diversity_of` = (vectors, categories), also ild@k (mean pairwise cosine distance of the top k) and
+    categories@k (distinct categories in the top k), averaged over queries (`metrics.list_diversity`).
     """
     segs = _segments(targets)
     if group is None:
@@ -273,6 +301,7 @@ def summarise_methods(
     ndcg_by_method = {}
     for method, ranked in recs.items():
         per_user = per_user_metrics(ranked, targets, k=k)
+        div = list_diversity(ranked, *diversity_of, k=k) if diversity_of is not None else None
         ndcg_by_method[method] = per_user["ndcg"].reindex(segs["all"]).fillna(0.0).to_numpy()
         reach_recall = candidate_recall(reach[method], targets)
         results["methods"][method] = {}
@@ -283,6 +312,10 @@ def summarise_methods(
             by_group = top.groupby(group.reindex(top[USER_ID]).to_numpy())
             cov = [coverage(g, int(catalogue[key]), k) for key, g in by_group]
             row[f"coverage@{k}"] = float(np.mean(cov)) if cov else 0.0
+            if div is not None:
+                mine = div.reindex(users)
+                row[f"ild@{k}"] = float(mine["ild"].mean()) if mine["ild"].notna().any() else float("nan")
+                row[f"categories@{k}"] = float(mine["categories"].mean()) if len(users) else float("nan")
             row["candidate_recall"] = (
                 float(reach_recall.reindex(users).fillna(0.0).mean()) if len(users) else float("nan")
             )
@@ -333,18 +366,24 @@ def evaluate_snapshot(
     curve_k: int | None = None,
     own_lists: Mapping[str, pd.DataFrame] | None = None,
     own_reach: Mapping[str, pd.DataFrame] | None = None,
+    rank_params: Mapping | None = None,
+    vectors: Callable[[np.ndarray], np.ndarray] | None = None,
+    diversity_of: tuple[Callable[[np.ndarray], np.ndarray], pd.Series] | None = None,
 ) -> dict:
     """The frozen protocol: every method ranks one snapshot's candidates, all computed at its cutoff.
 
     `own_lists` are methods ranked outside the candidates (recent_popular, the CF peer), as user_id,
     article_id, rank; `own_reach` what such a method reaches at all when that is not its list (default).
+    `rank_params` and `vectors`: the reranker's diversity re-rank (`rank_methods`); `diversity_of`: measure
+    every list's diversity (`summarise_methods`).
     """
     own_lists = dict(own_lists or {})
     depth = max(k, curve_k or 0)
-    recs = rank_methods(candidates, trend, depth, scorers)
+    recs = rank_methods(candidates, trend, depth, scorers, rank_params, vectors)
     recs.update({m: r[r[RANK] <= depth] for m, r in own_lists.items()})
     reach = {m: reach_of(candidates, m, {**own_lists, **dict(own_reach or {})}) for m in recs}
-    return summarise_methods(recs, reach, targets, pd.Series({0: catalogue_size}), k, curve_k)
+    return summarise_methods(recs, reach, targets, pd.Series({0: catalogue_size}), k, curve_k,
+                             diversity_of=diversity_of)
 
 
 def evaluate_as_served(
@@ -362,6 +401,8 @@ def evaluate_as_served(
     curve_k: int | None = None,
     cf_params: dict | None = None,
     impressions: pd.DataFrame | None = None,
+    rank_params: Mapping | None = None,
+    diversity_of: tuple[Callable[[np.ndarray], np.ndarray], pd.Series] | None = None,
 ) -> dict:
     """The as-served protocol: the snapshot's target window replayed hour by hour.
 
@@ -380,6 +421,7 @@ def evaluate_as_served(
     """
     from pipelines.candidates import TREND, CandidateIndex
     from pipelines.catalogue import known_at
+    from pipelines.diversity import index_vectors
     from pipelines.features import fit_tables, normalise_embeddings
     from pipelines.peers import CFPeer
     from pipelines.split import eval_targets, hour_start_ms
@@ -423,7 +465,8 @@ def evaluate_as_served(
             tables = fit_tables(history, articles, normalised, cutoff, feature_params, requests=target,
                                 only_users=users)
             scorers[RERANKER] = lambda c, t=tables: score_candidates(ranker, c, t)
-        recs = rank_methods(cands, index.pool.set_index(ARTICLE_ID)[TREND], depth, scorers)
+        recs = rank_methods(cands, index.pool.set_index(ARTICLE_ID)[TREND], depth, scorers, rank_params,
+                            index_vectors(index))
         own = recent_popular_lists(data_root, articles, hour, cutoff, recent_hours, users, mine, depth)
         recs[RECENT_POPULAR] = own[own[RANK] <= depth]
         own_reach = {RECENT_POPULAR: own}
@@ -453,6 +496,7 @@ def evaluate_as_served(
         k,
         curve_k,
         group=pd.concat(group_parts),
+        diversity_of=diversity_of,
     )
     results["hours"] = len(sizes)
     if shown_all is not None:
@@ -498,7 +542,10 @@ PROTOCOLS = {
 def markdown_table(results: dict) -> str:
     """One table per protocol: a row per method and segment, a column per metric."""
     k = results["k"]
-    cols = [f"recall@{k}", f"ndcg@{k}", f"mrr@{k}", f"hr@{k}", f"coverage@{k}", "candidate_recall"]
+    cols = [f"recall@{k}", f"ndcg@{k}", f"mrr@{k}", f"hr@{k}", f"coverage@{k}", f"ild@{k}", f"categories@{k}",
+            "candidate_recall"]
+    rows = next(iter(results["methods"].values()), {}).get("all", {})
+    cols = [c for c in cols if c in rows or not rows]  # diversity only where it was measured
     lines = []
     for protocol, what in PROTOCOLS.items():
         res = results if protocol == "frozen" else results.get(protocol)
@@ -623,12 +670,16 @@ def evaluate(
     index_params: dict | None = None,
     feature_params: dict | None = None,
     epoch_ms: int | None = None,
+    rank_params: dict | None = None,
 ) -> dict:
     """Evaluate the `params["snapshot"]` snapshot (normally "test") from the stage outputs on disk: the
     frozen protocol, and the as-served one when `params["as_served"]` (it needs the index and feature
-    params and the epoch, which fix how the hourly refresh fits)."""
+    params and the epoch, which fix how the hourly refresh fits). `rank_params` (params.yaml `rank`): the
+    diversity re-rank of the reranker's lists, as the API applies it; None = off."""
+    from pipelines import diversity
     from pipelines.candidates import TREND, CandidateIndex
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
+    from pipelines.features import normalise_embeddings
     from pipelines.split import eval_targets, get_snapshot, load_clicks
     from pipelines.train import Ranker
 
@@ -675,10 +726,13 @@ def evaluate(
         own_lists[CF_PEER], own_reach[CF_PEER] = cf_peer_lists(
             peer, users, mine, available_ids, index.trending()[[ARTICLE_ID, TREND]], max(k, curve_k))
     available = len(available_ids)
+    rank_params = diversity.check_params(rank_params)
+    measure = (diversity.lookup(normalise_embeddings(embeddings)), catalogue.set_index(ARTICLE_ID)[CATEGORY_ID])
     results = evaluate_snapshot(
         candidates, targets, trend, available, k, scorers, curve_k=curve_k, own_lists=own_lists,
-        own_reach=own_reach,
+        own_reach=own_reach, rank_params=rank_params, vectors=diversity.index_vectors(index), diversity_of=measure,
     )
+    results["rank"] = rank_params
     results["snapshot"] = snap.name
     results["catalogue"] = available
     if params.get("as_served"):
@@ -690,7 +744,8 @@ def evaluate(
         results["as_served"] = evaluate_as_served(
             root, snap, clicks, (catalogue, delivered), embeddings, index_params, feature_params, int(epoch_ms), k,
             recent_hours, ranker=ranker, curve_k=curve_k, cf_params=cf_params,
-            impressions=pd.read_parquet(shown) if shown.exists() else None,
+            impressions=pd.read_parquet(shown) if shown.exists() else None, rank_params=rank_params,
+            diversity_of=measure,
         )
     return results
 
@@ -715,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
         results = evaluate(
             args.data_root, args.split, args.candidates, args.indexes, params, args.model, args.features,
             index_params=load_params("candidates", args.params), feature_params=load_params("features", args.params),
-            epoch_ms=int(load_params("data", args.params)["epoch_ms"]),
+            epoch_ms=int(load_params("data", args.params)["epoch_ms"]), rank_params=load_params("rank", args.params),
         )
     except (ValueError, FileNotFoundError, KeyError) as exc:
         print(f"newsrec evaluate: {exc}", file=sys.stderr)

@@ -137,3 +137,30 @@ def impression_metrics(ranked: pd.DataFrame) -> pd.DataFrame:
             out[f"ndcg@{k}"] = float(np.sum(y[:k] * discount[:k]) / np.sum(ideal[:k] * discount[:k]))
         rows[imp] = out
     return pd.DataFrame.from_dict(rows, orient="index", columns=IMPRESSION_METRICS).rename_axis(IMPRESSION)
+
+
+def list_diversity(recs: pd.DataFrame, vectors, categories: pd.Series, k: int = 10) -> pd.DataFrame:
+    """Per user (index user_id): ild = intra-list diversity, the mean cosine distance (1 - cosine) over the
+    pairs of their top-k articles that both have an embedding (NaN with fewer than two); categories = the
+    number of distinct categories in their top k. `vectors(article_ids)` gives L2-normalised embeddings (zero
+    rows: none); `categories` is the category by article id (-1 where unknown counts as one more)."""
+    _check(recs, [USER_ID, ARTICLE_ID, RANK], "recommendation")
+    top = recs.loc[recs[RANK] <= k, [USER_ID, ARTICLE_ID, RANK]].sort_values([USER_ID, RANK], kind="mergesort")
+    users, pos = np.unique(top[USER_ID].to_numpy(), return_inverse=True)
+    slot = top.groupby(USER_ID, sort=True).cumcount().to_numpy()
+    emb = np.asarray(vectors(top[ARTICLE_ID].to_numpy()), dtype=np.float32)
+    cube = np.zeros((len(users), k, emb.shape[1]), dtype=np.float32)
+    cube[pos, slot] = emb
+    has = np.linalg.norm(cube, axis=2) > 0
+    ild = np.full(len(users), np.nan)
+    step = 4096
+    for start in range(0, len(users), step):
+        c, h = cube[start : start + step], has[start : start + step]
+        sims = np.einsum("ukd,ujd->ukj", c, c)
+        pairs = h[:, :, None] & h[:, None, :] & ~np.eye(k, dtype=bool)[None]
+        n = pairs.sum(axis=(1, 2))
+        dist = np.where(pairs, 1.0 - sims, 0.0).sum(axis=(1, 2))
+        ild[start : start + step] = np.where(n > 0, dist / np.maximum(n, 1), np.nan)
+    cats = categories.reindex(top[ARTICLE_ID].to_numpy()).fillna(-1).to_numpy()
+    distinct = pd.Series(cats).groupby(top[USER_ID].to_numpy()).nunique().reindex(users).to_numpy()
+    return pd.DataFrame({"ild": ild, "categories": distinct.astype(float)}, index=pd.Index(users, name=USER_ID))
