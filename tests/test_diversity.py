@@ -94,3 +94,19 @@ def test_the_served_list_goes_through_the_same_rerank(serving_bundle):
                                   C.RANK: np.arange(1, len(res.article_ids) + 1)})
             ild.append(list_diversity(frame, vectors, pd.Series(dtype=float), k=10)["ild"].iloc[0])
     assert np.mean(diverse_ild) > np.mean(plain_ild)
+
+
+@pytest.mark.unit
+def test_the_service_reads_the_same_rank_section(tmp_path):
+    import yaml
+
+    from pipelines.config import load_params
+    from serving.settings import Settings
+
+    assert Settings.from_params().rank == load_params("rank")  # one setting for the API and the evaluation
+    params = yaml.safe_load(open("params.yaml"))
+    params["rank"]["mmr_lambda"] = 2
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError, match="mmr_lambda"):
+        Settings.from_params(bad)
