@@ -6,7 +6,8 @@ run in MLflow (artifacts, `evaluation/`), and opened from the dashboard. Everyth
 
 Per protocol (as served first, then frozen): the reranker against the best baseline with the 95% interval
 of the difference, NDCG@k for all / warm / cold users per method, coverage@k per method, candidate recall
-of each source and of the fused list, NDCG@j and recall@j for j = 1..curve_k, and the full table.
+of each source and of the fused list, NDCG@j and recall@j for j = 1..curve_k, and the full table; MIND's
+impression protocol when the data has impressions.
 """
 
 from __future__ import annotations
@@ -112,10 +113,18 @@ def render(results: dict, title: str = "newsrec evaluation") -> str:
             "every method ranks the catalogue available at each cutoff, read articles excluded. Methods: "
             "popular (all-time clicks), trending (decayed recent clicks), recent_popular (clicks in the last "
             "hours), cocl (co-reads), emb_knn (embedding kNN of the reader's profile), fusion (the four "
-            "sources fused), reranker (the LightGBM ranker over the fused list).</p>")]
+            "sources fused), als (implicit's ALS, the collaborative-filtering peer), reranker (the LightGBM ranker "
+            "over the fused list).</p>")]
     for name, res in (("as_served", results.get("as_served")), ("frozen", results)):
         if res and "methods" in res:
             body += _protocol(name, res, k)
+    imp = (results.get("as_served") or {}).get("impressions")
+    if imp:
+        body += ["<h2>Impressions (MIND's protocol): each test impression's shown articles, ordered as served</h2>",
+                 (f"<p>{imp['impressions']} impressions with a clicked and an unclicked article (of "
+                  f"{imp['impressions_shown']}); AUC, MRR, nDCG@5 and nDCG@10 per impression, averaged.</p>"),
+                 pd.DataFrame(imp["methods"]).T.rename_axis("method").reset_index().to_html(
+                     index=False, float_format=lambda x: f"{x:.4f}", border=0)]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>\n")
 

@@ -13,6 +13,10 @@ absence from the top k matters. Methods:
     fusion     reciprocal-rank fusion of the four candidate sources
     reranker   the LightGBM ranker's scores over the candidate list (`pipelines.train.score_candidates`)
 
+and two methods that rank the whole catalogue rather than the candidate list:
+
+    recent_popular  clicks in the last hours              als  implicit's ALS (pipelines.peers), the CF peer
+
 A source that runs out of articles for a user (a cold user has no co-clicks) continues with the
 trending order, so every method shows k articles to everyone. candidate_recall is the share of the
 user's relevant articles the method's list can reach at all: its own list for a single source, the
@@ -37,23 +41,35 @@ import pandas as pd
 from pipelines import eval_report, lake
 from pipelines.columns import (
     ARTICLE_ID,
+    CATEGORY_ID,
     CREATED_AT_TS,
     FUSED,
+    HOUR,
     HOUR_MS,
     LABEL,
     RANK,
+    SCORE,
     USER_ID,
     WARM,
     rank_col,
     score_col,
 )
 from pipelines.config import load_params
-from pipelines.metrics import candidate_recall, coverage, per_user_metrics, rank_by_score, summarise
+from pipelines.metrics import (
+    candidate_recall,
+    coverage,
+    list_diversity,
+    per_user_metrics,
+    rank_by_score,
+    summarise,
+)
 
 # method -> the candidate column it ranks by (None: scores come from a scorer, e.g. the reranker)
 BASELINES = {"popular": "pop", "trending": "trend", "cocl": "cocl", "emb_knn": "emb", "fusion": FUSED}
 RERANKER = "reranker"
 RECENT_POPULAR = "recent_popular"
+CF_PEER = "als"
+OWN_DEPTH = 100  # an own-list method's list is at least this deep: what it can reach (its candidate_recall)
 SEGMENTS = ("all", "warm", "cold")
 SCORE_CHUNK_ROWS = 500_000
 _TIE = "_trend_tiebreak"
@@ -124,7 +140,97 @@ def recent_popular_lists(
     from pipelines.candidates import top_unread
 
     ids, scores = recent_popular_order(data_root, articles, cutoff_hour, cutoff_ms, hours)
-    return top_unread(ids, scores, users, user_clicks, max(depth, 100))[[USER_ID, ARTICLE_ID, RANK]]
+    return top_unread(ids, scores, users, user_clicks, max(depth, OWN_DEPTH))[[USER_ID, ARTICLE_ID, RANK]]
+
+
+def cf_peer_lists(
+    peer,
+    users: np.ndarray,
+    user_clicks: pd.DataFrame,
+    available: np.ndarray,
+    trending: pd.DataFrame,
+    depth: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The CF peer's lists at a cutoff: (each user's top `depth`, continued in the trending order where the
+    peer runs out, as every source does; its own list at least OWN_DEPTH deep, what it can reach at all).
+
+    `peer` is a fitted `pipelines.peers.CFPeer`, `available` the article ids available at the cutoff,
+    `trending` the index's pool in trending order (article_id, trend), `user_clicks` those users' history."""
+    from pipelines.candidates import TREND, top_unread
+
+    own = peer.recommend(users, user_clicks, available, max(depth, OWN_DEPTH))
+    fill = top_unread(trending[ARTICLE_ID].to_numpy(), trending[TREND].to_numpy(), users, user_clicks, depth)
+    both = pd.concat([own[[USER_ID, ARTICLE_ID, SCORE]], fill[[USER_ID, ARTICLE_ID]].assign(**{SCORE: np.nan})],
+                     ignore_index=True).drop_duplicates([USER_ID, ARTICLE_ID], keep="first")
+    both[_TIE] = trending.set_index(ARTICLE_ID)[TREND].reindex(both[ARTICLE_ID]).fillna(0.0).to_numpy()
+    ranked = rank_by_score(both, SCORE, k=depth, tiebreak=_TIE)[[USER_ID, ARTICLE_ID, RANK]]
+    return ranked, own[[USER_ID, ARTICLE_ID, RANK]]
+
+
+def with_shown(candidates: pd.DataFrame, shown: pd.DataFrame) -> pd.DataFrame:
+    """`candidates` plus one row for each shown (user_id, article_id) pair the list lacks, as a candidate row
+    looks where no source proposed it (scores NaN, ranks 0, fused score 0): so the reranker scores every
+    article an impression showed, and a baseline places what it did not propose after what it did."""
+    pairs = shown[[USER_ID, ARTICLE_ID]].drop_duplicates()
+    known = candidates[[USER_ID, ARTICLE_ID]].assign(_in=True)
+    missing = pairs.merge(known, on=[USER_ID, ARTICLE_ID], how="left")
+    missing = missing.loc[missing["_in"].isna(), [USER_ID, ARTICLE_ID]].reset_index(drop=True)
+    if missing.empty:
+        return candidates
+    extra = {USER_ID: missing[USER_ID].to_numpy(np.int64), ARTICLE_ID: missing[ARTICLE_ID].to_numpy(np.int64)}
+    for col in candidates.columns:
+        if col in extra:
+            continue
+        fill = 0.0 if col == score_col(FUSED) else (0 if col.endswith(RANK) else np.nan)
+        extra[col] = np.full(len(missing), fill, dtype=candidates[col].dtype)
+    return pd.concat([candidates, pd.DataFrame(extra)[candidates.columns]], ignore_index=True)
+
+
+def impression_ranks(
+    shown: pd.DataFrame, pair_scores: pd.DataFrame, methods: list[str], trend: pd.Series
+) -> dict[str, pd.DataFrame]:
+    """Each method's strict order of every impression's shown articles (impression_id, rank, clicked).
+
+    `shown`: impression_id, user_id, article_id, clicked; `pair_scores`: user_id, article_id and one score
+    column per method. The order is the one the full-catalogue protocol uses: score down, what the method did
+    not score (NaN) after what it did, then the trending order (`trend` by article id), then article id."""
+    from pipelines.metrics import CLICKED, IMPRESSION
+
+    frame = shown.merge(pair_scores, on=[USER_ID, ARTICLE_ID], how="left")
+    frame[_TIE] = trend.reindex(frame[ARTICLE_ID]).fillna(0.0).to_numpy()
+    keyed = frame.rename(columns={USER_ID: "_user"}).rename(columns={IMPRESSION: USER_ID})
+    out = {}
+    for method in methods:
+        ranked = rank_by_score(keyed, method, tiebreak=_TIE)
+        out[method] = ranked[[USER_ID, RANK, CLICKED]].rename(columns={USER_ID: IMPRESSION})
+    return out
+
+
+def judgeable_impressions(impressions: pd.DataFrame) -> pd.DataFrame:
+    """The impressions MIND's protocol scores: at least one clicked and one unclicked article (one row per
+    shown article; an article listed twice in one impression counts once, clicked if either was)."""
+    from pipelines.metrics import CLICKED, IMPRESSION
+
+    missing = {IMPRESSION, USER_ID, ARTICLE_ID, CLICKED, HOUR} - set(impressions.columns)
+    if missing:
+        raise ValueError(f"impressions lack column(s) {sorted(missing)}; has {list(impressions.columns)}")
+    shown = impressions.groupby([IMPRESSION, USER_ID, HOUR, ARTICLE_ID], as_index=False)[CLICKED].max()
+    clicks = shown.groupby(IMPRESSION)[CLICKED].agg(["min", "max"])
+    ok = clicks.index[(clicks["min"] == 0) & (clicks["max"] == 1)]
+    return shown[shown[IMPRESSION].isin(ok)].reset_index(drop=True)
+
+
+def summarise_impressions(ranks: Mapping[str, list[pd.DataFrame]], shown_total: int) -> dict:
+    """MIND's metrics per method, averaged over impressions (`pipelines.metrics.impression_metrics`)."""
+    from pipelines.metrics import IMPRESSION_METRICS, impression_metrics
+
+    methods = {}
+    n = 0
+    for method, parts in ranks.items():
+        per = impression_metrics(pd.concat(parts, ignore_index=True))
+        n = len(per)
+        methods[method] = {m: float(per[m].mean()) if len(per) else float("nan") for m in IMPRESSION_METRICS}
+    return {"impressions": n, "impressions_shown": int(shown_total), "methods": methods}
 
 
 def rank_methods(
@@ -132,21 +238,38 @@ def rank_methods(
     trend: pd.Series,
     depth: int,
     scorers: Mapping[str, Scorer] | None = None,
+    rank_params: Mapping | None = None,
+    vectors: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Each method's top `depth` per user (user_id, article_id, rank) over the candidate rows: a source's own
-    score first, then the trending order (`trend`: the pool's trend by article id) for the rest."""
+    score first, then the trending order (`trend`: the pool's trend by article id) for the rest.
+
+    The reranker's list then goes through the diversity re-rank the API applies (`rank_params`, params.yaml
+    `rank`; `vectors(article_ids)`: the index's normalised embeddings), so the evaluation scores what is served."""
+    from pipelines import diversity
+
     frame = candidates[[USER_ID, ARTICLE_ID]].copy()
     frame[_TIE] = trend.reindex(frame[ARTICLE_ID]).fillna(0.0).to_numpy()
     out = {}
     for method, score in method_scores(candidates, dict(scorers or {})).items():
         frame["_s"] = score
+        if method == RERANKER and diversity.active(rank_params):
+            if vectors is None:
+                raise ValueError("the diversity re-rank needs the articles' embeddings (vectors)")
+            pool = rank_by_score(frame, "_s", k=max(depth, int(rank_params["mmr_depth"])), tiebreak=_TIE)
+            keep = diversity.rerank(pool[USER_ID].to_numpy(), pool[ARTICLE_ID].to_numpy(),
+                                    pool["_s"].fillna(pool["_s"].min()).to_numpy(), vectors, depth, rank_params)
+            picked = pool.iloc[keep]
+            out[method] = picked.assign(**{RANK: picked.groupby(USER_ID, sort=False).cumcount().to_numpy() + 1})[
+                [USER_ID, ARTICLE_ID, RANK]].reset_index(drop=True)
+            continue
         out[method] = rank_by_score(frame, "_s", k=depth, tiebreak=_TIE)[[USER_ID, ARTICLE_ID, RANK]]
     return out
 
 
 def reach_of(candidates: pd.DataFrame, method: str, own_lists: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """What a method can recommend at all: its source's rows, the whole list for fusion and the reranker,
-    or its own list for a method outside the candidates (`own_lists`)."""
+    or its own list for a method outside the candidates (`own_lists`: what it reaches)."""
     if method in own_lists:
         return own_lists[method]
     src = BASELINES.get(method)
@@ -161,12 +284,15 @@ def summarise_methods(
     k: int,
     curve_k: int | None = None,
     group: pd.Series | None = None,
+    diversity_of: tuple[Callable[[np.ndarray], np.ndarray], pd.Series] | None = None,
 ) -> dict:
     """Metrics of every method for all / warm / cold queries of `targets` (user_id, article_id, warm).
 
     A query is a user_id of the frames (one user at one cutoff). Coverage@k is computed per cutoff group
     (`group`: query -> group key, default one group) against `catalogue` (group key -> articles available)
     and averaged over groups. With `curve_k`, also NDCG@j and Recall@j for j = 1..curve_k (all queries).
+    With `diversity_of` = (vectors, categories), also ild@k (mean pairwise cosine distance of the top k) and
+    categories@k (distinct categories in the top k), averaged over queries (`metrics.list_diversity`).
     """
     segs = _segments(targets)
     if group is None:
@@ -175,6 +301,7 @@ def summarise_methods(
     ndcg_by_method = {}
     for method, ranked in recs.items():
         per_user = per_user_metrics(ranked, targets, k=k)
+        div = list_diversity(ranked, *diversity_of, k=k) if diversity_of is not None else None
         ndcg_by_method[method] = per_user["ndcg"].reindex(segs["all"]).fillna(0.0).to_numpy()
         reach_recall = candidate_recall(reach[method], targets)
         results["methods"][method] = {}
@@ -185,6 +312,10 @@ def summarise_methods(
             by_group = top.groupby(group.reindex(top[USER_ID]).to_numpy())
             cov = [coverage(g, int(catalogue[key]), k) for key, g in by_group]
             row[f"coverage@{k}"] = float(np.mean(cov)) if cov else 0.0
+            if div is not None:
+                mine = div.reindex(users)
+                row[f"ild@{k}"] = float(mine["ild"].mean()) if mine["ild"].notna().any() else float("nan")
+                row[f"categories@{k}"] = float(mine["categories"].mean()) if len(users) else float("nan")
             row["candidate_recall"] = (
                 float(reach_recall.reindex(users).fillna(0.0).mean()) if len(users) else float("nan")
             )
@@ -234,17 +365,25 @@ def evaluate_snapshot(
     scorers: Mapping[str, Scorer] | None = None,
     curve_k: int | None = None,
     own_lists: Mapping[str, pd.DataFrame] | None = None,
+    own_reach: Mapping[str, pd.DataFrame] | None = None,
+    rank_params: Mapping | None = None,
+    vectors: Callable[[np.ndarray], np.ndarray] | None = None,
+    diversity_of: tuple[Callable[[np.ndarray], np.ndarray], pd.Series] | None = None,
 ) -> dict:
     """The frozen protocol: every method ranks one snapshot's candidates, all computed at its cutoff.
 
-    `own_lists` are methods ranked outside the candidates (recent_popular), as user_id, article_id, rank.
+    `own_lists` are methods ranked outside the candidates (recent_popular, the CF peer), as user_id,
+    article_id, rank; `own_reach` what such a method reaches at all when that is not its list (default).
+    `rank_params` and `vectors`: the reranker's diversity re-rank (`rank_methods`); `diversity_of`: measure
+    every list's diversity (`summarise_methods`).
     """
     own_lists = dict(own_lists or {})
     depth = max(k, curve_k or 0)
-    recs = rank_methods(candidates, trend, depth, scorers)
+    recs = rank_methods(candidates, trend, depth, scorers, rank_params, vectors)
     recs.update({m: r[r[RANK] <= depth] for m, r in own_lists.items()})
-    reach = {m: reach_of(candidates, m, own_lists) for m in recs}
-    return summarise_methods(recs, reach, targets, pd.Series({0: catalogue_size}), k, curve_k)
+    reach = {m: reach_of(candidates, m, {**own_lists, **dict(own_reach or {})}) for m in recs}
+    return summarise_methods(recs, reach, targets, pd.Series({0: catalogue_size}), k, curve_k,
+                             diversity_of=diversity_of)
 
 
 def evaluate_as_served(
@@ -260,6 +399,10 @@ def evaluate_as_served(
     recent_hours: int,
     ranker=None,
     curve_k: int | None = None,
+    cf_params: dict | None = None,
+    impressions: pd.DataFrame | None = None,
+    rank_params: Mapping | None = None,
+    diversity_of: tuple[Callable[[np.ndarray], np.ndarray], pd.Series] | None = None,
 ) -> dict:
     """The as-served protocol: the snapshot's target window replayed hour by hour.
 
@@ -267,13 +410,20 @@ def evaluate_as_served(
     the hourly refresh does for the API (`CandidateIndex.fit`, `features.fit_tables`); the ranker stays
     the one trained before the window. Each user with a click in hour h is one query, judged on their
     clicks in that hour on articles published before it and not read before it. Every baseline gets the
-    same refresh. `clicks` holds the validated clicks up to the window's end (ordered by time);
+    same refresh (the CF peer, with `cf_params`, is refitted every hour). `clicks` holds the validated clicks up to the window's end (ordered by time);
     `catalogue` is (articles, the hour each was delivered: `catalogue.delivered_hours`), so each hour sees
     the articles delivered before it; `embeddings` are the raw article embeddings.
+
+    With `impressions` (the MIND importer's impressions.parquet: impression_id, user_id, hour, article_id,
+    clicked), MIND's own protocol runs in the same replay: every method orders each impression of hour h by
+    what it knew at the start of h, and AUC / MRR / nDCG@5 / nDCG@10 are averaged over impressions
+    (results["impressions"]).
     """
     from pipelines.candidates import TREND, CandidateIndex
     from pipelines.catalogue import known_at
+    from pipelines.diversity import index_vectors
     from pipelines.features import fit_tables, normalise_embeddings
+    from pipelines.peers import CFPeer
     from pipelines.split import eval_targets, hour_start_ms
     from pipelines.train import score_candidates
 
@@ -283,16 +433,31 @@ def evaluate_as_served(
     parts: dict[str, list[pd.DataFrame]] = {}
     reach_parts: dict[str, list[pd.DataFrame]] = {}
     target_parts, group_parts, sizes, offset = [], [], {}, 0
+    shown_all, shown_total = None, 0
+    if impressions is not None:
+        in_window = impressions[(impressions[HOUR] >= snap.cutoff_hour) & (impressions[HOUR] < snap.end_hour)]
+        shown_all, shown_total = judgeable_impressions(in_window), in_window["impression_id"].nunique()
+    imp_parts: dict[str, list[pd.DataFrame]] = {}
     for hour in range(snap.cutoff_hour, snap.end_hour):
         cutoff = hour_start_ms(hour, epoch_ms)
         articles = known_at(*catalogue, hour)
         start, end = np.searchsorted(ts, [cutoff, cutoff + HOUR_MS])
         history, target = clicks.iloc[:start], clicks.iloc[start:end]
         targets = eval_targets(history, target, articles, cutoff)
-        if targets.empty:
+        shown = shown_all[shown_all[HOUR] == hour] if shown_all is not None else None
+        if targets.empty and (shown is None or shown.empty):
             continue
         users = np.unique(targets[USER_ID].to_numpy())
         index = CandidateIndex.fit(data_root, articles, embeddings, cutoff, index_params, epoch_ms, similar=False)
+        peer = CFPeer.fit(history, cutoff, cf_params) if cf_params else None
+        if shown is not None and len(shown):
+            for method, ranked in _impression_hour(
+                data_root, shown, history, target, articles, normalised, index, cutoff, hour, feature_params,
+                recent_hours, ranker, peer,
+            ).items():
+                imp_parts.setdefault(method, []).append(ranked)
+        if targets.empty:
+            continue
         mine = history[history[USER_ID].isin(users)]
         cands = index.candidates(mine, users=users)
         scorers: dict[str, Scorer] = {}
@@ -300,16 +465,22 @@ def evaluate_as_served(
             tables = fit_tables(history, articles, normalised, cutoff, feature_params, requests=target,
                                 only_users=users)
             scorers[RERANKER] = lambda c, t=tables: score_candidates(ranker, c, t)
-        recs = rank_methods(cands, index.pool.set_index(ARTICLE_ID)[TREND], depth, scorers)
+        recs = rank_methods(cands, index.pool.set_index(ARTICLE_ID)[TREND], depth, scorers, rank_params,
+                            index_vectors(index))
         own = recent_popular_lists(data_root, articles, hour, cutoff, recent_hours, users, mine, depth)
         recs[RECENT_POPULAR] = own[own[RANK] <= depth]
+        own_reach = {RECENT_POPULAR: own}
+        if peer is not None:
+            available = articles.loc[articles[CREATED_AT_TS] < cutoff, ARTICLE_ID].to_numpy()
+            recs[CF_PEER], own_reach[CF_PEER] = cf_peer_lists(
+                peer, users, mine, available, index.trending()[[ARTICLE_ID, TREND]], depth)
 
         def to_query(frame: pd.DataFrame, offset: int = offset, users: np.ndarray = users) -> pd.DataFrame:
             return frame.assign(**{USER_ID: offset + np.searchsorted(users, frame[USER_ID].to_numpy())})
 
         for method, ranked in recs.items():
             parts.setdefault(method, []).append(to_query(ranked))
-            reach = own if method == RECENT_POPULAR else reach_of(cands, method, {})
+            reach = reach_of(cands, method, own_reach)
             reach_parts.setdefault(method, []).append(to_query(reach[[USER_ID, ARTICLE_ID]]))
         target_parts.append(to_query(targets))
         group_parts.append(pd.Series(hour, index=offset + np.arange(len(users))))
@@ -325,9 +496,40 @@ def evaluate_as_served(
         k,
         curve_k,
         group=pd.concat(group_parts),
+        diversity_of=diversity_of,
     )
     results["hours"] = len(sizes)
+    if shown_all is not None:
+        results["impressions"] = summarise_impressions(imp_parts, shown_total)
     return results
+
+
+def _impression_hour(
+    data_root, shown, history, target, articles, normalised, index, cutoff, hour, feature_params, recent_hours,
+    ranker, peer,
+) -> dict[str, pd.DataFrame]:
+    """One replayed hour of MIND's protocol: every method's order of the hour's impressions, with the index,
+    feature tables and CF peer fitted at the hour's start (the as-served loop's own)."""
+    from pipelines.candidates import TREND
+    from pipelines.features import fit_tables
+    from pipelines.train import score_candidates
+
+    users = np.unique(shown[USER_ID].to_numpy())
+    mine = history[history[USER_ID].isin(users)]
+    cands = with_shown(index.candidates(mine, users=users), shown)
+    scorers: dict[str, Scorer] = {}
+    if ranker is not None:
+        tables = fit_tables(history, articles, normalised, cutoff, feature_params, requests=target,
+                            only_users=users)
+        scorers[RERANKER] = lambda c: score_candidates(ranker, c, tables)
+    scores = method_scores(cands, scorers)
+    ids, recent = recent_popular_order(data_root, articles, hour, cutoff, recent_hours)
+    scores[RECENT_POPULAR] = pd.Series(recent, index=ids).reindex(cands[ARTICLE_ID]).to_numpy()
+    if peer is not None:
+        scores[CF_PEER] = peer.score(cands[USER_ID].to_numpy(), cands[ARTICLE_ID].to_numpy())
+    pair_scores = cands[[USER_ID, ARTICLE_ID]].assign(**scores)
+    trend = index.pool.set_index(ARTICLE_ID)[TREND]
+    return impression_ranks(shown, pair_scores, list(scores), trend)
 
 
 PROTOCOLS = {
@@ -340,7 +542,10 @@ PROTOCOLS = {
 def markdown_table(results: dict) -> str:
     """One table per protocol: a row per method and segment, a column per metric."""
     k = results["k"]
-    cols = [f"recall@{k}", f"ndcg@{k}", f"mrr@{k}", f"hr@{k}", f"coverage@{k}", "candidate_recall"]
+    cols = [f"recall@{k}", f"ndcg@{k}", f"mrr@{k}", f"hr@{k}", f"coverage@{k}", f"ild@{k}", f"categories@{k}",
+            "candidate_recall"]
+    rows = next(iter(results["methods"].values()), {}).get("all", {})
+    cols = [c for c in cols if c in rows or not rows]  # diversity only where it was measured
     lines = []
     for protocol, what in PROTOCOLS.items():
         res = results if protocol == "frozen" else results.get(protocol)
@@ -373,7 +578,28 @@ def markdown_table(results: dict) -> str:
                 ),
             ]
         lines.append("")
+    imp = (results.get("as_served") or {}).get("impressions")
+    if imp:
+        lines += impression_table(imp)
     return "\n".join(lines)
+
+
+def impression_table(imp: dict) -> list[str]:
+    """MIND's impression protocol as markdown lines: a row per method."""
+    from pipelines.metrics import IMPRESSION_METRICS
+
+    lines = [
+        "### impressions (MIND's protocol): every method orders each test impression's shown articles, as served",
+        "",
+        (f"{imp['impressions']} impressions with a clicked and an unclicked article (of {imp['impressions_shown']} "
+         "in the test window); metrics per impression, averaged."),
+        "",
+        "| method | " + " | ".join(IMPRESSION_METRICS) + " |",
+        "|---|" + "---:|" * len(IMPRESSION_METRICS),
+    ]
+    for method, row in imp["methods"].items():
+        lines.append(f"| {method} | " + " | ".join(f"{row[m]:.4f}" for m in IMPRESSION_METRICS) + " |")
+    return [*lines, ""]
 
 
 def summary(results: dict) -> dict:
@@ -444,12 +670,16 @@ def evaluate(
     index_params: dict | None = None,
     feature_params: dict | None = None,
     epoch_ms: int | None = None,
+    rank_params: dict | None = None,
 ) -> dict:
     """Evaluate the `params["snapshot"]` snapshot (normally "test") from the stage outputs on disk: the
     frozen protocol, and the as-served one when `params["as_served"]` (it needs the index and feature
-    params and the epoch, which fix how the hourly refresh fits)."""
+    params and the epoch, which fix how the hourly refresh fits). `rank_params` (params.yaml `rank`): the
+    diversity re-rank of the reranker's lists, as the API applies it; None = off."""
+    from pipelines import diversity
     from pipelines.candidates import TREND, CandidateIndex
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
+    from pipelines.features import normalise_embeddings
     from pipelines.split import eval_targets, get_snapshot, load_clicks
     from pipelines.train import Ranker
 
@@ -483,21 +713,37 @@ def evaluate(
         ranker = Ranker.load(model_dir)
         scorers[RERANKER] = reranker_scorer(ranker, Path(features_dir) / snap.name, embeddings)
     users = targets[USER_ID].unique()
-    own = recent_popular_lists(root, articles, snap.cutoff_hour, snap.cutoff_ms, recent_hours, users,
-                               history[history[USER_ID].isin(users)], max(k, curve_k))
-    available = int((articles[CREATED_AT_TS] < snap.cutoff_ms).sum())
+    mine = history[history[USER_ID].isin(users)]
+    own = recent_popular_lists(root, articles, snap.cutoff_hour, snap.cutoff_ms, recent_hours, users, mine,
+                               max(k, curve_k))
+    available_ids = articles.loc[articles[CREATED_AT_TS] < snap.cutoff_ms, ARTICLE_ID].to_numpy()
+    own_lists, own_reach = {RECENT_POPULAR: own}, {}
+    cf_params = params.get("cf")
+    if cf_params:
+        from pipelines.peers import CFPeer
+
+        peer = CFPeer.fit(history, snap.cutoff_ms, cf_params)
+        own_lists[CF_PEER], own_reach[CF_PEER] = cf_peer_lists(
+            peer, users, mine, available_ids, index.trending()[[ARTICLE_ID, TREND]], max(k, curve_k))
+    available = len(available_ids)
+    rank_params = diversity.check_params(rank_params)
+    measure = (diversity.lookup(normalise_embeddings(embeddings)), catalogue.set_index(ARTICLE_ID)[CATEGORY_ID])
     results = evaluate_snapshot(
-        candidates, targets, trend, available, k, scorers, curve_k=curve_k,
-        own_lists={RECENT_POPULAR: own},
+        candidates, targets, trend, available, k, scorers, curve_k=curve_k, own_lists=own_lists,
+        own_reach=own_reach, rank_params=rank_params, vectors=diversity.index_vectors(index), diversity_of=measure,
     )
+    results["rank"] = rank_params
     results["snapshot"] = snap.name
     results["catalogue"] = available
     if params.get("as_served"):
         if index_params is None or feature_params is None or epoch_ms is None:
             raise ValueError("the as-served protocol needs the candidates and features params and the epoch")
+        shown = lake.impressions_path(root)  # what an importer kept of the source's impressions (MIND)
         results["as_served"] = evaluate_as_served(
             root, snap, clicks, (catalogue, delivered), embeddings, index_params, feature_params, int(epoch_ms), k,
-            recent_hours, ranker=ranker, curve_k=curve_k,
+            recent_hours, ranker=ranker, curve_k=curve_k, cf_params=cf_params,
+            impressions=pd.read_parquet(shown) if shown.exists() else None, rank_params=rank_params,
+            diversity_of=measure,
         )
     return results
 
@@ -522,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         results = evaluate(
             args.data_root, args.split, args.candidates, args.indexes, params, args.model, args.features,
             index_params=load_params("candidates", args.params), feature_params=load_params("features", args.params),
-            epoch_ms=int(load_params("data", args.params)["epoch_ms"]),
+            epoch_ms=int(load_params("data", args.params)["epoch_ms"]), rank_params=load_params("rank", args.params),
         )
     except (ValueError, FileNotFoundError, KeyError) as exc:
         print(f"newsrec evaluate: {exc}", file=sys.stderr)

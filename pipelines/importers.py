@@ -107,6 +107,7 @@ import pandas as pd
 from pipelines import columns as C
 from pipelines.config import load_params
 from pipelines.fileio import atomic_write
+from pipelines.lake import IMPRESSIONS_FILE
 
 # u.item's 19 genre flags, in file order (MovieLens 100K's u.genre).
 MOVIELENS_GENRES = [
@@ -125,6 +126,8 @@ _MONTHS = {
 _TITLE_YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
 
 # MIND's two files (no header), in their official column order.
+# Beside the drops under raw/: every shown candidate of the source's impressions (MIND), which the evaluation's
+# impression protocol reads (pipelines.evaluate).
 MIND_BEHAVIOR_FIELDS = ["impression_id", "user", "time", "history", "impressions"]
 MIND_NEWS_FIELDS = [
     "news_id", "category", "subcategory", "title", "abstract", "url", "title_entities", "abstract_entities",
@@ -843,7 +846,7 @@ def mind_to_globo(
         "mind_ids/articles.csv": id_articles,
         "mind_ids/users.csv": pd.DataFrame({C.USER_ID: np.arange(len(users)), "mind_user_id": users}),
         "mind_ids/categories.csv": categories.rename(columns={"id": C.CATEGORY_ID, "name": "category"}),
-        "impressions.parquet": impressions,
+        IMPRESSIONS_FILE: impressions,
     }
 
     counts = {

@@ -2,6 +2,7 @@
 
     <root>/raw/clicks/clicks_hour_NNN.csv              drops as delivered (columns.hour_file_name)
     <root>/raw/articles/articles_hour_NNN.csv (+ embeddings_hour_NNN.pickle)
+    <root>/raw/impressions.parquet                     shown articles, clicked or not (imported MIND only)
     <root>/validated/<kind>/hour=NNN/part-0.parquet    landed hours (articles: + embeddings.npy)
     <root>/validated/_summary.json                     the latest outcome of every drop
     <root>/quarantine/<kind>/hour=NNN/                 rejected drops, whole, with result.json and reason.txt
@@ -28,6 +29,7 @@ QUARANTINE = "quarantine"
 ARCHIVE = "archive"
 AGGREGATES = "aggregates"
 ERASURE_REGISTER = "erasures.jsonl"
+IMPRESSIONS_FILE = "impressions.parquet"
 
 
 def landing_dir(data_root: str | Path) -> Path:
@@ -80,6 +82,12 @@ def aggregates_dir(data_root: str | Path, kind: str) -> Path:
 def aggregate_file(data_root: str | Path, kind: str, hour: int) -> Path:
     """`<root>/aggregates/<kind>/hour=NNN/part-0.parquet`."""
     return aggregates_dir(data_root, kind) / C.partition_name(hour) / PART_FILE
+
+
+def impressions_path(data_root: str | Path) -> Path:
+    """`<root>/raw/impressions.parquet`: what an importer kept of its source's impressions (shown, clicked or
+    not: MIND), for the evaluation's impression protocol. Most datasets have none."""
+    return landing_dir(data_root) / IMPRESSIONS_FILE
 
 
 def erasure_register(data_root: str | Path) -> Path:

@@ -98,3 +98,69 @@ def summarise(per_user: pd.DataFrame, k: int) -> dict[str, float]:
     out = {f"{m}@{k}": float(per_user[m].mean()) if len(per_user) else float("nan") for m in METRICS}
     out["users"] = len(per_user)
     return out
+
+
+IMPRESSION = "impression_id"
+CLICKED = "clicked"
+IMPRESSION_METRICS = ["auc", "mrr", "ndcg@5", "ndcg@10"]
+
+
+def impression_metrics(ranked: pd.DataFrame) -> pd.DataFrame:
+    """MIND's impression protocol: per impression, AUC, MRR, nDCG@5 and nDCG@10 of one method's order of
+    the articles the impression showed (index impression_id).
+
+    `ranked` has one row per shown article: impression_id, `rank` (1-based, a strict order inside the
+    impression) and `clicked` (0/1). The definitions are the MIND leaderboard's (Wu et al. 2020, its
+    evaluate.py): AUC = scikit-learn's roc_auc_score of the clicks against the order; MRR = the sum over
+    clicked articles of 1/rank, divided by the clicks; nDCG@k = DCG@k / ideal DCG@k with gains 2^clicked - 1
+    and discounts log2(rank + 1). An impression without both a clicked and an unclicked article has no AUC,
+    so it is left out, as MIND's scorer leaves it out.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    _check(ranked, [IMPRESSION, RANK, CLICKED], "impression")
+    if ranked.duplicated([IMPRESSION, RANK]).any():
+        raise ValueError("impression frame gives two articles of one impression the same rank")
+    frame = ranked.sort_values([IMPRESSION, RANK], kind="mergesort")
+    rows = {}
+    for imp, group in frame.groupby(IMPRESSION, sort=True):
+        y = group[CLICKED].to_numpy(dtype=np.float64)
+        if y.min() == y.max():
+            continue
+        rank = group[RANK].to_numpy(dtype=np.float64)
+        if rank[0] != 1 or rank[-1] != len(rank):
+            raise ValueError(f"impression {imp}: ranks must be 1..n, got {rank.astype(int).tolist()}")
+        ideal = np.sort(y)[::-1]
+        discount = 1.0 / np.log2(np.arange(len(y)) + 2.0)
+        out = {"auc": float(roc_auc_score(y, -rank)), "mrr": float(np.sum(y / rank) / y.sum())}
+        for k in (5, 10):
+            out[f"ndcg@{k}"] = float(np.sum(y[:k] * discount[:k]) / np.sum(ideal[:k] * discount[:k]))
+        rows[imp] = out
+    return pd.DataFrame.from_dict(rows, orient="index", columns=IMPRESSION_METRICS).rename_axis(IMPRESSION)
+
+
+def list_diversity(recs: pd.DataFrame, vectors, categories: pd.Series, k: int = 10) -> pd.DataFrame:
+    """Per user (index user_id): ild = intra-list diversity, the mean cosine distance (1 - cosine) over the
+    pairs of their top-k articles that both have an embedding (NaN with fewer than two); categories = the
+    number of distinct categories in their top k. `vectors(article_ids)` gives L2-normalised embeddings (zero
+    rows: none); `categories` is the category by article id (-1 where unknown counts as one more)."""
+    _check(recs, [USER_ID, ARTICLE_ID, RANK], "recommendation")
+    top = recs.loc[recs[RANK] <= k, [USER_ID, ARTICLE_ID, RANK]].sort_values([USER_ID, RANK], kind="mergesort")
+    users, pos = np.unique(top[USER_ID].to_numpy(), return_inverse=True)
+    slot = top.groupby(USER_ID, sort=True).cumcount().to_numpy()
+    emb = np.asarray(vectors(top[ARTICLE_ID].to_numpy()), dtype=np.float32)
+    cube = np.zeros((len(users), k, emb.shape[1]), dtype=np.float32)
+    cube[pos, slot] = emb
+    has = np.linalg.norm(cube, axis=2) > 0
+    ild = np.full(len(users), np.nan)
+    step = 4096
+    for start in range(0, len(users), step):
+        c, h = cube[start : start + step], has[start : start + step]
+        sims = np.einsum("ukd,ujd->ukj", c, c)
+        pairs = h[:, :, None] & h[:, None, :] & ~np.eye(k, dtype=bool)[None]
+        n = pairs.sum(axis=(1, 2))
+        dist = np.where(pairs, 1.0 - sims, 0.0).sum(axis=(1, 2))
+        ild[start : start + step] = np.where(n > 0, dist / np.maximum(n, 1), np.nan)
+    cats = categories.reindex(top[ARTICLE_ID].to_numpy()).fillna(-1).to_numpy()
+    distinct = pd.Series(cats).groupby(top[USER_ID].to_numpy()).nunique().reindex(users).to_numpy()
+    return pd.DataFrame({"ild": ild, "categories": distinct.astype(float)}, index=pd.Index(users, name=USER_ID))

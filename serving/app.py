@@ -441,7 +441,7 @@ def create_app(
         now_ms = as_of(model, time)
         context = rec.Context(device=device, os=os, referrer=referrer, region=region, environment=environment)
         recent = state.recent(user_id)
-        result = rec.recommend(model.bundle, user_id, recent, context, now_ms, k)
+        result = rec.recommend(model.bundle, user_id, recent, context, now_ms, k, settings.rank)
         ahead_h = (now_ms - rec.cutoff_ms(model.bundle)) / 3_600_000
         if ahead_h > FAR_AHEAD_HOURS:
             newest = _dt(rec.cutoff_ms(model.bundle)).isoformat()

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import columns as C
+from pipelines import diversity
 from pipelines.features import CONTEXT_FEATURES, feature_columns, fit_user_tables, user_profiles
 from serving.state import Click
 
@@ -276,9 +277,11 @@ def _tables_with_online(prepared: Prepared, columns: dict[str, np.ndarray], as_o
 
 
 def recommend(
-    prepared: Prepared, user_id: int, recent: Sequence[Click], context: Context, as_of_ms: int, k: int
+    prepared: Prepared, user_id: int, recent: Sequence[Click], context: Context, as_of_ms: int, k: int,
+    rank_params: dict | None = None,
 ) -> Result:
-    """Top-k articles for one user: candidates -> features -> ranker, read articles excluded."""
+    """Top-k articles for one user: candidates -> features -> ranker -> the diversity re-rank (`rank_params`,
+    params.yaml `rank`, as the offline evaluation applies it; None = off), read articles excluded."""
     warnings: list[str] = []
     ctx = resolve_context(prepared, user_id, context, warnings)
     clicks = user_clicks(prepared, user_id, recent, ctx)
@@ -290,7 +293,13 @@ def recommend(
         return Result(items=[], article_ids=[], cold_start=cold, warnings=warnings)
     tables = _tables_with_online(prepared, clicks, as_of_ms) if recent else prepared.bundle.tables
     scores = prepared.bundle.ranker.predict(feature_columns(cands, tables, _context_frame(user_id, ctx, as_of_ms)))
-    order = np.lexsort((cands[C.rank_col(C.FUSED)], -scores))[:k]
+    order = np.lexsort((cands[C.rank_col(C.FUSED)], -scores))
+    if diversity.active(rank_params):
+        top = order[: int(rank_params["mmr_depth"])]
+        vectors = diversity.index_vectors(index)(cands[C.ARTICLE_ID][top])
+        order = top[diversity.mmr(scores[top], vectors, k, float(rank_params["mmr_lambda"]))]
+    else:
+        order = order[:k]
     ranks = {s: cands[C.rank_col(s)][order] for s in C.CANDIDATE_SOURCES}
     ids = cands[C.ARTICLE_ID][order]
     items = article_details(prepared, ids, as_of_ms)

@@ -46,6 +46,8 @@ class Settings:
     api_keys_env: str
     rate_limit_per_minute: int
     index_dir: Path | None = None  # where hourly serving indexes are published (params data.root + refresh)
+    # The final list's diversity re-rank (params `rank`, shared with the offline evaluation); None = off.
+    rank: dict | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.challenger_share <= 1.0:
@@ -65,10 +67,13 @@ class Settings:
             raise ValueError(f"serve.log_keep_days must be >= 1, got {self.log_keep_days}")
         if self.clock not in {"wall", "cutoff"}:
             raise ValueError(f"serve.clock must be 'wall' or 'cutoff', got {self.clock!r}")
+        from pipelines.diversity import check_params
+
+        check_params(self.rank)
 
     @classmethod
     def from_params(cls, path: str | Path = DEFAULT_PARAMS, **overrides: Any) -> Settings:
-        """Settings from params.yaml (`serve` + `mlflow.tracking_uri`), with keyword overrides on top."""
+        """Settings from params.yaml (`serve` + `mlflow.tracking_uri` + `rank`), with keyword overrides on top."""
         from pipelines.registry import CHALLENGER, CHAMPION
 
         serve = load_params("serve", path)
@@ -79,6 +84,7 @@ class Settings:
             "champion_alias": CHAMPION,
             "challenger_alias": CHALLENGER,
             "index_dir": Path(load_params("data", path)["root"]) / load_params("refresh", path)["index_dir"],
+            "rank": load_params("rank", path),
         }
         known = {f.name for f in fields(cls)}
         unknown = set(serve) - (known - set(shared))

@@ -182,6 +182,9 @@ def test_stage_evaluates_baselines_on_tiny_data(tiny_validated, tmp_path, capsys
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert res["snapshot"] == "test" and res["users"]["all"] > 0
     assert res["methods"]["emb_knn"]["warm"]["ndcg@10"] > 0
+    # the CF peer is fitted at the cutoff and ranks everyone (cold users in the trending order)
+    assert res["methods"]["als"]["cold"] == {**res["methods"]["trending"]["cold"], "candidate_recall": 0.0}
+    assert 0 < res["methods"]["als"]["warm"]["candidate_recall"] <= 1
     assert "reranker_vs_best_baseline" not in res
     assert main([*args, "--model", str(tmp_path / "none")]) == 1  # a model needs its feature tables
     assert "--features" in capsys.readouterr().err
@@ -192,7 +195,7 @@ def test_reranker_is_scored_through_the_trained_model(serving_bundle):
     """The serving fixture ran split -> features -> candidates -> train on a copy of tiny_validated; evaluate
     its test snapshot with that ranker, in both protocols."""
     from pipelines.config import load_params
-    from pipelines.evaluate import RECENT_POPULAR, evaluate
+    from pipelines.evaluate import CF_PEER, RECENT_POPULAR, evaluate
     from pipelines.split import get_snapshot, load_clicks
 
     work = serving_bundle.parent
@@ -213,7 +216,7 @@ def test_reranker_is_scored_through_the_trained_model(serving_bundle):
     # the reranker reorders the same candidate list fusion ranks, so they share the ceiling
     assert rr["all"]["candidate_recall"] == res["methods"]["fusion"]["all"]["candidate_recall"]
     assert res["reranker_vs_best_baseline"]["ratio"] > 0
-    assert RECENT_POPULAR in res["methods"]
+    assert RECENT_POPULAR in res["methods"] and CF_PEER in res["methods"]
 
     # as served: one query per user per hour of the window with a click on an article available then
     served = res["as_served"]
@@ -249,3 +252,81 @@ def test_paired_bootstrap_interval_brackets_the_difference_and_sees_a_tie():
     assert low < 0 < high  # pure noise: not told apart
     low, high = paired_bootstrap_ci(noisy + 0.2, base)
     assert 0 < low < 0.2 < high
+
+
+@pytest.mark.unit
+def test_impressions_are_ordered_by_each_method_with_unproposed_articles_after():
+    from pipelines.evaluate import (
+        impression_ranks,
+        judgeable_impressions,
+        method_scores,
+        summarise_impressions,
+        with_shown,
+    )
+
+    # user 1's impression 7 shows 10, 14 (clicked) and 99, which no source proposed; impression 8 has no click
+    imps = pd.DataFrame({"impression_id": [7, 7, 7, 8, 8], C.USER_ID: [1, 1, 1, 2, 2], C.HOUR: 5,
+                         C.ARTICLE_ID: [10, 14, 99, 10, 11], "clicked": [0, 1, 0, 0, 0]})
+    shown = judgeable_impressions(imps)
+    assert shown["impression_id"].unique().tolist() == [7]
+    cands = with_shown(_candidates().drop(columns=[C.LABEL]), shown)
+    extra = cands[cands[C.ARTICLE_ID] == 99].iloc[0]
+    assert extra[C.rank_col("emb")] == 0 and np.isnan(extra[C.score_col("emb")])
+    assert extra[C.score_col(C.FUSED)] == 0.0 and len(cands) == len(_candidates()) + 1
+    scores = method_scores(cands, {RERANKER: lambda f: (f[C.ARTICLE_ID] == 99).to_numpy(float)})
+    ranks = impression_ranks(shown, cands[[C.USER_ID, C.ARTICLE_ID]].assign(**scores), list(scores), TREND)
+    order = {m: r.sort_values(C.RANK)["clicked"].tolist() for m, r in ranks.items()}
+    assert order["emb_knn"] == [1, 0, 0]  # 14 by its score, then 10 and 99 in trending order
+    assert order["trending"] == [0, 1, 0]  # 10 (trend 5) before 14 (trend 1); 99 has no trend
+    assert order[RERANKER] == [0, 0, 1]  # the scorer sees 99 too and puts it first; 10, 14 tie: trending order
+    res = summarise_impressions({m: [r] for m, r in ranks.items()}, shown_total=2)
+    assert res["impressions"] == 1 and res["impressions_shown"] == 2
+    assert res["methods"]["emb_knn"] == {"auc": 1.0, "mrr": 1.0, "ndcg@5": 1.0, "ndcg@10": 1.0}
+    assert res["methods"]["trending"]["auc"] == 0.5 and res["methods"]["trending"]["mrr"] == 0.5
+    with pytest.raises(ValueError, match="lack"):
+        judgeable_impressions(imps.drop(columns=["clicked"]))
+
+
+@pytest.mark.model
+def test_impression_protocol_runs_in_the_as_served_replay(serving_bundle):
+    """Impressions built from the tiny test window (each user-hour's clicks among 9 articles they did not
+    click): every method orders them by what it knew at the hour's start, and the ranker tells the read
+    articles from the unread far better than chance."""
+    from pipelines.catalogue import delivered_hours, read_catalogue
+    from pipelines.config import load_params
+    from pipelines.evaluate import CF_PEER, RECENT_POPULAR, evaluate_as_served, impression_table
+    from pipelines.split import get_snapshot, load_clicks
+    from pipelines.train import Ranker
+
+    work = serving_bundle.parent
+    root = work / "data"
+    snap = get_snapshot(work / "split.json", "test")
+    catalogue, embeddings = read_catalogue(root)
+    clicks = load_clicks(root / "validated" / "clicks", None, snap.end_ms)
+    window = clicks[clicks["click_timestamp"] >= snap.cutoff_ms]
+    hours = (window["click_timestamp"] - load_params("data")["epoch_ms"]) // C.HOUR_MS
+    rng = np.random.default_rng(0)
+    rows = []
+    ids = catalogue.loc[catalogue[C.CREATED_AT_TS] < snap.cutoff_ms, C.ARTICLE_ID].to_numpy()
+    for n, ((user, hour), got) in enumerate(window.assign(h=hours).groupby([C.USER_ID, "h"])):
+        read = set(got[C.CLICK_ARTICLE_ID])
+        rows += [(n, user, hour, a, 1) for a in read]
+        rows += [(n, user, hour, int(a), 0) for a in rng.choice(ids, 40) if a not in read][:9]
+    imps = pd.DataFrame(rows, columns=["impression_id", C.USER_ID, C.HOUR, C.ARTICLE_ID, "clicked"])
+    # one impression without a click, and one from before the window: neither is scored, the first is counted
+    imps = pd.concat([imps, pd.DataFrame({"impression_id": [-1, -2], C.USER_ID: [0, 0],
+                                          C.HOUR: [hours.min(), snap.cutoff_hour - 1], C.ARTICLE_ID: [ids[0]] * 2,
+                                          "clicked": [0, 1]})], ignore_index=True)
+    cf = load_params("evaluate")["cf"]
+    res = evaluate_as_served(
+        root, snap, clicks, (catalogue, delivered_hours(root, catalogue)), embeddings, load_params("candidates"),
+        load_params("features"), int(load_params("data")["epoch_ms"]), 10, 6, ranker=Ranker.load(work / "ranker"),
+        cf_params=cf, impressions=imps,
+    )
+    imp = res["impressions"]
+    assert imp["impressions"] == imp["impressions_shown"] - 1 == imps["impression_id"].nunique() - 2 > 20
+    assert set(imp["methods"]) == set(res["methods"]) >= {RERANKER, CF_PEER, RECENT_POPULAR}
+    assert all(0 <= v <= 1 for row in imp["methods"].values() for v in row.values())
+    assert imp["methods"][RERANKER]["auc"] > 0.7
+    table = impression_table(imp)
+    assert sum(line.startswith("| ") for line in table) == 1 + len(imp["methods"])

@@ -99,3 +99,39 @@ def test_candidate_recall_and_coverage():
     assert cr.to_dict() == {1: 0.5, 2: 1.0, 3: 0.0}
     # top-2 of everyone shows articles {10, 11, 30}: 3 of a 6-article catalogue
     assert coverage(cands, catalogue_size=6, k=2) == 0.5
+
+
+def _impressions(*orders: list[int]) -> pd.DataFrame:
+    """One impression per list: the clicks (1/0) in the order the method ranks the shown articles."""
+    rows = [(i, r + 1, c) for i, clicks in enumerate(orders) for r, c in enumerate(clicks)]
+    return pd.DataFrame(rows, columns=["impression_id", RANK, "clicked"])
+
+
+@pytest.mark.unit
+def test_impression_metrics_on_hand_checked_impressions():
+    from pipelines.metrics import impression_metrics
+
+    # 0: the click first (perfect); 1: the click last of 4; 2: clicks at ranks 2 and 3 of 4;
+    # 3: only clicks, 4: no click (no AUC: left out, as MIND's scorer does)
+    got = impression_metrics(_impressions([1, 0, 0], [0, 0, 0, 1], [0, 1, 1, 0], [1, 1], [0, 0]))
+    assert got.index.tolist() == [0, 1, 2]
+    assert got.loc[0].tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert got.loc[1, "auc"] == 0.0 and got.loc[1, "mrr"] == pytest.approx(0.25)
+    assert got.loc[1, "ndcg@5"] == pytest.approx(1 / math.log2(5))  # the one click at rank 4, ideal at rank 1
+    # impression 2: positives above one of two negatives each -> AUC 2/4; MRR (1/2 + 1/3) / 2
+    assert got.loc[2, "auc"] == pytest.approx(0.5)
+    assert got.loc[2, "mrr"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    ideal = 1 + 1 / math.log2(3)
+    assert got.loc[2, "ndcg@10"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(4)) / ideal)
+
+
+@pytest.mark.unit
+def test_impression_metrics_need_a_strict_order():
+    from pipelines.metrics import impression_metrics
+
+    with pytest.raises(ValueError, match="same rank"):
+        impression_metrics(pd.DataFrame({"impression_id": [1, 1], RANK: [1, 1], "clicked": [1, 0]}))
+    with pytest.raises(ValueError, match="1..n"):
+        impression_metrics(pd.DataFrame({"impression_id": [1, 1], RANK: [1, 3], "clicked": [1, 0]}))
+    with pytest.raises(ValueError, match="lacks"):
+        impression_metrics(pd.DataFrame({"impression_id": [1], RANK: [1]}))
