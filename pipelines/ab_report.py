@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from pipelines.config import load_params
+from pipelines.errors import InputError, MissingInputError
 
 UNITS = ("impression", "user")
 
@@ -30,7 +30,7 @@ def load_impressions(records: list[dict[str, Any]]) -> pd.DataFrame:
     """Impression records -> one row per impression (impression_id, user_id, variant, ts_ms, articles)."""
     frame = pd.DataFrame.from_records(records, columns=["impression_id", "user_id", "variant", "ts_ms", "articles"])
     if frame[["impression_id", "user_id", "variant", "ts_ms"]].isna().any().any():
-        raise ValueError("impression log has records without impression_id, user_id, variant or ts_ms")
+        raise InputError("impression log has records without impression_id, user_id, variant or ts_ms")
     return frame.astype({"user_id": "int64", "ts_ms": "int64"})
 
 
@@ -38,7 +38,7 @@ def load_clicks(records: list[dict[str, Any]]) -> pd.DataFrame:
     """Click records -> (user_id, article_id, ts_ms, impression_id or None)."""
     frame = pd.DataFrame.from_records(records, columns=["user_id", "article_id", "ts_ms", "impression_id"])
     if frame[["user_id", "article_id", "ts_ms"]].isna().any().any():
-        raise ValueError("click log has records without user_id, article_id or ts_ms")
+        raise InputError("click log has records without user_id, article_id or ts_ms")
     return frame.astype({"user_id": "int64", "article_id": "int64", "ts_ms": "int64"})
 
 
@@ -81,7 +81,7 @@ def wilson_interval(successes: int, trials: int, confidence: float) -> tuple[flo
 def two_proportion_test(s1: int, n1: int, s2: int, n2: int, confidence: float) -> dict[str, float]:
     """Two-sided pooled z-test of p2 == p1, the chi-square it equals, and a CI for p2 - p1."""
     if min(n1, n2) == 0:
-        raise ValueError("both variants need at least one trial to compare them")
+        raise InputError("both variants need at least one trial to compare them")
     p1, p2 = s1 / n1, s2 / n2
     pooled = (s1 + s2) / (n1 + n2)
     se_pooled = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
@@ -111,12 +111,12 @@ def ab_report(
 ) -> dict[str, Any]:
     """CTR per variant with Wilson CIs, and each other variant against `baseline` (z-test, chi-square)."""
     if unit not in UNITS:
-        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+        raise InputError(f"unit must be one of {UNITS}, got {unit!r}")
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        raise InputError(f"confidence must be in (0, 1), got {confidence}")
     impressions = load_impressions(impression_records)
     if impressions.empty:
-        raise ValueError("the impression log is empty: nothing was served yet")
+        raise InputError("the impression log is empty: nothing was served yet")
     clicks = load_clicks(click_records)
     attributed = attribute_clicks(impressions, clicks, int(attribution_seconds * 1000))
 
@@ -237,20 +237,14 @@ def main(argv: list[str] | None = None) -> int:
 
     for path in (args.impressions, args.clicks):
         if not log_files(path):
-            print(f"newsrec ab-report: log not found: {path} (nor its day files {path.name}.YYYY-MM-DD)",
-                  file=sys.stderr)
-            return 2
-    try:
-        report = ab_report(
-            read_log(args.impressions),
-            read_log(args.clicks),
-            args.attribution_seconds,
-            args.confidence,
-            unit=args.unit,
-        )
-    except ValueError as exc:
-        print(f"newsrec ab-report: {exc}", file=sys.stderr)
-        return 2
+            raise MissingInputError(f"log not found: {path} (nor its day files {path.name}.YYYY-MM-DD)")
+    report = ab_report(
+        read_log(args.impressions),
+        read_log(args.clicks),
+        args.attribution_seconds,
+        args.confidence,
+        unit=args.unit,
+    )
     print(format_report(report))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

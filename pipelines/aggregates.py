@@ -44,6 +44,7 @@ from pipelines.columns import (
     WEIGHT,
 )
 from pipelines.config import load_params
+from pipelines.errors import InputError, MissingInputError
 from pipelines.lake import (
     PART_FILE,
     aggregate_file,
@@ -72,11 +73,11 @@ def aggregate_hour(
     import duckdb
 
     if coclick_max_distance < 1:
-        raise ValueError(f"coclick_max_distance must be >= 1, got {coclick_max_distance}")
+        raise InputError(f"coclick_max_distance must be >= 1, got {coclick_max_distance}")
     data_root = Path(data_root)
     src = partition_file(data_root, hour)
     if not src.exists():
-        raise FileNotFoundError(f"hour {hour} is not validated: {src} missing (run `newsrec validate` first)")
+        raise MissingInputError(f"hour {hour} is not validated: {src} missing (run `newsrec validate` first)")
     click_hour = f"CAST(floor(({{ts}} - {int(epoch_ms)}) / {HOUR_MS}) AS BIGINT)"
     pop_sql = f"""
         SELECT {CLICK_ARTICLE_ID} AS {ARTICLE_ID}, {click_hour.format(ts=CLICK_TIMESTAMP)} AS {CLICK_HOUR},
@@ -123,7 +124,7 @@ def aggregate_all(data_root: str | Path, epoch_ms: int, coclick_max_distance: in
     data_root = Path(data_root)
     hours = landed_hours(validated_dir(data_root))
     if not hours:
-        raise FileNotFoundError(f"no validated hours under {validated_dir(data_root)}")
+        raise MissingInputError(f"no validated hours under {validated_dir(data_root)}")
     for hour in hours:
         aggregate_hour(data_root, hour, epoch_ms, coclick_max_distance)
     landed = set(hours)
@@ -144,7 +145,7 @@ def _exact_sum(term: str) -> str:
 def _glob(data_root: Path, kind: str) -> str:
     base = aggregates_dir(data_root, kind)
     if not any(base.glob(f"{HOUR}=*/{PART_FILE}")):
-        raise FileNotFoundError(f"no {kind} aggregates under {base} (run `newsrec aggregates --all` first)")
+        raise MissingInputError(f"no {kind} aggregates under {base} (run `newsrec aggregates --all` first)")
     return str(base / "*" / PART_FILE)
 
 
@@ -157,7 +158,7 @@ def read_popularity(
     import duckdb
 
     if half_life_hours <= 0:
-        raise ValueError(f"half_life_hours must be > 0, got {half_life_hours}")
+        raise InputError(f"half_life_hours must be > 0, got {half_life_hours}")
     cols = [
         f"sum({CLICKS}) FILTER (WHERE {CLICK_HOUR} >= {int(cutoff_hour) - int(w)}) AS {CLICKS}_{int(w)}h"
         for w in windows
@@ -192,7 +193,7 @@ def read_coclick(
     import duckdb
 
     if half_life_hours <= 0 or top_k < 1:
-        raise ValueError(f"need half_life_hours > 0 and top_k >= 1, got {half_life_hours}, {top_k}")
+        raise InputError(f"need half_life_hours > 0 and top_k >= 1, got {half_life_hours}, {top_k}")
     only = f"AND {ARTICLE_B} IN (SELECT {ARTICLE_ID} FROM targets)" if targets is not None else ""
     sql = f"""
         SELECT {ARTICLE_A}, {ARTICLE_B}, w AS {WEIGHT},
@@ -230,18 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params("aggregates", args.params)
     epoch_ms = int(load_params("data", args.params)["epoch_ms"])
     max_d = int(params["coclick_max_distance"])
-    try:
-        if args.all:
-            hours = aggregate_all(args.data_root, epoch_ms, max_d)
-            print(
-                f"aggregated {len(hours)} hours ({hours[0]}..{hours[-1]}) into {args.data_root / 'aggregates'}"
-            )
-        else:
-            outs = aggregate_hour(args.data_root, args.hour, epoch_ms, max_d)
-            print(f"hour {args.hour}: " + ", ".join(str(p) for p in outs.values()))
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"newsrec aggregates: {exc}", file=sys.stderr)
-        return 1
+    if args.all:
+        hours = aggregate_all(args.data_root, epoch_ms, max_d)
+        print(
+            f"aggregated {len(hours)} hours ({hours[0]}..{hours[-1]}) into {args.data_root / 'aggregates'}"
+        )
+    else:
+        outs = aggregate_hour(args.data_root, args.hour, epoch_ms, max_d)
+        print(f"hour {args.hour}: " + ", ".join(str(p) for p in outs.values()))
     return 0
 
 

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import DEFAULT_PARAMS, load_params
+from pipelines.errors import NewsrecError
 
 log = logging.getLogger(__name__)
 
 
-class AlertError(RuntimeError):
+class AlertError(NewsrecError, RuntimeError):
     """An alert could not be built or delivered."""
 
 

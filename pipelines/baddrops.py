@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import columns as C
+from pipelines.errors import InputError, MissingInputError
 from pipelines.fileio import atomic_write_bytes
 
 # kind -> the validation check it must trip (pipelines.validate reason/`checks`).
@@ -77,7 +78,7 @@ def corrupt(df: pd.DataFrame, kind: str, rng: np.random.Generator, clicks_dir: P
     if kind == "empty":
         return b""
     if n == 0:
-        raise ValueError(f"cannot make a '{kind}' drop out of an hour without clicks")
+        raise InputError(f"cannot make a '{kind}' drop out of an hour without clicks")
     df = df.copy()
     if kind == "missing_column":
         return _csv(df.drop(columns=[str(rng.choice(C.CLICK_COLUMNS))]))
@@ -131,21 +132,21 @@ def corrupt(df: pd.DataFrame, kind: str, rng: np.random.Generator, clicks_dir: P
             copy[C.SESSION_ID] += k * session_step
             copies.append(copy)
         return _csv(pd.concat(copies, ignore_index=True))
-    raise ValueError(f"unknown bad drop kind '{kind}' (known: {', '.join(BAD_DROP_KINDS)})")
+    raise InputError(f"unknown bad drop kind '{kind}' (known: {', '.join(BAD_DROP_KINDS)})")
 
 
 def inject_bad_drop(clicks_dir: str | Path, hour: int, kind: str, seed: int = 0) -> Path:
     """Rewrite `clicks_dir/clicks_hour_NNN.csv` as a bad drop of `kind` (see BAD_DROP_KINDS); its path."""
     if kind not in BAD_DROP_KINDS:
-        raise ValueError(f"unknown bad drop kind '{kind}' (known: {', '.join(BAD_DROP_KINDS)})")
+        raise InputError(f"unknown bad drop kind '{kind}' (known: {', '.join(BAD_DROP_KINDS)})")
     clicks_dir = Path(clicks_dir)
     path = clicks_dir / C.hour_file_name(hour)
     if not path.exists():
-        raise FileNotFoundError(f"no hourly file to corrupt: {path}")
+        raise MissingInputError(f"no hourly file to corrupt: {path}")
     df = pd.read_csv(path, dtype=C.CLICK_DTYPES)
     missing = [c for c in C.CLICK_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"{path} is not a good Globo hour file to start from (missing {missing})")
+        raise InputError(f"{path} is not a good Globo hour file to start from (missing {missing})")
     # Mixing hour and kind into the seed keeps two bad hours of one dataset from corrupting the same rows.
     rng = np.random.default_rng([seed, hour, list(BAD_DROP_KINDS).index(kind)])
     atomic_write_bytes(path, corrupt(df[C.CLICK_COLUMNS], kind, rng, clicks_dir))

@@ -62,6 +62,7 @@ from pipelines.columns import (
     score_col,
 )
 from pipelines.config import load_params
+from pipelines.errors import InputError, MissingInputError
 
 QUERY_COLUMNS = [USER_ID, CLICK_ARTICLE_ID, CLICK_TIMESTAMP]
 _SOURCE_COLUMNS = [f(s) for s in [*CANDIDATE_SOURCES, FUSED] for f in (score_col, rank_col)]
@@ -118,7 +119,7 @@ class _PairKeys:
         self.m = int(article_bound) + 1
         top = int(users.max()) if len(users) else 0
         if top >= (2**62) // self.m:
-            raise ValueError(
+            raise InputError(
                 f"user ids up to {top} with article ids up to {article_bound} overflow the pair key"
             )
         self.keys = np.unique(self.encode(users, articles))
@@ -244,10 +245,10 @@ class CandidateIndex:
 
         offset = int(cutoff_ms) - int(epoch_ms)
         if offset % HOUR_MS:
-            raise ValueError(f"cutoff {cutoff_ms} is not on an hour boundary of epoch {epoch_ms}")
+            raise InputError(f"cutoff {cutoff_ms} is not on an hour boundary of epoch {epoch_ms}")
         cutoff_hour = offset // HOUR_MS
         if embeddings.ndim != 2 or embeddings.shape[0] <= int(articles[ARTICLE_ID].max()):
-            raise ValueError(
+            raise InputError(
                 f"embeddings of shape {embeddings.shape} do not cover article ids up to "
                 f"{int(articles[ARTICLE_ID].max())}"
             )
@@ -323,7 +324,7 @@ class CandidateIndex:
         """Read an index written by `save`."""
         src = Path(in_dir)
         if not (src / _FILES["meta"]).exists():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"no candidate index in {src} (meta.json missing): run `newsrec candidates`"
             )
         meta = json.loads((src / _FILES["meta"]).read_text())
@@ -403,12 +404,12 @@ class CandidateIndex:
         values are an error."""
         missing = [c for c in QUERY_COLUMNS if c not in user_clicks]
         if missing:
-            raise ValueError(f"user clicks frame lacks column(s) {missing}; needs {QUERY_COLUMNS}")
+            raise InputError(f"user clicks frame lacks column(s) {missing}; needs {QUERY_COLUMNS}")
         arrays = []
         for col in QUERY_COLUMNS:
             values = np.asarray(user_clicks[col])
             if values.dtype.kind not in "iu" and pd.isna(values).any():
-                raise ValueError("user clicks frame has missing values")
+                raise InputError("user clicks frame has missing values")
             arrays.append(values.astype(np.int64, copy=False))
         return arrays[0], arrays[1], arrays[2]
 
@@ -601,7 +602,7 @@ class CandidateIndex:
         )
         unknown = set(sizes) - set(CANDIDATE_SOURCES)
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"unknown candidate source(s) {sorted(unknown)}; sources are {CANDIDATE_SOURCES}"
             )
         clicked_any = len(clicks[0]) > 0
@@ -805,15 +806,11 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params("candidates", args.params)
     epoch_ms = int(load_params("data", args.params)["epoch_ms"])
     dask_params = load_params("dask", args.params)
-    try:
-        with connect(dask_params) as client:
-            reports = build_candidates(
-                args.data_root, read_snapshots(args.split), args.out, args.index_out, params, epoch_ms,
-                client=client, partitions=partition_count(client, dask_params) if client is not None else 1,
-            )
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"newsrec candidates: {exc}", file=sys.stderr)
-        return 1
+    with connect(dask_params) as client:
+        reports = build_candidates(
+            args.data_root, read_snapshots(args.split), args.out, args.index_out, params, epoch_ms,
+            client=client, partitions=partition_count(client, dask_params) if client is not None else 1,
+        )
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(reports, indent=2) + "\n")
     for name, rep in reports.items():

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import columns as C
+from pipelines.errors import InputError
 from pipelines.lake import PART_FILE, partition_dir, partition_hour, validated_dir
 
 ARTICLES = C.ARTICLES_DIR
@@ -43,7 +44,7 @@ def read_article_drop(data_root: str | Path, hour: int) -> tuple[pd.DataFrame, n
     frame = pd.read_parquet(folder / PART_FILE, columns=C.METADATA_COLUMNS).astype(C.METADATA_DTYPES)
     matrix = np.load(folder / C.EMBEDDINGS_PART, allow_pickle=False)
     if matrix.shape != (len(frame), C.EMBEDDING_DIM):
-        raise ValueError(f"{folder}: {matrix.shape[0]} embedding rows of width {matrix.shape[1:]} "
+        raise InputError(f"{folder}: {matrix.shape[0]} embedding rows of width {matrix.shape[1:]} "
                          f"for {len(frame)} articles")
     return frame, matrix
 
@@ -79,10 +80,10 @@ def read_catalogue(data_root: str | Path, until_hour: int | None = None) -> tupl
     clash = np.intersect1d(ids, articles[C.ARTICLE_ID].to_numpy(dtype=np.int64))
     repeated = np.unique(ids[pd.Series(ids).duplicated().to_numpy()])
     if len(clash) or len(repeated):
-        raise ValueError(f"article drops under {validated_dir(data_root, ARTICLES)} repeat ids of the "
+        raise InputError(f"article drops under {validated_dir(data_root, ARTICLES)} repeat ids of the "
                          f"catalogue: {sorted({*clash.tolist(), *repeated.tolist()})[:5]}")
     if embeddings.shape[1] != C.EMBEDDING_DIM:
-        raise ValueError(f"static embeddings are {embeddings.shape[1]} wide, article drops {C.EMBEDDING_DIM}")
+        raise InputError(f"static embeddings are {embeddings.shape[1]} wide, article drops {C.EMBEDDING_DIM}")
 
     rows = int(ids.max()) + 1
     if rows > embeddings.shape[0]:

@@ -1,13 +1,16 @@
 """`newsrec`: one CLI, a subcommand per step.
 
 Each subcommand lives in its own module as `main(argv)`; the module is imported only when its
-subcommand runs, so `newsrec --help` never pays for great_expectations, mlflow or evidently.
+subcommand runs, so `newsrec --help` never pays for great_expectations, mlflow or evidently. A step raises
+pipelines.errors.NewsrecError for what the user can fix; this dispatcher prints it in one line and exits 1.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+
+from pipelines.errors import NewsrecError
 
 # name -> (module, one-line help). Order is the order of the flow.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -60,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     # "pkg.module" runs its main(); "pkg.module:func" runs func() (one module, several subcommands).
     target, _, func = COMMANDS[name][0].partition(":")
     module = importlib.import_module(target)
-    return int(getattr(module, func or "main")(rest) or 0)
+    try:
+        return int(getattr(module, func or "main")(rest) or 0)
+    except (NewsrecError, FileNotFoundError) as error:
+        # What the user can fix (pipelines.errors; a path that is not there) is one line; a bug keeps its traceback.
+        print(f"newsrec {name}: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

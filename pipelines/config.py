@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from pipelines.errors import ConfigError, InputError, MissingInputError
+
 DEFAULT_PARAMS = Path("params.yaml")
 ENV_PREFIX = "NEWSREC__"
 
@@ -32,7 +34,7 @@ ENV_PREFIX = "NEWSREC__"
 def _load(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"params file not found: {p.resolve()} (run from the project root or pass --params)")
+        raise MissingInputError(f"params file not found: {p.resolve()} (run from the project root or pass --params)")
     with p.open() as fh:
         return yaml.safe_load(fh) or {}
 
@@ -43,11 +45,11 @@ def load_params(section: str | None = None, path: str | Path = DEFAULT_PARAMS) -
     if section is None:
         return dict(params)
     if section not in params:
-        raise KeyError(f"params.yaml has no section '{section}'")
+        raise ConfigError(f"params.yaml has no section '{section}'")
     return dict(params[section])
 
 
-class OverrideError(ValueError):
+class OverrideError(InputError):
     """A NEWSREC__ variable whose value does not fit the params.yaml key it overrides."""
 
 
@@ -143,7 +145,7 @@ def apply_env_overrides(params: dict[str, Any], environ: Mapping[str, str] | Non
             match = [k for k in node if str(k).lower() == part.lower()] if isinstance(node, dict) else []
             if not match:
                 where = ".".join(parts[:i]) or "params.yaml"
-                raise KeyError(f"{name}: {where} has no key '{part.lower()}' to override")
+                raise ConfigError(f"{name}: {where} has no key '{part.lower()}' to override")
             if i == len(parts) - 1:
                 node[match[0]] = coerce_override(name, environ[name], node[match[0]])
             else:

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from pipelines.errors import InputError
+
 METHODS = ("none", "mmr")
 
 
@@ -24,15 +26,15 @@ def check_params(params: Mapping | None) -> dict:
     """The `rank` section, checked: {"diversity": "none" | "mmr", "mmr_lambda": [0, 1], "mmr_depth": >= 1}."""
     p = dict(params or {"diversity": "none"})
     if p.get("diversity") not in METHODS:
-        raise ValueError(f"rank.diversity must be one of {list(METHODS)}, got {p.get('diversity')!r}")
+        raise InputError(f"rank.diversity must be one of {list(METHODS)}, got {p.get('diversity')!r}")
     if p["diversity"] == "mmr":
         for key in ("mmr_lambda", "mmr_depth"):
             if key not in p:
-                raise ValueError(f"rank.diversity mmr needs rank.{key}")
+                raise InputError(f"rank.diversity mmr needs rank.{key}")
         if not 0.0 <= float(p["mmr_lambda"]) <= 1.0:
-            raise ValueError(f"rank.mmr_lambda must be in [0, 1], got {p['mmr_lambda']}")
+            raise InputError(f"rank.mmr_lambda must be in [0, 1], got {p['mmr_lambda']}")
         if int(p["mmr_depth"]) < 1:
-            raise ValueError(f"rank.mmr_depth must be >= 1, got {p['mmr_depth']}")
+            raise InputError(f"rank.mmr_depth must be >= 1, got {p['mmr_depth']}")
     return p
 
 

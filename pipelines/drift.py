@@ -26,6 +26,7 @@ import yaml
 
 from pipelines import columns as C
 from pipelines.config import DEFAULT_PARAMS, load_params
+from pipelines.errors import InputError, MissingInputError
 
 VALUE_DRIFT = "evidently:metric_v2:ValueDrift"
 DRIFTED_COLUMNS_COUNT = "evidently:metric_v2:DriftedColumnsCount"
@@ -40,13 +41,13 @@ def parse_hours(spec: str) -> list[int]:
             continue
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not m:
-            raise ValueError(f"bad hour spec {part!r} in {spec!r}: use N, A-B or a comma list of them")
+            raise InputError(f"bad hour spec {part!r} in {spec!r}: use N, A-B or a comma list of them")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo:
-            raise ValueError(f"bad hour range {part!r}: end before start")
+            raise InputError(f"bad hour range {part!r}: end before start")
         hours.update(range(lo, hi + 1))
     if not hours:
-        raise ValueError(f"hour spec {spec!r} names no hours")
+        raise InputError(f"hour spec {spec!r} names no hours")
     return sorted(hours)
 
 
@@ -67,16 +68,16 @@ def load_config(path: str | Path) -> dict[str, Any]:
     """monitoring/drift.yaml, checked for the keys the report needs."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"drift config not found: {path}")
+        raise MissingInputError(f"drift config not found: {path}")
     cfg = yaml.safe_load(path.read_text()) or {}
     for key in ("features", "method", "threshold", "drift_share"):
         if key not in cfg:
-            raise ValueError(f"drift config {path} lacks '{key}'")
+            raise InputError(f"drift config {path} lacks '{key}'")
     for kind in ("categorical", "numerical"):
         if kind not in cfg["method"] or kind not in cfg["threshold"]:
-            raise ValueError(f"drift config {path}: method and threshold need '{kind}'")
+            raise InputError(f"drift config {path}: method and threshold need '{kind}'")
     if not 0 < float(cfg["drift_share"]) <= 1:
-        raise ValueError(f"drift config {path}: drift_share must be in (0, 1]")
+        raise InputError(f"drift config {path}: drift_share must be in (0, 1]")
     return cfg
 
 
@@ -97,7 +98,7 @@ def feature_frame(data_root: str | Path, hours: Sequence[int]) -> pd.DataFrame:
 
     files, missing = hour_files(data_root, hours)
     if not files:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"no validated hours among {format_hours(hours)} under {Path(data_root) / 'validated' / C.CLICKS_DIR}"
         )
     from pipelines.catalogue import catalogue_articles
@@ -152,7 +153,7 @@ def run_report(
     cat = [c for c in categorical if _usable(reference, current, c)]
     num = [c for c in numerical if _usable(reference, current, c)]
     if not cat and not num:
-        raise ValueError("no monitored column has values on both sides")
+        raise InputError("no monitored column has values on both sides")
     per_method = {c: cfg["method"]["categorical"] for c in cat} | {c: cfg["method"]["numerical"] for c in num}
     per_threshold = {c: float(cfg["threshold"]["categorical"]) for c in cat}
     per_threshold |= {c: float(cfg["threshold"]["numerical"]) for c in num}
@@ -199,7 +200,7 @@ def parse_snapshot(result: dict[str, Any]) -> dict[str, Any]:
         if column is not None:
             columns[column]["drifted"] = test["status"] == "FAIL"
     if not dataset or any("drifted" not in v for v in columns.values()):
-        raise ValueError("Evidently result lacks the drift metrics or their tests (was include_tests off?)")
+        raise InputError("Evidently result lacks the drift metrics or their tests (was include_tests off?)")
     dataset["detected"] = dataset["share"] >= dataset["drift_share"]
     return {"dataset": dataset, "columns": columns}
 
@@ -220,7 +221,7 @@ def read_scores(
     for p in paths:
         p = Path(p)
         if not p.exists():
-            raise FileNotFoundError(f"score file not found: {p}")
+            raise MissingInputError(f"score file not found: {p}")
         if model_dir is None:
             present = [c for c in wanted if c in pq.read_schema(p).names]
             frames.append(pd.read_parquet(p, columns=present))
@@ -229,7 +230,7 @@ def read_scores(
         candidates[C.MODEL_SCORE] = _model_scores(candidates, model_dir, Path(features_dir) / p.stem, embeddings)
         frames.append(candidates[[c for c in wanted if c in candidates.columns]])
     if not frames:
-        raise ValueError("no score files given")
+        raise InputError("no score files given")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -238,7 +239,7 @@ def _model_scores(candidates: pd.DataFrame, model_dir: str | Path, tables_dir: P
     from pipelines.train import score_candidates
 
     if not tables_dir.is_dir():
-        raise FileNotFoundError(f"feature tables for {tables_dir.name} not found: {tables_dir}")
+        raise MissingInputError(f"feature tables for {tables_dir.name} not found: {tables_dir}")
     tables = FeatureTables.load(tables_dir, embeddings)
     return score_candidates(model_dir, candidates.drop(columns=[C.LABEL], errors="ignore"), tables)
 
@@ -262,7 +263,7 @@ def drift_report(
     of those lists are compared too. `notes` are copied into the summary (e.g. what the reference is)."""
     reference_hours, current_hours = sorted(set(reference_hours)), sorted(set(current_hours))
     if set(reference_hours) & set(current_hours):
-        raise ValueError(
+        raise InputError(
             f"reference hours {format_hours(reference_hours)} and current hours {format_hours(current_hours)} overlap"
         )
     out_dir = Path(out_dir)
@@ -287,7 +288,7 @@ def drift_report(
               feats.get("categorical", []), feats.get("numerical", []), cfg)]
     if reference_scores or current_scores:
         if not (reference_scores and current_scores):
-            raise ValueError("score drift needs score files for both the reference and the current side")
+            raise InputError("score drift needs score files for both the reference and the current side")
         cfg = {**cfg, "scores": cfg.get("scores") or {}}
         wanted = cfg["scores"].get("numerical", [])
         embeddings = None
@@ -296,7 +297,7 @@ def drift_report(
             from pipelines.features import normalise_embeddings
 
             if features_dir is None:
-                raise ValueError("model scores need the snapshots' feature tables (features_dir)")
+                raise InputError("model scores need the snapshots' feature tables (features_dir)")
             embeddings = normalise_embeddings(read_catalogue(data_root)[1])
         ref_s = read_scores(reference_scores, wanted, model_dir, features_dir, embeddings)
         cur_s = read_scores(current_scores, wanted, model_dir, features_dir, embeddings)
@@ -340,14 +341,14 @@ def resolve_windows(
     hours = sorted({int(h) for h in available_hours})
     if current is None:
         if not hours:
-            raise ValueError("no validated hours to compare")
+            raise InputError("no validated hours to compare")
         current = hours[-int(current_hours):]
     current = sorted(set(current))
     if reference is None:
         reference = [h for h in hours if h < current[0]][-int(reference_hours):]
     reference = sorted(set(reference) - set(current))
     if not reference:
-        raise ValueError(f"no reference hours before the current window {format_hours(current)}")
+        raise InputError(f"no reference hours before the current window {format_hours(current)}")
     return reference, current
 
 
@@ -394,24 +395,20 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_params("drift", args.params)
     data_root = args.data_root or Path(load_params("data", args.params)["root"])
-    try:
-        from pipelines.lake import landed_hours, validated_dir
+    from pipelines.lake import landed_hours, validated_dir
 
-        available = landed_hours(validated_dir(data_root))
-        reference, current = resolve_windows(
-            available,
-            parse_hours(args.current) if args.current else None,
-            parse_hours(args.reference) if args.reference else None,
-            int(params["current_hours"]),
-            int(params["reference_hours"]),
-        )
-        cfg = load_config(args.config or params["config"])
-        run_dir = Path(args.out or params["out"]) / (args.run_id or default_run_id(reference, current))
-        summary = drift_report(data_root, reference, current, run_dir, cfg, args.reference_scores,
-                               args.current_scores, args.model, args.features)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"newsrec drift: {exc}", file=sys.stderr)
-        return 1
+    available = landed_hours(validated_dir(data_root))
+    reference, current = resolve_windows(
+        available,
+        parse_hours(args.current) if args.current else None,
+        parse_hours(args.reference) if args.reference else None,
+        int(params["current_hours"]),
+        int(params["reference_hours"]),
+    )
+    cfg = load_config(args.config or params["config"])
+    run_dir = Path(args.out or params["out"]) / (args.run_id or default_run_id(reference, current))
+    summary = drift_report(data_root, reference, current, run_dir, cfg, args.reference_scores,
+                           args.current_scores, args.model, args.features)
     print(summary_text(summary, run_dir))
     return 3 if args.fail_on_drift and summary["drift_detected"] else 0
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines import columns as C
+from pipelines.errors import NewsrecError
 from pipelines.lake import erasure_register
 
 # The register's HMAC key comes from this environment variable, the same for every process that reads clicks:
@@ -25,7 +26,7 @@ from pipelines.lake import erasure_register
 KEY_ENV = "NEWSREC_ERASURE_KEY"
 
 
-class ErasureError(RuntimeError):
+class ErasureError(NewsrecError, RuntimeError):
     """The erasure cannot be carried out or recorded as asked."""
 
 

@@ -55,6 +55,7 @@ from pipelines.columns import (
     score_col,
 )
 from pipelines.config import load_params
+from pipelines.errors import InputError, MissingInputError
 from pipelines.metrics import (
     candidate_recall,
     coverage,
@@ -102,7 +103,7 @@ def method_scores(
             chunk = blind.iloc[start : start + chunk_rows]
             s = np.asarray(scorer(chunk), dtype=np.float64)
             if s.shape != (len(chunk),):
-                raise ValueError(f"scorer {name!r} returned {s.shape} scores for {len(chunk)} candidates")
+                raise InputError(f"scorer {name!r} returned {s.shape} scores for {len(chunk)} candidates")
             parts.append(s)
         scores[name] = np.concatenate(parts) if parts else np.zeros(0)
     return scores
@@ -213,7 +214,7 @@ def judgeable_impressions(impressions: pd.DataFrame) -> pd.DataFrame:
 
     missing = {IMPRESSION, USER_ID, ARTICLE_ID, CLICKED, HOUR} - set(impressions.columns)
     if missing:
-        raise ValueError(f"impressions lack column(s) {sorted(missing)}; has {list(impressions.columns)}")
+        raise InputError(f"impressions lack column(s) {sorted(missing)}; has {list(impressions.columns)}")
     shown = impressions.groupby([IMPRESSION, USER_ID, HOUR, ARTICLE_ID], as_index=False)[CLICKED].max()
     clicks = shown.groupby(IMPRESSION)[CLICKED].agg(["min", "max"])
     ok = clicks.index[(clicks["min"] == 0) & (clicks["max"] == 1)]
@@ -255,7 +256,7 @@ def rank_methods(
         frame["_s"] = score
         if method == RERANKER and diversity.active(rank_params):
             if vectors is None:
-                raise ValueError("the diversity re-rank needs the articles' embeddings (vectors)")
+                raise InputError("the diversity re-rank needs the articles' embeddings (vectors)")
             pool = rank_by_score(frame, "_s", k=max(depth, int(rank_params["mmr_depth"])), tiebreak=_TIE)
             keep = diversity.rerank(pool[USER_ID].to_numpy(), pool[ARTICLE_ID].to_numpy(),
                                     pool["_s"].fillna(pool["_s"].min()).to_numpy(), vectors, depth, rank_params)
@@ -487,7 +488,7 @@ def evaluate_as_served(
         sizes[hour] = int((articles[CREATED_AT_TS] < cutoff).sum())
         offset += len(users)
     if not target_parts:
-        raise ValueError(f"snapshot {snap.name!r}: no hour of its window has a user with a click to judge")
+        raise InputError(f"snapshot {snap.name!r}: no hour of its window has a user with a click to judge")
     results = summarise_methods(
         {m: pd.concat(v, ignore_index=True) for m, v in parts.items()},
         {m: pd.concat(v, ignore_index=True) for m, v in reach_parts.items()},
@@ -686,7 +687,7 @@ def evaluate(
     root = Path(data_root)
     snap = get_snapshot(split_file, params["snapshot"])
     if snap.role == "serve":
-        raise ValueError(f"snapshot {snap.name!r} has no target window to evaluate on")
+        raise InputError(f"snapshot {snap.name!r} has no target window to evaluate on")
     catalogue, embeddings = read_catalogue(root)
     delivered = delivered_hours(root, catalogue)
     articles = known_at(catalogue, delivered, snap.cutoff_hour)
@@ -695,10 +696,10 @@ def evaluate(
     history, target = clicks[before], clicks[~before]
     targets = eval_targets(history, target, articles, snap.cutoff_ms)
     if targets.empty:
-        raise ValueError(f"snapshot {snap.name!r} has no user with a target click on an available article")
+        raise InputError(f"snapshot {snap.name!r} has no user with a target click on an available article")
     cand_path = Path(candidates_dir) / f"{snap.name}.parquet"
     if not cand_path.exists():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"no candidates for snapshot {snap.name!r}: {cand_path} (run `newsrec candidates`)"
         )
     candidates = pd.read_parquet(cand_path)
@@ -709,7 +710,7 @@ def evaluate(
     scorers: dict[str, Scorer] = {}
     if model_dir is not None:
         if features_dir is None:
-            raise ValueError("the reranker needs the feature tables folder (--features)")
+            raise InputError("the reranker needs the feature tables folder (--features)")
         ranker = Ranker.load(model_dir)
         scorers[RERANKER] = reranker_scorer(ranker, Path(features_dir) / snap.name, embeddings)
     users = targets[USER_ID].unique()
@@ -737,7 +738,7 @@ def evaluate(
     results["catalogue"] = available
     if params.get("as_served"):
         if index_params is None or feature_params is None or epoch_ms is None:
-            raise ValueError("the as-served protocol needs the candidates and features params and the epoch")
+            raise InputError("the as-served protocol needs the candidates and features params and the epoch")
         shown = lake.impressions_path(root)  # what an importer kept of the source's impressions (MIND)
         results["as_served"] = evaluate_as_served(
             root, snap, clicks, (catalogue, delivered), embeddings, index_params, feature_params, int(epoch_ms), k,
@@ -764,15 +765,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params("evaluate", args.params)
-    try:
-        results = evaluate(
-            args.data_root, args.split, args.candidates, args.indexes, params, args.model, args.features,
-            index_params=load_params("candidates", args.params), feature_params=load_params("features", args.params),
-            epoch_ms=int(load_params("data", args.params)["epoch_ms"]), rank_params=load_params("rank", args.params),
-        )
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"newsrec evaluate: {exc}", file=sys.stderr)
-        return 1
+    results = evaluate(
+        args.data_root, args.split, args.candidates, args.indexes, params, args.model, args.features,
+        index_params=load_params("candidates", args.params), feature_params=load_params("features", args.params),
+        epoch_ms=int(load_params("data", args.params)["epoch_ms"]), rank_params=load_params("rank", args.params),
+    )
     paths = write_reports(results, args.out)
     print(markdown_table(results), end="")
     print(f"wrote {', '.join(str(p) for p in paths.values())}")

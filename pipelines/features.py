@@ -19,6 +19,7 @@ import pandas as pd
 
 from pipelines import columns as C
 from pipelines import lake
+from pipelines.errors import InputError, MissingInputError
 
 USER_FEATURES = [
     "u_clicks",
@@ -184,7 +185,7 @@ class FeatureTables:
         src = Path(in_dir)
         meta_path = src / "meta.json"
         if not meta_path.exists():
-            raise FileNotFoundError(f"no feature tables in {src} (meta.json missing): run `newsrec features` first")
+            raise MissingInputError(f"no feature tables in {src} (meta.json missing): run `newsrec features` first")
         meta = json.loads(meta_path.read_text())
         users = pd.read_parquet(src / _FILES["users"])
         if (src / _FILES["profiles"]).exists():
@@ -210,11 +211,11 @@ def read_articles(path: str | Path) -> pd.DataFrame:
     """articles_metadata.csv with the contract's int64 dtypes."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"articles metadata not found: {p}")
+        raise MissingInputError(f"articles metadata not found: {p}")
     frame = pd.read_csv(p)
     missing = set(C.METADATA_COLUMNS) - set(frame.columns)
     if missing:
-        raise ValueError(f"{p}: missing columns {sorted(missing)}")
+        raise InputError(f"{p}: missing columns {sorted(missing)}")
     return frame[C.METADATA_COLUMNS].astype(C.METADATA_DTYPES)
 
 
@@ -224,11 +225,11 @@ def read_embeddings(path: str | Path) -> np.ndarray:
 
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"article embeddings not found: {p}")
+        raise MissingInputError(f"article embeddings not found: {p}")
     with p.open("rb") as fh:
         matrix = np.asarray(pickle.load(fh), dtype=np.float32)
     if matrix.ndim != 2:
-        raise ValueError(f"{p}: expected a 2-d matrix, got shape {matrix.shape}")
+        raise InputError(f"{p}: expected a 2-d matrix, got shape {matrix.shape}")
     return matrix
 
 
@@ -241,7 +242,7 @@ def normalise_embeddings(matrix: np.ndarray) -> np.ndarray:
 def _history_before(clicks: pd.DataFrame, cutoff_ms: int) -> pd.DataFrame:
     missing = {C.USER_ID, C.SESSION_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP} - set(clicks.columns)
     if missing:
-        raise ValueError(f"clicks frame lacks columns {sorted(missing)}")
+        raise InputError(f"clicks frame lacks columns {sorted(missing)}")
     # The cutoff is enforced here too, so a caller that passes a wider frame cannot leak the future.
     before = clicks[C.CLICK_TIMESTAMP].to_numpy() < cutoff_ms
     return clicks if before.all() else clicks[before]
@@ -298,7 +299,7 @@ def _by_article(articles: pd.DataFrame, article_ids: np.ndarray) -> np.ndarray:
     rows = sorter[np.minimum(at, len(ids) - 1)] if len(ids) else np.zeros(0, dtype=np.intp)
     if len(article_ids) and (len(ids) == 0 or not np.array_equal(ids[rows], article_ids)):
         missing = np.setdiff1d(article_ids, ids)
-        raise ValueError(f"clicks on {len(missing)} article(s) missing from the metadata, e.g. {missing[:5].tolist()}")
+        raise InputError(f"clicks on {len(missing)} article(s) missing from the metadata, e.g. {missing[:5].tolist()}")
     return rows
 
 
@@ -417,7 +418,7 @@ def request_context(requests: pd.DataFrame) -> pd.DataFrame:
     needed = {C.USER_ID, C.CLICK_TIMESTAMP, *_CONTEXT.values()}
     missing = needed - set(requests.columns)
     if missing:
-        raise ValueError(f"request frame lacks columns {sorted(missing)}")
+        raise InputError(f"request frame lacks columns {sorted(missing)}")
     first = requests.sort_values([C.USER_ID, C.CLICK_TIMESTAMP]).drop_duplicates(C.USER_ID).set_index(C.USER_ID)
     ctx = pd.DataFrame(index=first.index)
     ctx["c_hour_of_day"] = (first[C.CLICK_TIMESTAMP] // C.HOUR_MS) % 24
@@ -500,7 +501,7 @@ def fit_tables(
     `user_side` fits the user-side tables: `fit_user_side` in this process, or a `PartitionedUserSide`
     on a Dask cluster (the same result)."""
     if embeddings.shape[0] < len(articles):
-        raise ValueError(f"embeddings have {embeddings.shape[0]} rows for {len(articles)} articles")
+        raise InputError(f"embeddings have {embeddings.shape[0]} rows for {len(articles)} articles")
     user_history = history
     if only_users is not None:
         user_history = history[history[C.USER_ID].isin(np.asarray(only_users, dtype=np.int64))]
@@ -571,7 +572,7 @@ def feature_columns(
     `candidates` may also be columns by name, as `CandidateIndex.candidate_columns` gives them."""
     for col in (C.USER_ID, C.ARTICLE_ID):
         if col not in candidates:
-            raise ValueError(f"candidate frame lacks column '{col}'")
+            raise InputError(f"candidate frame lacks column '{col}'")
     ctx = tables.context if context is None else context
     user_ids = np.asarray(candidates[C.USER_ID])
     article_ids = np.asarray(candidates[C.ARTICLE_ID])
@@ -686,7 +687,6 @@ def build_snapshot_features(
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys
 
     from pipelines.cluster import connect, partition_count
     from pipelines.config import load_params
@@ -700,15 +700,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = load_params("features", args.params)
     dask_params = load_params("dask", args.params)
-    try:
-        with connect(dask_params) as client:
-            user_side = fit_user_side if client is None else \
-                PartitionedUserSide(client, partition_count(client, dask_params))
-            written = build_snapshot_features(args.data_root, read_snapshots(args.split), args.out, params,
-                                              user_side=user_side)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"newsrec features: {exc}", file=sys.stderr)
-        return 1
+    with connect(dask_params) as client:
+        user_side = fit_user_side if client is None else \
+            PartitionedUserSide(client, partition_count(client, dask_params))
+        written = build_snapshot_features(args.data_root, read_snapshots(args.split), args.out, params,
+                                          user_side=user_side)
     for name, path in written.items():
         print(f"{name:<12} {path}")
     return 0

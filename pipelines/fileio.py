@@ -7,6 +7,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from pipelines.errors import InputError
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call `write(tmp)` on a temp file beside `path`, then rename it over `path`; the temp never outlives a failure."""
@@ -69,5 +71,5 @@ def verify_manifest(folder: str | Path) -> bool:
         elif _digest(path) != want["sha256"]:
             problems.append(f"{name} does not match its recorded sha256")
     if problems:
-        raise ValueError(f"{root} is damaged: {'; '.join(problems)}")
+        raise InputError(f"{root} is damaged: {'; '.join(problems)}")
     return True

@@ -27,6 +27,7 @@ from typing import Any
 
 from pipelines import columns as C
 from pipelines.config import load_params
+from pipelines.errors import ConfigError, InputError
 
 PARAMS_ENV = "NEWSREC_PARAMS"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -69,14 +70,14 @@ def hour_start(hour: int, epoch_ms: int) -> datetime:
 def hour_of(logical_date: datetime | None, epoch_ms: int) -> int:
     """The hour a run processes, from its logical date (see the module docstring)."""
     if logical_date is None:
-        raise ValueError("this run has no logical date: trigger it with the start of the hour to process")
+        raise InputError("this run has no logical date: trigger it with the start of the hour to process")
     if logical_date.tzinfo is None:
-        raise ValueError(f"logical date {logical_date} has no time zone")
+        raise InputError(f"logical date {logical_date} has no time zone")
     offset_ms = round(logical_date.timestamp() * 1000) - int(epoch_ms)
     if offset_ms < 0:
-        raise ValueError(f"logical date {logical_date.isoformat()} is before hour 000 ({epoch_datetime(epoch_ms)})")
+        raise InputError(f"logical date {logical_date.isoformat()} is before hour 000 ({epoch_datetime(epoch_ms)})")
     if offset_ms % C.HOUR_MS:
-        raise ValueError(
+        raise InputError(
             f"logical date {logical_date.isoformat()} is not the start of an hour counted from "
             f"{epoch_datetime(epoch_ms).isoformat()}"
         )
@@ -87,10 +88,10 @@ def run_hour(hour: int | None, logical_date: datetime | None, epoch_ms: int) -> 
     """The hour a run processes: its `hour` param when given, else the hour its logical date starts."""
     if hour is not None:
         if isinstance(hour, bool) or int(hour) != hour or int(hour) < 0:
-            raise ValueError(f"hour {hour!r} is not an hour number (0, 1, 2, ...)")
+            raise InputError(f"hour {hour!r} is not an hour number (0, 1, 2, ...)")
         return int(hour)
     if logical_date is None:
-        raise ValueError("this run has neither an `hour` param nor a logical date: trigger it with "
+        raise InputError("this run has neither an `hour` param nor a logical date: trigger it with "
                          "--conf '{\"hour\": N}' (the Trigger form's `hour` field)")
     return hour_of(logical_date, epoch_ms)
 
@@ -148,7 +149,7 @@ def hour_outcome(results: Sequence[Any]) -> dict[str, Any]:
         raise OSError("; ".join(unreadable))
     by_kind = {r.kind: r.to_dict() for r in results}
     if C.CLICKS_DIR not in by_kind:
-        raise ValueError(f"no click drop among the results: {sorted(by_kind)}")
+        raise InputError(f"no click drop among the results: {sorted(by_kind)}")
     return {**by_kind[C.CLICKS_DIR], C.ARTICLES_DIR: by_kind.get(C.ARTICLES_DIR)}
 
 
@@ -180,7 +181,7 @@ def quarantine_alert(data_root: str | Path, result: Mapping[str, Any], epoch_ms:
     hour = int(result["hour"])
     bad = quarantined_drops(result)
     if not bad:
-        raise ValueError(f"hour {hour}: no drop was quarantined")
+        raise InputError(f"hour {hour}: no drop was quarantined")
     body: list[str] = []
     attachments: list[Path] = []
     for drop in bad:
@@ -247,19 +248,19 @@ def stage_command(stage: str, params: Mapping[str, Any], dvc_yaml: str | Path = 
 
     stages = (yaml.safe_load(Path(dvc_yaml).read_text()) or {}).get("stages", {})
     if stage not in stages:
-        raise KeyError(f"{dvc_yaml} has no stage '{stage}'")
+        raise ConfigError(f"{dvc_yaml} has no stage '{stage}'")
 
     def value(match: re.Match) -> str:
         node: Any = params
         for key in match.group(1).split("."):
             if not isinstance(node, Mapping) or key not in node:
-                raise KeyError(f"stage '{stage}' uses ${{{match.group(1)}}}, which the params do not have")
+                raise ConfigError(f"stage '{stage}' uses ${{{match.group(1)}}}, which the params do not have")
             node = node[key]
         return shlex.quote(str(node))
 
     argv = shlex.split(re.sub(r"\$\{([\w.]+)\}", value, stages[stage]["cmd"]))
     if argv[:1] != ["newsrec"] or {"&&", "||", ";", "|"} & set(argv):
-        raise ValueError(f"stage '{stage}' is not a single newsrec command: {stages[stage]['cmd']!r}")
+        raise InputError(f"stage '{stage}' is not a single newsrec command: {stages[stage]['cmd']!r}")
     return argv[1:]
 
 
@@ -332,7 +333,7 @@ def champion_test_start(params: Mapping[str, Any]) -> tuple[int, str] | None:
     window = version.tags.get(WINDOW_TAG, "")
     match = re.match(r"hours (\d+)-(\d+)\b", window)
     if not match:
-        raise ValueError(f"champion v{version.version} has test window tag {window!r}, expected 'hours A-B, ...'")
+        raise InputError(f"champion v{version.version} has test window tag {window!r}, expected 'hours A-B, ...'")
     return int(match.group(1)), str(version.version)
 
 

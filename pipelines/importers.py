@@ -106,6 +106,7 @@ import pandas as pd
 
 from pipelines import columns as C
 from pipelines.config import load_params
+from pipelines.errors import ConfigError, InputError, MissingInputError
 from pipelines.fileio import atomic_write
 from pipelines.lake import IMPRESSIONS_FILE
 
@@ -175,7 +176,7 @@ class Importer:
 def _check_context(context: Mapping[str, Any]) -> dict[str, int]:
     missing = [c for c in C.CONTEXT_COLUMNS if c not in context]
     if missing:
-        raise ValueError(f"import.context needs a code for every context column; missing {missing}")
+        raise InputError(f"import.context needs a code for every context column; missing {missing}")
     return {c: int(context[c]) for c in C.CONTEXT_COLUMNS}
 
 
@@ -188,14 +189,14 @@ def read_movielens(in_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     data_path, item_path = in_dir / "u.data", in_dir / "u.item"
     for p in (data_path, item_path):
         if not p.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"MovieLens 100K file missing: {p} (expected u.data and u.item in {in_dir})"
             )
 
     # Both files are headerless; every field is read as text first so a malformed line gets a clear error.
     ratings = pd.read_csv(data_path, sep="\t", header=None, dtype=str, keep_default_na=False)
     if ratings.shape[1] != len(_RATING_FIELDS):
-        raise ValueError(
+        raise InputError(
             f"{data_path}: expected 4 tab-separated fields (user, item, rating, timestamp), "
             f"found {ratings.shape[1]}"
         )
@@ -206,7 +207,7 @@ def read_movielens(in_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         item_path, sep="|", header=None, dtype=str, keep_default_na=False, encoding="latin-1", quoting=3
     )
     if items.shape[1] != len(_ITEM_FIELDS):
-        raise ValueError(
+        raise InputError(
             f"{item_path}: expected {len(_ITEM_FIELDS)} '|'-separated fields "
             f"(id, title, release date, video release date, URL, 19 genre flags), "
             f"found {items.shape[1]}"
@@ -215,16 +216,16 @@ def read_movielens(in_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     items = _to_int(items, ["movie_id", *MOVIELENS_GENRES], item_path)
     bad_flags = ~items[MOVIELENS_GENRES].isin([0, 1]).all(axis=1)
     if bad_flags.any():
-        raise ValueError(
+        raise InputError(
             f"{item_path}: genre flags must be 0 or 1 (movie ids {items.movie_id[bad_flags].tolist()[:5]})"
         )
     if items.movie_id.duplicated().any():
         dup = items.movie_id[items.movie_id.duplicated()].unique().tolist()[:5]
-        raise ValueError(f"{item_path}: duplicated movie ids {dup}")
+        raise InputError(f"{item_path}: duplicated movie ids {dup}")
 
     unknown = ~ratings.item.isin(items.movie_id)
     if unknown.any():
-        raise ValueError(
+        raise InputError(
             f"{data_path}: {int(unknown.sum())} ratings refer to movies missing from u.item "
             f"(e.g. {sorted(ratings.item[unknown].unique())[:5]})"
         )
@@ -238,7 +239,7 @@ def _to_int(df: pd.DataFrame, cols: list[str], path: Path) -> pd.DataFrame:
         bad = values.isna() | (values != values.round())
         if bad.any():
             line = int(np.flatnonzero(bad.to_numpy())[0]) + 1
-            raise ValueError(
+            raise InputError(
                 f"{path}: line {line}: field '{col}' is not an integer: {df[col].iloc[line - 1]!r}"
             )
         df[col] = values.astype("int64")
@@ -297,7 +298,7 @@ def sessionize(ratings: pd.DataFrame, gap_s: int, max_clicks: int) -> pd.DataFra
     """
     if max_clicks < 3:
         # With 2, a 3-rating session would split into parts of 1 and 2.
-        raise ValueError(
+        raise InputError(
             f"max_session_clicks must be >= 3 so split sessions keep >= 2 clicks, got {max_clicks}"
         )
     df = ratings.sort_values(["user", "ts", "item"], kind="stable").reset_index(drop=True)
@@ -345,7 +346,7 @@ def place_in_hours(sessions: pd.DataFrame, hours: int, epoch_ms: int, click_gap_
     Adds hour, session_start, click_timestamp (ms) and `rank` (the session's order by original start).
     """
     if hours < 1:
-        raise ValueError(f"hours must be >= 1, got {hours}")
+        raise InputError(f"hours must be >= 1, got {hours}")
     first = sessions.groupby("session").agg(start=("ts", "min"), user=("user", "first"), size=("ts", "size"))
     n = len(first)
     order = first.sort_values(["start", "user"], kind="stable").index.to_numpy()
@@ -360,7 +361,7 @@ def place_in_hours(sessions: pd.DataFrame, hours: int, epoch_ms: int, click_gap_
     hour = before * hours // total
     per_hour = np.bincount(hour, minlength=hours)
     if (per_hour == 0).any():
-        raise ValueError(
+        raise InputError(
             f"{total} clicks in {n} sessions leave hour {int(np.argmin(per_hour))} empty when spread over "
             f"{hours} hours: pass fewer --hours"
         )
@@ -385,7 +386,7 @@ def place_in_hours(sessions: pd.DataFrame, hours: int, epoch_ms: int, click_gap_
     room = df.hour_end.to_numpy() - 1 - df[C.SESSION_START].to_numpy()
     step = np.minimum(int(click_gap_s * 1000), room // np.maximum(size - 1, 1))
     if (step < 1).any():
-        raise ValueError(
+        raise InputError(
             "a session has more clicks than milliseconds left in its hour: lower max_session_clicks"
         )
     df[C.CLICK_TIMESTAMP] = df[C.SESSION_START].to_numpy() + pos * step
@@ -413,7 +414,7 @@ def movielens_to_globo(
     """Convert MovieLens ratings and movies (as read by read_movielens) into Globo-format tables."""
     missing = [c for c in C.CONTEXT_COLUMNS if c not in context]
     if missing:
-        raise ValueError(f"import.context needs a code for every context column; missing {missing}")
+        raise InputError(f"import.context needs a code for every context column; missing {missing}")
 
     items = items.sort_values("movie_id", kind="stable").reset_index(drop=True)
     article_of = pd.Series(np.arange(len(items), dtype=np.int64), index=items.movie_id.to_numpy())
@@ -421,7 +422,7 @@ def movielens_to_globo(
     kept = ratings[ratings.rating >= min_rating]
     clicks = place_in_hours(sessionize(kept, session_gap_s, max_session_clicks), hours, epoch_ms, click_gap_s)
     if clicks.empty:
-        raise ValueError("no sessions of >= 2 ratings remain: nothing to import")
+        raise InputError("no sessions of >= 2 ratings remain: nothing to import")
 
     users = np.sort(clicks.user.unique())
     clicks[C.USER_ID] = np.searchsorted(users, clicks.user.to_numpy()).astype(np.int64)
@@ -535,11 +536,11 @@ def hybrid_embeddings(text: np.ndarray, coread: np.ndarray, text_share: float) -
     """[text | co-read] per article, float32 unit norm: both parts -> sqrt(share) and sqrt(1 - share) of them;
     one part -> that part alone; neither -> zeros. Each input row is unit norm or zero."""
     if text.shape[1] + coread.shape[1] != C.EMBEDDING_DIM:
-        raise ValueError(
+        raise InputError(
             f"text ({text.shape[1]}) + co-read ({coread.shape[1]}) dims must be {C.EMBEDDING_DIM}"
         )
     if not 0.0 <= text_share <= 1.0:
-        raise ValueError(f"text_share must be in [0, 1], got {text_share}")
+        raise InputError(f"text_share must be in [0, 1], got {text_share}")
     has_text = np.linalg.norm(text, axis=1) > 0
     has_coread = np.linalg.norm(coread, axis=1) > 0
     both = has_text & has_coread
@@ -553,7 +554,7 @@ def hybrid_embeddings(text: np.ndarray, coread: np.ndarray, text_share: float) -
 
 def _split_dims(text_dims: int) -> tuple[int, int]:
     if not 0 <= text_dims <= C.EMBEDDING_DIM:
-        raise ValueError(f"text_dims must be in [0, {C.EMBEDDING_DIM}], got {text_dims}")
+        raise InputError(f"text_dims must be in [0, {C.EMBEDDING_DIM}], got {text_dims}")
     return text_dims, C.EMBEDDING_DIM - text_dims
 
 
@@ -680,7 +681,7 @@ def _read_tsv(path: Path, fields: list[str], what: str) -> pd.DataFrame:
     # Headerless, tab-separated, quotes are text (titles quote freely): read every field as a string.
     df = pd.read_csv(path, sep="\t", header=None, dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
     if df.shape[1] != len(fields):
-        raise ValueError(f"{path}: expected {len(fields)} tab-separated fields ({what}), found {df.shape[1]}")
+        raise InputError(f"{path}: expected {len(fields)} tab-separated fields ({what}), found {df.shape[1]}")
     df.columns = fields
     return df
 
@@ -690,7 +691,7 @@ def _first_bad(mask: np.ndarray, values: pd.Series, path: Path, what: str, heade
     if mask.any():
         i = int(np.flatnonzero(mask)[0])
         line = int(values.index[i]) + 1 + header
-        raise ValueError(f"{path}: line {line}: {what}: {values.iloc[i]!r}")
+        raise InputError(f"{path}: line {line}: {what}: {values.iloc[i]!r}")
 
 
 def read_mind(in_dir: str | Path) -> MindSource:
@@ -699,7 +700,7 @@ def read_mind(in_dir: str | Path) -> MindSource:
     b_path, n_path = in_dir / "behaviors.tsv", in_dir / "news.tsv"
     for p in (b_path, n_path):
         if not p.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"MIND file missing: {p} (expected behaviors.tsv and news.tsv in {in_dir})"
             )
     b = _read_tsv(b_path, MIND_BEHAVIOR_FIELDS, "impression id, user, time, history, impressions")
@@ -747,7 +748,7 @@ def mind_to_globo(
     """Convert MIND (as read by read_mind) into Globo-format tables (rules: module docstring)."""
     context = _check_context(context)
     if history_hours < 1:
-        raise ValueError(
+        raise InputError(
             f"history_hours must be >= 1 (the block that holds the untimed history), got {history_hours}"
         )
     text_dims, coread_dims = _split_dims(text_dims)
@@ -792,7 +793,7 @@ def mind_to_globo(
         try:
             placed = place_in_hours(block, history_hours, epoch_ms, history_click_gap_s)
         except ValueError as exc:
-            raise ValueError(f"history block: {exc} (lower import.mind.history_hours)") from None
+            raise InputError(f"history block: {exc} (lower import.mind.history_hours)") from None
         placed = placed.rename(columns={"user": C.USER_ID, "item": C.CLICK_ARTICLE_ID})
         parts.insert(0, placed.assign(session=placed["rank"]))
     clicks = finish_clicks(parts, context)
@@ -893,19 +894,19 @@ def read_interactions(path: str | Path) -> pd.DataFrame:
     """Read an interactions CSV (header user,item,timestamp[,session,category,text]) as strings, checked."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"interactions file missing: {path} (expected a CSV with header user,item,timestamp)"
         )
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in INTERACTION_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
+        raise InputError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
     df = df[[c for c in [*INTERACTION_COLUMNS, *INTERACTION_OPTIONAL] if c in df.columns]].copy()
     for col in ["user", "item", "timestamp", *(["session"] if "session" in df else [])]:
         df[col] = df[col].str.strip()
         _first_bad((df[col] == "").to_numpy(), df[col], path, f"empty {col}", header=1)
     if df.empty:
-        raise ValueError(f"{path}: no rows")
+        raise InputError(f"{path}: no rows")
     ms, kind = parse_timestamps(df.timestamp, path)
     df["ms"] = ms
     df.attrs["timestamp_kind"] = kind
@@ -963,7 +964,7 @@ def interactions_to_globo(
     offset_ms = epoch_ms - start_ms
     hours = int((df.ms.max() - start_ms) // C.HOUR_MS) + 1
     if hours > max_hours:
-        raise ValueError(
+        raise InputError(
             f"the clicks span {hours} hours ({_iso(int(df.ms.min()))} to {_iso(int(df.ms.max()))} UTC), more than "
             f"import.interactions.max_hours={max_hours}: check the timestamp unit (read as {kind})"
         )
@@ -1206,9 +1207,9 @@ FORMATS: dict[str, Importer] = {
 def format_params(section: Mapping[str, Any], name: str) -> dict[str, Any]:
     """One format's params: the keys `import` shares by every format, overlaid with `import.<name>`."""
     if name not in FORMATS:
-        raise ValueError(f"unknown format {name!r}; known: {sorted(FORMATS)}")
+        raise InputError(f"unknown format {name!r}; known: {sorted(FORMATS)}")
     if name not in section:
-        raise KeyError(f"params.yaml `import` has no subsection `{name}`")
+        raise ConfigError(f"params.yaml `import` has no subsection `{name}`")
     shared = {k: v for k, v in section.items() if k not in FORMATS}
     return {**shared, **section[name]}
 
@@ -1251,12 +1252,8 @@ def main(argv: list[str] | None = None) -> int:
         if "hours" not in params:
             parser.error(f"--hours applies to formats with compressed time (movielens), not {args.format}")
         params["hours"] = args.hours
-    try:
-        summary = import_format(args.format, args.in_path, args.out, params,
-                                load_params("data", args.params)["epoch_ms"])
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"newsrec import: {exc}", file=sys.stderr)
-        return 2
+    summary = import_format(args.format, args.in_path, args.out, params,
+                            load_params("data", args.params)["epoch_ms"])
     print(json.dumps(summary, indent=2))
     return 0
 

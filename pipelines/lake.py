@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines import columns as C
+from pipelines.errors import InputError, MissingInputError
 
 PART_FILE = "part-0.parquet"
 SUMMARY_FILE = "_summary.json"
@@ -106,11 +107,11 @@ def landed_hours(folder: str | Path) -> list[int]:
     when the folder does not exist and ValueError on a partition folder whose name is not `hour=NNN`."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"folder not found: {folder}")
+        raise MissingInputError(f"folder not found: {folder}")
     hours = []
     for part in folder.glob(f"{C.HOUR}=*/{PART_FILE}"):
         hour = partition_hour(part.parent.name)
         if hour is None:
-            raise ValueError(f"unexpected partition name {part.parent.name!r} in {folder}")
+            raise InputError(f"unexpected partition name {part.parent.name!r} in {folder}")
         hours.append(hour)
     return sorted(hours)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.columns import ARTICLE_ID, RANK, USER_ID
+from pipelines.errors import InputError
 
 METRICS = ["recall", "ndcg", "mrr", "hr"]
 
@@ -19,7 +20,7 @@ METRICS = ["recall", "ndcg", "mrr", "hr"]
 def _check(frame: pd.DataFrame, cols: list[str], what: str) -> None:
     missing = [c for c in cols if c not in frame.columns]
     if missing:
-        raise ValueError(f"{what} frame lacks column(s) {missing}; has {list(frame.columns)}")
+        raise InputError(f"{what} frame lacks column(s) {missing}; has {list(frame.columns)}")
 
 
 def rank_by_score(
@@ -45,14 +46,14 @@ def per_user_metrics(recs: pd.DataFrame, truth: pd.DataFrame, k: int = 10) -> pd
     hr = 1 if any hit in top k.
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise InputError(f"k must be >= 1, got {k}")
     _check(recs, [USER_ID, ARTICLE_ID, RANK], "recommendation")
     _check(truth, [USER_ID, ARTICLE_ID], "truth")
     truth = truth[[USER_ID, ARTICLE_ID]].drop_duplicates()
     n_rel = truth.groupby(USER_ID).size().rename("n_rel")
     top = recs.loc[recs[RANK] <= k, [USER_ID, ARTICLE_ID, RANK]]
     if top.duplicated([USER_ID, ARTICLE_ID]).any():
-        raise ValueError("recommendation frame lists an article twice for the same user")
+        raise InputError("recommendation frame lists an article twice for the same user")
     hits = top.merge(truth, on=[USER_ID, ARTICLE_ID], how="inner")
     gain = 1.0 / np.log2(hits[RANK].to_numpy(dtype=float) + 1.0)
     g = pd.DataFrame({USER_ID: hits[USER_ID].to_numpy(), "gain": gain, RANK: hits[RANK].to_numpy()})
@@ -88,7 +89,7 @@ def candidate_recall(candidates: pd.DataFrame, truth: pd.DataFrame) -> pd.Series
 def coverage(recs: pd.DataFrame, catalogue_size: int, k: int = 10) -> float:
     """Catalogue coverage: distinct articles shown in anyone's top k / articles in the catalogue."""
     if catalogue_size < 1:
-        raise ValueError(f"catalogue_size must be >= 1, got {catalogue_size}")
+        raise InputError(f"catalogue_size must be >= 1, got {catalogue_size}")
     _check(recs, [ARTICLE_ID, RANK], "recommendation")
     return float(recs.loc[recs[RANK] <= k, ARTICLE_ID].nunique()) / float(catalogue_size)
 
@@ -120,7 +121,7 @@ def impression_metrics(ranked: pd.DataFrame) -> pd.DataFrame:
 
     _check(ranked, [IMPRESSION, RANK, CLICKED], "impression")
     if ranked.duplicated([IMPRESSION, RANK]).any():
-        raise ValueError("impression frame gives two articles of one impression the same rank")
+        raise InputError("impression frame gives two articles of one impression the same rank")
     frame = ranked.sort_values([IMPRESSION, RANK], kind="mergesort")
     rows = {}
     for imp, group in frame.groupby(IMPRESSION, sort=True):
@@ -129,7 +130,7 @@ def impression_metrics(ranked: pd.DataFrame) -> pd.DataFrame:
             continue
         rank = group[RANK].to_numpy(dtype=np.float64)
         if rank[0] != 1 or rank[-1] != len(rank):
-            raise ValueError(f"impression {imp}: ranks must be 1..n, got {rank.astype(int).tolist()}")
+            raise InputError(f"impression {imp}: ranks must be 1..n, got {rank.astype(int).tolist()}")
         ideal = np.sort(y)[::-1]
         discount = 1.0 / np.log2(np.arange(len(y)) + 2.0)
         out = {"auc": float(roc_auc_score(y, -rank)), "mrr": float(np.sum(y / rank) / y.sum())}

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.columns import ARTICLE_ID, CLICK_ARTICLE_ID, CLICK_TIMESTAMP, HOUR_MS, RANK, SCORE, USER_ID
+from pipelines.errors import InputError
 
 CF_KEYS = ("factors", "regularization", "iterations", "alpha", "window_hours", "seed")
 
@@ -28,15 +29,15 @@ def check_params(params: Mapping) -> dict:
     """The `evaluate.cf` section, checked: a clear error for a missing or meaningless value."""
     missing = [k for k in CF_KEYS if k not in params]
     if missing:
-        raise ValueError(f"evaluate.cf lacks {missing}; it needs {list(CF_KEYS)}")
+        raise InputError(f"evaluate.cf lacks {missing}; it needs {list(CF_KEYS)}")
     out = dict(params)
     if int(out["factors"]) < 1 or int(out["iterations"]) < 1:
-        raise ValueError(f"evaluate.cf factors and iterations must be >= 1, got {out['factors']}, {out['iterations']}")
+        raise InputError(f"evaluate.cf factors and iterations must be >= 1, got {out['factors']}, {out['iterations']}")
     if float(out["regularization"]) < 0 or float(out["alpha"]) <= 0:
-        raise ValueError(f"evaluate.cf regularization must be >= 0 and alpha > 0, got {out['regularization']}, "
+        raise InputError(f"evaluate.cf regularization must be >= 0 and alpha > 0, got {out['regularization']}, "
                          f"{out['alpha']}")
     if out["window_hours"] is not None and float(out["window_hours"]) <= 0:
-        raise ValueError(f"evaluate.cf window_hours must be > 0 or null (all history), got {out['window_hours']}")
+        raise InputError(f"evaluate.cf window_hours must be > 0 or null (all history), got {out['window_hours']}")
     return out
 
 

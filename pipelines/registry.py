@@ -31,6 +31,7 @@ import pandas as pd
 
 from pipelines import columns as C
 from pipelines import lake
+from pipelines.errors import InputError, MissingInputError
 from pipelines.features import (
     CONTEXT_FEATURES,
     FeatureTables,
@@ -98,13 +99,13 @@ class ServingBundle:
 
         src = Path(bundle_dir)
         if not (src / _META).exists():
-            raise FileNotFoundError(f"no serving bundle in {src} ({_META} missing)")
+            raise MissingInputError(f"no serving bundle in {src} ({_META} missing)")
         if not verify_manifest(src):
             log.warning("serving bundle in %s has no manifest (registered before manifests): files not verified", src)
         meta = json.loads((src / _META).read_text())
         if meta.get("format") != BUNDLE_FORMAT:
             written = meta.get("format") or "none recorded (older code)"
-            raise ValueError(f"serving bundle in {src} has format {written}; this code reads format "
+            raise InputError(f"serving bundle in {src} has format {written}; this code reads format "
                              f"{BUNDLE_FORMAT}: register the model again with this code (`newsrec register`)")
         embeddings = np.load(src / _EMBEDDINGS, mmap_mode="r")
         return cls(
@@ -133,7 +134,7 @@ class ServingBundle:
         if present:
             if len(present) != len(CONTEXT_FEATURES):
                 missing = sorted(set(CONTEXT_FEATURES) - set(present))
-                raise ValueError(f"candidate frame has some context columns but lacks {missing}")
+                raise InputError(f"candidate frame has some context columns but lacks {missing}")
             context = candidates[[C.USER_ID, *CONTEXT_FEATURES]].drop_duplicates(C.USER_ID).set_index(C.USER_ID)
         return score_candidates(self.ranker, candidates, self.tables, context)
 
@@ -164,7 +165,7 @@ def build_bundle(
     embeddings = normalise_embeddings(raw_embeddings)
     tables = FeatureTables.load(features_dir, embeddings)
     if not Path(index_dir).is_dir():
-        raise FileNotFoundError(f"candidate index not found: {index_dir} (run `newsrec candidates`)")
+        raise MissingInputError(f"candidate index not found: {index_dir} (run `newsrec candidates`)")
     ranker.save(out / _BUNDLE_FILES["ranker"])
     tables.save(out / _BUNDLE_FILES["features"])
     shutil.copytree(index_dir, out / _BUNDLE_FILES["index"])
@@ -499,7 +500,7 @@ def reranker_metrics(eval_results: dict) -> dict[str, dict[str, float]]:
     # compares when the evaluation ran it.
     methods = (eval_results.get("as_served") or eval_results).get("methods", {})
     if RERANKER not in methods:
-        raise ValueError("eval.json has no reranker results: run `newsrec evaluate` with --model")
+        raise InputError("eval.json has no reranker results: run `newsrec evaluate` with --model")
     return {seg: {m: float(v) for m, v in methods[RERANKER][seg].items()} for seg in SEGMENTS}
 
 
@@ -516,7 +517,7 @@ def run_register(args: argparse.Namespace) -> dict:
     validated = lake.validated_dir(root)
     serve = read_snapshots(args.split, roles=["serve"])
     if len(serve) != 1:
-        raise ValueError(f"{args.split}: expected exactly one serve snapshot, found {len(serve)}")
+        raise InputError(f"{args.split}: expected exactly one serve snapshot, found {len(serve)}")
     results = json.loads(Path(args.eval).read_text())
     metrics = reranker_metrics(results)
     window = window_id(validated, get_snapshot(args.split, results.get("snapshot", "test")))
@@ -595,11 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Logging a model copies the bundle through MLflow's artifact repository: no per-file progress bars in logs.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    try:
-        out = run_register(args)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"newsrec register: {exc}", file=sys.stderr)
-        return 1
+    out = run_register(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(f"registered {out['model_name']} version {out['version']} (test window {out['test_window']})")

@@ -39,6 +39,7 @@ import pandas as pd
 
 from pipelines import columns as C
 from pipelines import lake
+from pipelines.errors import InputError, MissingInputError
 from pipelines.fileio import atomic_write
 
 # Raised whenever what an index holds, or what the code expects of it, changes.
@@ -114,10 +115,10 @@ class ServingIndex:
 
         src = Path(src_dir)
         if not (src / META).exists():
-            raise FileNotFoundError(f"no serving index in {src} ({META} missing)")
+            raise MissingInputError(f"no serving index in {src} ({META} missing)")
         meta = json.loads((src / META).read_text())
         if meta.get("format") != INDEX_FORMAT:
-            raise ValueError(f"serving index in {src} has format {meta.get('format')}; this code reads format "
+            raise InputError(f"serving index in {src} has format {meta.get('format')}; this code reads format "
                              f"{INDEX_FORMAT}: rebuild it with `newsrec refresh`")
         embeddings = np.load(src / PARTS["embeddings"], mmap_mode="r")
         return cls(
@@ -132,10 +133,10 @@ class ServingIndex:
 def check_compatible(ranker_features: list[str], meta: dict) -> None:
     """Raise ValueError unless an index with this index.json can serve a ranker using these features."""
     if meta.get("format") != INDEX_FORMAT:
-        raise ValueError(f"index format {meta.get('format')} is not the format {INDEX_FORMAT} this code serves")
+        raise InputError(f"index format {meta.get('format')} is not the format {INDEX_FORMAT} this code serves")
     missing = [f for f in ranker_features if f not in set(meta.get("features", []))]
     if missing:
-        raise ValueError(f"index at hour {meta.get('cutoff_hour')} does not provide the ranker's features {missing}")
+        raise InputError(f"index at hour {meta.get('cutoff_hour')} does not provide the ranker's features {missing}")
 
 
 def fit_serving_index(
@@ -244,13 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    try:
-        out = refresh(args.data_root, args.hour, load_params("refresh", args.params),
-                      load_params("candidates", args.params), load_params("features", args.params),
-                      int(load_params("data", args.params)["epoch_ms"]))
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"newsrec refresh: {exc}", file=sys.stderr)
-        return 1
+    out = refresh(args.data_root, args.hour, load_params("refresh", args.params),
+                  load_params("candidates", args.params), load_params("features", args.params),
+                  int(load_params("data", args.params)["epoch_ms"]))
     meta = json.loads((out / META).read_text())
     print(f"published {out} (cutoff hour {meta['cutoff_hour']}: {meta['pool_size']} recommendable articles, "
           f"{meta['users']} users, {meta['clicks']} clicks) in {time.perf_counter() - started:.1f} s")

@@ -41,6 +41,7 @@ from pipelines.columns import (
     WARM,
 )
 from pipelines.config import load_params
+from pipelines.errors import ConfigError, InputError, MissingInputError
 
 ROLES = ("train", "val", "test", "serve")
 
@@ -58,9 +59,9 @@ class Snapshot:
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
-            raise ValueError(f"snapshot role must be one of {ROLES}, got {self.role!r}")
+            raise InputError(f"snapshot role must be one of {ROLES}, got {self.role!r}")
         if self.end_hour < self.cutoff_hour:
-            raise ValueError(
+            raise InputError(
                 f"snapshot {self.name}: end_hour {self.end_hour} < cutoff_hour {self.cutoff_hour}"
             )
 
@@ -96,7 +97,7 @@ def plan_snapshots(
     `min_history_hours` hours of data before it, so fewer than `train_snapshots` come back on short data.
     """
     if not hours:
-        raise ValueError("no validated hours to split (run `newsrec validate` first)")
+        raise InputError("no validated hours to split (run `newsrec validate` first)")
     for key, value in {
         "test_hours": test_hours,
         "val_hours": val_hours,
@@ -104,7 +105,7 @@ def plan_snapshots(
         "train_snapshots": train_snapshots,
     }.items():
         if int(value) < 1:
-            raise ValueError(f"split.{key} must be >= 1, got {value}")
+            raise InputError(f"split.{key} must be >= 1, got {value}")
     first, last = min(hours), max(hours)
     test_start = last + 1 - test_hours
     val_start = test_start - val_hours
@@ -113,7 +114,7 @@ def plan_snapshots(
     if not cutoffs:
         span = last - first + 1
         need = min_history_hours + label_hours + val_hours + test_hours
-        raise ValueError(
+        raise InputError(
             f"{span} hours ({first}..{last}) are too few for the split: need at least {need} "
             f"(min_history_hours {min_history_hours} + label_hours {label_hours} + val_hours {val_hours} "
             f"+ test_hours {test_hours})"
@@ -144,7 +145,7 @@ def read_snapshots(path: str | Path, roles: Sequence[str] | None = None) -> list
     """Snapshots from the split file, optionally only those of the given roles."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"split file not found: {path} (run `newsrec split` first)")
+        raise MissingInputError(f"split file not found: {path} (run `newsrec split` first)")
     snaps = [Snapshot(**s) for s in json.loads(path.read_text())["snapshots"]]
     return [s for s in snaps if roles is None or s.role in roles]
 
@@ -153,7 +154,7 @@ def get_snapshot(path: str | Path, name: str) -> Snapshot:
     """One snapshot of the split file by name (e.g. "test")."""
     snaps = {s.name: s for s in read_snapshots(path)}
     if name not in snaps:
-        raise KeyError(f"no snapshot {name!r} in {path}; have {sorted(snaps)}")
+        raise ConfigError(f"no snapshot {name!r} in {path}; have {sorted(snaps)}")
     return snaps[name]
 
 
@@ -171,11 +172,11 @@ def load_clicks(
 
     hours = lake.landed_hours(validated_dir)
     if not hours:
-        raise FileNotFoundError(f"no validated hours under {validated_dir} (run `newsrec validate` first)")
+        raise MissingInputError(f"no validated hours under {validated_dir} (run `newsrec validate` first)")
     cols = list(columns) if columns is not None else list(CLICK_COLUMNS)
     unknown = [c for c in cols if c not in CLICK_COLUMNS and c != HOUR]
     if unknown:
-        raise ValueError(f"unknown click column(s) {unknown}")
+        raise InputError(f"unknown click column(s) {unknown}")
     if HOUR not in cols:
         cols.append(HOUR)
     where, args = [], []
@@ -262,11 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = load_params("split", args.params)
     epoch_ms = int(load_params("data", args.params)["epoch_ms"])
-    try:
-        snaps = split(args.data_root, args.out, params, epoch_ms)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"newsrec split: {exc}", file=sys.stderr)
-        return 1
+    snaps = split(args.data_root, args.out, params, epoch_ms)
     for s in snaps:
         print(f"{s.name:<12} {s.role:<5} cutoff hour {s.cutoff_hour:>4}  end hour {s.end_hour:>4}")
     print(f"wrote {args.out}")

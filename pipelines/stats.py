@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import columns as C
+from pipelines.errors import InputError, MissingInputError
 
 _HOUR_RE = re.compile(r"clicks_hour_(\d+)[^/]*\.csv$")
 QUANTILES = (0.25, 0.5, 0.75, 0.9, 0.99)
@@ -37,14 +38,14 @@ def _read_csv(src: Path | io.BytesIO, name: str, expected: list[str]) -> pd.Data
     try:
         df = pd.read_csv(src, engine="pyarrow")  # ~2x faster than the C parser on the hourly files
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise ValueError(f"{name}: not a readable CSV ({e})") from e
+        raise InputError(f"{name}: not a readable CSV ({e})") from e
     missing = [c for c in expected if c not in df.columns]
     if missing:
-        raise ValueError(f"{name}: missing columns {missing}")
+        raise InputError(f"{name}: missing columns {missing}")
     try:
         return df[expected].astype("int64")
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{name}: non-integer or empty values ({e})") from e
+        raise InputError(f"{name}: non-integer or empty values ({e})") from e
 
 
 def _files_dir(path: Path) -> Path:
@@ -61,7 +62,7 @@ def find_metadata(path: Path) -> Path | None:
         return exact
     found = sorted(d.glob("articles_metadata*.csv"))
     if len(found) > 1:
-        raise ValueError(f"{d}: several metadata files {[f.name for f in found]}; keep one")
+        raise InputError(f"{d}: several metadata files {[f.name for f in found]}; keep one")
     return found[0] if found else None
 
 
@@ -97,7 +98,7 @@ def read_clicks(path: Path) -> tuple[pd.DataFrame, list[int], int]:
         for f in sorted(f for f in d.glob("*.csv") if _HOUR_RE.search(f.name)):
             add(f, str(f))
     if not frames:
-        raise FileNotFoundError(f"{d}: no clicks_hour_NNN.csv files (looked in clicks/, clicks.zip and the folder)")
+        raise MissingInputError(f"{d}: no clicks_hour_NNN.csv files (looked in clicks/, clicks.zip and the folder)")
     return pd.concat(frames, ignore_index=True), sorted(hours), n_empty
 
 
@@ -177,7 +178,7 @@ def dataset_stats(path: str | Path) -> dict[str, Any]:
     """Statistics of the Globo-format files under `path` (see the module docstring for layouts)."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"not a folder: {path}")
+        raise MissingInputError(f"not a folder: {path}")
     clicks, hours, n_empty = read_clicks(path)
     meta_path = find_metadata(path)
     meta = None if meta_path is None else _read_csv(meta_path, str(meta_path), C.METADATA_COLUMNS)
@@ -189,11 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dir", help="folder with articles_metadata.csv and clicks/ or clicks.zip (or a data root with raw/)")
     ap.add_argument("--out", help="also write the JSON to this file")
     args = ap.parse_args(argv)
-    try:
-        stats = dataset_stats(args.dir)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"newsrec stats: {e}", file=sys.stderr)
-        return 2
+    stats = dataset_stats(args.dir)
     text = json.dumps(stats, indent=2)
     print(text)
     if args.out:

@@ -27,6 +27,7 @@ from typing import Any
 
 from pipelines import columns as C
 from pipelines.config import load_params
+from pipelines.errors import InputError, NewsrecError
 from pipelines.fileio import atomic_write
 
 RAW_SIDE_FILES = (C.METADATA_FILE, C.EMBEDDINGS_FILE, C.IMPORT_FILE)  # import.json: see validate
@@ -35,7 +36,7 @@ RAW_SIDE_FILES = (C.METADATA_FILE, C.EMBEDDINGS_FILE, C.IMPORT_FILE)  # import.j
 ARTICLE_DROP_FILES = (C.EMBEDDINGS_HOUR, C.ARTICLES_DIR)
 
 
-class StorageError(RuntimeError):
+class StorageError(NewsrecError, RuntimeError):
     """A location is malformed, missing, or cannot be read or written."""
 
 
@@ -317,11 +318,11 @@ def parse_hours(spec: str) -> list[int]:
     for part in spec.split(","):
         part = part.strip()
         if not re.fullmatch(r"\d+(-\d+)?", part):
-            raise ValueError(f"bad hour spec {spec!r}: use N, A-B or a comma-separated list")
+            raise InputError(f"bad hour spec {spec!r}: use N, A-B or a comma-separated list")
         lo, _, hi = part.partition("-")
         a, b = int(lo), int(hi or lo)
         if b < a:
-            raise ValueError(f"bad hour range {part!r}: end before start")
+            raise InputError(f"bad hour range {part!r}: end before start")
         hours.update(range(a, b + 1))
     return sorted(hours)
 

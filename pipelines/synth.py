@@ -44,6 +44,7 @@ import pandas as pd
 
 from pipelines import columns as C
 from pipelines.config import DEFAULT_PARAMS, load_params
+from pipelines.errors import InputError
 from pipelines.fileio import atomic_write
 
 DRIFT_KINDS = ("context", "category")
@@ -109,13 +110,13 @@ class Profile:
         """Merge the shared knobs of the `synth` section with the sizes of profile `name`."""
         profiles = section.get("profiles", {})
         if name not in profiles:
-            raise ValueError(f"unknown synth profile '{name}' (params.yaml has: {', '.join(profiles) or 'none'})")
+            raise InputError(f"unknown synth profile '{name}' (params.yaml has: {', '.join(profiles) or 'none'})")
         known = {f.name for f in fields(cls)}
         merged = {k: v for k, v in section.get("knobs", {}).items() if k in known}
         merged.update(profiles[name])
         unknown, missing = set(merged) - known, known - set(merged)
         if unknown or missing:
-            raise ValueError(f"synth settings for profile '{name}': unknown {sorted(unknown)}, missing {sorted(missing)}")
+            raise InputError(f"synth settings for profile '{name}': unknown {sorted(unknown)}, missing {sorted(missing)}")
         return cls(**merged)
 
 
@@ -163,7 +164,7 @@ def make_articles(rng: np.random.Generator, p: Profile, total_hours: int, epoch_
     """Catalogue metadata in article-id order (ids grouped by category, as in the real file)."""
     n, k = p.articles, p.categories
     if n < k:
-        raise ValueError(f"profile has fewer articles ({n}) than categories ({k})")
+        raise InputError(f"profile has fewer articles ({n}) than categories ({k})")
     cat_w = np.arange(1, k + 1, dtype=np.float64) ** -p.category_zipf
     cat_w = cat_w[rng.permutation(k)]  # category ids carry no rank
     cat_w /= cat_w.sum()
@@ -402,7 +403,7 @@ def _choose_articles(rng: np.random.Generator, p: Profile, arts: Articles, sess:
         offer = _Offer(np.concatenate([fresh_now, evergreen]), np.concatenate([w_fresh, w_ever]), key_all,
                        sub_stride)
         if offer.total <= 0:
-            raise ValueError(f"hour {h}: no article is readable (catalogue too small for the profile)")
+            raise InputError(f"hour {h}: no article is readable (catalogue too small for the profile)")
         keys = offer.keys
 
         sl = slice(a, b)
@@ -594,7 +595,7 @@ def parse_bad(specs: Iterable[str]) -> list[tuple[int, str]]:
     for s in specs:
         hour, sep, kind = s.partition(":")
         if not sep or not hour.strip().isdigit() or not kind.strip():
-            raise ValueError(f"--bad expects HOUR:KIND, e.g. 5:duplicated_rows; got '{s}'")
+            raise InputError(f"--bad expects HOUR:KIND, e.g. 5:duplicated_rows; got '{s}'")
         out.append((int(hour), kind.strip()))
     return out
 
@@ -611,17 +612,17 @@ def synthesize(out_dir: str | Path, profile: Profile, seed: int, epoch_ms: int, 
     """
     hours = profile.hours if hours is None else int(hours)
     if hours < 1:
-        raise ValueError(f"hours must be >= 1, got {hours}")
+        raise InputError(f"hours must be >= 1, got {hours}")
     if (drift_from is None) != (drift_kind is None):
-        raise ValueError("--drift-from and --drift-kind go together")
+        raise InputError("--drift-from and --drift-kind go together")
     if drift_kind is not None and drift_kind not in DRIFT_KINDS:
-        raise ValueError(f"unknown drift kind '{drift_kind}' (known: {', '.join(DRIFT_KINDS)})")
+        raise InputError(f"unknown drift kind '{drift_kind}' (known: {', '.join(DRIFT_KINDS)})")
     if drift_from is not None and not 0 <= drift_from < hours:
-        raise ValueError(f"--drift-from {drift_from} is outside hours 0..{hours - 1}")
+        raise InputError(f"--drift-from {drift_from} is outside hours 0..{hours - 1}")
     bad = list(bad)
     for h, _ in bad:
         if not 0 <= h < hours:
-            raise ValueError(f"--bad hour {h} is outside hours 0..{hours - 1}")
+            raise InputError(f"--bad hour {h} is outside hours 0..{hours - 1}")
     out = Path(out_dir)
     total_hours = max(hours, profile.hours)
 
@@ -720,14 +721,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="write articles published from hour 000 on as hourly article drops under articles/ "
                          "instead of into the static files (default: params synth.article_drops, %(default)s)")
     args = ap.parse_args(argv)
-    try:
-        profile = Profile.from_params(cfg, args.profile)
-        summary = synthesize(args.out, profile, args.seed, args.epoch_ms, hours=args.hours, zip_clicks=args.zip,
-                             drift_from=args.drift_from, drift_kind=args.drift_kind, bad=parse_bad(args.bad),
-                             article_drops=args.article_drops)
-    except ValueError as e:
-        print(f"newsrec synth: {e}", file=sys.stderr)
-        return 2
+    profile = Profile.from_params(cfg, args.profile)
+    summary = synthesize(args.out, profile, args.seed, args.epoch_ms, hours=args.hours, zip_clicks=args.zip,
+                         drift_from=args.drift_from, drift_kind=args.drift_kind, bad=parse_bad(args.bad),
+                         article_drops=args.article_drops)
     print(json.dumps({"profile": args.profile, **summary}))
     return 0
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import columns as C
+from pipelines.errors import InputError, MissingInputError
 from pipelines.features import CATEGORICAL, FEATURES, FeatureTables, assemble, feature_columns
 
 # A compiled ranker must score these probe rows (drawn around the model's own split thresholds, missing
@@ -57,7 +58,7 @@ class Ranker:
 
         src = Path(in_dir)
         if not (src / MODEL_FILE).exists() or not (src / META_FILE).exists():
-            raise FileNotFoundError(f"no ranker in {src} (need {MODEL_FILE} and {META_FILE}): run `newsrec train`")
+            raise MissingInputError(f"no ranker in {src} (need {MODEL_FILE} and {META_FILE}): run `newsrec train`")
         meta = json.loads((src / META_FILE).read_text())
         features = meta.pop("features")
         return cls(booster=lgb.Booster(model_file=str(src / MODEL_FILE)), features=features, meta=meta)
@@ -88,7 +89,7 @@ class Ranker:
         got = model.predict(probe.astype(np.float64), n_jobs=1)
         worst = float(np.max(np.abs(got - expected)))
         if not worst <= COMPILE_TOLERANCE:
-            raise ValueError(f"compiled ranker disagrees with LightGBM by {worst:.3g} on probe rows: not used")
+            raise InputError(f"compiled ranker disagrees with LightGBM by {worst:.3g} on probe rows: not used")
         self.compiled = model
 
     def _probe_rows(self) -> np.ndarray:
@@ -125,7 +126,7 @@ class Ranker:
         columns = X.columns if isinstance(X, pd.DataFrame) else X.keys()
         missing = [f for f in self.features if f not in columns]
         if missing:
-            raise ValueError(f"feature matrix lacks {missing}")
+            raise InputError(f"feature matrix lacks {missing}")
         # A plain array in the trained column order: LightGBM's DataFrame checks cost more than a small
         # request's prediction (the categorical features are integer codes, not pandas categories).
         if isinstance(X, pd.DataFrame):
@@ -180,7 +181,7 @@ def sample_negatives(candidates: pd.DataFrame, max_negatives: int, seed: int) ->
     sampling them uniformly keeps the list's mix (every source, every depth) in proportion.
     """
     if max_negatives < 1:
-        raise ValueError(f"max_negatives must be >= 1, got {max_negatives}")
+        raise InputError(f"max_negatives must be >= 1, got {max_negatives}")
     key = np.random.default_rng(seed).random(len(candidates))
     neg = candidates[C.LABEL].to_numpy() == 0
     order = pd.DataFrame({"u": candidates[C.USER_ID].to_numpy(), "neg": neg, "key": key})
@@ -204,7 +205,7 @@ def ranking_set(
     `max_queries` keeps that many random queries whole (a bounded early-stopping set).
     """
     if C.LABEL not in candidates.columns:
-        raise ValueError(f"candidate frame lacks the '{C.LABEL}' column (labelled candidates are needed to train)")
+        raise InputError(f"candidate frame lacks the '{C.LABEL}' column (labelled candidates are needed to train)")
     frame = candidates
     if drop_no_positive:
         positive = frame.groupby(C.USER_ID)[C.LABEL].transform("max") > 0
@@ -225,7 +226,7 @@ def ranking_set(
 def concat_sets(sets: list[RankingSet]) -> RankingSet:
     """Several snapshots' sets as one (groups never straddle snapshots)."""
     if not sets:
-        raise ValueError("no ranking sets to concatenate")
+        raise InputError("no ranking sets to concatenate")
     return RankingSet(
         X=pd.concat([s.X for s in sets], ignore_index=True),
         y=np.concatenate([s.y for s in sets]),
@@ -235,9 +236,9 @@ def concat_sets(sets: list[RankingSet]) -> RankingSet:
 
 def _check_sets(train_queries: int, train_clicks: int, val_queries: int) -> None:
     if train_queries == 0 or train_clicks == 0:
-        raise ValueError("training set has no query with a clicked candidate: nothing to learn from")
+        raise InputError("training set has no query with a clicked candidate: nothing to learn from")
     if val_queries == 0:
-        raise ValueError("validation set has no query with a clicked candidate: cannot early-stop")
+        raise InputError("validation set has no query with a clicked candidate: cannot early-stop")
 
 
 def _lgb_setup(params: dict) -> tuple[list[str], list[str], int, dict]:
@@ -305,7 +306,7 @@ def refit_ranker(ranker: Ranker, data: RankingSet, params: dict) -> Ranker:
 
     features, categorical, _, lgb_params = _lgb_setup(params)
     if features != ranker.features:
-        raise ValueError(f"refit features {features} differ from the early-stopped ranker's {ranker.features}")
+        raise InputError(f"refit features {features} differ from the early-stopped ranker's {ranker.features}")
     rounds = int(ranker.meta["best_iteration"])
     dtrain = lgb.Dataset(data.X[features], data.y, group=data.groups, categorical_feature=categorical)
     booster = lgb.train(lgb_params, dtrain, num_boost_round=rounds)
@@ -433,7 +434,7 @@ def load_ranking_set(
     """The ranking set of one snapshot from the candidates and features stages' outputs."""
     path = candidates_dir / f"{snapshot}.parquet"
     if not path.exists():
-        raise FileNotFoundError(f"candidates of snapshot '{snapshot}' not found: {path} (run `newsrec candidates`)")
+        raise MissingInputError(f"candidates of snapshot '{snapshot}' not found: {path} (run `newsrec candidates`)")
     tables = FeatureTables.load(features_dir / snapshot, embeddings)
     return ranking_set(pd.read_parquet(path), tables, **kwargs)
 
@@ -457,7 +458,7 @@ def train(
     train_names = [s.name for s in read_snapshots(split_path, roles=["train"])]
     val_names = [s.name for s in read_snapshots(split_path, roles=["val"])]
     if not train_names or not val_names:
-        raise ValueError(f"{split_path}: need >= 1 train snapshot and >= 1 val snapshot")
+        raise InputError(f"{split_path}: need >= 1 train snapshot and >= 1 val snapshot")
     sampling = {"max_negatives": params.get("max_negatives"), "seed": int(params["lgb"].get("seed", 0))}
     # A bounded early-stopping set: at most val_max_queries whole queries, spread over the val snapshots.
     cap = params.get("val_max_queries")
@@ -546,14 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = load_params("train", args.params)
     dask_params = load_params("dask", args.params)
-    try:
-        with connect(dask_params) as client:
-            partitions = None if client is None else partition_count(client, dask_params)
-            ranker = train(args.split, args.candidates, args.features, args.data_root, params, client=client,
-                           partitions=partitions)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"newsrec train: {exc}", file=sys.stderr)
-        return 1
+    with connect(dask_params) as client:
+        partitions = None if client is None else partition_count(client, dask_params)
+        ranker = train(args.split, args.candidates, args.features, args.data_root, params, client=client,
+                       partitions=partitions)
     ranker.save(args.out)
     feature_importance(ranker).to_csv(args.out / "importance.csv", index=False)
     run_file = args.out / "run.json"

@@ -79,6 +79,7 @@ import pandas as pd
 
 from pipelines import columns as C
 from pipelines.config import DEFAULT_PARAMS, load_params
+from pipelines.errors import ConfigError, InputError, MissingInputError
 from pipelines.fileio import atomic_write_bytes
 from pipelines.lake import (
     PART_FILE,
@@ -132,7 +133,7 @@ _PICKLE_GLOBALS = {
 }
 
 
-class MetadataError(ValueError):
+class MetadataError(InputError):
     """articles_metadata.csv is missing or fails its suite: no hour can be judged against it."""
 
 
@@ -155,7 +156,7 @@ class Settings:
         """Pick this class's keys out of the `validate` section; a missing key is an error, not a default."""
         missing = [f.name for f in fields(cls) if f.name not in section]
         if missing:
-            raise KeyError(f"params.yaml `validate` lacks {missing}")
+            raise ConfigError(f"params.yaml `validate` lacks {missing}")
         convert = {"float": float, "int": int}
         return cls(**{f.name: convert[f.type](section[f.name]) for f in fields(cls)})
 
@@ -398,7 +399,7 @@ def find_drop(data_root: str | Path, hour: int, kind: str = CLICKS) -> Drop:
             found.append(next((p for p in where if _present(p)), None))
         csv_path, embeddings = found
         if csv_path is None:
-            raise FileNotFoundError(f"no article drop for hour {hour}: looked for "
+            raise MissingInputError(f"no article drop for hour {hour}: looked for "
                                     f"{root / 'raw' / ARTICLES / C.hour_file_name(hour, ARTICLES)} and "
                                     f"{quarantine_dir(root, hour, ARTICLES)}")
         return Drop(hour, csv_path, kind=ARTICLES, embeddings=embeddings)
@@ -411,7 +412,7 @@ def find_drop(data_root: str | Path, hour: int, kind: str = CLICKS) -> Drop:
     quarantined = quarantine_dir(root, hour) / C.hour_file_name(hour)
     if _present(quarantined):
         return Drop(hour, quarantined)
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"no drop for hour {hour}: looked for {csv_path}, {root / 'raw' / C.CLICKS_ZIP} and {quarantined}")
 
 
@@ -680,7 +681,7 @@ def open_gx_context(gx_dir: str | Path, runtime_dir: str | Path) -> Any:
 
     gx_dir = Path(gx_dir)
     if not (gx_dir / "great_expectations.yml").exists():
-        raise FileNotFoundError(f"no GX project at {gx_dir} (great_expectations.yml missing)")
+        raise MissingInputError(f"no GX project at {gx_dir} (great_expectations.yml missing)")
     Path(runtime_dir).mkdir(parents=True, exist_ok=True)
     return gx.get_context(mode="file", context_root_dir=str(gx_dir.resolve()),
                           runtime_environment={GX_RUNTIME_VAR: str(Path(runtime_dir).resolve())})
@@ -1152,7 +1153,7 @@ class HourValidator:
     def validate(self, hour: int) -> HourResult:
         """Validate one hour's click drop, then land or quarantine it."""
         if hour < 0:
-            raise ValueError(f"hour must be >= 0, got {hour}")
+            raise InputError(f"hour must be >= 0, got {hour}")
         drop = find_drop(self.root, hour)
         source = drop.describe(self.root)
         files, links, refused = self._read(drop, [C.hour_file_name(hour)])
@@ -1193,7 +1194,7 @@ class HourValidator:
     def validate_articles(self, hour: int) -> HourResult:
         """Validate one hour's article drop (csv + embeddings), then land or quarantine it."""
         if hour < 0:
-            raise ValueError(f"hour must be >= 0, got {hour}")
+            raise InputError(f"hour must be >= 0, got {hour}")
         drop = find_drop(self.root, hour, ARTICLES)
         source = drop.describe(self.root)
         csv_name, emb_name = C.hour_file_name(hour, ARTICLES), C.hour_file_name(hour, C.EMBEDDINGS_HOUR)
@@ -1406,23 +1407,19 @@ def main(argv: list[str] | None = None) -> int:
     # Great Expectations takes 10-16 s to start before the first hour's line: say so instead of going quiet
     print("validating with Great Expectations (its start-up takes 10-16 s) ...", file=sys.stderr, flush=True)
     print(f"{'hour':<4}  {'rows':>8}  {'status':<11}  reason")
-    try:
-        if args.raw_uri:
-            stage(args.raw_uri, root, None if args.all else [args.hour])
-        if args.all:
-            if not list_all_hours(root):
-                print(f"newsrec validate: no hourly drops under {root / 'raw'}", file=sys.stderr)
-                return 1
-            results = validate_all(root, epoch_ms=args.epoch_ms, settings=settings, gx_dir=args.gx_dir,
-                                   docs=args.docs, on_result=lambda r: print(_line(r), flush=True))
-        else:
-            results = validate_hour_drops(root, args.hour, epoch_ms=args.epoch_ms, settings=settings,
-                                          gx_dir=args.gx_dir, docs=args.docs)
-            for r in results:
-                print(_line(r))
-    except (MetadataError, FileNotFoundError) as e:
-        print(f"newsrec validate: {e}", file=sys.stderr)
-        return 1
+    if args.raw_uri:
+        stage(args.raw_uri, root, None if args.all else [args.hour])
+    if args.all:
+        if not list_all_hours(root):
+            print(f"newsrec validate: no hourly drops under {root / 'raw'}", file=sys.stderr)
+            return 1
+        results = validate_all(root, epoch_ms=args.epoch_ms, settings=settings, gx_dir=args.gx_dir,
+                               docs=args.docs, on_result=lambda r: print(_line(r), flush=True))
+    else:
+        results = validate_hour_drops(root, args.hour, epoch_ms=args.epoch_ms, settings=settings,
+                                      gx_dir=args.gx_dir, docs=args.docs)
+        for r in results:
+            print(_line(r))
     stray = json.loads(summary_path(root).read_text()).get("unvalidated_files", [])
     for f in stray:
         print(f"not validated: {f['path']}: {f['reason']}")

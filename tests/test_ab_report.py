@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pipelines import ab_report as ab
+from pipelines.cli import main as cli
 from serving.ab import assign_variant, bucket
 
 
@@ -131,6 +132,6 @@ def test_cli_detects_a_real_lift_and_not_a_null_one(tmp_path, capsys):
 
 @pytest.mark.unit
 def test_cli_missing_log_is_a_clear_error(tmp_path, capsys):
-    rc = ab.main(["--impressions", str(tmp_path / "nope.jsonl"), "--clicks", str(tmp_path / "c.jsonl")])
-    assert rc == 2
+    rc = cli(["ab-report", "--impressions", str(tmp_path / "nope.jsonl"), "--clicks", str(tmp_path / "c.jsonl")])
+    assert rc == 1
     assert "log not found" in capsys.readouterr().err

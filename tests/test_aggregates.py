@@ -7,7 +7,8 @@ import pytest
 from clickdata import EPOCH, clicks, write_validated
 
 from pipelines import columns as C
-from pipelines.aggregates import aggregate_all, aggregate_hour, main, read_coclick, read_popularity
+from pipelines.aggregates import aggregate_all, aggregate_hour, read_coclick, read_popularity
+from pipelines.cli import main as cli
 
 pytestmark = pytest.mark.unit
 
@@ -94,7 +95,7 @@ def test_reads_see_only_clicks_before_the_cutoff_with_decay(root):
 
 def test_cli_needs_validated_data(tmp_path, capsys):
     (tmp_path / "validated" / "clicks").mkdir(parents=True)
-    assert main(["--data-root", str(tmp_path), "--all"]) == 1
+    assert cli(["aggregates", "--data-root", str(tmp_path), "--all"]) == 1
     assert "no validated hours" in capsys.readouterr().err
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from pipelines import columns as C
+from pipelines.cli import main as cli
 from pipelines.evaluate import BASELINES, RERANKER, evaluate_snapshot, markdown_table, write_reports
 
 
@@ -186,7 +187,7 @@ def test_stage_evaluates_baselines_on_tiny_data(tiny_validated, tmp_path, capsys
     assert res["methods"]["als"]["cold"] == {**res["methods"]["trending"]["cold"], "candidate_recall": 0.0}
     assert 0 < res["methods"]["als"]["warm"]["candidate_recall"] <= 1
     assert "reranker_vs_best_baseline" not in res
-    assert main([*args, "--model", str(tmp_path / "none")]) == 1  # a model needs its feature tables
+    assert cli(["evaluate", *args, "--model", str(tmp_path / "none")]) == 1  # a model needs its feature tables
     assert "--features" in capsys.readouterr().err
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from pipelines import columns as C
 from pipelines import importers
+from pipelines.cli import main as cli
 from pipelines.config import load_params
 
 EPOCH = 1_506_826_800_000
@@ -317,15 +318,11 @@ def test_bad_input_gets_a_clear_error(tmp_path, mutate, message):
 @pytest.mark.unit
 def test_cli_reports_bad_input_and_too_many_hours(tmp_path, capsys):
     src = write_movielens(tmp_path / "ml", RATINGS)
-    rc = importers.main(
-        ["--format", "movielens", "--in", str(src), "--out", str(tmp_path / "o"), "--hours", "50"]
-    )
-    assert rc == 2
+    rc = cli(["import", "--format", "movielens", "--in", str(src), "--out", str(tmp_path / "o"), "--hours", "50"])
+    assert rc == 1
     assert "15 clicks in 6 sessions leave hour" in capsys.readouterr().err
-    rc = importers.main(
-        ["--format", "movielens", "--in", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]
-    )
-    assert rc == 2 and "u.data" in capsys.readouterr().err
+    rc = cli(["import", "--format", "movielens", "--in", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    assert rc == 1 and "u.data" in capsys.readouterr().err
 
 
 @pytest.mark.data

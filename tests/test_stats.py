@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from pipelines import columns as C
+from pipelines.cli import main as cli
 from pipelines.config import load_params
 from pipelines.stats import dataset_stats, main
 
@@ -112,16 +113,16 @@ def test_bad_input_gets_a_clear_error(tmp_path, capsys):
     folder = write_set(tmp_path / "set")
     pd.DataFrame(HOUR0, columns=C.CLICK_COLUMNS).drop(columns=[C.CLICK_OS]).to_csv(
         folder / C.CLICKS_DIR / C.hour_file_name(0), index=False)
-    assert main([str(folder)]) == 2
+    assert cli(["stats", str(folder)]) == 1
     assert "clicks_hour_000.csv: missing columns ['click_os']" in capsys.readouterr().err
     text = pd.DataFrame(HOUR0, columns=C.CLICK_COLUMNS).to_csv(index=False)
     (folder / C.CLICKS_DIR / C.hour_file_name(0)).write_text(text[: len(text) - 20])  # cut inside a row
-    assert main([str(folder)]) == 2
+    assert cli(["stats", str(folder)]) == 1
     assert "clicks_hour_000.csv: not a readable CSV" in capsys.readouterr().err
     (tmp_path / "nothing").mkdir()
-    assert main([str(tmp_path / "nothing")]) == 2
+    assert cli(["stats", str(tmp_path / "nothing")]) == 1
     assert "no clicks_hour_NNN.csv files" in capsys.readouterr().err
-    assert main([str(tmp_path / "absent")]) == 2
+    assert cli(["stats", str(tmp_path / "absent")]) == 1
     assert "not a folder" in capsys.readouterr().err
 
 

@@ -24,6 +24,7 @@ import pytest
 
 from pipelines import columns as C
 from pipelines.baddrops import BAD_DROP_KINDS, inject_bad_drop
+from pipelines.cli import main as cli
 from pipelines.config import load_params
 from pipelines.flows import quarantine_alert
 from pipelines.offline_pages import remote_assets
@@ -595,7 +596,7 @@ def test_cli_prints_a_line_per_hour_and_a_total(tiny_raw, tmp_path, capsys):
     assert out[0].split() == ["hour", "rows", "status", "reason"]
     assert out[7].split()[:3] == ["006", "-", "quarantined"]
     assert out[-1].startswith("24 hours: 23 landed") and "1 quarantined" in out[-1]
-    assert main(["--data-root", str(root), "--hour", "99", "--no-docs"]) == 1
+    assert cli(["validate", "--data-root", str(root), "--hour", "99", "--no-docs"]) == 1
     assert "no drop for hour 99" in capsys.readouterr().err
 
 
