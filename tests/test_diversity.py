@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -104,7 +106,7 @@ def test_the_service_reads_the_same_rank_section(tmp_path):
     from serving.settings import Settings
 
     assert Settings.from_params().rank == load_params("rank")  # one setting for the API and the evaluation
-    params = yaml.safe_load(open("params.yaml"))
+    params = yaml.safe_load(Path("params.yaml").read_text())
     params["rank"]["mmr_lambda"] = 2
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(params))
