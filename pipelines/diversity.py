@@ -57,7 +57,7 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, lam: float) -> np.ndarr
     s = np.asarray(scores, dtype=np.float64)
     span = s.max() - s.min()
     rel = (s - s.min()) / span if span > 0 else np.ones(n)
-    sim = np.asarray(vectors, dtype=np.float64) @ np.asarray(vectors, dtype=np.float64).T
+    v = np.asarray(vectors, dtype=np.float32)
     picked = np.zeros(k, dtype=np.int64)
     free = np.ones(n, dtype=bool)
     nearest = np.full(n, -np.inf)  # highest similarity to anything picked so far
@@ -67,7 +67,9 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, lam: float) -> np.ndarr
         i = int(np.argmax(value))
         picked[step] = i
         free[i] = False
-        nearest = np.maximum(nearest, sim[i])
+        if step + 1 < k:
+            # einsum's own loop, not BLAS: a threaded BLAS call on a busy machine costs milliseconds per request
+            nearest = np.maximum(nearest, np.einsum("ij,j->i", v, v[i]).astype(np.float64))
     return picked
 
 

@@ -91,7 +91,9 @@ def test_recommendations_for_a_known_user(client, bundle):
     items = body["items"]
     assert len(items) == 7 and [i["rank"] for i in items] == list(range(1, 8))
     scores = [i["score"] for i in items]
-    assert scores == sorted(scores, reverse=True)
+    # the best-scored article leads; below it the diversity re-rank of params `rank` may trade score for
+    # variety (tests/test_diversity.py holds the served list to pipelines.diversity.mmr)
+    assert scores[0] == max(scores)
     assert body["cold_start"] is False
     assert body["variant"] in {"champion", "challenger"}
     assert body["model_version"] == ("1" if body["variant"] == "champion" else "2")
