@@ -10,6 +10,7 @@ absence from the top k matters. Methods:
 
     popular    all-history clicks            trending   decayed recent clicks
     cocl       co-click source               emb_knn    embedding kNN source
+    learned    the two-tower model's source (pipelines.learned; only when the index carries a model)
     fusion     reciprocal-rank fusion of the four candidate sources
     reranker   the LightGBM ranker's scores over the candidate list (`pipelines.train.score_candidates`)
 
@@ -51,7 +52,10 @@ from pipelines.config import load_params
 from pipelines.metrics import candidate_recall, coverage, per_user_metrics, rank_by_score, summarise
 
 # method -> the candidate column it ranks by (None: scores come from a scorer, e.g. the reranker)
-BASELINES = {"popular": "pop", "trending": "trend", "cocl": "cocl", "emb_knn": "emb", "fusion": FUSED}
+BASELINES = {"popular": "pop", "trending": "trend", "cocl": "cocl", "emb_knn": "emb", "learned": "learned",
+             "fusion": FUSED}
+# Sources an index has only when its model does: no method row where they proposed nothing at all.
+OPTIONAL_SOURCES = {"learned"}
 RERANKER = "reranker"
 RECENT_POPULAR = "recent_popular"
 SEGMENTS = ("all", "warm", "cold")
@@ -78,7 +82,8 @@ def method_scores(
     Scorers see the rows without `label`, `chunk_rows` at a time: a scorer builds a feature matrix as wide
     as the model, which for a whole Globo-scale test window would not fit in memory at once.
     """
-    scores = {m: candidates[score_col(src)].to_numpy(dtype=np.float64) for m, src in BASELINES.items()}
+    scores = {m: candidates[score_col(src)].to_numpy(dtype=np.float64) for m, src in BASELINES.items()
+              if src not in OPTIONAL_SOURCES or (candidates.get(rank_col(src), pd.Series(dtype=int)) > 0).any()}
     blind = candidates.drop(columns=[LABEL], errors="ignore")
     for name, scorer in scorers.items():
         parts = []
@@ -260,6 +265,7 @@ def evaluate_as_served(
     recent_hours: int,
     ranker=None,
     curve_k: int | None = None,
+    learned=None,
 ) -> dict:
     """The as-served protocol: the snapshot's target window replayed hour by hour.
 
@@ -269,7 +275,8 @@ def evaluate_as_served(
     clicks in that hour on articles published before it and not read before it. Every baseline gets the
     same refresh. `clicks` holds the validated clicks up to the window's end (ordered by time);
     `catalogue` is (articles, the hour each was delivered: `catalogue.delivered_hours`), so each hour sees
-    the articles delivered before it; `embeddings` are the raw article embeddings.
+    the articles delivered before it; `embeddings` are the raw article embeddings. `learned` (the test index's
+    learned model) stays fixed like the ranker; each hour's pool gets its article vectors from it.
     """
     from pipelines.candidates import TREND, CandidateIndex
     from pipelines.catalogue import known_at
@@ -292,7 +299,8 @@ def evaluate_as_served(
         if targets.empty:
             continue
         users = np.unique(targets[USER_ID].to_numpy())
-        index = CandidateIndex.fit(data_root, articles, embeddings, cutoff, index_params, epoch_ms, similar=False)
+        index = CandidateIndex.fit(data_root, articles, embeddings, cutoff, index_params, epoch_ms, similar=False,
+                                   learned=learned)
         mine = history[history[USER_ID].isin(users)]
         cands = index.candidates(mine, users=users)
         scorers: dict[str, Scorer] = {}
@@ -497,7 +505,7 @@ def evaluate(
             raise ValueError("the as-served protocol needs the candidates and features params and the epoch")
         results["as_served"] = evaluate_as_served(
             root, snap, clicks, (catalogue, delivered), embeddings, index_params, feature_params, int(epoch_ms), k,
-            recent_hours, ranker=ranker, curve_k=curve_k,
+            recent_hours, ranker=ranker, curve_k=curve_k, learned=index.learned,
         )
     return results
 

@@ -1,0 +1,449 @@
+"""Learned retrieval: a two-tower model of readers and articles, trained on clicks (PyTorch, CPU).
+
+The article tower embeds an article from its content and metadata alone: the catalogue's (L2-normalised)
+embedding, its category and its length go through an MLP to a unit vector; its age at the moment of the
+request picks a small learned age vector. So an article published this hour gets a vector the first time
+an index holds it, before anyone has clicked it; nothing in the model is keyed by article id.
+
+The user tower reads the user's last `history` clicks, newest first: each clicked article through the
+same content MLP, plus a learned vector for its position and one for how long before the user's newest
+click it was read (hour buckets, relative, so no clock is needed online). Attention pooling over them,
+joined with the newest click, then an MLP gives the user's unit vector (times a learned scale) and their
+preference over article ages. The score of an article for a user is one inner product:
+
+    [scale * u, w_u] . [v_a, age(t - created_a)]
+
+Training: every click with at least one earlier click of the same user (within the fit window) is one
+example; a batch is a run of examples close in time, and its other clicked articles are each example's
+negatives (in-batch sampled softmax: stories competing at the same time), minus those not yet published at
+the example's time and copies of the positive; with `logq_correction` each logit is
+lowered by the log of its article's share of the examples, the usual correction for in-batch sampling.
+
+`fit_learned` trains at a cutoff; `fit_daily` fits the daily models the DVC flow needs (`newsrec learned`:
+one per day back from the test cutoff, the serve snapshot's last), and `model_for` picks the model a
+snapshot uses: the newest fitted at or before its cutoff, as the daily retrain would have left it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines import columns as C
+
+# Hour buckets of an article's age at the request and of a click's distance before the user's newest one:
+# bucket i holds [EDGES[i-1], EDGES[i]) hours (a news story's life is hours, its tail days).
+AGE_EDGES_H = np.array([1, 2, 4, 8, 12, 16, 20, 24, 36, 48, 72, 168], dtype=np.float64)
+N_AGE = len(AGE_EDGES_H) + 1
+CATEGORY_DIM = 16
+_MODEL = "model.pt"
+_META = "learned.json"
+LEARNED_FORMAT = 1
+PARAM_KEYS = ("dim", "hidden", "age_dim", "history", "epochs", "batch", "lr", "weight_decay",
+              "logq_correction", "max_examples", "seed", "threads")
+
+
+def age_bucket(hours: np.ndarray) -> np.ndarray:
+    """Bucket of each age in hours (negative ages, not yet published, fall in bucket 0)."""
+    return np.searchsorted(AGE_EDGES_H, np.asarray(hours, dtype=np.float64), side="right").astype(np.int64)
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _build_network(emb_dim: int, n_categories: int, p: dict):
+    torch = _torch()
+    nn = torch.nn
+    dim, hidden, age_dim, history = int(p["dim"]), int(p["hidden"]), int(p["age_dim"]), int(p["history"])
+
+    class TwoTower(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.category = nn.Embedding(n_categories + 1, CATEGORY_DIM)  # the last row: unknown category
+            self.content = nn.Sequential(nn.Linear(emb_dim + CATEGORY_DIM + 1, hidden), nn.ReLU(),
+                                         nn.Linear(hidden, dim))
+            self.age = nn.Embedding(N_AGE, age_dim)
+            self.position = nn.Embedding(history, dim)
+            self.gap = nn.Embedding(N_AGE, dim)
+            self.attention = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+            self.user = nn.Sequential(nn.Linear(2 * dim, hidden), nn.ReLU(), nn.Linear(hidden, dim + age_dim))
+            self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+
+        def items(self, emb, category, words):
+            """Content vectors (not normalised) of articles: [..., dim]."""
+            return self.content(torch.cat([emb, self.category(category), words.unsqueeze(-1)], dim=-1))
+
+        def scale(self):
+            return self.log_scale.clamp(max=math.log(100.0)).exp()
+
+        def articles(self, emb, category, words):
+            """Unit content vectors [n, dim]; the age part is `self.age.weight[bucket]`."""
+            return nn.functional.normalize(self.items(emb, category, words), dim=-1)
+
+        def users(self, emb, category, words, gap, mask):
+            """[B, dim + age_dim] user vectors from [B, N] histories (newest first; mask: a click is there)."""
+            return self.users_of_items(self.items(emb, category, words), gap, mask)
+
+        def users_of_items(self, items, gap, mask):
+            """`users` from the clicked articles' content vectors [B, N, dim]."""
+            x = items + self.position.weight[: items.shape[1]] + self.gap(gap)
+            logits = self.attention(x).squeeze(-1).masked_fill(~mask, float("-inf"))
+            pooled = (torch.softmax(logits, dim=-1).unsqueeze(-1) * x).sum(dim=1)
+            out = self.user(torch.cat([pooled, x[:, 0]], dim=-1))
+            u = nn.functional.normalize(out[:, :dim], dim=-1) * self.scale()
+            return torch.cat([u, out[:, dim:]], dim=-1)
+
+    return TwoTower()
+
+
+@dataclass
+class Catalogue:
+    """Per-article model inputs by article id: normalised embedding, category code, scaled length, creation."""
+
+    emb: np.ndarray  # float32 [n, dim], row = article_id
+    category: np.ndarray  # int64 [n] codes (n_categories = unknown)
+    words: np.ndarray  # float32 [n]
+    created: np.ndarray  # int64 [n] ms (int64 max where the id is not in the catalogue)
+
+
+@dataclass
+class LearnedModel:
+    """A fitted two-tower model (see the module docstring) and what it needs to encode new articles."""
+
+    params: dict
+    categories: np.ndarray  # sorted category ids known at fit; their position is the model's code
+    emb_dim: int
+    meta: dict
+    state: dict = field(repr=False)  # the network's state_dict
+    _net: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def net(self):
+        if self._net is None:
+            torch = _torch()
+            net = _build_network(self.emb_dim, len(self.categories), self.params)
+            net.load_state_dict({k: torch.as_tensor(v) for k, v in self.state.items()})
+            net.eval()
+            self._net = net
+        return self._net
+
+    @property
+    def dim(self) -> int:
+        """Width of a user or article vector (content part + age part)."""
+        return int(self.params["dim"]) + int(self.params["age_dim"])
+
+    def category_codes(self, category_ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(category_ids, dtype=np.int64)
+        at = np.clip(np.searchsorted(self.categories, ids), 0, max(len(self.categories) - 1, 0))
+        known = (len(self.categories) > 0) & (self.categories[at] == ids) if len(self.categories) else \
+            np.zeros(len(ids), dtype=bool)
+        return np.where(known, at, len(self.categories)).astype(np.int64)
+
+    def article_vectors(self, emb: np.ndarray, category_ids: np.ndarray, words: np.ndarray,
+                        created_ms: np.ndarray, at_ms: int) -> np.ndarray:
+        """float32 [n, dim]: each article's vector as of `at_ms` (its age then picks the age part).
+
+        `emb` are the articles' L2-normalised catalogue embeddings, one row per article."""
+        torch = _torch()
+        emb = np.asarray(emb, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[1] != self.emb_dim:
+            raise ValueError(f"article embeddings of shape {emb.shape}; the model reads width {self.emb_dim}")
+        net = self.net
+        with torch.inference_mode():
+            content = net.articles(torch.from_numpy(np.ascontiguousarray(emb)),
+                                   torch.from_numpy(self.category_codes(category_ids)),
+                                   torch.from_numpy(_scaled_words(words))).numpy()
+            ages = net.age.weight.numpy()
+        bucket = age_bucket((int(at_ms) - np.asarray(created_ms, dtype=np.int64)) / C.HOUR_MS)
+        return np.ascontiguousarray(np.hstack([content, ages[bucket]]), dtype=np.float32)
+
+    def user_vectors(self, emb: np.ndarray, category_ids: np.ndarray, words: np.ndarray, ts: np.ndarray,
+                     mask: np.ndarray) -> np.ndarray:
+        """float32 [B, dim] from histories [B, N] (newest click first, `mask` where a click is; `emb` is
+        [B, N, emb_dim] normalised embeddings, `ts` click times in ms). N is cut to params `history`."""
+        torch = _torch()
+        n = int(self.params["history"])
+        emb, category_ids, words, ts, mask = (a[:, :n] for a in (emb, category_ids, words, ts, mask))
+        newest = ts[:, :1]
+        gap = np.where(mask, age_bucket((newest - ts) / C.HOUR_MS), 0)
+        with torch.inference_mode():
+            out = self.net.users(
+                torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)),
+                torch.from_numpy(self.category_codes(category_ids.ravel()).reshape(category_ids.shape)),
+                torch.from_numpy(_scaled_words(words.ravel()).reshape(words.shape)),
+                torch.from_numpy(gap.astype(np.int64)), torch.from_numpy(np.asarray(mask, dtype=bool)))
+        return np.ascontiguousarray(out.numpy(), dtype=np.float32)
+
+    # ---- persistence -------------------------------------------------------------------------------
+    def save(self, out_dir: str | Path) -> Path:
+        """Write `model.pt` (the state_dict) and `learned.json` (params, category vocabulary, fit facts)."""
+        from pipelines.fileio import atomic_write
+
+        torch = _torch()
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: torch.as_tensor(v) for k, v in self.state.items()}
+        atomic_write(out / _MODEL, lambda p: torch.save(state, p))
+        meta = {"format": LEARNED_FORMAT, "params": self.params, "categories": self.categories.tolist(),
+                "emb_dim": self.emb_dim, **self.meta}
+        atomic_write(out / _META, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+        return out
+
+    @classmethod
+    def load(cls, in_dir: str | Path) -> LearnedModel:
+        torch = _torch()
+        src = Path(in_dir)
+        if not (src / _META).exists():
+            raise FileNotFoundError(f"no learned model in {src} ({_META} missing): run `newsrec learned`")
+        meta = json.loads((src / _META).read_text())
+        if meta.get("format") != LEARNED_FORMAT:
+            raise ValueError(f"learned model in {src} has format {meta.get('format')}; this code reads "
+                             f"{LEARNED_FORMAT}: fit it again with `newsrec learned`")
+        state = torch.load(src / _MODEL, map_location="cpu", weights_only=True)
+        rest = {k: v for k, v in meta.items() if k not in ("format", "params", "categories", "emb_dim")}
+        return cls(params=meta["params"], categories=np.asarray(meta["categories"], dtype=np.int64),
+                   emb_dim=int(meta["emb_dim"]), meta=rest, state=dict(state))
+
+
+def _scaled_words(words: np.ndarray) -> np.ndarray:
+    return (np.log1p(np.clip(np.asarray(words, dtype=np.float64), 0, None)) / 8.0).astype(np.float32)
+
+
+def check_params(params: dict) -> dict:
+    """The `learned` params with every key present and sane; ValueError naming what is wrong."""
+    missing = [k for k in PARAM_KEYS if k not in params]
+    if missing:
+        raise ValueError(f"learned params lack {missing}")
+    for key in ("dim", "hidden", "age_dim", "history", "epochs", "batch", "threads"):
+        if int(params[key]) < 1:
+            raise ValueError(f"learned.{key} must be >= 1, got {params[key]}")
+    if float(params["lr"]) <= 0:
+        raise ValueError(f"learned.lr must be > 0, got {params['lr']}")
+    return {k: params[k] for k in PARAM_KEYS} | {k: v for k, v in params.items() if k not in PARAM_KEYS}
+
+
+def training_examples(clicks: pd.DataFrame, history: int, max_examples: int | None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(history rows [E, history] into the clicks sorted by user and time, -1 padded, newest first; positive
+    article; its time; the sorted clicks' article ids and times): one example per click with an earlier click of the same user on another
+    article, not a re-read of one of its `history` previous clicks. The newest `max_examples` are kept."""
+    user = clicks[C.USER_ID].to_numpy(np.int64)
+    ts = clicks[C.CLICK_TIMESTAMP].to_numpy(np.int64)
+    art = clicks[C.CLICK_ARTICLE_ID].to_numpy(np.int64)
+    order = np.lexsort((ts, user))
+    user, ts, art = user[order], ts[order], art[order]
+    rows = np.arange(len(user))
+    hist = np.full((len(user), history), -1, dtype=np.int64)
+    for back in range(1, history + 1):
+        prev = rows - back
+        same = (prev >= 0) & (user[np.maximum(prev, 0)] == user)
+        hist[:, back - 1] = np.where(same, prev, -1)
+    valid = hist[:, 0] >= 0
+    reread = ((hist >= 0) & (art[np.maximum(hist, 0)] == art[:, None])).any(axis=1)
+    keep = np.flatnonzero(valid & ~reread)
+    if max_examples is not None and len(keep) > int(max_examples):
+        keep = keep[np.argsort(ts[keep], kind="stable")[-int(max_examples):]]
+        keep.sort()
+    return hist[keep], art[keep], ts[keep], art, ts
+
+
+def _catalogue(articles: pd.DataFrame, embeddings: np.ndarray, categories: np.ndarray) -> Catalogue:
+    from pipelines.features import normalise_embeddings
+
+    n = embeddings.shape[0]
+    ids = articles[C.ARTICLE_ID].to_numpy(np.int64)
+    if len(ids) and (ids.min() < 0 or ids.max() >= n):
+        raise ValueError(f"article ids up to {int(ids.max())} but embeddings have {n} rows")
+    category = np.full(n, len(categories), dtype=np.int64)
+    words = np.zeros(n, dtype=np.float32)
+    created = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    codes = np.searchsorted(categories, articles[C.CATEGORY_ID].to_numpy(np.int64))
+    category[ids] = codes
+    words[ids] = _scaled_words(articles[C.WORDS_COUNT].to_numpy())
+    created[ids] = articles[C.CREATED_AT_TS].to_numpy(np.int64)
+    return Catalogue(normalise_embeddings(np.asarray(embeddings, dtype=np.float32)), category, words, created)
+
+
+def fit_learned(clicks: pd.DataFrame, articles: pd.DataFrame, embeddings: np.ndarray, cutoff_ms: int,
+                params: dict, log=print) -> LearnedModel:
+    """Train the two-tower model on `clicks` before `cutoff_ms` (later ones are ignored) over the catalogue
+    `articles` / `embeddings` (row = article_id). Seeded: the same inputs give the same model."""
+    torch = _torch()
+    p = check_params(params)
+    missing = {C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP} - set(clicks.columns)
+    if missing:
+        raise ValueError(f"clicks frame lacks columns {sorted(missing)}")
+    clicks = clicks[clicks[C.CLICK_TIMESTAMP].to_numpy() < int(cutoff_ms)]
+    n_hist = int(p["history"])
+    hist, pos, ts, art, art_ts = training_examples(clicks, n_hist, p.get("max_examples"))
+    if len(pos) < 2:
+        raise ValueError(f"{len(pos)} training example(s) before the cutoff: the learned model needs users "
+                         "with at least two clicks")
+    categories = np.unique(articles[C.CATEGORY_ID].to_numpy(np.int64))
+    cat = _catalogue(articles, embeddings, categories)
+    clicked_missing = np.setdiff1d(np.unique(art), articles[C.ARTICLE_ID].to_numpy(np.int64))
+    if len(clicked_missing):
+        raise ValueError(f"clicks on {len(clicked_missing)} article(s) missing from the catalogue, "
+                         f"e.g. {clicked_missing[:5].tolist()}")
+
+    seed = int(p["seed"])
+    torch.manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(p["threads"]))
+    try:
+        net = _build_network(cat.emb.shape[1], len(categories), p)
+        opt = torch.optim.AdamW(net.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
+        emb_t = torch.from_numpy(cat.emb)
+        cat_t, words_t = torch.from_numpy(cat.category), torch.from_numpy(cat.words)
+        _, pos_code, counts = np.unique(pos, return_inverse=True, return_counts=True)
+        logq = np.log(counts[pos_code] / len(pos)).astype(np.float32)
+        hist_art = np.where(hist >= 0, art[np.maximum(hist, 0)], 0)
+        hist_ts = np.where(hist >= 0, art_ts[np.maximum(hist, 0)], 0)
+        mask = hist >= 0
+        gap = np.where(mask, age_bucket((hist_ts[:, :1] - hist_ts) / C.HOUR_MS), 0)
+        rng = np.random.default_rng(seed)
+        batch = int(p["batch"])
+        started, losses = time.perf_counter(), []
+        net.train()
+        by_time = np.argsort(ts, kind="stable")
+        for epoch in range(int(p["epochs"])):
+            # A batch is a run of clicks close in time, so its negatives are articles read at the same time:
+            # what a story competes with. The runs start at a random offset and come in random order.
+            bounds = np.arange(int(rng.integers(batch)), len(by_time), batch)
+            chunks = np.split(by_time, bounds[bounds > 0])
+            total, steps = 0.0, 0
+            for c in rng.permutation(len(chunks)):
+                b = chunks[c]
+                if len(b) < 2:
+                    continue
+                # Each distinct article of the batch through the content MLP once (popular ones recur a lot).
+                ids, inv = np.unique(np.concatenate([hist_art[b].ravel(), pos[b]]), return_inverse=True)
+                t_ids = torch.from_numpy(ids)
+                items = net.items(emb_t[t_ids], cat_t[t_ids], words_t[t_ids])
+                inv = torch.from_numpy(inv)
+                n_h = hist_art[b].size
+                u = net.users_of_items(items[inv[:n_h]].reshape(len(b), n_hist, -1), torch.from_numpy(gap[b]),
+                                       torch.from_numpy(mask[b]))
+                v = torch.nn.functional.normalize(items[inv[n_h:]], dim=-1)
+                d = int(p["dim"])
+                age_h = (ts[b][:, None] - cat.created[pos[b]][None, :]) / C.HOUR_MS
+                bucket = torch.from_numpy(age_bucket(age_h))
+                age_scores = u[:, d:] @ net.age.weight.T  # [B, N_AGE]
+                logits = u[:, :d] @ v.T + torch.gather(age_scores, 1, bucket)
+                if p["logq_correction"]:
+                    logits = logits - torch.from_numpy(logq[b])[None, :]
+                # Not negatives: copies of the positive, articles not yet published at the example's time. The
+                # positive itself always stays (a click may precede its article's timestamp by a clock skew).
+                masked = torch.from_numpy((pos[b][:, None] == pos[b][None, :]) | (age_h < 0))
+                logits = logits.masked_fill(masked & ~torch.eye(len(b), dtype=torch.bool), float("-inf"))
+                loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(b)))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total, steps = total + float(loss.detach()), steps + 1
+            losses.append(total / max(steps, 1))
+            log(f"learned: epoch {epoch + 1}/{p['epochs']} loss {losses[-1]:.4f} "
+                f"({len(pos)} examples, {time.perf_counter() - started:.0f} s)")
+        net.eval()
+        state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    finally:
+        torch.set_num_threads(threads)
+    meta = {"cutoff_ms": int(cutoff_ms), "examples": len(pos), "losses": losses,
+            "fit_seconds": round(time.perf_counter() - started, 2)}
+    return LearnedModel(params=p, categories=categories, emb_dim=int(cat.emb.shape[1]), meta=meta, state=state)
+
+
+# ---- the daily models of the DVC flow -------------------------------------------------------------------
+def fit_hours(snapshots: Sequence, refit_hours: int) -> list[int]:
+    """Cutoff hours to fit at: the serve snapshot's, the test's, then every `refit_hours` back from the test
+    cutoff until the earliest snapshot has one at or before its cutoff (the daily retrain's cadence)."""
+    if int(refit_hours) < 1:
+        raise ValueError(f"learned.refit_hours must be >= 1, got {refit_hours}")
+    by_role = {s.role: s for s in snapshots}
+    if "test" not in by_role:
+        raise ValueError("the split has no test snapshot")
+    first = min(s.cutoff_hour for s in snapshots)
+    hours = {by_role["serve"].cutoff_hour} if "serve" in by_role else set()
+    h = by_role["test"].cutoff_hour
+    while True:
+        hours.add(h)
+        if h <= first:
+            break
+        h -= int(refit_hours)
+    return sorted(hours)
+
+
+def model_dir(models_dir: str | Path, cutoff_hour: int) -> Path:
+    return Path(models_dir) / f"{C.HOUR}={int(cutoff_hour):03d}"
+
+
+def model_for(models_dir: str | Path, cutoff_hour: int) -> LearnedModel | None:
+    """The model fitted newest at or before `cutoff_hour` under `models_dir`; None when there is none (fitted
+    later only, or `models_dir` None)."""
+    if models_dir is None:
+        return None
+    hours = sorted(int(d.name.split("=", 1)[1]) for d in Path(models_dir).glob(f"{C.HOUR}=*")
+                   if (d / _META).exists())
+    usable = [h for h in hours if h <= int(cutoff_hour)]
+    return LearnedModel.load(model_dir(models_dir, usable[-1])) if usable else None
+
+
+def fit_daily(data_root: str | Path, snapshots: Sequence, out_dir: str | Path, params: dict, epoch_ms: int
+              ) -> dict[str, dict]:
+    """Fit and save one model per `fit_hours` cutoff under `<out_dir>/hour=NNN/`; returns what each fit saw."""
+    from pipelines.catalogue import delivered_hours, known_at, read_catalogue
+    from pipelines.split import hour_start_ms, load_clicks
+
+    root = Path(data_root)
+    catalogue, embeddings = read_catalogue(root)
+    delivered = delivered_hours(root, catalogue)
+    clicks = load_clicks(root / "validated" / "clicks", None, None,
+                         columns=[C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP])
+    report = {}
+    for hour in fit_hours(snapshots, int(params["refit_hours"])):
+        cutoff_ms = hour_start_ms(hour, epoch_ms)
+        articles = known_at(catalogue, delivered, hour)
+        model = fit_learned(clicks, articles, embeddings, cutoff_ms, params)
+        model.save(model_dir(out_dir, hour))
+        report[f"{C.HOUR}={hour:03d}"] = {k: model.meta[k] for k in ("examples", "fit_seconds")} | {
+            "final_loss": model.meta["losses"][-1]}
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.config import load_params
+    from pipelines.split import read_snapshots
+
+    parser = argparse.ArgumentParser(prog="newsrec learned", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", type=Path, required=True, help="data root with raw/ and validated/")
+    parser.add_argument("--split", type=Path, required=True, help="snapshot file written by `newsrec split`")
+    parser.add_argument("--out", type=Path, required=True, help="folder for hour=NNN/ models")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    params = load_params("learned", args.params)
+    try:
+        report = fit_daily(args.data_root, read_snapshots(args.split), args.out, params,
+                           int(load_params("data", args.params)["epoch_ms"]))
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"newsrec learned: {exc}", file=sys.stderr)
+        return 1
+    (args.out / "fits.json").write_text(json.dumps(report, indent=2) + "\n")
+    for name, row in report.items():
+        print(f"{name}  {row['examples']} examples  loss {row['final_loss']:.4f}  {row['fit_seconds']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
