@@ -380,7 +380,8 @@ class CandidateIndex:
 
         The pool's article vectors are computed here, by the article tower as of the cutoff, and searched
         exactly with faiss: once per index (at fit, at load, at each hourly swap in the API), never per
-        request. An article published after the model was trained gets its vector here like any other."""
+        request. An article published after the model was trained gets its vector here like any other. (The
+        API's live popularity between refreshes moves the trend source, not these vectors.)"""
         if model is None:
             return dataclasses.replace(self, learned=None, learned_pool=None, _learned_faiss=None)
         import faiss
@@ -388,9 +389,14 @@ class CandidateIndex:
         if self.emb_meta is None:
             raise ValueError("this candidate index has no article metadata for the learned model (written by "
                              "older code): rebuild it with `newsrec candidates` or `newsrec refresh`")
+        mine, theirs = float(self.params["trend_half_life_hours"]), float(model.meta["trend_half_life_hours"])
+        if mine != theirs:
+            raise ValueError(f"the learned model reads trends of half-life {theirs} h, this index has {mine} h: "
+                             "fit the model with the index's candidates params")
         vectors = model.article_vectors(
             self.emb[np.searchsorted(self.emb_ids, self.pool_ids)], self.pool[CATEGORY_ID].to_numpy(np.int64),
-            self.pool[WORDS_COUNT].to_numpy(np.int64), self.pool[CREATED_AT_TS].to_numpy(np.int64), self.cutoff_ms,
+            self.pool[WORDS_COUNT].to_numpy(np.int64), self.pool[CREATED_AT_TS].to_numpy(np.int64),
+            self.pool[TREND].to_numpy(np.float64), self.cutoff_ms,
         ) if len(self.pool) else np.zeros((0, model.dim), dtype=np.float32)
         faiss.cvar.distance_compute_blas_threshold = 2**31 - 1  # one kernel for every batch size (_faiss_index)
         idx = faiss.IndexFlatIP(model.dim)

@@ -1,22 +1,23 @@
 """Learned retrieval: a two-tower model of readers and articles, trained on clicks (PyTorch, CPU).
 
 The article tower embeds an article from its content and metadata alone: the catalogue's (L2-normalised)
-embedding, its category and its length go through an MLP to a unit vector; its age at the moment of the
-request picks a small learned age vector. So an article published this hour gets a vector the first time
-an index holds it, before anyone has clicked it; nothing in the model is keyed by article id.
+embedding, its category and its length go through an MLP to a unit vector. Its state at the moment of the
+request, its age and its trend (clicks decayed with the candidate index's trend half-life, 0 for a story
+nobody has read yet), picks two small learned vectors, summed. So an article published this hour gets a
+vector the first time an index holds it, before anyone has clicked it; nothing in the model is keyed by
+article id.
 
 The user tower reads the user's last `history` clicks, newest first: each clicked article through the
 same content MLP, plus a learned vector for its position and one for how long before the user's newest
 click it was read (hour buckets, relative, so no clock is needed online). Attention pooling over them,
 joined with the newest click, then an MLP gives the user's unit vector (times a learned scale) and their
-preference over article ages. The score of an article for a user is one inner product:
+preference over article states. The score of an article for a user is one inner product:
 
-    [scale * u, w_u] . [v_a, age(t - created_a)]
+    [scale * u, w_u] . [v_a, age(t - created_a) + trend(trend_a(t))]
 
 Training: every click with at least one earlier click of the same user (within the fit window) is one
-example; a batch is a run of examples close in time, and its other clicked articles are each example's
-negatives (in-batch sampled softmax: stories competing at the same time), minus those not yet published at
-the example's time and copies of the positive; with `logq_correction` each logit is
+example; a batch's other clicked articles are its negatives (in-batch sampled softmax), each in its state
+at the example's time (age, trend), minus those not yet published then and copies of the positive; with `logq_correction` each logit is
 lowered by the log of its article's share of the examples, the usual correction for in-batch sampling.
 
 `fit_learned` trains at a cutoff; `fit_daily` fits the daily models the DVC flow needs (`newsrec learned`:
@@ -44,17 +45,23 @@ from pipelines import columns as C
 # bucket i holds [EDGES[i-1], EDGES[i]) hours (a news story's life is hours, its tail days).
 AGE_EDGES_H = np.array([1, 2, 4, 8, 12, 16, 20, 24, 36, 48, 72, 168], dtype=np.float64)
 N_AGE = len(AGE_EDGES_H) + 1
+N_TREND = 24  # trend bucket: floor(2 * log2(1 + trend)), capped (a scale that does not depend on traffic)
 CATEGORY_DIM = 16
 _MODEL = "model.pt"
 _META = "learned.json"
 LEARNED_FORMAT = 1
-PARAM_KEYS = ("dim", "hidden", "age_dim", "history", "epochs", "batch", "lr", "weight_decay",
+PARAM_KEYS = ("dim", "hidden", "state_dim", "history", "epochs", "batch", "lr", "weight_decay",
               "logq_correction", "max_examples", "seed", "threads")
 
 
 def age_bucket(hours: np.ndarray) -> np.ndarray:
     """Bucket of each age in hours (negative ages, not yet published, fall in bucket 0)."""
     return np.searchsorted(AGE_EDGES_H, np.asarray(hours, dtype=np.float64), side="right").astype(np.int64)
+
+
+def trend_bucket(trend: np.ndarray) -> np.ndarray:
+    """Bucket of each trend value (decayed clicks): half-octaves of 1 + trend."""
+    return np.minimum(2 * np.log2(1 + np.maximum(np.asarray(trend, dtype=np.float64), 0)), N_TREND - 1).astype(np.int64)
 
 
 def _torch():
@@ -66,7 +73,7 @@ def _torch():
 def _build_network(emb_dim: int, n_categories: int, p: dict):
     torch = _torch()
     nn = torch.nn
-    dim, hidden, age_dim, history = int(p["dim"]), int(p["hidden"]), int(p["age_dim"]), int(p["history"])
+    dim, hidden, state_dim, history = int(p["dim"]), int(p["hidden"]), int(p["state_dim"]), int(p["history"])
 
     class TwoTower(nn.Module):
         def __init__(self) -> None:
@@ -74,11 +81,12 @@ def _build_network(emb_dim: int, n_categories: int, p: dict):
             self.category = nn.Embedding(n_categories + 1, CATEGORY_DIM)  # the last row: unknown category
             self.content = nn.Sequential(nn.Linear(emb_dim + CATEGORY_DIM + 1, hidden), nn.ReLU(),
                                          nn.Linear(hidden, dim))
-            self.age = nn.Embedding(N_AGE, age_dim)
+            self.age = nn.Embedding(N_AGE, state_dim)
+            self.trend = nn.Embedding(N_TREND, state_dim)
             self.position = nn.Embedding(history, dim)
             self.gap = nn.Embedding(N_AGE, dim)
             self.attention = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
-            self.user = nn.Sequential(nn.Linear(2 * dim, hidden), nn.ReLU(), nn.Linear(hidden, dim + age_dim))
+            self.user = nn.Sequential(nn.Linear(2 * dim, hidden), nn.ReLU(), nn.Linear(hidden, dim + state_dim))
             self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
 
         def items(self, emb, category, words):
@@ -89,11 +97,11 @@ def _build_network(emb_dim: int, n_categories: int, p: dict):
             return self.log_scale.clamp(max=math.log(100.0)).exp()
 
         def articles(self, emb, category, words):
-            """Unit content vectors [n, dim]; the age part is `self.age.weight[bucket]`."""
+            """Unit content vectors [n, dim]; the state part is `age.weight[a] + trend.weight[t]`."""
             return nn.functional.normalize(self.items(emb, category, words), dim=-1)
 
         def users(self, emb, category, words, gap, mask):
-            """[B, dim + age_dim] user vectors from [B, N] histories (newest first; mask: a click is there)."""
+            """[B, dim + state_dim] user vectors from [B, N] histories (newest first; mask: a click is there)."""
             return self.users_of_items(self.items(emb, category, words), gap, mask)
 
         def users_of_items(self, items, gap, mask):
@@ -141,8 +149,8 @@ class LearnedModel:
 
     @property
     def dim(self) -> int:
-        """Width of a user or article vector (content part + age part)."""
-        return int(self.params["dim"]) + int(self.params["age_dim"])
+        """Width of a user or article vector (content part + state part)."""
+        return int(self.params["dim"]) + int(self.params["state_dim"])
 
     def category_codes(self, category_ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(category_ids, dtype=np.int64)
@@ -152,10 +160,11 @@ class LearnedModel:
         return np.where(known, at, len(self.categories)).astype(np.int64)
 
     def article_vectors(self, emb: np.ndarray, category_ids: np.ndarray, words: np.ndarray,
-                        created_ms: np.ndarray, at_ms: int) -> np.ndarray:
-        """float32 [n, dim]: each article's vector as of `at_ms` (its age then picks the age part).
+                        created_ms: np.ndarray, trend: np.ndarray, at_ms: int) -> np.ndarray:
+        """float32 [n, dim]: each article's vector as of `at_ms` (its age and `trend` then pick the state part).
 
-        `emb` are the articles' L2-normalised catalogue embeddings, one row per article."""
+        `emb` are the articles' L2-normalised catalogue embeddings, one row per article; `trend` their clicks
+        decayed with the half-life the model was fitted with (`meta["trend_half_life_hours"]`)."""
         torch = _torch()
         emb = np.asarray(emb, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.emb_dim:
@@ -165,9 +174,10 @@ class LearnedModel:
             content = net.articles(torch.from_numpy(np.ascontiguousarray(emb)),
                                    torch.from_numpy(self.category_codes(category_ids)),
                                    torch.from_numpy(_scaled_words(words))).numpy()
-            ages = net.age.weight.numpy()
-        bucket = age_bucket((int(at_ms) - np.asarray(created_ms, dtype=np.int64)) / C.HOUR_MS)
-        return np.ascontiguousarray(np.hstack([content, ages[bucket]]), dtype=np.float32)
+            ages, trends = net.age.weight.numpy(), net.trend.weight.numpy()
+        state = ages[age_bucket((int(at_ms) - np.asarray(created_ms, dtype=np.int64)) / C.HOUR_MS)] + \
+            trends[trend_bucket(trend)]
+        return np.ascontiguousarray(np.hstack([content, state]), dtype=np.float32)
 
     def user_vectors(self, emb: np.ndarray, category_ids: np.ndarray, words: np.ndarray, ts: np.ndarray,
                      mask: np.ndarray) -> np.ndarray:
@@ -226,7 +236,7 @@ def check_params(params: dict) -> dict:
     missing = [k for k in PARAM_KEYS if k not in params]
     if missing:
         raise ValueError(f"learned params lack {missing}")
-    for key in ("dim", "hidden", "age_dim", "history", "epochs", "batch", "threads"):
+    for key in ("dim", "hidden", "state_dim", "history", "epochs", "batch", "threads"):
         if int(params[key]) < 1:
             raise ValueError(f"learned.{key} must be >= 1, got {params[key]}")
     if float(params["lr"]) <= 0:
@@ -276,10 +286,28 @@ def _catalogue(articles: pd.DataFrame, embeddings: np.ndarray, categories: np.nd
     return Catalogue(normalise_embeddings(np.asarray(embeddings, dtype=np.float32)), category, words, created)
 
 
+def hourly_trend(articles: np.ndarray, ts: np.ndarray, cutoff_ms: int, half_life_hours: float
+                 ) -> tuple[np.ndarray, np.ndarray, int]:
+    """The trend every clicked article had at the start of each hour before the cutoff, as the candidate index
+    computes it (`aggregates.read_popularity`: an hour's clicks decayed from its middle): (sorted article ids,
+    float32 [articles, hours + 1] where column k is the trend at the start of hour first + k, first hour)."""
+    hour = (np.asarray(ts, dtype=np.int64) - int(cutoff_ms)) // C.HOUR_MS  # negative: hours before the cutoff
+    first = int(hour.min()) if len(hour) else 0
+    ids, row = np.unique(articles, return_inverse=True)
+    counts = np.zeros((len(ids), -first + 1), dtype=np.float64)
+    np.add.at(counts, (row, hour - first), 1.0)
+    decay = 0.5 ** (1.0 / float(half_life_hours))
+    trend = np.zeros_like(counts)
+    for k in range(1, counts.shape[1]):
+        trend[:, k] = trend[:, k - 1] * decay + counts[:, k - 1] * decay ** 0.5
+    return ids, trend.astype(np.float32), first
+
+
 def fit_learned(clicks: pd.DataFrame, articles: pd.DataFrame, embeddings: np.ndarray, cutoff_ms: int,
-                params: dict, log=print) -> LearnedModel:
+                params: dict, trend_half_life_hours: float, log=print) -> LearnedModel:
     """Train the two-tower model on `clicks` before `cutoff_ms` (later ones are ignored) over the catalogue
-    `articles` / `embeddings` (row = article_id). Seeded: the same inputs give the same model."""
+    `articles` / `embeddings` (row = article_id); an article's trend decays with `trend_half_life_hours`, the
+    candidate index's (params candidates.trend_half_life_hours). Seeded: the same inputs give the same model."""
     torch = _torch()
     p = check_params(params)
     missing = {C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP} - set(clicks.columns)
@@ -297,6 +325,10 @@ def fit_learned(clicks: pd.DataFrame, articles: pd.DataFrame, embeddings: np.nda
     if len(clicked_missing):
         raise ValueError(f"clicks on {len(clicked_missing)} article(s) missing from the catalogue, "
                          f"e.g. {clicked_missing[:5].tolist()}")
+    if float(trend_half_life_hours) <= 0:
+        raise ValueError(f"trend half-life must be > 0, got {trend_half_life_hours}")
+    trend_ids, trend, first_hour = hourly_trend(art, art_ts, cutoff_ms, trend_half_life_hours)
+    example_hour = (ts - int(cutoff_ms)) // C.HOUR_MS - first_hour
 
     seed = int(p["seed"])
     torch.manual_seed(seed)
@@ -317,15 +349,11 @@ def fit_learned(clicks: pd.DataFrame, articles: pd.DataFrame, embeddings: np.nda
         batch = int(p["batch"])
         started, losses = time.perf_counter(), []
         net.train()
-        by_time = np.argsort(ts, kind="stable")
         for epoch in range(int(p["epochs"])):
-            # A batch is a run of clicks close in time, so its negatives are articles read at the same time:
-            # what a story competes with. The runs start at a random offset and come in random order.
-            bounds = np.arange(int(rng.integers(batch)), len(by_time), batch)
-            chunks = np.split(by_time, bounds[bounds > 0])
+            order = rng.permutation(len(pos))
             total, steps = 0.0, 0
-            for c in rng.permutation(len(chunks)):
-                b = chunks[c]
+            for lo in range(0, len(order) - 1, batch):
+                b = order[lo: lo + batch]
                 if len(b) < 2:
                     continue
                 # Each distinct article of the batch through the content MLP once (popular ones recur a lot).
@@ -338,10 +366,14 @@ def fit_learned(clicks: pd.DataFrame, articles: pd.DataFrame, embeddings: np.nda
                                        torch.from_numpy(mask[b]))
                 v = torch.nn.functional.normalize(items[inv[n_h:]], dim=-1)
                 d = int(p["dim"])
+                # Every article's state at every example's time: its age then, its trend at that hour's start.
                 age_h = (ts[b][:, None] - cat.created[pos[b]][None, :]) / C.HOUR_MS
-                bucket = torch.from_numpy(age_bucket(age_h))
-                age_scores = u[:, d:] @ net.age.weight.T  # [B, N_AGE]
-                logits = u[:, :d] @ v.T + torch.gather(age_scores, 1, bucket)
+                rows = np.searchsorted(trend_ids, pos[b])  # every positive was clicked: it has a row
+                pair_trend = trend[rows[None, :], example_hour[b][:, None]]
+                state = u[:, d:]
+                logits = (u[:, :d] @ v.T
+                          + torch.gather(state @ net.age.weight.T, 1, torch.from_numpy(age_bucket(age_h)))
+                          + torch.gather(state @ net.trend.weight.T, 1, torch.from_numpy(trend_bucket(pair_trend))))
                 if p["logq_correction"]:
                     logits = logits - torch.from_numpy(logq[b])[None, :]
                 # Not negatives: copies of the positive, articles not yet published at the example's time. The
@@ -360,7 +392,8 @@ def fit_learned(clicks: pd.DataFrame, articles: pd.DataFrame, embeddings: np.nda
         state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     finally:
         torch.set_num_threads(threads)
-    meta = {"cutoff_ms": int(cutoff_ms), "examples": len(pos), "losses": losses,
+    meta = {"cutoff_ms": int(cutoff_ms), "trend_half_life_hours": float(trend_half_life_hours),
+            "examples": len(pos), "losses": losses,
             "fit_seconds": round(time.perf_counter() - started, 2)}
     return LearnedModel(params=p, categories=categories, emb_dim=int(cat.emb.shape[1]), meta=meta, state=state)
 
@@ -400,8 +433,8 @@ def model_for(models_dir: str | Path, cutoff_hour: int) -> LearnedModel | None:
     return LearnedModel.load(model_dir(models_dir, usable[-1])) if usable else None
 
 
-def fit_daily(data_root: str | Path, snapshots: Sequence, out_dir: str | Path, params: dict, epoch_ms: int
-              ) -> dict[str, dict]:
+def fit_daily(data_root: str | Path, snapshots: Sequence, out_dir: str | Path, params: dict, epoch_ms: int,
+              trend_half_life_hours: float) -> dict[str, dict]:
     """Fit and save one model per `fit_hours` cutoff under `<out_dir>/hour=NNN/`; returns what each fit saw."""
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
     from pipelines.split import hour_start_ms, load_clicks
@@ -415,7 +448,7 @@ def fit_daily(data_root: str | Path, snapshots: Sequence, out_dir: str | Path, p
     for hour in fit_hours(snapshots, int(params["refit_hours"])):
         cutoff_ms = hour_start_ms(hour, epoch_ms)
         articles = known_at(catalogue, delivered, hour)
-        model = fit_learned(clicks, articles, embeddings, cutoff_ms, params)
+        model = fit_learned(clicks, articles, embeddings, cutoff_ms, params, trend_half_life_hours)
         model.save(model_dir(out_dir, hour))
         report[f"{C.HOUR}={hour:03d}"] = {k: model.meta[k] for k in ("examples", "fit_seconds")} | {
             "final_loss": model.meta["losses"][-1]}
@@ -435,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params("learned", args.params)
     try:
         report = fit_daily(args.data_root, read_snapshots(args.split), args.out, params,
-                           int(load_params("data", args.params)["epoch_ms"]))
+                           int(load_params("data", args.params)["epoch_ms"]),
+                           float(load_params("candidates", args.params)["trend_half_life_hours"]))
     except (ValueError, FileNotFoundError, KeyError) as exc:
         print(f"newsrec learned: {exc}", file=sys.stderr)
         return 1

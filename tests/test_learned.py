@@ -3,6 +3,8 @@ reads order, round-trips through save/load, and runs as a stage (fit at daily cu
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,8 +15,8 @@ from pipelines.aggregates import aggregate_all
 from pipelines.candidates import CandidateIndex
 from pipelines.learned import LearnedModel, fit_hours, fit_learned, model_for
 
-PARAMS = {"refit_hours": 24, "dim": 8, "hidden": 16, "age_dim": 4, "history": 5, "epochs": 40, "batch": 64,
-          "lr": 0.01, "weight_decay": 0.0, "logq_correction": False, "max_examples": None, "seed": 3, "threads": 1}
+PARAMS = {"refit_hours": 24, "dim": 8, "hidden": 16, "state_dim": 4, "history": 5, "epochs": 40, "batch": 64,
+          "lr": 0.01, "weight_decay": 0.0, "logq_correction": True, "max_examples": None, "seed": 3, "threads": 1}
 INDEX_PARAMS = {
     "pool_fresh_hours": 48, "pool_active_hours": 6, "windows": [1, 6, 24], "trend_half_life_hours": 1,
     "cocl_half_life_hours": 6, "cocl_top_k": 50, "recent_clicks": 10, "cocl_recency": 0.7, "profile_clicks": 20,
@@ -36,25 +38,26 @@ def _world_embeddings() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """Readers who each follow one topic (user u reads topic u % 3), clicking four of its articles in hours
-    2-20; article NEW (topic 0) is published at hour 25, after the model's cutoff."""
+    """Readers who each follow one topic (user u reads topic u % 3): a topic's articles are published every
+    2.5 hours from hour 0.5, and a reader's one session (hours 9-22) clicks four of the five newest published
+    before it. Article NEW (topic 0) is published at hour 25, after the model's cutoff."""
     root = tmp_path_factory.mktemp("learned_world")
     rng = np.random.default_rng(1)
-    rows, session = [], 0
-    for user in range(90):
+    created = [0.5 + 2.5 * (i % PER_TOPIC) for i in range(NEW)] + [25.0]
+    rows = []
+    for user in range(90):  # one session each: session id = user id
         topic = user % TOPICS
-        picks = rng.choice(PER_TOPIC, size=4, replace=False) + topic * PER_TOPIC
-        start = 2 + rng.uniform(0, 16)
-        session += 1
-        rows += [(user, session, int(a), start + 0.05 * i) for i, a in enumerate(picks)]
+        start = rng.uniform(9, 22)
+        published = [i for i in range(topic * PER_TOPIC, (topic + 1) * PER_TOPIC) if created[i] < start][-5:]
+        rows += [(user, user, int(a), start + 0.05 * i)
+                 for i, a in enumerate(rng.choice(published, size=4, replace=False))]
     rows.sort(key=lambda r: r[3])
     frame = clicks(rows)
     write_validated(root, frame)
-    created = [1.0 - 0.1 * (i % PER_TOPIC) for i in range(NEW)] + [25.0]
     meta = articles(created, categories=[i // PER_TOPIC for i in range(NEW)] + [0])
     write_raw(root, meta, _world_embeddings())
     aggregate_all(root, EPOCH, 5)
-    model = fit_learned(frame, meta, _world_embeddings(), at(CUTOFF_H), PARAMS, log=lambda _: None)
+    model = fit_learned(frame, meta, _world_embeddings(), at(CUTOFF_H), PARAMS, 1.0, log=lambda _: None)
     return {"root": root, "meta": meta, "clicks": frame, "model": model}
 
 
@@ -76,7 +79,7 @@ def test_the_model_learns_each_readers_topic(world):
     for user in range(90):
         top = _learned_list(cands, user)[:4]  # four unread articles of their topic are left
         hits.append(np.mean([a // PER_TOPIC == user % TOPICS for a in top]))
-    assert np.mean(hits) > 0.9
+    assert np.mean(hits) > 0.75  # chance: 1/3
     # learned_sim scores every candidate, whichever source proposed it, and equals the source's own score
     assert cands[C.LEARNED_SIM].notna().all()
     own = cands[cands[C.rank_col(C.LEARNED)] > 0]
@@ -92,9 +95,14 @@ def test_an_article_published_after_training_is_proposed_at_the_next_refresh(wor
     cands = after.candidates(world["clicks"], users=range(90))
     readers = [u for u in range(90) if u % TOPICS == 0]
     others = [u for u in range(90) if u % TOPICS != 0]
-    # NEW has no click at all: only the article tower can put it in the topic-0 readers' learned lists
-    assert sum(NEW in _learned_list(cands, u)[:5] for u in readers) >= 0.9 * len(readers)
-    assert sum(NEW in _learned_list(cands, u)[:5] for u in others) <= 0.1 * len(others)
+    # NEW has no click at all: only the article tower can put it at the top of the topic-0 readers' lists
+    assert sum(NEW in _learned_list(cands, u)[:3] for u in readers) >= 0.9 * len(readers)
+    # and its content puts it higher for them than for the other topics' readers (to whom it is merely fresh)
+    def position(u: int) -> int:
+        mine = _learned_list(cands, u)
+        return mine.index(NEW) if NEW in mine else len(mine)
+
+    assert np.mean([position(u) for u in readers]) + 1 < np.mean([position(u) for u in others])
 
 
 @pytest.mark.unit
@@ -119,7 +127,7 @@ def test_save_load_round_trip_gives_identical_scores(world, tmp_path):
     emb = _world_embeddings()
     emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     args = (emb, meta[C.CATEGORY_ID].to_numpy(), meta[C.WORDS_COUNT].to_numpy(), meta[C.CREATED_AT_TS].to_numpy(),
-            at(30))
+            np.linspace(0, 50, len(meta)), at(30))
     np.testing.assert_array_equal(model.article_vectors(*args), loaded.article_vectors(*args))
 
     index = _index(world, 26)
@@ -133,19 +141,19 @@ def test_save_load_round_trip_gives_identical_scores(world, tmp_path):
 @pytest.mark.unit
 def test_fit_is_deterministic_and_bad_input_is_a_clear_error(world):
     again = fit_learned(world["clicks"], world["meta"], _world_embeddings(), at(CUTOFF_H), PARAMS,
-                        log=lambda _: None)
+                        1.0, log=lambda _: None)
     for key, value in world["model"].state.items():
         np.testing.assert_array_equal(value.numpy(), again.state[key].numpy(), err_msg=key)
     with pytest.raises(ValueError, match="lacks columns"):
         fit_learned(world["clicks"].drop(columns=[C.CLICK_TIMESTAMP]), world["meta"], _world_embeddings(),
-                    at(CUTOFF_H), PARAMS)
+                    at(CUTOFF_H), PARAMS, 1.0)
     with pytest.raises(ValueError, match="training example"):
-        fit_learned(world["clicks"], world["meta"], _world_embeddings(), at(2), PARAMS)
+        fit_learned(world["clicks"], world["meta"], _world_embeddings(), at(2), PARAMS, 1.0)
     with pytest.raises(ValueError, match="learned.dim"):
-        fit_learned(world["clicks"], world["meta"], _world_embeddings(), at(CUTOFF_H), PARAMS | {"dim": 0})
+        fit_learned(world["clicks"], world["meta"], _world_embeddings(), at(CUTOFF_H), PARAMS | {"dim": 0}, 1.0)
     with pytest.raises(ValueError, match="learned params lack"):
         fit_learned(world["clicks"], world["meta"], _world_embeddings(), at(CUTOFF_H),
-                    {k: v for k, v in PARAMS.items() if k != "history"})
+                    {k: v for k, v in PARAMS.items() if k != "history"}, 1.0)
 
 
 @pytest.mark.unit
@@ -180,7 +188,7 @@ def test_stage_fits_daily_models_that_the_candidate_indexes_carry(tiny_validated
     params = tmp_path / "params.yaml"
     import yaml
 
-    all_params = yaml.safe_load(open("params.yaml"))
+    all_params = yaml.safe_load(Path("params.yaml").read_text())
     all_params["learned"] |= {"epochs": 1, "dim": 16, "hidden": 32}
     params.write_text(yaml.safe_dump(all_params))
     assert main(["--data-root", str(work), "--split", str(split), "--out", str(tmp_path / "learned"),
