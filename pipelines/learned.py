@@ -33,6 +33,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,19 @@ def _torch():
     import torch
 
     return torch
+
+
+@contextmanager
+def _threads(n: int):
+    """torch's intra-op threads set to `n` for the block: on a busy machine more threads than free cores make
+    torch's small ops spin-wait (2 threads on 2 shared cores fitted 10x slower than 1)."""
+    torch = _torch()
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield torch
+    finally:
+        torch.set_num_threads(before)
 
 
 def _build_network(emb_dim: int, n_categories: int, p: dict):
@@ -165,12 +179,11 @@ class LearnedModel:
 
         `emb` are the articles' L2-normalised catalogue embeddings, one row per article; `trend` their clicks
         decayed with the half-life the model was fitted with (`meta["trend_half_life_hours"]`)."""
-        torch = _torch()
         emb = np.asarray(emb, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.emb_dim:
             raise ValueError(f"article embeddings of shape {emb.shape}; the model reads width {self.emb_dim}")
         net = self.net
-        with torch.inference_mode():
+        with _threads(self.params["threads"]) as torch, torch.inference_mode():
             content = net.articles(torch.from_numpy(np.ascontiguousarray(emb)),
                                    torch.from_numpy(self.category_codes(category_ids)),
                                    torch.from_numpy(_scaled_words(words))).numpy()
@@ -183,12 +196,11 @@ class LearnedModel:
                      mask: np.ndarray) -> np.ndarray:
         """float32 [B, dim] from histories [B, N] (newest click first, `mask` where a click is; `emb` is
         [B, N, emb_dim] normalised embeddings, `ts` click times in ms). N is cut to params `history`."""
-        torch = _torch()
         n = int(self.params["history"])
         emb, category_ids, words, ts, mask = (a[:, :n] for a in (emb, category_ids, words, ts, mask))
         newest = ts[:, :1]
         gap = np.where(mask, age_bucket((newest - ts) / C.HOUR_MS), 0)
-        with torch.inference_mode():
+        with _threads(self.params["threads"]) as torch, torch.inference_mode():
             out = self.net.users(
                 torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)),
                 torch.from_numpy(self.category_codes(category_ids.ravel()).reshape(category_ids.shape)),
@@ -332,9 +344,7 @@ def fit_learned(clicks: pd.DataFrame, articles: pd.DataFrame, embeddings: np.nda
 
     seed = int(p["seed"])
     torch.manual_seed(seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(p["threads"]))
-    try:
+    with _threads(p["threads"]):
         net = _build_network(cat.emb.shape[1], len(categories), p)
         opt = torch.optim.AdamW(net.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
         emb_t = torch.from_numpy(cat.emb)
@@ -390,8 +400,6 @@ def fit_learned(clicks: pd.DataFrame, articles: pd.DataFrame, embeddings: np.nda
                 f"({len(pos)} examples, {time.perf_counter() - started:.0f} s)")
         net.eval()
         state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    finally:
-        torch.set_num_threads(threads)
     meta = {"cutoff_ms": int(cutoff_ms), "trend_half_life_hours": float(trend_half_life_hours),
             "examples": len(pos), "losses": losses,
             "fit_seconds": round(time.perf_counter() - started, 2)}
