@@ -409,7 +409,8 @@ def fit_learned(clicks: pd.DataFrame, articles: pd.DataFrame, embeddings: np.nda
 # ---- the daily models of the DVC flow -------------------------------------------------------------------
 def fit_hours(snapshots: Sequence, refit_hours: int) -> list[int]:
     """Cutoff hours to fit at: the serve snapshot's, the test's, then every `refit_hours` back from the test
-    cutoff until the earliest snapshot has one at or before its cutoff (the daily retrain's cadence)."""
+    cutoff (the daily retrain's cadence) while that stays after the earliest snapshot's cutoff, and that cutoff
+    itself: every snapshot has a model fitted at or before its cutoff, none before the data starts."""
     if int(refit_hours) < 1:
         raise ValueError(f"learned.refit_hours must be >= 1, got {refit_hours}")
     by_role = {s.role: s for s in snapshots}
@@ -418,11 +419,10 @@ def fit_hours(snapshots: Sequence, refit_hours: int) -> list[int]:
     first = min(s.cutoff_hour for s in snapshots)
     hours = {by_role["serve"].cutoff_hour} if "serve" in by_role else set()
     h = by_role["test"].cutoff_hour
-    while True:
+    while h > first:
         hours.add(h)
-        if h <= first:
-            break
         h -= int(refit_hours)
+    hours.add(first)
     return sorted(hours)
 
 

@@ -198,7 +198,8 @@ def signature():
     for source in C.CANDIDATE_SOURCES:
         inputs += [ColSpec("double", C.score_col(source), required=False),
                    ColSpec("long", C.rank_col(source), required=False)]
-    inputs += [ColSpec("double", C.score_col(C.FUSED), required=False)]
+    inputs += [ColSpec("double", C.score_col(C.FUSED), required=False),
+               ColSpec("double", C.LEARNED_SIM, required=False)]
     inputs += [ColSpec("long", col, required=False) for col in CONTEXT_FEATURES]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("double")]))
 

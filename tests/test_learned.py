@@ -167,6 +167,10 @@ def test_daily_fit_hours_cover_every_snapshot():
     for snap in snaps:  # each snapshot has a model fitted at or before its cutoff, at most a day old
         usable = [h for h in hours if h <= snap.cutoff_hour]
         assert usable and snap.cutoff_hour - usable[-1] < 24
+    # a short history: the earliest fit is the earliest snapshot's cutoff, never before the data
+    short = plan_snapshots(list(range(24)), EPOCH, test_hours=3, val_hours=3, label_hours=3, train_snapshots=3,
+                           min_history_hours=9)
+    assert fit_hours(short, 24) == [min(s.cutoff_hour for s in short), 21, 24]
 
 
 @pytest.mark.integration
