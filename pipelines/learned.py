@@ -48,7 +48,7 @@ AGE_EDGES_H = np.array([1, 2, 4, 8, 12, 16, 20, 24, 36, 48, 72, 168], dtype=np.f
 N_AGE = len(AGE_EDGES_H) + 1
 N_TREND = 24  # trend bucket: floor(2 * log2(1 + trend)), capped (a scale that does not depend on traffic)
 CATEGORY_DIM = 16
-_MODEL = "model.pt"
+_WEIGHTS = "weights.npz"
 _META = "learned.json"
 LEARNED_FORMAT = 1
 PARAM_KEYS = ("dim", "hidden", "state_dim", "history", "epochs", "batch", "lr", "weight_decay",
@@ -73,7 +73,7 @@ def _torch():
 
 @contextmanager
 def _threads(n: int):
-    """torch's intra-op threads set to `n` for the block: on a busy machine more threads than free cores make
+    """torch's intra-op threads set to `n` while fitting: on a busy machine more threads than free cores make
     torch's small ops spin-wait (2 threads on 2 shared cores fitted 10x slower than 1)."""
     torch = _torch()
     before = torch.get_num_threads()
@@ -140,26 +140,25 @@ class Catalogue:
     created: np.ndarray  # int64 [n] ms (int64 max where the id is not in the catalogue)
 
 
+def _normalise(x: np.ndarray) -> np.ndarray:
+    """Rows over the last axis to unit L2 norm, as torch.nn.functional.normalize (eps 1e-12)."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 @dataclass
 class LearnedModel:
-    """A fitted two-tower model (see the module docstring) and what it needs to encode new articles."""
+    """A fitted two-tower model (see the module docstring) and what it needs to encode new articles.
+
+    Scoring runs the towers in numpy from the trained weights, not in torch: the API scores one user per
+    request next to faiss, and torch's thread pool beside faiss's made that one small pass cost tens of ms
+    on a busy 2-core machine (numpy: well under 1 ms); the API need not import torch at all. A test holds
+    both forward passes equal."""
 
     params: dict
     categories: np.ndarray  # sorted category ids known at fit; their position is the model's code
     emb_dim: int
     meta: dict
-    state: dict = field(repr=False)  # the network's state_dict
-    _net: object = field(default=None, repr=False, compare=False)
-
-    @property
-    def net(self):
-        if self._net is None:
-            torch = _torch()
-            net = _build_network(self.emb_dim, len(self.categories), self.params)
-            net.load_state_dict({k: torch.as_tensor(v) for k, v in self.state.items()})
-            net.eval()
-            self._net = net
-        return self._net
+    weights: dict = field(repr=False)  # the network's state_dict as float32 arrays
 
     @property
     def dim(self) -> int:
@@ -173,6 +172,14 @@ class LearnedModel:
             np.zeros(len(ids), dtype=bool)
         return np.where(known, at, len(self.categories)).astype(np.int64)
 
+    def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
+        return x @ self.weights[f"{name}.weight"].T + self.weights[f"{name}.bias"]
+
+    def _items(self, emb: np.ndarray, codes: np.ndarray, words: np.ndarray) -> np.ndarray:
+        """The content MLP (TwoTower.items): [..., dim]."""
+        x = np.concatenate([emb, self.weights["category.weight"][codes], words[..., None]], axis=-1)
+        return self._linear(np.maximum(self._linear(x, "content.0"), 0), "content.2")
+
     def article_vectors(self, emb: np.ndarray, category_ids: np.ndarray, words: np.ndarray,
                         created_ms: np.ndarray, trend: np.ndarray, at_ms: int) -> np.ndarray:
         """float32 [n, dim]: each article's vector as of `at_ms` (its age and `trend` then pick the state part).
@@ -182,14 +189,9 @@ class LearnedModel:
         emb = np.asarray(emb, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.emb_dim:
             raise ValueError(f"article embeddings of shape {emb.shape}; the model reads width {self.emb_dim}")
-        net = self.net
-        with _threads(self.params["threads"]) as torch, torch.inference_mode():
-            content = net.articles(torch.from_numpy(np.ascontiguousarray(emb)),
-                                   torch.from_numpy(self.category_codes(category_ids)),
-                                   torch.from_numpy(_scaled_words(words))).numpy()
-            ages, trends = net.age.weight.numpy(), net.trend.weight.numpy()
-        state = ages[age_bucket((int(at_ms) - np.asarray(created_ms, dtype=np.int64)) / C.HOUR_MS)] + \
-            trends[trend_bucket(trend)]
+        content = _normalise(self._items(emb, self.category_codes(category_ids), _scaled_words(words)))
+        state = self.weights["age.weight"][age_bucket((int(at_ms) - np.asarray(created_ms, np.int64)) / C.HOUR_MS)] \
+            + self.weights["trend.weight"][trend_bucket(trend)]
         return np.ascontiguousarray(np.hstack([content, state]), dtype=np.float32)
 
     def user_vectors(self, emb: np.ndarray, category_ids: np.ndarray, words: np.ndarray, ts: np.ndarray,
@@ -197,27 +199,35 @@ class LearnedModel:
         """float32 [B, dim] from histories [B, N] (newest click first, `mask` where a click is; `emb` is
         [B, N, emb_dim] normalised embeddings, `ts` click times in ms). N is cut to params `history`."""
         n = int(self.params["history"])
-        emb, category_ids, words, ts, mask = (a[:, :n] for a in (emb, category_ids, words, ts, mask))
-        newest = ts[:, :1]
-        gap = np.where(mask, age_bucket((newest - ts) / C.HOUR_MS), 0)
-        with _threads(self.params["threads"]) as torch, torch.inference_mode():
-            out = self.net.users(
-                torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)),
-                torch.from_numpy(self.category_codes(category_ids.ravel()).reshape(category_ids.shape)),
-                torch.from_numpy(_scaled_words(words.ravel()).reshape(words.shape)),
-                torch.from_numpy(gap.astype(np.int64)), torch.from_numpy(np.asarray(mask, dtype=bool)))
-        return np.ascontiguousarray(out.numpy(), dtype=np.float32)
+        emb, category_ids, words, ts, mask = (np.asarray(a)[:, :n] for a in (emb, category_ids, words, ts, mask))
+        gap = np.where(mask, age_bucket((ts[:, :1] - ts) / C.HOUR_MS), 0)
+        codes = self.category_codes(category_ids.ravel()).reshape(category_ids.shape)
+        x = self._items(emb.astype(np.float32, copy=False), codes, _scaled_words(words.ravel()).reshape(words.shape))
+        x = x + self.weights["position.weight"][: x.shape[1]] + self.weights["gap.weight"][gap]
+        logits = self._linear(np.tanh(self._linear(x, "attention.0")), "attention.2")[..., 0]
+        logits = np.where(mask, logits, -np.inf)
+        attention = np.exp(logits - logits.max(axis=1, keepdims=True))
+        attention /= attention.sum(axis=1, keepdims=True)
+        pooled = (attention[..., None] * x).sum(axis=1)
+        out = self._linear(np.maximum(self._linear(np.concatenate([pooled, x[:, 0]], axis=-1), "user.0"), 0),
+                           "user.2")
+        d = int(self.params["dim"])
+        scale = np.exp(min(float(self.weights["log_scale"]), math.log(100.0)))
+        return np.ascontiguousarray(np.hstack([_normalise(out[:, :d]) * scale, out[:, d:]]), dtype=np.float32)
 
     # ---- persistence -------------------------------------------------------------------------------
     def save(self, out_dir: str | Path) -> Path:
-        """Write `model.pt` (the state_dict) and `learned.json` (params, category vocabulary, fit facts)."""
+        """Write `weights.npz` (the network's weights) and `learned.json` (params, category vocabulary, facts)."""
         from pipelines.fileio import atomic_write
 
-        torch = _torch()
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        state = {k: torch.as_tensor(v) for k, v in self.state.items()}
-        atomic_write(out / _MODEL, lambda p: torch.save(state, p))
+
+        def write_weights(path: Path) -> None:
+            with path.open("wb") as fh:
+                np.savez(fh, **self.weights)
+
+        atomic_write(out / _WEIGHTS, write_weights)
         meta = {"format": LEARNED_FORMAT, "params": self.params, "categories": self.categories.tolist(),
                 "emb_dim": self.emb_dim, **self.meta}
         atomic_write(out / _META, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
@@ -225,7 +235,6 @@ class LearnedModel:
 
     @classmethod
     def load(cls, in_dir: str | Path) -> LearnedModel:
-        torch = _torch()
         src = Path(in_dir)
         if not (src / _META).exists():
             raise FileNotFoundError(f"no learned model in {src} ({_META} missing): run `newsrec learned`")
@@ -233,10 +242,11 @@ class LearnedModel:
         if meta.get("format") != LEARNED_FORMAT:
             raise ValueError(f"learned model in {src} has format {meta.get('format')}; this code reads "
                              f"{LEARNED_FORMAT}: fit it again with `newsrec learned`")
-        state = torch.load(src / _MODEL, map_location="cpu", weights_only=True)
+        with np.load(src / _WEIGHTS, allow_pickle=False) as npz:
+            weights = {k: npz[k] for k in npz.files}
         rest = {k: v for k, v in meta.items() if k not in ("format", "params", "categories", "emb_dim")}
         return cls(params=meta["params"], categories=np.asarray(meta["categories"], dtype=np.int64),
-                   emb_dim=int(meta["emb_dim"]), meta=rest, state=dict(state))
+                   emb_dim=int(meta["emb_dim"]), meta=rest, weights=weights)
 
 
 def _scaled_words(words: np.ndarray) -> np.ndarray:
@@ -399,11 +409,12 @@ def fit_learned(clicks: pd.DataFrame, articles: pd.DataFrame, embeddings: np.nda
             log(f"learned: epoch {epoch + 1}/{p['epochs']} loss {losses[-1]:.4f} "
                 f"({len(pos)} examples, {time.perf_counter() - started:.0f} s)")
         net.eval()
-        state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        weights = {k: v.detach().numpy().astype(np.float32) for k, v in net.state_dict().items()}
     meta = {"cutoff_ms": int(cutoff_ms), "trend_half_life_hours": float(trend_half_life_hours),
             "examples": len(pos), "losses": losses,
             "fit_seconds": round(time.perf_counter() - started, 2)}
-    return LearnedModel(params=p, categories=categories, emb_dim=int(cat.emb.shape[1]), meta=meta, state=state)
+    return LearnedModel(params=p, categories=categories, emb_dim=int(cat.emb.shape[1]), meta=meta,
+                        weights=weights)
 
 
 # ---- the daily models of the DVC flow -------------------------------------------------------------------

@@ -139,11 +139,37 @@ def test_save_load_round_trip_gives_identical_scores(world, tmp_path):
 
 
 @pytest.mark.unit
+def test_scoring_in_numpy_is_the_trained_network(world):
+    import torch
+
+    from pipelines.learned import _build_network, _scaled_words, age_bucket
+
+    model = world["model"]
+    net = _build_network(model.emb_dim, len(model.categories), model.params)
+    net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in model.weights.items()})
+    net.eval()
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(6, 5, DIM)).astype(np.float32)
+    cats, words = rng.integers(0, 4, size=(6, 5)), rng.integers(0, 900, size=(6, 5))  # category 3: unknown
+    ts = np.sort(rng.integers(0, 50 * C.HOUR_MS, size=(6, 5)), axis=1)[:, ::-1].copy()
+    mask = np.arange(5)[None, :] < np.array([1, 2, 3, 4, 5, 5])[:, None]
+    gap = np.where(mask, age_bucket((ts[:, :1] - ts) / C.HOUR_MS), 0)
+    codes = model.category_codes(cats.ravel()).reshape(cats.shape)
+    scaled = _scaled_words(words.ravel()).reshape(words.shape)
+    with torch.no_grad():
+        users = net.users(*(torch.from_numpy(a) for a in (emb, codes, scaled, gap, mask))).numpy()
+        items = net.articles(*(torch.from_numpy(a) for a in (emb[:, 0], codes[:, 0], scaled[:, 0]))).numpy()
+    np.testing.assert_allclose(model.user_vectors(emb, cats, words, ts, mask), users, rtol=1e-5, atol=1e-5)
+    vectors = model.article_vectors(emb[:, 0], cats[:, 0], words[:, 0], ts[:, 0], np.zeros(6), int(ts.max()))
+    np.testing.assert_allclose(vectors[:, : model.params["dim"]], items, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.unit
 def test_fit_is_deterministic_and_bad_input_is_a_clear_error(world):
     again = fit_learned(world["clicks"], world["meta"], _world_embeddings(), at(CUTOFF_H), PARAMS,
                         1.0, log=lambda _: None)
-    for key, value in world["model"].state.items():
-        np.testing.assert_array_equal(value.numpy(), again.state[key].numpy(), err_msg=key)
+    for key, value in world["model"].weights.items():
+        np.testing.assert_array_equal(value, again.weights[key], err_msg=key)
     with pytest.raises(ValueError, match="lacks columns"):
         fit_learned(world["clicks"].drop(columns=[C.CLICK_TIMESTAMP]), world["meta"], _world_embeddings(),
                     at(CUTOFF_H), PARAMS, 1.0)
