@@ -51,7 +51,7 @@ CATEGORY_DIM = 16
 _WEIGHTS = "weights.npz"
 _META = "learned.json"
 LEARNED_FORMAT = 1
-PARAM_KEYS = ("dim", "hidden", "state_dim", "history", "epochs", "batch", "lr", "weight_decay",
+PARAM_KEYS = ("dim", "hidden", "state_dim", "history", "dropout", "epochs", "batch", "lr", "weight_decay",
               "logq_correction", "max_examples", "seed", "threads")
 
 
@@ -95,6 +95,7 @@ def _build_network(emb_dim: int, n_categories: int, p: dict):
             self.category = nn.Embedding(n_categories + 1, CATEGORY_DIM)  # the last row: unknown category
             self.content = nn.Sequential(nn.Linear(emb_dim + CATEGORY_DIM + 1, hidden), nn.ReLU(),
                                          nn.Linear(hidden, dim))
+            self.dropout = nn.Dropout(float(p["dropout"]))  # on the embedding, while fitting only
             self.age = nn.Embedding(N_AGE, state_dim)
             self.trend = nn.Embedding(N_TREND, state_dim)
             self.position = nn.Embedding(history, dim)
@@ -105,7 +106,7 @@ def _build_network(emb_dim: int, n_categories: int, p: dict):
 
         def items(self, emb, category, words):
             """Content vectors (not normalised) of articles: [..., dim]."""
-            return self.content(torch.cat([emb, self.category(category), words.unsqueeze(-1)], dim=-1))
+            return self.content(torch.cat([self.dropout(emb), self.category(category), words.unsqueeze(-1)], dim=-1))
 
         def scale(self):
             return self.log_scale.clamp(max=math.log(100.0)).exp()
@@ -263,6 +264,8 @@ def check_params(params: dict) -> dict:
             raise ValueError(f"learned.{key} must be >= 1, got {params[key]}")
     if float(params["lr"]) <= 0:
         raise ValueError(f"learned.lr must be > 0, got {params['lr']}")
+    if not 0 <= float(params["dropout"]) < 1:
+        raise ValueError(f"learned.dropout must be in [0, 1), got {params['dropout']}")
     return {k: params[k] for k in PARAM_KEYS} | {k: v for k, v in params.items() if k not in PARAM_KEYS}
 
 

@@ -15,7 +15,7 @@ from pipelines.aggregates import aggregate_all
 from pipelines.candidates import CandidateIndex
 from pipelines.learned import LearnedModel, fit_hours, fit_learned, model_for
 
-PARAMS = {"refit_hours": 24, "dim": 8, "hidden": 16, "state_dim": 4, "history": 5, "epochs": 40, "batch": 64,
+PARAMS = {"refit_hours": 24, "dim": 8, "hidden": 16, "state_dim": 4, "history": 5, "dropout": 0.0, "epochs": 40, "batch": 64,
           "lr": 0.01, "weight_decay": 0.0, "logq_correction": True, "max_examples": None, "seed": 3, "threads": 1}
 INDEX_PARAMS = {
     "pool_fresh_hours": 48, "pool_active_hours": 6, "windows": [1, 6, 24], "trend_half_life_hours": 1,
