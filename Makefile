@@ -11,8 +11,16 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check uv
 
+# PyTorch (the learned retrieval model, pipelines/learned.py) as its CPU build: a bare `torch` from PyPI is the
+# multi-GB CUDA build. pip, not uv, installs it: pip also reads wheels from a local find-links folder when the
+# machine has one; elsewhere it comes from PyTorch's CPU index. Its dependencies are pinned in requirements.lock.
+TORCH := torch==2.13.0+cpu
+TORCH_INDEX := https://download.pytorch.org/whl/cpu
+
 setup: $(PY)  ## create .venv with the pinned stack and the project installed
 	$(BIN)/uv pip install -q -p $(PY) -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps "$(TORCH)" 2>/dev/null || \
+		$(PY) -m pip install -q --disable-pip-version-check --no-deps --extra-index-url $(TORCH_INDEX) "$(TORCH)"
 	$(BIN)/uv pip install -q -p $(PY) --no-deps -e .
 	$(BIN)/uv venv -q --allow-existing -p $(PY) $(TOOLS)  # checkov: its pins clash with the stack
 	$(BIN)/uv pip install -q -p $(TOOLS)/bin/python -r tools/requirements.lock

@@ -1,7 +1,7 @@
 """The whole offline flow on a real dataset imported unchanged: the evaluation table, and each stage's cost.
 
 Imports the dataset (`newsrec import --format F`), then runs the stages exactly as `dvc repro` would
-(validate, split, aggregates, features, candidates, train, evaluate), each as its own process, in a work
+(validate, split, aggregates, features, learned, candidates, train, evaluate), each as its own process, in a work
 folder with its own MLflow registry, and copies the evaluation (both protocols, every baseline) to
 `benchmarks/results/<name>/` (eval.json, eval_table.md, stages.json), which docs/evaluation.md embeds.
 
@@ -81,9 +81,11 @@ def main() -> int:
         ("split", py + ["pipelines.split", "--data-root", d, "--out", split, *p]),
         ("aggregates", py + ["pipelines.aggregates", "--data-root", d, "--all", *p]),
         ("features", py + ["pipelines.features", "--data-root", d, "--split", split, "--out", f"{d}/features", *p]),
+        ("learned", py + ["pipelines.learned", "--data-root", d, "--split", split, "--out",
+                          str(work / "models" / "learned"), *p]),
         ("candidates", py + ["pipelines.candidates", "--data-root", d, "--split", split, "--out", f"{d}/candidates",
                              "--index-out", f"{d}/indexes", "--metrics", str(work / "metrics" / "candidates.json"),
-                             *p]),
+                             "--learned", str(work / "models" / "learned"), *p]),
         ("train", py + ["pipelines.train", "--split", split, "--candidates", f"{d}/candidates", "--features",
                         f"{d}/features", "--data-root", d, "--out", str(work / "models" / "ranker"), *p]),
         ("evaluate", py + ["pipelines.evaluate", "--data-root", d, "--split", split, "--candidates",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds a champion for the serving benchmark without touching the project's data/ or registry:
-# the whole offline flow (synth -> validate -> split -> aggregates -> candidates -> features -> train ->
+# the whole offline flow (synth -> validate -> split -> aggregates -> learned -> candidates -> features -> train ->
 # evaluate -> register -> promote) on one synthetic profile, in DIR with its own SQLite MLflow registry.
 #   benchmarks/champion.sh demo /tmp/bench/demo
 #   HOURS=96 benchmarks/champion.sh globo /tmp/bench/globo   # Globo's catalogue and users, first 96 hours
@@ -29,8 +29,9 @@ if [ "${HOLD_BACK:-0}" -gt 0 ]; then
 fi
 t "$BIN/newsrec" split --data-root "$D" --out "$D/split.json"
 t "$BIN/newsrec" aggregates --data-root "$D" --all
+t "$BIN/newsrec" learned --data-root "$D" --split "$D/split.json" --out "$DIR/models/learned"
 t "$BIN/newsrec" candidates --data-root "$D" --split "$D/split.json" --out "$D/candidates" \
-  --index-out "$D/indexes" --metrics "$DIR/metrics/candidates.json"
+  --index-out "$D/indexes" --metrics "$DIR/metrics/candidates.json" --learned "$DIR/models/learned"
 t "$BIN/newsrec" features --data-root "$D" --split "$D/split.json" --out "$D/features"
 t "$BIN/newsrec" train --split "$D/split.json" --candidates "$D/candidates" --features "$D/features" \
   --data-root "$D" --out "$DIR/models/ranker"

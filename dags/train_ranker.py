@@ -1,6 +1,6 @@
 """train_ranker: daily retraining on every validated hour.
 
-split -> candidates, features -> train -> evaluate -> register -> promote -> publish
+split -> learned -> candidates, features -> train -> evaluate -> register -> promote -> publish
 
 Each task runs the DVC stage of the same name (the command and paths dvc.yaml declares, so `dvc repro`
 and this DAG produce the same files) with the params file the DAGs run with. `register` leaves the
@@ -62,6 +62,10 @@ def train_ranker():
         _stage("split")
 
     @task
+    def learned() -> None:
+        _stage("learned")
+
+    @task
     def candidates() -> None:
         _stage("candidates")
 
@@ -100,7 +104,8 @@ def train_ranker():
 
     s = split()
     c, f = candidates(), features()
-    s >> [c, f]
+    s >> learned() >> c
+    s >> f
     t = train()
     [c, f] >> t
     t >> evaluate() >> register() >> promote() >> publish()

@@ -18,7 +18,8 @@ import pandas as pd
 from pipelines import columns as C
 
 SOURCE_NAMES = {"emb": "similar to what they read", "cocl": "read together with their reads",
-                "pop": "popular", "trend": "trending now", "explore": "new story given a try (exploration)"}
+                "pop": "popular", "trend": "trending now", "learned": "the reader model's pick",
+                "explore": "new story given a try (exploration)"}
 
 
 API_KEY_ENV = "NEWSREC_DASHBOARD_API_KEY"

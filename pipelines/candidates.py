@@ -14,9 +14,12 @@ round-trip it through a folder, which is what the serving bundle carries.
     cocl   the co-read neighbours of the user's last clicks, weighted by how recent each click is
     pop    the pool's most clicked articles (all history before the cutoff)
     trend  the pool's articles by decayed recent clicks (newest first among ties: fresh stories surface)
+    learned  the two-tower model (pipelines.learned), when the index has one: the user tower over the user's
+           last clicks, inner product with the pool's article-tower vectors (computed once per index, as of
+           its cutoff, so an article published since the model was trained has one)
 
 and returns one row per (user, article) with each source's score and rank plus a reciprocal-rank
-fusion. Articles the user already read are never proposed; users without clicks get pop and trend
+fusion, and the learned model's score of every row (`learned_sim`, whichever source proposed it). Articles the user already read are never proposed; users without clicks get pop and trend
 only. Everything is vectorised over users with numpy (no per-row Python, no pandas inside a query),
 so the same code serves a snapshot of 20,000 users offline and one user per API request.
 
@@ -27,6 +30,7 @@ snapshot's target clicks and writes candidate recall per source for all, warm an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +56,8 @@ from pipelines.columns import (
     FUSED,
     HOUR_MS,
     LABEL,
+    LEARNED,
+    LEARNED_SIM,
     RANK,
     SCORE,
     USER_ID,
@@ -66,7 +72,8 @@ from pipelines.errors import InputError, MissingInputError
 
 QUERY_COLUMNS = [USER_ID, CLICK_ARTICLE_ID, CLICK_TIMESTAMP]
 _SOURCE_COLUMNS = [f(s) for s in [*CANDIDATE_SOURCES, FUSED] for f in (score_col, rank_col)]
-OUTPUT_COLUMNS = [USER_ID, ARTICLE_ID, *_SOURCE_COLUMNS]
+_MERGED_COLUMNS = [USER_ID, ARTICLE_ID, *_SOURCE_COLUMNS]
+OUTPUT_COLUMNS = [*_MERGED_COLUMNS, LEARNED_SIM]
 TREND = "trend"
 PROFILE_CHUNK_USERS = 4096
 LAST_CLICK_HOUR = "last_click_hour"
@@ -76,6 +83,8 @@ _FILES = {
     "similar": "similar.parquet",
     "emb": "embeddings.npy",
     "emb_ids": "embedding_ids.npy",
+    "emb_meta": "embedding_meta.npy",
+    "learned": "learned",
     "meta": "meta.json",
 }
 
@@ -221,7 +230,12 @@ class CandidateIndex:
     emb_ids: np.ndarray  # sorted ids of the articles whose embeddings are kept (pool + ever clicked)
     emb: np.ndarray = field(repr=False)  # float32 [len(emb_ids), dim], rows L2-normalised
     similar: pd.DataFrame | None = None  # article_a, article_b, score, rank for every pool article
+    # category id and words count of each emb_ids row (-1 / 0 where unknown): the learned user tower's inputs
+    emb_meta: np.ndarray | None = field(default=None, repr=False)
+    learned: Any = field(default=None, repr=False, compare=False)  # pipelines.learned.LearnedModel
+    learned_pool: np.ndarray | None = field(default=None, repr=False, compare=False)  # its pool vectors
     _faiss: Any = field(default=None, repr=False, compare=False)
+    _learned_faiss: Any = field(default=None, repr=False, compare=False)
     # Derived once per index, not per query (the API queries one user at a time): sorted source orders and
     # the co-click table's row positions grouped by article_a.
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
@@ -237,10 +251,12 @@ class CandidateIndex:
         params: dict,
         epoch_ms: int,
         similar: bool = True,
+        learned: Any = None,
     ) -> CandidateIndex:
         """Build the index from `<data_root>/aggregates` strictly before `cutoff_ms` (an hour boundary).
 
-        `similar=False` skips the "similar articles" table (only the API's article page reads it)."""
+        `similar=False` skips the "similar articles" table (only the API's article page reads it); `learned`
+        (a pipelines.learned.LearnedModel) adds the learned source (`with_learned`)."""
         from pipelines.aggregates import read_coclick, read_popularity
 
         offset = int(cutoff_ms) - int(epoch_ms)
@@ -281,6 +297,14 @@ class CandidateIndex:
             int(params["cocl_top_k"]),
             targets=pool[ARTICLE_ID].to_numpy(),
         )
+        meta_ids = articles[ARTICLE_ID].to_numpy(np.int64)
+        by_id = np.argsort(meta_ids, kind="stable")
+        at = _sorted_positions(meta_ids[by_id], emb_ids)
+        rows = np.where(at >= 0, by_id[np.maximum(at, 0)], -1) if len(meta_ids) else at
+        emb_meta = np.stack([
+            np.where(rows >= 0, articles[CATEGORY_ID].to_numpy(np.int64)[np.maximum(rows, 0)], -1),
+            np.where(rows >= 0, articles[WORDS_COUNT].to_numpy(np.int64)[np.maximum(rows, 0)], 0),
+        ]) if len(meta_ids) else np.stack([np.full(len(emb_ids), -1), np.zeros(len(emb_ids))]).astype(np.int64)
         index = cls(
             cutoff_ms=int(cutoff_ms),
             cutoff_hour=int(cutoff_hour),
@@ -290,7 +314,10 @@ class CandidateIndex:
             coclick=cocl,
             emb_ids=emb_ids,
             emb=_normalise(np.asarray(embeddings[emb_ids], dtype=np.float32)),
+            emb_meta=emb_meta,
         )
+        if learned is not None:
+            index = index.with_learned(learned)
         if similar:
             index.similar = index.similar_articles(pool[ARTICLE_ID].to_numpy(), int(params["similar_k"]))
         return index
@@ -307,6 +334,10 @@ class CandidateIndex:
         )
         np.save(out / _FILES["emb"], self.emb)
         np.save(out / _FILES["emb_ids"], self.emb_ids)
+        if self.emb_meta is not None:
+            np.save(out / _FILES["emb_meta"], self.emb_meta)
+        if self.learned is not None:
+            self.learned.save(out / _FILES["learned"])
         meta = {
             "cutoff_ms": self.cutoff_ms,
             "cutoff_hour": self.cutoff_hour,
@@ -329,7 +360,7 @@ class CandidateIndex:
             )
         meta = json.loads((src / _FILES["meta"]).read_text())
         similar = pd.read_parquet(src / _FILES["similar"])
-        return cls(
+        index = cls(
             cutoff_ms=int(meta["cutoff_ms"]),
             cutoff_hour=int(meta["cutoff_hour"]),
             epoch_ms=int(meta["epoch_ms"]),
@@ -339,7 +370,41 @@ class CandidateIndex:
             emb_ids=np.load(src / _FILES["emb_ids"]),
             emb=np.load(src / _FILES["emb"]),
             similar=similar if len(similar.columns) else None,
+            emb_meta=np.load(src / _FILES["emb_meta"]) if (src / _FILES["emb_meta"]).exists() else None,
         )
+        if (src / _FILES["learned"]).is_dir():
+            from pipelines.learned import LearnedModel
+
+            index = index.with_learned(LearnedModel.load(src / _FILES["learned"]))
+        return index
+
+    def with_learned(self, model: Any) -> CandidateIndex:
+        """This index with `model` (a pipelines.learned.LearnedModel, or None: none) as its learned source.
+
+        The pool's article vectors are computed here, by the article tower as of the cutoff, and searched
+        exactly with faiss: once per index (at fit, at load, at each hourly swap in the API), never per
+        request. An article published after the model was trained gets its vector here like any other. (The
+        API's live popularity between refreshes moves the trend source, not these vectors.)"""
+        if model is None:
+            return dataclasses.replace(self, learned=None, learned_pool=None, _learned_faiss=None)
+        import faiss
+
+        if self.emb_meta is None:
+            raise InputError("this candidate index has no article metadata for the learned model (written by "
+                             "older code): rebuild it with `newsrec candidates` or `newsrec refresh`")
+        mine, theirs = float(self.params["trend_half_life_hours"]), float(model.meta["trend_half_life_hours"])
+        if mine != theirs:
+            raise InputError(f"the learned model reads trends of half-life {theirs} h, this index has {mine} h: "
+                             "fit the model with the index's candidates params")
+        vectors = model.article_vectors(
+            self.emb[np.searchsorted(self.emb_ids, self.pool_ids)], self.pool[CATEGORY_ID].to_numpy(np.int64),
+            self.pool[WORDS_COUNT].to_numpy(np.int64), self.pool[CREATED_AT_TS].to_numpy(np.int64),
+            self.pool[TREND].to_numpy(np.float64), self.cutoff_ms,
+        ) if len(self.pool) else np.zeros((0, model.dim), dtype=np.float32)
+        faiss.cvar.distance_compute_blas_threshold = 2**31 - 1  # one kernel for every batch size (_faiss_index)
+        idx = faiss.IndexFlatIP(model.dim)
+        idx.add(vectors)
+        return dataclasses.replace(self, learned=model, learned_pool=vectors, _learned_faiss=idx)
 
     # ---- query helpers ---------------------------------------------------------------------------
     @property
@@ -488,6 +553,65 @@ class CandidateIndex:
 
         return _top_excluding(fetch, users, read, n, len(self.pool))
 
+    def learned_users(self, users: np.ndarray, articles: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The learned user tower on click arrays: (sorted user ids, vectors [users, model dim]), one pass per
+        block of users. Each user's latest `history` clicks with an embedding in the index, newest first."""
+        model = self.learned
+        n = int(model.params["history"])
+        order = np.lexsort((-ts, users))  # by user, newest click first (stable: ties keep their order)
+        users, articles, ts = users[order], articles[order], ts[order]
+        rows = self._emb_rows(articles)
+        users, ts, rows = users[rows >= 0], ts[rows >= 0], rows[rows >= 0]
+        pos = _block_rank(users)
+        keep = pos < n
+        users, ts, rows, pos = users[keep], ts[keep], rows[keep], pos[keep]
+        uniq, inv = np.unique(users, return_inverse=True)
+        out = np.empty((len(uniq), model.dim), dtype=np.float32)
+        for lo in range(0, len(uniq), PROFILE_CHUNK_USERS):  # bounded memory: [block, n, 250] at a time
+            hi = min(lo + PROFILE_CHUNK_USERS, len(uniq))
+            sel = (inv >= lo) & (inv < hi)
+            u, p, r = inv[sel] - lo, pos[sel], rows[sel]
+            width = int(p.max()) + 1
+            grid = np.zeros((hi - lo, width), dtype=np.int64)
+            mask = np.zeros((hi - lo, width), dtype=bool)
+            times = np.zeros((hi - lo, width), dtype=np.int64)
+            grid[u, p], mask[u, p], times[u, p] = r, True, ts[sel]
+            out[lo:hi] = model.user_vectors(self.emb[grid], self.emb_meta[0][grid], self.emb_meta[1][grid],
+                                            times, mask)
+        return uniq, out
+
+    def _learned_source(self, learned: tuple[np.ndarray, np.ndarray], read: _PairKeys, n: int) -> _Ranked:
+        users, vectors = learned
+        pool_ids = self.pool_ids
+
+        def fetch(todo: np.ndarray, depth: int):
+            depth = min(depth, self._learned_faiss.ntotal)
+            d, i = [], []
+            for lo in range(0, len(todo), 4096):
+                chunk = vectors[np.searchsorted(users, todo[lo: lo + 4096])]
+                dd, ii = self._learned_faiss.search(np.ascontiguousarray(chunk), depth)
+                d.append(dd)
+                i.append(ii)
+            d, i = np.vstack(d), np.vstack(i)
+            u = np.repeat(todo, d.shape[1])
+            b, s = np.where(i >= 0, pool_ids[np.clip(i, 0, None)], -1).ravel(), d.ravel()
+            ok = b >= 0
+            return u[ok], b[ok], s[ok]
+
+        return _top_excluding(fetch, users, read, n, len(self.pool))
+
+    def _learned_sim(self, users: np.ndarray, articles: np.ndarray,
+                     learned: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+        """The learned model's score of each (user, pool article) row; NaN without user vector or model."""
+        out = np.full(len(users), np.nan, dtype=np.float32)
+        if learned is None or len(users) == 0:
+            return out
+        u = _sorted_positions(learned[0], users)
+        a = _sorted_positions(self.pool_ids, articles)
+        ok = np.flatnonzero((u >= 0) & (a >= 0))
+        out[ok] = np.einsum("ij,ij->i", learned[1][u[ok]], self.learned_pool[a[ok]])
+        return out
+
     def _cocl_source(self, clicks: tuple[np.ndarray, ...], read: _PairKeys, n: int) -> _Ranked:
         users, articles, ts = clicks
         order = np.lexsort((-ts, users))  # by user, newest click first
@@ -612,6 +736,11 @@ class CandidateIndex:
         read = _PairKeys(clicks[0], clicks[1], bound)
 
         parts: dict[str, _Ranked] = {}
+        # One user-tower pass for the learned source and the learned score of every candidate.
+        learned = self.learned_users(*clicks) if self.learned is not None and clicked_any and len(self.pool) \
+            else None
+        if sizes.get(LEARNED, 0) > 0 and learned is not None and len(learned[0]):
+            parts[LEARNED] = self._learned_source(learned, read, sizes[LEARNED])
         if sizes.get("emb", 0) > 0 and clicked_any and len(self.pool):
             parts["emb"] = self._emb_source(clicks, read, sizes["emb"])
         if sizes.get("cocl", 0) > 0 and clicked_any and len(self.coclick):
@@ -621,8 +750,9 @@ class CandidateIndex:
         if sizes.get("trend", 0) > 0 and len(self.pool):
             parts["trend"] = self._global_source(self.trending(), TREND, users_arr, read, sizes["trend"])
         out = self._merge(parts, read)
+        out[LEARNED_SIM] = self._learned_sim(out[USER_ID], out[ARTICLE_ID], learned)
         out[USER_ID] = user_ids[out[USER_ID]]
-        return out
+        return {c: out[c] for c in OUTPUT_COLUMNS}
 
     def _merge(self, parts: dict[str, _Ranked], read: _PairKeys) -> dict[str, np.ndarray]:
         """Per-source lists -> one wide row per (user, article) with reciprocal-rank fusion."""
@@ -631,7 +761,7 @@ class CandidateIndex:
             dtypes = {USER_ID: np.int64, ARTICLE_ID: np.int64}
             dtypes.update({c: np.int32 if c.endswith(RANK) else np.float32 for c in _SOURCE_COLUMNS})
             dtypes[score_col(FUSED)] = np.float64
-            return {c: np.zeros(0, dtype=dtypes[c]) for c in OUTPUT_COLUMNS}
+            return {c: np.zeros(0, dtype=dtypes[c]) for c in _MERGED_COLUMNS}
         keys = np.concatenate([read.encode(parts[s].user, parts[s].article) for s in order])
         uniq, codes = np.unique(keys, return_inverse=True)
         users, articles = uniq // read.m, uniq % read.m
@@ -660,7 +790,7 @@ class CandidateIndex:
             cols[rank_col(s)] = by_source[s][1][best]
         cols[score_col(FUSED)] = fused[best]
         cols[rank_col(FUSED)] = (_block_rank(users) + 1).astype(np.int32)
-        return {c: cols[c] for c in OUTPUT_COLUMNS}
+        return {c: cols[c] for c in _MERGED_COLUMNS}
 
 
 # ---- the stage -----------------------------------------------------------------------------------
@@ -743,15 +873,19 @@ def build_candidates(
     index_dir: str | Path,
     params: dict,
     epoch_ms: int,
+    learned_dir: str | Path | None = None,
     client=None,
     partitions: int = 1,
 ) -> dict[str, dict]:
     """For each snapshot: fit and save its index under `<index_dir>/<name>/`; for labelled snapshots also
     write `<out_dir>/<name>.parquet` (candidates of every evaluated user, with `label`; roles listed in
     params `max_users` keep a fixed sample of that many users). Returns the candidate-recall report per
-    labelled snapshot. With a Dask `client`, the lists are made on the cluster in `partitions` user partitions
+    labelled snapshot. With `learned_dir` (`newsrec learned`'s models), each index carries the learned model
+    fitted newest at or before its cutoff (`learned.model_for`), as the daily retrain would have left it.
+    With a Dask `client`, the lists are made on the cluster in `partitions` user partitions
     (candidates_on_cluster; the same lists)."""
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
+    from pipelines.learned import model_for
     from pipelines.split import eval_targets, snapshot_clicks
 
     root = Path(data_root)
@@ -761,8 +895,12 @@ def build_candidates(
     reports = {}
     for snap in snapshots:
         articles = known_at(catalogue, delivered, snap.cutoff_hour)
+        learned = model_for(learned_dir, snap.cutoff_hour) if learned_dir is not None else None
+        if learned_dir is not None and learned is None:
+            raise InputError(f"no learned model under {learned_dir} fitted at or before hour {snap.cutoff_hour} "
+                             f"(snapshot {snap.name}): run `newsrec learned` with this split")
         index = CandidateIndex.fit(root, articles, embeddings, snap.cutoff_ms, params, epoch_ms,
-                                   similar=snap.role == "serve")  # only the API reads similar articles
+                                   similar=snap.role == "serve", learned=learned)  # only the API reads similar
         index.save(Path(index_dir) / snap.name)
         if snap.role == "serve":
             continue
@@ -799,6 +937,8 @@ def main(argv: list[str] | None = None) -> int:
         "--index-out", type=Path, required=True, help="folder for <snapshot>/ candidate indexes"
     )
     parser.add_argument("--metrics", type=Path, required=True, help="candidate recall report to write (JSON)")
+    parser.add_argument("--learned", type=Path, help="folder of hour=NNN/ learned models (`newsrec learned`); "
+                        "omit: no learned source")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     from pipelines.cluster import connect, partition_count
@@ -808,7 +948,7 @@ def main(argv: list[str] | None = None) -> int:
     dask_params = load_params("dask", args.params)
     with connect(dask_params) as client:
         reports = build_candidates(
-            args.data_root, read_snapshots(args.split), args.out, args.index_out, params, epoch_ms,
+            args.data_root, read_snapshots(args.split), args.out, args.index_out, params, epoch_ms, args.learned,
             client=client, partitions=partition_count(client, dask_params) if client is not None else 1,
         )
     args.metrics.parent.mkdir(parents=True, exist_ok=True)

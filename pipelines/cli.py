@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "split": ("pipelines.split", "cut validated hours into train/val/test snapshots"),
     "aggregates": ("pipelines.aggregates", "hourly popularity and co-click aggregates"),
     "refresh": ("pipelines.serving_index", "rebuild and publish the hourly serving index after an hour landed"),
+    "learned": ("pipelines.learned", "fit the two-tower retrieval model at the daily cutoffs of the split"),
     "candidates": ("pipelines.candidates", "fit candidate indexes and write labelled candidate lists"),
     "features": ("pipelines.features", "fit point-in-time feature tables for every snapshot"),
     "train": ("pipelines.train", "train the LightGBM LambdaRank reranker"),

@@ -148,7 +148,11 @@ SCORE = "score"
 RANK = "rank"
 LABEL = "label"
 WARM = "warm"
-CANDIDATE_SOURCES = ["emb", "cocl", "pop", "trend"]
+CANDIDATE_SOURCES = ["emb", "cocl", "pop", "trend", "learned"]
+LEARNED = "learned"  # the two-tower model's source (pipelines.learned)
+# The learned model's score of every candidate row for its user (NaN without a model or for a cold user),
+# whichever source proposed it: a ranker feature, where learned_score is only there for its own list.
+LEARNED_SIM = "learned_sim"
 FUSED = "fused"
 
 

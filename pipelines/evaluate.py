@@ -10,6 +10,7 @@ absence from the top k matters. Methods:
 
     popular    all-history clicks            trending   decayed recent clicks
     cocl       co-click source               emb_knn    embedding kNN source
+    learned    the two-tower model's source (pipelines.learned; only when the index carries a model)
     fusion     reciprocal-rank fusion of the four candidate sources
     reranker   the LightGBM ranker's scores over the candidate list (`pipelines.train.score_candidates`)
 
@@ -66,7 +67,10 @@ from pipelines.metrics import (
 )
 
 # method -> the candidate column it ranks by (None: scores come from a scorer, e.g. the reranker)
-BASELINES = {"popular": "pop", "trending": "trend", "cocl": "cocl", "emb_knn": "emb", "fusion": FUSED}
+BASELINES = {"popular": "pop", "trending": "trend", "cocl": "cocl", "emb_knn": "emb", "learned": "learned",
+             "fusion": FUSED}
+# Sources an index has only when its model does: no method row where they proposed nothing at all.
+OPTIONAL_SOURCES = {"learned"}
 RERANKER = "reranker"
 RECENT_POPULAR = "recent_popular"
 CF_PEER = "als"
@@ -95,7 +99,8 @@ def method_scores(
     Scorers see the rows without `label`, `chunk_rows` at a time: a scorer builds a feature matrix as wide
     as the model, which for a whole Globo-scale test window would not fit in memory at once.
     """
-    scores = {m: candidates[score_col(src)].to_numpy(dtype=np.float64) for m, src in BASELINES.items()}
+    scores = {m: candidates[score_col(src)].to_numpy(dtype=np.float64) for m, src in BASELINES.items()
+              if src not in OPTIONAL_SOURCES or (candidates.get(rank_col(src), pd.Series(dtype=int)) > 0).any()}
     blind = candidates.drop(columns=[LABEL], errors="ignore")
     for name, scorer in scorers.items():
         parts = []
@@ -404,6 +409,7 @@ def evaluate_as_served(
     impressions: pd.DataFrame | None = None,
     rank_params: Mapping | None = None,
     diversity_of: tuple[Callable[[np.ndarray], np.ndarray], pd.Series] | None = None,
+    learned=None,
 ) -> dict:
     """The as-served protocol: the snapshot's target window replayed hour by hour.
 
@@ -413,7 +419,8 @@ def evaluate_as_served(
     clicks in that hour on articles published before it and not read before it. Every baseline gets the
     same refresh (the CF peer, with `cf_params`, is refitted every hour). `clicks` holds the validated clicks up to the window's end (ordered by time);
     `catalogue` is (articles, the hour each was delivered: `catalogue.delivered_hours`), so each hour sees
-    the articles delivered before it; `embeddings` are the raw article embeddings.
+    the articles delivered before it; `embeddings` are the raw article embeddings. `learned` (the test index's
+    learned model) stays fixed like the ranker; each hour's pool gets its article vectors from it.
 
     With `impressions` (the MIND importer's impressions.parquet: impression_id, user_id, hour, article_id,
     clicked), MIND's own protocol runs in the same replay: every method orders each impression of hour h by
@@ -449,7 +456,8 @@ def evaluate_as_served(
         if targets.empty and (shown is None or shown.empty):
             continue
         users = np.unique(targets[USER_ID].to_numpy())
-        index = CandidateIndex.fit(data_root, articles, embeddings, cutoff, index_params, epoch_ms, similar=False)
+        index = CandidateIndex.fit(data_root, articles, embeddings, cutoff, index_params, epoch_ms, similar=False,
+                                   learned=learned)
         peer = CFPeer.fit(history, cutoff, cf_params) if cf_params else None
         if shown is not None and len(shown):
             for method, ranked in _impression_hour(
@@ -744,7 +752,7 @@ def evaluate(
             root, snap, clicks, (catalogue, delivered), embeddings, index_params, feature_params, int(epoch_ms), k,
             recent_hours, ranker=ranker, curve_k=curve_k, cf_params=cf_params,
             impressions=pd.read_parquet(shown) if shown.exists() else None, rank_params=rank_params,
-            diversity_of=measure,
+            diversity_of=measure, learned=index.learned,
         )
     return results
 

@@ -78,8 +78,10 @@ PAIR_FEATURES = [
     "ua_cat_mix_1h",
     "ua_cat_mix_6h",
 ]
-# Each candidate source's score and rank, plus the fused score (pipelines.candidates writes them).
-SOURCE_FEATURES = [f(s) for s in C.CANDIDATE_SOURCES for f in (C.score_col, C.rank_col)] + [C.score_col(C.FUSED)]
+# Each candidate source's score and rank, the fused score and the learned model's score of every candidate
+# (pipelines.candidates writes them).
+SOURCE_FEATURES = ([f(s) for s in C.CANDIDATE_SOURCES for f in (C.score_col, C.rank_col)]
+                   + [C.score_col(C.FUSED), C.LEARNED_SIM])
 FEATURES = USER_FEATURES + ARTICLE_FEATURES + CONTEXT_FEATURES + PAIR_FEATURES + SOURCE_FEATURES
 # Ids whose numeric order means nothing: LightGBM splits them as categories.
 CATEGORICAL = ["u_device", "u_os", "u_referrer", "u_region", "c_device", "c_os", "c_referrer", "c_region",

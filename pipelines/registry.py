@@ -1,8 +1,9 @@
 """MLflow model registry: register the ranker with its serving bundle, promote behind a gate, roll back.
 
 The registered model `newsrec-ranker` is a pyfunc (pipelines.ranker_pyfunc) whose artifacts carry
-the SERVING BUNDLE: the booster and feature list, plus the candidate index and feature tables
-fitted at the end of the data, so `models:/newsrec-ranker@champion` is all the API needs.
+the SERVING BUNDLE: the booster and feature list, plus the candidate index (with the learned two-tower
+model the ranker's learned features came from, under index/learned/) and feature tables fitted at the end
+of the data, so `models:/newsrec-ranker@champion` is all the API needs.
 
 Aliases: a new version gets `challenger`. `promote` moves `champion` to it only if its test metric
 beats the champion's on the same test window by `promote.min_gain` and cold users do not lose more
@@ -81,6 +82,9 @@ class ServingBundle:
     articles: pd.DataFrame
     meta: dict
     history: pd.DataFrame | None = None  # HISTORY_COLUMNS sorted by user, time (absent in older bundles)
+    # The learned model (pipelines.learned) the ranker was trained with, kept apart from the index it came in:
+    # every hourly index the ranker serves over gets its article vectors from this model (`with_index`).
+    learned: Any = None
 
     @property
     def cutoff_ms(self) -> int:
@@ -108,10 +112,12 @@ class ServingBundle:
             raise InputError(f"serving bundle in {src} has format {written}; this code reads format "
                              f"{BUNDLE_FORMAT}: register the model again with this code (`newsrec register`)")
         embeddings = np.load(src / _EMBEDDINGS, mmap_mode="r")
+        index = CandidateIndex.load(src / _BUNDLE_FILES["index"])
         return cls(
             ranker=Ranker.load(src / _BUNDLE_FILES["ranker"]),
             tables=FeatureTables.load(src / _BUNDLE_FILES["features"], embeddings),
-            index=CandidateIndex.load(src / _BUNDLE_FILES["index"]),
+            index=index,
+            learned=index.learned,
             articles=pd.read_parquet(src / _ARTICLES),
             meta=meta,
             history=load_history(src / _HISTORY) if (src / _HISTORY).exists() else
@@ -124,8 +130,8 @@ class ServingBundle:
         check_compatible(self.ranker.features, serving.meta)
         meta = {**self.meta, "cutoff_ms": serving.cutoff_ms, "index_hour": serving.cutoff_hour,
                 "feature_params": serving.meta.get("feature_params", self.meta.get("feature_params"))}
-        return ServingBundle(ranker=self.ranker, tables=serving.tables, index=serving.index,
-                             articles=serving.articles, meta=meta, history=serving.history)
+        return ServingBundle(ranker=self.ranker, tables=serving.tables, index=serving.index.with_learned(self.learned),
+                             articles=serving.articles, meta=meta, history=serving.history, learned=self.learned)
 
     def score(self, candidates: pd.DataFrame) -> np.ndarray:
         """Scores for a candidate frame; context columns (CONTEXT_FEATURES), when present, are the request's."""
@@ -194,7 +200,8 @@ def signature():
     for source in C.CANDIDATE_SOURCES:
         inputs += [ColSpec("double", C.score_col(source), required=False),
                    ColSpec("long", C.rank_col(source), required=False)]
-    inputs += [ColSpec("double", C.score_col(C.FUSED), required=False)]
+    inputs += [ColSpec("double", C.score_col(C.FUSED), required=False),
+               ColSpec("double", C.LEARNED_SIM, required=False)]
     inputs += [ColSpec("long", col, required=False) for col in CONTEXT_FEATURES]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("double")]))
 
@@ -266,6 +273,7 @@ def register(
     with mlflow.start_run(run_id=run_id):
         for path in run_artifacts or []:
             mlflow.log_artifact(str(path), artifact_path="evaluation")
+        _log_learned(Path(bundle_dir) / _BUNDLE_FILES["index"] / "learned")
         mlflow.log_metrics(
             {metric_tag(seg, m).removeprefix("test.").replace(".", "_"): float(v)
              for seg, values in test_metrics.items() for m, v in values.items()}
@@ -288,6 +296,20 @@ def register(
     if alias:
         client.set_registered_model_alias(model_name, alias, version)
     return version
+
+
+def _log_learned(model_dir: Path) -> None:
+    """The bundle's learned model in the run: its params (`learned.*`), what it was fitted on, its files."""
+    import mlflow
+
+    meta_path = model_dir / "learned.json"
+    if not meta_path.exists():
+        return
+    meta = json.loads(meta_path.read_text())
+    mlflow.log_params({f"learned.{k}": v for k, v in meta["params"].items()})
+    mlflow.log_metrics({"learned_examples": float(meta["examples"]), "learned_final_loss": float(meta["losses"][-1]),
+                        "learned_fit_seconds": float(meta["fit_seconds"])})
+    mlflow.log_artifacts(str(model_dir), artifact_path="learned")
 
 
 @dataclass

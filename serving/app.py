@@ -119,7 +119,7 @@ class RecommendedArticle(ArticleOut):
     rank: int
     score: float = Field(description="the ranker's score (higher is better; comparable within one list); for "
                                      "an explored slot, the Thompson draw of its click-through")
-    sources: list[str] = Field(description="candidate generators that proposed it: emb, cocl, pop, trend; "
+    sources: list[str] = Field(description="candidate generators that proposed it: emb, cocl, pop, trend, learned; "
                                            "explore for a fresh article given an exploration slot")
 
 

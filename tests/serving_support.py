@@ -20,10 +20,11 @@ TRAIN_FAST = {"num_boost_round": 60, "early_stopping_rounds": 20}
 
 
 def build_bundle_dir(root: Path, work: Path, seed: int = 42) -> Path:
-    """Run aggregates -> split -> features -> candidates -> train on `root` and assemble the bundle."""
+    """Run aggregates -> split -> features -> learned -> candidates -> train on `root` and assemble the bundle."""
     from pipelines.aggregates import aggregate_all
     from pipelines.candidates import build_candidates
     from pipelines.features import fit_tables, normalise_embeddings, read_articles, read_embeddings
+    from pipelines.learned import fit_daily
     from pipelines.registry import build_bundle
     from pipelines.split import snapshot_clicks, split
     from pipelines.train import train
@@ -47,8 +48,12 @@ def build_bundle_dir(root: Path, work: Path, seed: int = 42) -> Path:
                             requests=target if len(target) else None)
         tables.save(work / "features" / snap.name)
 
-    build_candidates(root, snaps, work / "candidates", work / "index", load_params("candidates", params_path),
-                     epoch_ms)
+    # The learned model as the daily retrain fits it, briefly (two epochs): the bundle serves it like any other.
+    candidate_params = load_params("candidates", params_path)
+    fit_daily(root, snaps, work / "learned", {**load_params("learned", params_path), "epochs": 2}, epoch_ms,
+              float(candidate_params["trend_half_life_hours"]))
+    build_candidates(root, snaps, work / "candidates", work / "index", candidate_params, epoch_ms,
+                     learned_dir=work / "learned")
     train_params = {**load_params("train", params_path), **TRAIN_FAST}
     train_params["lgb"] = {**train_params["lgb"], "seed": seed, "num_threads": 1}
     ranker = train(split_path, work / "candidates", work / "features", root, train_params)

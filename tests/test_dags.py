@@ -111,7 +111,8 @@ def test_task_graphs(dagbag):
         ("aggregates", "refresh_index"),
     }
     assert edges("train_ranker") == {
-        ("split", "candidates"), ("split", "features"), ("candidates", "train"), ("features", "train"),
+        ("split", "learned"), ("learned", "candidates"), ("split", "features"), ("candidates", "train"),
+        ("features", "train"),
         ("train", "evaluate"), ("evaluate", "register"), ("register", "promote"), ("promote", "publish"),
     }
     assert edges("drift_monitor") == {("windows", "report"), ("report", "alert_drift")}

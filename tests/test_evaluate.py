@@ -24,6 +24,7 @@ def _candidates() -> pd.DataFrame:
                 "cocl": cocl,
                 "pop": {10: 5.0, 11: 4.0, 12: 3.0, 13: 2.0, 14: 1.0},
                 "trend": {10: 5.0, 11: 4.0, 12: 3.0, 13: 2.0, 14: 1.0},
+                "learned": {12: 0.9, 14: 0.4} if user == 1 else {},
             }
             for s, sc in scores.items():
                 row[C.score_col(s)] = sc.get(a, np.nan)
@@ -65,6 +66,8 @@ def test_baselines_and_an_oracle_reranker_on_hand_checkable_lists():
     # emb ranks 14 first for the warm user; for the cold user it has nothing and falls back to trending
     assert m["emb_knn"]["warm"]["ndcg@3"] == 1.0
     assert m["emb_knn"]["cold"] == {**m["trending"]["cold"], "candidate_recall": 0.0}
+    # the learned source ranks 14 second for the warm user
+    assert m["learned"]["warm"]["ndcg@3"] == pytest.approx(1 / np.log2(3))
     # co-click proposes only 13 to the warm user, then trending fills: 13, 10, 11 -> no hit
     assert m["cocl"]["warm"]["recall@3"] == 0.0
     assert m["cocl"]["warm"]["candidate_recall"] == 0.0
@@ -74,6 +77,10 @@ def test_baselines_and_an_oracle_reranker_on_hand_checkable_lists():
     assert m["trending"]["all"]["coverage@3"] == pytest.approx(3 / 20)
     cmp = res["reranker_vs_best_baseline"]
     assert cmp["beats_every_baseline"] and cmp["best_baseline"] in BASELINES
+    # an index without a learned model proposes nothing from it: no learned row, rather than a copy of trending
+    unlearned = _candidates().assign(**{C.score_col("learned"): np.nan, C.rank_col("learned"): 0})
+    res = evaluate_snapshot(unlearned, TARGETS, TREND, catalogue_size=20, k=3, scorers={RERANKER: _oracle})
+    assert set(res["methods"]) == (set(BASELINES) - {"learned"}) | {RERANKER}
     assert cmp["ratio"] == pytest.approx(1.0 / max(m[b]["all"]["ndcg@3"] for b in BASELINES))
 
 

@@ -101,7 +101,7 @@ def test_recommendations_for_a_known_user(client, bundle):
     assert not read & {i["article_id"] for i in items}, "already-read articles were recommended"
     meta = bundle.articles.set_index("article_id")
     for item in items:
-        assert item["sources"] and set(item["sources"]) <= {"emb", "cocl", "pop", "trend"}
+        assert item["sources"] and set(item["sources"]) <= {"emb", "cocl", "pop", "trend", "learned"}
         assert item["category_id"] == meta.loc[item["article_id"], "category_id"]
         assert item["words_count"] == meta.loc[item["article_id"], "words_count"]
         assert item["age_hours"] >= 0  # nothing published after the request time is recommended

@@ -1,0 +1,502 @@
+"""Learned retrieval: a two-tower model of readers and articles, trained on clicks (PyTorch, CPU).
+
+The article tower embeds an article from its content and metadata alone: the catalogue's (L2-normalised)
+embedding, its category and its length go through an MLP to a unit vector. Its state at the moment of the
+request, its age and its trend (clicks decayed with the candidate index's trend half-life, 0 for a story
+nobody has read yet), picks two small learned vectors, summed. So an article published this hour gets a
+vector the first time an index holds it, before anyone has clicked it; nothing in the model is keyed by
+article id.
+
+The user tower reads the user's last `history` clicks, newest first: each clicked article through the
+same content MLP, plus a learned vector for its position and one for how long before the user's newest
+click it was read (hour buckets, relative, so no clock is needed online). Attention pooling over them,
+joined with the newest click, then an MLP gives the user's unit vector (times a learned scale) and their
+preference over article states. The score of an article for a user is one inner product:
+
+    [scale * u, w_u] . [v_a, age(t - created_a) + trend(trend_a(t))]
+
+Training: every click with at least one earlier click of the same user (within the fit window) is one
+example; a batch's other clicked articles are its negatives (in-batch sampled softmax), each in its state
+at the example's time (age, trend), minus those not yet published then and copies of the positive; with `logq_correction` each logit is
+lowered by the log of its article's share of the examples, the usual correction for in-batch sampling.
+
+`fit_learned` trains at a cutoff; `fit_daily` fits the daily models the DVC flow needs (`newsrec learned`:
+one per day back from the test cutoff, the serve snapshot's last), and `model_for` picks the model a
+snapshot uses: the newest fitted at or before its cutoff, as the daily retrain would have left it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines import columns as C
+from pipelines.errors import InputError, MissingInputError
+
+# Hour buckets of an article's age at the request and of a click's distance before the user's newest one:
+# bucket i holds [EDGES[i-1], EDGES[i]) hours (a news story's life is hours, its tail days).
+AGE_EDGES_H = np.array([1, 2, 4, 8, 12, 16, 20, 24, 36, 48, 72, 168], dtype=np.float64)
+N_AGE = len(AGE_EDGES_H) + 1
+N_TREND = 24  # trend bucket: floor(2 * log2(1 + trend)), capped (a scale that does not depend on traffic)
+CATEGORY_DIM = 16
+_WEIGHTS = "weights.npz"
+_META = "learned.json"
+LEARNED_FORMAT = 1
+PARAM_KEYS = ("dim", "hidden", "state_dim", "history", "dropout", "epochs", "batch", "lr", "weight_decay",
+              "logq_correction", "max_examples", "seed", "threads")
+
+
+def age_bucket(hours: np.ndarray) -> np.ndarray:
+    """Bucket of each age in hours (negative ages, not yet published, fall in bucket 0)."""
+    return np.searchsorted(AGE_EDGES_H, np.asarray(hours, dtype=np.float64), side="right").astype(np.int64)
+
+
+def trend_bucket(trend: np.ndarray) -> np.ndarray:
+    """Bucket of each trend value (decayed clicks): half-octaves of 1 + trend."""
+    return np.minimum(2 * np.log2(1 + np.maximum(np.asarray(trend, dtype=np.float64), 0)), N_TREND - 1).astype(np.int64)
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+@contextmanager
+def _threads(n: int):
+    """torch's intra-op threads set to `n` while fitting: on a busy machine more threads than free cores make
+    torch's small ops spin-wait (2 threads on 2 shared cores fitted 10x slower than 1)."""
+    torch = _torch()
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield torch
+    finally:
+        torch.set_num_threads(before)
+
+
+def _build_network(emb_dim: int, n_categories: int, p: dict):
+    torch = _torch()
+    nn = torch.nn
+    dim, hidden, state_dim, history = int(p["dim"]), int(p["hidden"]), int(p["state_dim"]), int(p["history"])
+
+    class TwoTower(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.category = nn.Embedding(n_categories + 1, CATEGORY_DIM)  # the last row: unknown category
+            self.content = nn.Sequential(nn.Linear(emb_dim + CATEGORY_DIM + 1, hidden), nn.ReLU(),
+                                         nn.Linear(hidden, dim))
+            self.dropout = nn.Dropout(float(p["dropout"]))  # on the embedding, while fitting only
+            self.age = nn.Embedding(N_AGE, state_dim)
+            self.trend = nn.Embedding(N_TREND, state_dim)
+            self.position = nn.Embedding(history, dim)
+            self.gap = nn.Embedding(N_AGE, dim)
+            self.attention = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+            self.user = nn.Sequential(nn.Linear(2 * dim, hidden), nn.ReLU(), nn.Linear(hidden, dim + state_dim))
+            self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+
+        def items(self, emb, category, words):
+            """Content vectors (not normalised) of articles: [..., dim]."""
+            return self.content(torch.cat([self.dropout(emb), self.category(category), words.unsqueeze(-1)], dim=-1))
+
+        def scale(self):
+            return self.log_scale.clamp(max=math.log(100.0)).exp()
+
+        def articles(self, emb, category, words):
+            """Unit content vectors [n, dim]; the state part is `age.weight[a] + trend.weight[t]`."""
+            return nn.functional.normalize(self.items(emb, category, words), dim=-1)
+
+        def users(self, emb, category, words, gap, mask):
+            """[B, dim + state_dim] user vectors from [B, N] histories (newest first; mask: a click is there)."""
+            return self.users_of_items(self.items(emb, category, words), gap, mask)
+
+        def users_of_items(self, items, gap, mask):
+            """`users` from the clicked articles' content vectors [B, N, dim]."""
+            x = items + self.position.weight[: items.shape[1]] + self.gap(gap)
+            logits = self.attention(x).squeeze(-1).masked_fill(~mask, float("-inf"))
+            pooled = (torch.softmax(logits, dim=-1).unsqueeze(-1) * x).sum(dim=1)
+            out = self.user(torch.cat([pooled, x[:, 0]], dim=-1))
+            u = nn.functional.normalize(out[:, :dim], dim=-1) * self.scale()
+            return torch.cat([u, out[:, dim:]], dim=-1)
+
+    return TwoTower()
+
+
+@dataclass
+class Catalogue:
+    """Per-article model inputs by article id: normalised embedding, category code, scaled length, creation."""
+
+    emb: np.ndarray  # float32 [n, dim], row = article_id
+    category: np.ndarray  # int64 [n] codes (n_categories = unknown)
+    words: np.ndarray  # float32 [n]
+    created: np.ndarray  # int64 [n] ms (int64 max where the id is not in the catalogue)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    """Rows over the last axis to unit L2 norm, as torch.nn.functional.normalize (eps 1e-12)."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@dataclass
+class LearnedModel:
+    """A fitted two-tower model (see the module docstring) and what it needs to encode new articles.
+
+    Scoring runs the towers in numpy from the trained weights, not in torch: the API scores one user per
+    request next to faiss, and torch's thread pool beside faiss's made that one small pass cost tens of ms
+    on a busy 2-core machine (numpy: well under 1 ms); the API need not import torch at all. A test holds
+    both forward passes equal."""
+
+    params: dict
+    categories: np.ndarray  # sorted category ids known at fit; their position is the model's code
+    emb_dim: int
+    meta: dict
+    weights: dict = field(repr=False)  # the network's state_dict as float32 arrays
+
+    @property
+    def dim(self) -> int:
+        """Width of a user or article vector (content part + state part)."""
+        return int(self.params["dim"]) + int(self.params["state_dim"])
+
+    def category_codes(self, category_ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(category_ids, dtype=np.int64)
+        at = np.clip(np.searchsorted(self.categories, ids), 0, max(len(self.categories) - 1, 0))
+        known = (len(self.categories) > 0) & (self.categories[at] == ids) if len(self.categories) else \
+            np.zeros(len(ids), dtype=bool)
+        return np.where(known, at, len(self.categories)).astype(np.int64)
+
+    def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
+        return x @ self.weights[f"{name}.weight"].T + self.weights[f"{name}.bias"]
+
+    def _items(self, emb: np.ndarray, codes: np.ndarray, words: np.ndarray) -> np.ndarray:
+        """The content MLP (TwoTower.items): [..., dim]."""
+        x = np.concatenate([emb, self.weights["category.weight"][codes], words[..., None]], axis=-1)
+        return self._linear(np.maximum(self._linear(x, "content.0"), 0), "content.2")
+
+    def article_vectors(self, emb: np.ndarray, category_ids: np.ndarray, words: np.ndarray,
+                        created_ms: np.ndarray, trend: np.ndarray, at_ms: int) -> np.ndarray:
+        """float32 [n, dim]: each article's vector as of `at_ms` (its age and `trend` then pick the state part).
+
+        `emb` are the articles' L2-normalised catalogue embeddings, one row per article; `trend` their clicks
+        decayed with the half-life the model was fitted with (`meta["trend_half_life_hours"]`)."""
+        emb = np.asarray(emb, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[1] != self.emb_dim:
+            raise InputError(f"article embeddings of shape {emb.shape}; the model reads width {self.emb_dim}")
+        content = _normalise(self._items(emb, self.category_codes(category_ids), _scaled_words(words)))
+        state = self.weights["age.weight"][age_bucket((int(at_ms) - np.asarray(created_ms, np.int64)) / C.HOUR_MS)] \
+            + self.weights["trend.weight"][trend_bucket(trend)]
+        return np.ascontiguousarray(np.hstack([content, state]), dtype=np.float32)
+
+    def user_vectors(self, emb: np.ndarray, category_ids: np.ndarray, words: np.ndarray, ts: np.ndarray,
+                     mask: np.ndarray) -> np.ndarray:
+        """float32 [B, dim] from histories [B, N] (newest click first, `mask` where a click is; `emb` is
+        [B, N, emb_dim] normalised embeddings, `ts` click times in ms). N is cut to params `history`."""
+        n = int(self.params["history"])
+        emb, category_ids, words, ts, mask = (np.asarray(a)[:, :n] for a in (emb, category_ids, words, ts, mask))
+        gap = np.where(mask, age_bucket((ts[:, :1] - ts) / C.HOUR_MS), 0)
+        codes = self.category_codes(category_ids.ravel()).reshape(category_ids.shape)
+        x = self._items(emb.astype(np.float32, copy=False), codes, _scaled_words(words.ravel()).reshape(words.shape))
+        x = x + self.weights["position.weight"][: x.shape[1]] + self.weights["gap.weight"][gap]
+        logits = self._linear(np.tanh(self._linear(x, "attention.0")), "attention.2")[..., 0]
+        logits = np.where(mask, logits, -np.inf)
+        attention = np.exp(logits - logits.max(axis=1, keepdims=True))
+        attention /= attention.sum(axis=1, keepdims=True)
+        pooled = (attention[..., None] * x).sum(axis=1)
+        out = self._linear(np.maximum(self._linear(np.concatenate([pooled, x[:, 0]], axis=-1), "user.0"), 0),
+                           "user.2")
+        d = int(self.params["dim"])
+        scale = np.exp(min(float(self.weights["log_scale"]), math.log(100.0)))
+        return np.ascontiguousarray(np.hstack([_normalise(out[:, :d]) * scale, out[:, d:]]), dtype=np.float32)
+
+    # ---- persistence -------------------------------------------------------------------------------
+    def save(self, out_dir: str | Path) -> Path:
+        """Write `weights.npz` (the network's weights) and `learned.json` (params, category vocabulary, facts)."""
+        from pipelines.fileio import atomic_write
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+
+        def write_weights(path: Path) -> None:
+            with path.open("wb") as fh:
+                np.savez(fh, **self.weights)
+
+        atomic_write(out / _WEIGHTS, write_weights)
+        meta = {"format": LEARNED_FORMAT, "params": self.params, "categories": self.categories.tolist(),
+                "emb_dim": self.emb_dim, **self.meta}
+        atomic_write(out / _META, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+        return out
+
+    @classmethod
+    def load(cls, in_dir: str | Path) -> LearnedModel:
+        src = Path(in_dir)
+        if not (src / _META).exists():
+            raise MissingInputError(f"no learned model in {src} ({_META} missing): run `newsrec learned`")
+        meta = json.loads((src / _META).read_text())
+        if meta.get("format") != LEARNED_FORMAT:
+            raise InputError(f"learned model in {src} has format {meta.get('format')}; this code reads "
+                             f"{LEARNED_FORMAT}: fit it again with `newsrec learned`")
+        with np.load(src / _WEIGHTS, allow_pickle=False) as npz:
+            weights = {k: npz[k] for k in npz.files}
+        rest = {k: v for k, v in meta.items() if k not in ("format", "params", "categories", "emb_dim")}
+        return cls(params=meta["params"], categories=np.asarray(meta["categories"], dtype=np.int64),
+                   emb_dim=int(meta["emb_dim"]), meta=rest, weights=weights)
+
+
+def _scaled_words(words: np.ndarray) -> np.ndarray:
+    return (np.log1p(np.clip(np.asarray(words, dtype=np.float64), 0, None)) / 8.0).astype(np.float32)
+
+
+def check_params(params: dict) -> dict:
+    """The `learned` params with every key present and sane; ValueError naming what is wrong."""
+    missing = [k for k in PARAM_KEYS if k not in params]
+    if missing:
+        raise InputError(f"learned params lack {missing}")
+    for key in ("dim", "hidden", "state_dim", "history", "epochs", "batch", "threads"):
+        if int(params[key]) < 1:
+            raise InputError(f"learned.{key} must be >= 1, got {params[key]}")
+    if float(params["lr"]) <= 0:
+        raise InputError(f"learned.lr must be > 0, got {params['lr']}")
+    if not 0 <= float(params["dropout"]) < 1:
+        raise InputError(f"learned.dropout must be in [0, 1), got {params['dropout']}")
+    return {k: params[k] for k in PARAM_KEYS} | {k: v for k, v in params.items() if k not in PARAM_KEYS}
+
+
+def training_examples(clicks: pd.DataFrame, history: int, max_examples: int | None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(history rows [E, history] into the clicks sorted by user and time, -1 padded, newest first; positive
+    article; its time; the sorted clicks' article ids and times): one example per click with an earlier click of the same user on another
+    article, not a re-read of one of its `history` previous clicks. The newest `max_examples` are kept."""
+    user = clicks[C.USER_ID].to_numpy(np.int64)
+    ts = clicks[C.CLICK_TIMESTAMP].to_numpy(np.int64)
+    art = clicks[C.CLICK_ARTICLE_ID].to_numpy(np.int64)
+    order = np.lexsort((ts, user))
+    user, ts, art = user[order], ts[order], art[order]
+    rows = np.arange(len(user))
+    hist = np.full((len(user), history), -1, dtype=np.int64)
+    for back in range(1, history + 1):
+        prev = rows - back
+        same = (prev >= 0) & (user[np.maximum(prev, 0)] == user)
+        hist[:, back - 1] = np.where(same, prev, -1)
+    valid = hist[:, 0] >= 0
+    reread = ((hist >= 0) & (art[np.maximum(hist, 0)] == art[:, None])).any(axis=1)
+    keep = np.flatnonzero(valid & ~reread)
+    if max_examples is not None and len(keep) > int(max_examples):
+        keep = keep[np.argsort(ts[keep], kind="stable")[-int(max_examples):]]
+        keep.sort()
+    return hist[keep], art[keep], ts[keep], art, ts
+
+
+def _catalogue(articles: pd.DataFrame, embeddings: np.ndarray, categories: np.ndarray) -> Catalogue:
+    from pipelines.features import normalise_embeddings
+
+    n = embeddings.shape[0]
+    ids = articles[C.ARTICLE_ID].to_numpy(np.int64)
+    if len(ids) and (ids.min() < 0 or ids.max() >= n):
+        raise InputError(f"article ids up to {int(ids.max())} but embeddings have {n} rows")
+    category = np.full(n, len(categories), dtype=np.int64)
+    words = np.zeros(n, dtype=np.float32)
+    created = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    codes = np.searchsorted(categories, articles[C.CATEGORY_ID].to_numpy(np.int64))
+    category[ids] = codes
+    words[ids] = _scaled_words(articles[C.WORDS_COUNT].to_numpy())
+    created[ids] = articles[C.CREATED_AT_TS].to_numpy(np.int64)
+    return Catalogue(normalise_embeddings(np.asarray(embeddings, dtype=np.float32)), category, words, created)
+
+
+def hourly_trend(articles: np.ndarray, ts: np.ndarray, cutoff_ms: int, half_life_hours: float
+                 ) -> tuple[np.ndarray, np.ndarray, int]:
+    """The trend every clicked article had at the start of each hour before the cutoff, as the candidate index
+    computes it (`aggregates.read_popularity`: an hour's clicks decayed from its middle): (sorted article ids,
+    float32 [articles, hours + 1] where column k is the trend at the start of hour first + k, first hour)."""
+    hour = (np.asarray(ts, dtype=np.int64) - int(cutoff_ms)) // C.HOUR_MS  # negative: hours before the cutoff
+    first = int(hour.min()) if len(hour) else 0
+    ids, row = np.unique(articles, return_inverse=True)
+    counts = np.zeros((len(ids), -first + 1), dtype=np.float64)
+    np.add.at(counts, (row, hour - first), 1.0)
+    decay = 0.5 ** (1.0 / float(half_life_hours))
+    trend = np.zeros_like(counts)
+    for k in range(1, counts.shape[1]):
+        trend[:, k] = trend[:, k - 1] * decay + counts[:, k - 1] * decay ** 0.5
+    return ids, trend.astype(np.float32), first
+
+
+def fit_learned(clicks: pd.DataFrame, articles: pd.DataFrame, embeddings: np.ndarray, cutoff_ms: int,
+                params: dict, trend_half_life_hours: float, log=print) -> LearnedModel:
+    """Train the two-tower model on `clicks` before `cutoff_ms` (later ones are ignored) over the catalogue
+    `articles` / `embeddings` (row = article_id); an article's trend decays with `trend_half_life_hours`, the
+    candidate index's (params candidates.trend_half_life_hours). Seeded: the same inputs give the same model."""
+    torch = _torch()
+    p = check_params(params)
+    missing = {C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP} - set(clicks.columns)
+    if missing:
+        raise InputError(f"clicks frame lacks columns {sorted(missing)}")
+    clicks = clicks[clicks[C.CLICK_TIMESTAMP].to_numpy() < int(cutoff_ms)]
+    n_hist = int(p["history"])
+    hist, pos, ts, art, art_ts = training_examples(clicks, n_hist, p.get("max_examples"))
+    if len(pos) < 2:
+        raise InputError(f"{len(pos)} training example(s) before the cutoff: the learned model needs users "
+                         "with at least two clicks")
+    categories = np.unique(articles[C.CATEGORY_ID].to_numpy(np.int64))
+    cat = _catalogue(articles, embeddings, categories)
+    clicked_missing = np.setdiff1d(np.unique(art), articles[C.ARTICLE_ID].to_numpy(np.int64))
+    if len(clicked_missing):
+        raise InputError(f"clicks on {len(clicked_missing)} article(s) missing from the catalogue, "
+                         f"e.g. {clicked_missing[:5].tolist()}")
+    if float(trend_half_life_hours) <= 0:
+        raise InputError(f"trend half-life must be > 0, got {trend_half_life_hours}")
+    trend_ids, trend, first_hour = hourly_trend(art, art_ts, cutoff_ms, trend_half_life_hours)
+    example_hour = (ts - int(cutoff_ms)) // C.HOUR_MS - first_hour
+
+    seed = int(p["seed"])
+    torch.manual_seed(seed)
+    with _threads(p["threads"]):
+        net = _build_network(cat.emb.shape[1], len(categories), p)
+        opt = torch.optim.AdamW(net.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
+        emb_t = torch.from_numpy(cat.emb)
+        cat_t, words_t = torch.from_numpy(cat.category), torch.from_numpy(cat.words)
+        _, pos_code, counts = np.unique(pos, return_inverse=True, return_counts=True)
+        logq = np.log(counts[pos_code] / len(pos)).astype(np.float32)
+        hist_art = np.where(hist >= 0, art[np.maximum(hist, 0)], 0)
+        hist_ts = np.where(hist >= 0, art_ts[np.maximum(hist, 0)], 0)
+        mask = hist >= 0
+        gap = np.where(mask, age_bucket((hist_ts[:, :1] - hist_ts) / C.HOUR_MS), 0)
+        rng = np.random.default_rng(seed)
+        batch = int(p["batch"])
+        started, losses = time.perf_counter(), []
+        net.train()
+        for epoch in range(int(p["epochs"])):
+            order = rng.permutation(len(pos))
+            total, steps = 0.0, 0
+            for lo in range(0, len(order) - 1, batch):
+                b = order[lo: lo + batch]
+                if len(b) < 2:
+                    continue
+                # Each distinct article of the batch through the content MLP once (popular ones recur a lot).
+                ids, inv = np.unique(np.concatenate([hist_art[b].ravel(), pos[b]]), return_inverse=True)
+                t_ids = torch.from_numpy(ids)
+                items = net.items(emb_t[t_ids], cat_t[t_ids], words_t[t_ids])
+                inv = torch.from_numpy(inv)
+                n_h = hist_art[b].size
+                u = net.users_of_items(items[inv[:n_h]].reshape(len(b), n_hist, -1), torch.from_numpy(gap[b]),
+                                       torch.from_numpy(mask[b]))
+                v = torch.nn.functional.normalize(items[inv[n_h:]], dim=-1)
+                d = int(p["dim"])
+                # Every article's state at every example's time: its age then, its trend at that hour's start.
+                age_h = (ts[b][:, None] - cat.created[pos[b]][None, :]) / C.HOUR_MS
+                rows = np.searchsorted(trend_ids, pos[b])  # every positive was clicked: it has a row
+                pair_trend = trend[rows[None, :], example_hour[b][:, None]]
+                state = u[:, d:]
+                logits = (u[:, :d] @ v.T
+                          + torch.gather(state @ net.age.weight.T, 1, torch.from_numpy(age_bucket(age_h)))
+                          + torch.gather(state @ net.trend.weight.T, 1, torch.from_numpy(trend_bucket(pair_trend))))
+                if p["logq_correction"]:
+                    logits = logits - torch.from_numpy(logq[b])[None, :]
+                # Not negatives: copies of the positive, articles not yet published at the example's time. The
+                # positive itself always stays (a click may precede its article's timestamp by a clock skew).
+                masked = torch.from_numpy((pos[b][:, None] == pos[b][None, :]) | (age_h < 0))
+                logits = logits.masked_fill(masked & ~torch.eye(len(b), dtype=torch.bool), float("-inf"))
+                loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(b)))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total, steps = total + float(loss.detach()), steps + 1
+            losses.append(total / max(steps, 1))
+            log(f"learned: epoch {epoch + 1}/{p['epochs']} loss {losses[-1]:.4f} "
+                f"({len(pos)} examples, {time.perf_counter() - started:.0f} s)")
+        net.eval()
+        weights = {k: v.detach().numpy().astype(np.float32) for k, v in net.state_dict().items()}
+    meta = {"cutoff_ms": int(cutoff_ms), "trend_half_life_hours": float(trend_half_life_hours),
+            "examples": len(pos), "losses": losses,
+            "fit_seconds": round(time.perf_counter() - started, 2)}
+    return LearnedModel(params=p, categories=categories, emb_dim=int(cat.emb.shape[1]), meta=meta,
+                        weights=weights)
+
+
+# ---- the daily models of the DVC flow -------------------------------------------------------------------
+def fit_hours(snapshots: Sequence, refit_hours: int) -> list[int]:
+    """Cutoff hours to fit at: the serve snapshot's, the test's, then every `refit_hours` back from the test
+    cutoff (the daily retrain's cadence) while that stays after the earliest snapshot's cutoff, and that cutoff
+    itself: every snapshot has a model fitted at or before its cutoff, none before the data starts."""
+    if int(refit_hours) < 1:
+        raise InputError(f"learned.refit_hours must be >= 1, got {refit_hours}")
+    by_role = {s.role: s for s in snapshots}
+    if "test" not in by_role:
+        raise InputError("the split has no test snapshot")
+    first = min(s.cutoff_hour for s in snapshots)
+    hours = {by_role["serve"].cutoff_hour} if "serve" in by_role else set()
+    h = by_role["test"].cutoff_hour
+    while h > first:
+        hours.add(h)
+        h -= int(refit_hours)
+    hours.add(first)
+    return sorted(hours)
+
+
+def model_dir(models_dir: str | Path, cutoff_hour: int) -> Path:
+    return Path(models_dir) / f"{C.HOUR}={int(cutoff_hour):03d}"
+
+
+def model_for(models_dir: str | Path, cutoff_hour: int) -> LearnedModel | None:
+    """The model fitted newest at or before `cutoff_hour` under `models_dir`; None when there is none (fitted
+    later only, or `models_dir` None)."""
+    if models_dir is None:
+        return None
+    hours = sorted(int(d.name.split("=", 1)[1]) for d in Path(models_dir).glob(f"{C.HOUR}=*")
+                   if (d / _META).exists())
+    usable = [h for h in hours if h <= int(cutoff_hour)]
+    return LearnedModel.load(model_dir(models_dir, usable[-1])) if usable else None
+
+
+def fit_daily(data_root: str | Path, snapshots: Sequence, out_dir: str | Path, params: dict, epoch_ms: int,
+              trend_half_life_hours: float) -> dict[str, dict]:
+    """Fit and save one model per `fit_hours` cutoff under `<out_dir>/hour=NNN/`; returns what each fit saw."""
+    from pipelines.catalogue import delivered_hours, known_at, read_catalogue
+    from pipelines.split import hour_start_ms, load_clicks
+
+    root = Path(data_root)
+    catalogue, embeddings = read_catalogue(root)
+    delivered = delivered_hours(root, catalogue)
+    clicks = load_clicks(root / "validated" / "clicks", None, None,
+                         columns=[C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP])
+    report = {}
+    for hour in fit_hours(snapshots, int(params["refit_hours"])):
+        cutoff_ms = hour_start_ms(hour, epoch_ms)
+        articles = known_at(catalogue, delivered, hour)
+        model = fit_learned(clicks, articles, embeddings, cutoff_ms, params, trend_half_life_hours)
+        model.save(model_dir(out_dir, hour))
+        report[f"{C.HOUR}={hour:03d}"] = {k: model.meta[k] for k in ("examples", "fit_seconds")} | {
+            "final_loss": model.meta["losses"][-1]}
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.config import load_params
+    from pipelines.split import read_snapshots
+
+    parser = argparse.ArgumentParser(prog="newsrec learned", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", type=Path, required=True, help="data root with raw/ and validated/")
+    parser.add_argument("--split", type=Path, required=True, help="snapshot file written by `newsrec split`")
+    parser.add_argument("--out", type=Path, required=True, help="folder for hour=NNN/ models")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    params = load_params("learned", args.params)
+    report = fit_daily(args.data_root, read_snapshots(args.split), args.out, params,
+                       int(load_params("data", args.params)["epoch_ms"]),
+                       float(load_params("candidates", args.params)["trend_half_life_hours"]))
+    (args.out / "fits.json").write_text(json.dumps(report, indent=2) + "\n")
+    for name, row in report.items():
+        print(f"{name}  {row['examples']} examples  loss {row['final_loss']:.4f}  {row['fit_seconds']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

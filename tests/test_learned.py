@@ -1,0 +1,238 @@
+"""The learned two-tower model: it learns topics from clicks, serves articles published after it was trained,
+reads order, round-trips through save/load, and runs as a stage (fit at daily cutoffs, carried by indexes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from clickdata import EPOCH, articles, at, clicks, write_raw, write_validated
+
+from pipelines import columns as C
+from pipelines.aggregates import aggregate_all
+from pipelines.candidates import CandidateIndex
+from pipelines.learned import LearnedModel, fit_hours, fit_learned, model_for
+
+PARAMS = {"refit_hours": 24, "dim": 8, "hidden": 16, "state_dim": 4, "history": 5, "dropout": 0.0, "epochs": 40, "batch": 64,
+          "lr": 0.01, "weight_decay": 0.0, "logq_correction": True, "max_examples": None, "seed": 3, "threads": 1}
+INDEX_PARAMS = {
+    "pool_fresh_hours": 48, "pool_active_hours": 6, "windows": [1, 6, 24], "trend_half_life_hours": 1,
+    "cocl_half_life_hours": 6, "cocl_top_k": 50, "recent_clicks": 10, "cocl_recency": 0.7, "profile_clicks": 20,
+    "profile_half_life_hours": 24, "emb_trend_boost": 0.0, "similar_k": 3,
+    "per_source": {"emb": 5, "cocl": 5, "pop": 5, "trend": 5, "learned": 5}, "rrf_k": 5,
+    "fusion_weights": {"emb": 1.0, "cocl": 0.5, "pop": 0.1, "trend": 0.5, "learned": 1.0},
+}
+TOPICS, PER_TOPIC, DIM = 3, 8, 12
+CUTOFF_H = 24  # the model is trained on clicks before this hour
+NEW = TOPICS * PER_TOPIC  # article published at hour 25, after the model was trained: topic 0
+
+
+def _world_embeddings() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    centres = np.eye(DIM)[:TOPICS] * 4.0
+    topic = [i // PER_TOPIC for i in range(NEW)] + [0]
+    return np.stack([centres[t] + rng.normal(0, 0.4, DIM) for t in topic]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Readers who each follow one topic (user u reads topic u % 3): a topic's articles are published every
+    2.5 hours from hour 0.5, and a reader's one session (hours 9-22) clicks four of the five newest published
+    before it. Article NEW (topic 0) is published at hour 25, after the model's cutoff."""
+    root = tmp_path_factory.mktemp("learned_world")
+    rng = np.random.default_rng(1)
+    created = [0.5 + 2.5 * (i % PER_TOPIC) for i in range(NEW)] + [25.0]
+    rows = []
+    for user in range(90):  # one session each: session id = user id
+        topic = user % TOPICS
+        start = rng.uniform(9, 22)
+        published = [i for i in range(topic * PER_TOPIC, (topic + 1) * PER_TOPIC) if created[i] < start][-5:]
+        rows += [(user, user, int(a), start + 0.05 * i)
+                 for i, a in enumerate(rng.choice(published, size=4, replace=False))]
+    rows.sort(key=lambda r: r[3])
+    frame = clicks(rows)
+    write_validated(root, frame)
+    meta = articles(created, categories=[i // PER_TOPIC for i in range(NEW)] + [0])
+    write_raw(root, meta, _world_embeddings())
+    aggregate_all(root, EPOCH, 5)
+    model = fit_learned(frame, meta, _world_embeddings(), at(CUTOFF_H), PARAMS, 1.0, log=lambda _: None)
+    return {"root": root, "meta": meta, "clicks": frame, "model": model}
+
+
+def _index(world, hour: int, learned=True) -> CandidateIndex:
+    return CandidateIndex.fit(world["root"], world["meta"], _world_embeddings(), at(hour), INDEX_PARAMS, EPOCH,
+                              learned=world["model"] if learned else None)
+
+
+def _learned_list(cands: pd.DataFrame, user: int) -> list[int]:
+    mine = cands[(cands[C.USER_ID] == user) & (cands[C.rank_col(C.LEARNED)] > 0)]
+    return mine.sort_values(C.rank_col(C.LEARNED))[C.ARTICLE_ID].tolist()
+
+
+@pytest.mark.unit
+def test_the_model_learns_each_readers_topic(world):
+    index = _index(world, CUTOFF_H)
+    cands = index.candidates(world["clicks"], users=range(90))
+    hits = []
+    for user in range(90):
+        top = _learned_list(cands, user)[:4]  # four unread articles of their topic are left
+        hits.append(np.mean([a // PER_TOPIC == user % TOPICS for a in top]))
+    assert np.mean(hits) > 0.75  # chance: 1/3
+    # learned_sim scores every candidate, whichever source proposed it, and equals the source's own score
+    assert cands[C.LEARNED_SIM].notna().all()
+    own = cands[cands[C.rank_col(C.LEARNED)] > 0]
+    np.testing.assert_allclose(own[C.LEARNED_SIM], own[C.score_col(C.LEARNED)], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.unit
+def test_an_article_published_after_training_is_proposed_at_the_next_refresh(world):
+    before = _index(world, CUTOFF_H)
+    assert NEW not in set(before.pool_ids)
+    after = _index(world, 26)  # the hourly refresh after hour 25: same model, new pool
+    assert NEW in set(after.pool_ids)
+    cands = after.candidates(world["clicks"], users=range(90))
+    readers = [u for u in range(90) if u % TOPICS == 0]
+    others = [u for u in range(90) if u % TOPICS != 0]
+    # NEW has no click at all: only the article tower can put it at the top of the topic-0 readers' lists
+    assert sum(NEW in _learned_list(cands, u)[:3] for u in readers) >= 0.9 * len(readers)
+    # and its content puts it higher for them than for the other topics' readers (to whom it is merely fresh)
+    def position(u: int) -> int:
+        mine = _learned_list(cands, u)
+        return mine.index(NEW) if NEW in mine else len(mine)
+
+    assert np.mean([position(u) for u in readers]) + 1 < np.mean([position(u) for u in others])
+
+
+@pytest.mark.unit
+def test_the_user_tower_reads_the_order_of_clicks(world):
+    index = _index(world, CUTOFF_H)
+    history = np.array([0, PER_TOPIC, 2 * PER_TOPIC, 1])  # four topics' worth of reading, oldest first
+    times = np.array([at(h) for h in (2, 3, 4, 5)])
+    users, forward = index.learned_users(np.zeros(4, np.int64), history, times)
+    _, backward = index.learned_users(np.zeros(4, np.int64), history[::-1].copy(), times)
+    assert users.tolist() == [0]
+    assert not np.allclose(forward, backward, atol=1e-4)
+    # and the same clicks in the same order give the same vector
+    _, again = index.learned_users(np.zeros(4, np.int64), history, times)
+    np.testing.assert_array_equal(forward, again)
+
+
+@pytest.mark.unit
+def test_save_load_round_trip_gives_identical_scores(world, tmp_path):
+    model = world["model"]
+    loaded = LearnedModel.load(model.save(tmp_path / "model"))
+    meta = world["meta"]
+    emb = _world_embeddings()
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    args = (emb, meta[C.CATEGORY_ID].to_numpy(), meta[C.WORDS_COUNT].to_numpy(), meta[C.CREATED_AT_TS].to_numpy(),
+            np.linspace(0, 50, len(meta)), at(30))
+    np.testing.assert_array_equal(model.article_vectors(*args), loaded.article_vectors(*args))
+
+    index = _index(world, 26)
+    back = CandidateIndex.load(index.save(tmp_path / "index"))
+    assert back.learned is not None
+    np.testing.assert_array_equal(back.learned_pool, index.learned_pool)
+    pd.testing.assert_frame_equal(back.candidates(world["clicks"], users=range(90)),
+                                  index.candidates(world["clicks"], users=range(90)))
+
+
+@pytest.mark.unit
+def test_scoring_in_numpy_is_the_trained_network(world):
+    import torch
+
+    from pipelines.learned import _build_network, _scaled_words, age_bucket
+
+    model = world["model"]
+    net = _build_network(model.emb_dim, len(model.categories), model.params)
+    net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in model.weights.items()})
+    net.eval()
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(6, 5, DIM)).astype(np.float32)
+    cats, words = rng.integers(0, 4, size=(6, 5)), rng.integers(0, 900, size=(6, 5))  # category 3: unknown
+    ts = np.sort(rng.integers(0, 50 * C.HOUR_MS, size=(6, 5)), axis=1)[:, ::-1].copy()
+    mask = np.arange(5)[None, :] < np.array([1, 2, 3, 4, 5, 5])[:, None]
+    gap = np.where(mask, age_bucket((ts[:, :1] - ts) / C.HOUR_MS), 0)
+    codes = model.category_codes(cats.ravel()).reshape(cats.shape)
+    scaled = _scaled_words(words.ravel()).reshape(words.shape)
+    with torch.no_grad():
+        users = net.users(*(torch.from_numpy(a) for a in (emb, codes, scaled, gap, mask))).numpy()
+        items = net.articles(*(torch.from_numpy(a) for a in (emb[:, 0], codes[:, 0], scaled[:, 0]))).numpy()
+    np.testing.assert_allclose(model.user_vectors(emb, cats, words, ts, mask), users, rtol=1e-5, atol=1e-5)
+    vectors = model.article_vectors(emb[:, 0], cats[:, 0], words[:, 0], ts[:, 0], np.zeros(6), int(ts.max()))
+    np.testing.assert_allclose(vectors[:, : model.params["dim"]], items, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.unit
+def test_fit_is_deterministic_and_bad_input_is_a_clear_error(world):
+    again = fit_learned(world["clicks"], world["meta"], _world_embeddings(), at(CUTOFF_H), PARAMS,
+                        1.0, log=lambda _: None)
+    for key, value in world["model"].weights.items():
+        np.testing.assert_array_equal(value, again.weights[key], err_msg=key)
+    with pytest.raises(ValueError, match="lacks columns"):
+        fit_learned(world["clicks"].drop(columns=[C.CLICK_TIMESTAMP]), world["meta"], _world_embeddings(),
+                    at(CUTOFF_H), PARAMS, 1.0)
+    with pytest.raises(ValueError, match="training example"):
+        fit_learned(world["clicks"], world["meta"], _world_embeddings(), at(2), PARAMS, 1.0)
+    with pytest.raises(ValueError, match="learned.dim"):
+        fit_learned(world["clicks"], world["meta"], _world_embeddings(), at(CUTOFF_H), PARAMS | {"dim": 0}, 1.0)
+    with pytest.raises(ValueError, match="learned params lack"):
+        fit_learned(world["clicks"], world["meta"], _world_embeddings(), at(CUTOFF_H),
+                    {k: v for k, v in PARAMS.items() if k != "history"}, 1.0)
+
+
+@pytest.mark.unit
+def test_daily_fit_hours_cover_every_snapshot():
+    from pipelines.split import plan_snapshots
+
+    snaps = plan_snapshots(list(range(120)), EPOCH, test_hours=24, val_hours=24, label_hours=1,
+                           train_snapshots=48, min_history_hours=24)
+    hours = fit_hours(snaps, 24)
+    assert hours == [24, 48, 72, 96, 120]
+    for snap in snaps:  # each snapshot has a model fitted at or before its cutoff, at most a day old
+        usable = [h for h in hours if h <= snap.cutoff_hour]
+        assert usable and snap.cutoff_hour - usable[-1] < 24
+    # a short history: the earliest fit is the earliest snapshot's cutoff, never before the data
+    short = plan_snapshots(list(range(24)), EPOCH, test_hours=3, val_hours=3, label_hours=3, train_snapshots=3,
+                           min_history_hours=9)
+    assert fit_hours(short, 24) == [min(s.cutoff_hour for s in short), 21, 24]
+
+
+@pytest.mark.integration
+def test_stage_fits_daily_models_that_the_candidate_indexes_carry(tiny_validated, tmp_path):
+    from pipelines.candidates import build_candidates
+    from pipelines.config import load_params
+    from pipelines.learned import main
+    from pipelines.split import plan_snapshots, validated_hours, write_snapshots
+
+    epoch = load_params("data")["epoch_ms"]
+    work = tmp_path / "root"
+    work.mkdir()
+    for sub in ("raw", "validated"):
+        (work / sub).symlink_to(tiny_validated / sub)
+    aggregate_all(work, epoch, load_params("aggregates")["coclick_max_distance"])
+    snaps = plan_snapshots(validated_hours(tiny_validated / "validated" / "clicks"), epoch, test_hours=4,
+                           val_hours=4, label_hours=4, train_snapshots=1, min_history_hours=8)
+    split = write_snapshots(snaps, tmp_path / "split.json")
+    params = tmp_path / "params.yaml"
+    import yaml
+
+    all_params = yaml.safe_load(Path("params.yaml").read_text())
+    all_params["learned"] |= {"epochs": 1, "dim": 16, "hidden": 32}
+    params.write_text(yaml.safe_dump(all_params))
+    assert main(["--data-root", str(work), "--split", str(split), "--out", str(tmp_path / "learned"),
+                 "--params", str(params)]) == 0
+    hours = fit_hours(snaps, 24)
+    assert sorted(p.name for p in (tmp_path / "learned").glob("hour=*")) == [f"hour={h:03d}" for h in hours]
+    test = next(s for s in snaps if s.role == "test")
+    assert model_for(tmp_path / "learned", test.cutoff_hour).meta["cutoff_ms"] == test.cutoff_ms
+
+    build_candidates(work, snaps, tmp_path / "cands", tmp_path / "idx", load_params("candidates"), epoch,
+                     learned_dir=tmp_path / "learned")
+    cands = pd.read_parquet(tmp_path / "cands" / "test.parquet")
+    assert (cands[C.rank_col(C.LEARNED)] > 0).any()
+    assert cands.loc[cands[C.rank_col(C.LEARNED)] > 0, C.LEARNED_SIM].notna().all()
+    served = CandidateIndex.load(tmp_path / "idx" / "serve")
+    assert served.learned is not None and served.learned.meta["cutoff_ms"] == snaps[-1].cutoff_ms
+    assert len(served.learned_pool) == len(served.pool)
