@@ -32,9 +32,9 @@ def main() -> int:
     parser.add_argument("--hours", type=int, nargs="+", help="landed hours to refresh after (default: the last 3)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from pipelines.split import validated_hours
+    from pipelines.lake import landed_hours, validated_dir
 
-    hours = args.hours or validated_hours(args.data_root / "validated" / "clicks")[-3:]
+    hours = args.hours or landed_hours(validated_dir(args.data_root))[-3:]
     with tempfile.TemporaryDirectory() as tmp:
         params = yaml.safe_load((ROOT / "params.yaml").read_text())
         params["refresh"]["index_dir"] = str(Path(tmp) / "index")

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import columns as C
+from pipelines import lake
 from pipelines.errors import InputError, MissingInputError
 
 # Hour buckets of an article's age at the request and of a click's distance before the user's newest one:
@@ -230,8 +231,9 @@ class LearnedModel:
                 np.savez(fh, **self.weights)
 
         atomic_write(out / _WEIGHTS, write_weights)
+        # the fit's wall time is not part of the model: a DVC output is the same bytes on every run
         meta = {"format": LEARNED_FORMAT, "params": self.params, "categories": self.categories.tolist(),
-                "emb_dim": self.emb_dim, **self.meta}
+                "emb_dim": self.emb_dim, **{k: v for k, v in self.meta.items() if k != "fit_seconds"}}
         atomic_write(out / _META, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
         return out
 
@@ -465,7 +467,7 @@ def fit_daily(data_root: str | Path, snapshots: Sequence, out_dir: str | Path, p
     root = Path(data_root)
     catalogue, embeddings = read_catalogue(root)
     delivered = delivered_hours(root, catalogue)
-    clicks = load_clicks(root / "validated" / "clicks", None, None,
+    clicks = load_clicks(lake.validated_dir(root), None, None,
                          columns=[C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP])
     report = {}
     for hour in fit_hours(snapshots, int(params["refit_hours"])):
@@ -473,8 +475,9 @@ def fit_daily(data_root: str | Path, snapshots: Sequence, out_dir: str | Path, p
         articles = known_at(catalogue, delivered, hour)
         model = fit_learned(clicks, articles, embeddings, cutoff_ms, params, trend_half_life_hours)
         model.save(model_dir(out_dir, hour))
-        report[f"{C.HOUR}={hour:03d}"] = {k: model.meta[k] for k in ("examples", "fit_seconds")} | {
-            "final_loss": model.meta["losses"][-1]}
+        report[f"{C.HOUR}={hour:03d}"] = {"examples": model.meta["examples"], "final_loss": model.meta["losses"][-1]}
+        print(f"{C.HOUR}={hour:03d}  {model.meta['examples']} examples  loss {model.meta['losses'][-1]:.4f}  "
+              f"{model.meta['fit_seconds']:.1f} s", flush=True)
     return report
 
 
@@ -493,8 +496,6 @@ def main(argv: list[str] | None = None) -> int:
                        int(load_params("data", args.params)["epoch_ms"]),
                        float(load_params("candidates", args.params)["trend_half_life_hours"]))
     (args.out / "fits.json").write_text(json.dumps(report, indent=2) + "\n")
-    for name, row in report.items():
-        print(f"{name}  {row['examples']} examples  loss {row['final_loss']:.4f}  {row['fit_seconds']:.1f} s")
     return 0
 
 

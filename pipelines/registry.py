@@ -307,8 +307,7 @@ def _log_learned(model_dir: Path) -> None:
         return
     meta = json.loads(meta_path.read_text())
     mlflow.log_params({f"learned.{k}": v for k, v in meta["params"].items()})
-    mlflow.log_metrics({"learned_examples": float(meta["examples"]), "learned_final_loss": float(meta["losses"][-1]),
-                        "learned_fit_seconds": float(meta["fit_seconds"])})
+    mlflow.log_metrics({"learned_examples": float(meta["examples"]), "learned_final_loss": float(meta["losses"][-1])})
     mlflow.log_artifacts(str(model_dir), artifact_path="learned")
 
 

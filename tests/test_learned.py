@@ -203,8 +203,9 @@ def test_daily_fit_hours_cover_every_snapshot():
 def test_stage_fits_daily_models_that_the_candidate_indexes_carry(tiny_validated, tmp_path):
     from pipelines.candidates import build_candidates
     from pipelines.config import load_params
+    from pipelines.lake import landed_hours
     from pipelines.learned import main
-    from pipelines.split import plan_snapshots, validated_hours, write_snapshots
+    from pipelines.split import plan_snapshots, write_snapshots
 
     epoch = load_params("data")["epoch_ms"]
     work = tmp_path / "root"
@@ -212,7 +213,7 @@ def test_stage_fits_daily_models_that_the_candidate_indexes_carry(tiny_validated
     for sub in ("raw", "validated"):
         (work / sub).symlink_to(tiny_validated / sub)
     aggregate_all(work, epoch, load_params("aggregates")["coclick_max_distance"])
-    snaps = plan_snapshots(validated_hours(tiny_validated / "validated" / "clicks"), epoch, test_hours=4,
+    snaps = plan_snapshots(landed_hours(tiny_validated / "validated" / "clicks"), epoch, test_hours=4,
                            val_hours=4, label_hours=4, train_snapshots=1, min_history_hours=8)
     split = write_snapshots(snaps, tmp_path / "split.json")
     params = tmp_path / "params.yaml"
