@@ -553,7 +553,9 @@ def run_register(args: argparse.Namespace) -> dict:
         validated_dir=validated,
         feature_params=load_params("features", args.params),
     )
-    run_file = Path(args.ranker) / "run.json"
+    from pipelines.train import run_id_file
+
+    run_file = run_id_file(args.ranker)
     run_id = json.loads(run_file.read_text())["run_id"] if run_file.exists() else None
     use_tracking(mlflow_params)
     report = Path(args.eval).with_name("eval_report.html")  # written beside eval.json by `newsrec evaluate`

@@ -531,6 +531,13 @@ def log_run(ranker: Ranker, out_dir: Path, params: dict, mlflow_params: dict, ru
         return run.info.run_id
 
 
+def run_id_file(ranker_dir: str | Path) -> Path:
+    """`<ranker_dir>.run.json`: the MLflow run that logged the ranker, beside the DVC output, not in it (a run id
+    is new on every run, so inside `models/ranker` it would change the output's hash on every `dvc repro`)."""
+    ranker_dir = Path(ranker_dir)
+    return ranker_dir.with_name(ranker_dir.name + ".run.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipelines.cluster import connect, partition_count
     from pipelines.config import load_params
@@ -553,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
                        partitions=partitions)
     ranker.save(args.out)
     feature_importance(ranker).to_csv(args.out / "importance.csv", index=False)
-    run_file = args.out / "run.json"
+    run_file = run_id_file(args.out)
     run_file.unlink(missing_ok=True)
     if not args.no_mlflow:
         from pipelines.split import read_snapshots
