@@ -1122,9 +1122,8 @@ class HourValidator:
         try:
             return self.validate_articles(hour) if kind == ARTICLES else self.validate(hour)
         except DropUnreadable as e:
-            landed = partition_dir(self.root, hour, kind)
-            kept = _rel(landed, self.root) if (landed / PART_FILE).exists() else ""
-            return HourResult(hour, UNREADABLE, None, ("read",), str(e), e.path, e.path, kind, kept)
+            return HourResult(hour, UNREADABLE, None, ("read",), str(e), e.path, e.path, kind,
+                              self._landed_version(hour, kind))
 
     def _read(self, drop: Drop, names: Sequence[str]) -> tuple[dict[str, bytes], dict[str, str], list[tuple[str, str]]]:
         """The drop's files (`names`, in Drop order; a pickle may be absent) as name -> bytes, and the symlinks
@@ -1249,13 +1248,17 @@ class HourValidator:
         checks = tuple(dict.fromkeys(c for c, _ in problems))
         return self._reject(drop, files, source, _parse_result(problems, rows), reason, checks, rows, links)
 
+    def _landed_version(self, hour: int, kind: str) -> str:
+        """The hour's landed partition (relative to the root) when one is there, which a failed drop leaves; else ""."""
+        landed = partition_dir(self.root, hour, kind)
+        return _rel(landed, self.root) if (landed / PART_FILE).exists() else ""
+
     def _reject(self, drop: Drop, files: Mapping[str, bytes], source: str, result: Mapping[str, Any], reason: str,
                 checks: tuple[str, ...], rows: int | None, links: Mapping[str, str] | None = None) -> HourResult:
         """Quarantine the drop. A partition landed from an earlier delivery of the hour stays: a bad re-delivery
         never removes good data (a good one replaces it, archiving it)."""
         target = quarantine(drop, files, self.root, result, reason, links)
-        landed = partition_dir(self.root, drop.hour, drop.kind)
-        kept = _rel(landed, self.root) if (landed / PART_FILE).exists() else ""
+        kept = self._landed_version(drop.hour, drop.kind)
         return HourResult(drop.hour, QUARANTINED, rows, checks, reason, _rel(target, self.root), source, drop.kind,
                           kept)
 
