@@ -69,9 +69,9 @@ def write_params(work: Path, root: Path, smtp_port: int) -> Path:
     from pipelines.config import load_params
 
     params = load_params(path=ROOT / "params.yaml")
-    params["data"]["root"] = str(root)
+    params["paths"]["data"] = str(root)
     params["alerts"].update(smtp_host="127.0.0.1", smtp_port=smtp_port, airflow_conn_id=None)
-    params["validate"]["gx_dir"] = str(ROOT / "great_expectations")
+    params["paths"]["gx"] = str(ROOT / "great_expectations")
     params["drift"].update(config=str(ROOT / "monitoring" / "drift.yaml"), out=str(work / "reports"))
     path = work / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))

@@ -43,14 +43,14 @@ def start_server(tracking_uri: str, port: int, workers: int, redis_url: str | No
     env = {
         **os.environ,
         "NEWSREC__MLFLOW__TRACKING_URI": tracking_uri,
-        "NEWSREC__SERVE__IMPRESSION_LOG": str(logdir / "impressions.jsonl"),
-        "NEWSREC__SERVE__CLICK_LOG": str(logdir / "clicks.jsonl"),
+        "NEWSREC__PATHS__IMPRESSION_LOG": str(logdir / "impressions.jsonl"),
+        "NEWSREC__PATHS__CLICK_LOG": str(logdir / "clicks.jsonl"),
         "NEWSREC__SERVE__CHALLENGER_SHARE": "0",
         "NEWSREC__SERVE__STATE_PREFIX": state_prefix,  # this run's own online state, whatever Redis holds
         "NEWSREC__SERVE__HOURLY_INDEX": "true" if index_root else "false",
     }
     if index_root:
-        env["NEWSREC__REFRESH__INDEX_DIR"] = str(index_root)  # absolute: wins over data.root
+        env["NEWSREC__REFRESH__INDEX_DIR"] = str(index_root)  # absolute: wins over paths.data
         env["NEWSREC__SERVE__POLL_SECONDS"] = str(poll_seconds)
     cmd = [str(ROOT / ".venv/bin/newsrec"), "serve", "--port", str(port), "--workers", str(workers),
            "--log-level", "warning"]

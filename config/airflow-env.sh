@@ -2,6 +2,9 @@
 # (`make airflow` does the same). Settings: config/airflow.cfg. State: airflow_home/ (gitignored).
 _newsrec="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export NEWSREC_HOME="$_newsrec"
+# The DAGs run on this checkout's params.yaml (and so its data, models and registry), whichever checkout the
+# editable `newsrec` install points at; export NEWSREC_PARAMS before sourcing to run on another file.
+export NEWSREC_PARAMS="${NEWSREC_PARAMS:-$_newsrec/params.yaml}"
 export AIRFLOW_HOME="$_newsrec/airflow_home"
 export AIRFLOW_CONFIG="$_newsrec/config/airflow.cfg"
 export PATH="$_newsrec/.venv/bin:$PATH"

@@ -74,19 +74,19 @@ def clicks_hourly():
     def wait_for_drop(params=None, logical_date=None) -> PokeReturnValue:
         import logging
 
-        with flows.project(flows.params_file()) as p:
-            hour = flows.run_hour((params or {}).get("hour"), logical_date, p["data"]["epoch_ms"])
-            raw_uri = p.get("storage", {}).get("raw_uri")
-            landed = flows.drop_available(p["data"]["root"], hour, raw_uri)
-            where = flows.drop_location(p["data"]["root"], hour, raw_uri)
+        p = flows.project(flows.params_file())
+        hour = flows.run_hour((params or {}).get("hour"), logical_date, p["data"]["epoch_ms"])
+        raw_uri = p.get("storage", {}).get("raw_uri")
+        landed = flows.drop_available(p["paths"]["data"], hour, raw_uri)
+        where = flows.drop_location(p["paths"]["data"], hour, raw_uri)
         logging.getLogger(__name__).info("hour %03d: %s %s", hour, "drop found at" if landed else "waiting for",
                                          where)
         return PokeReturnValue(is_done=landed, xcom_value=hour)
 
     @task
     def stage_drop(hour: int) -> int:
-        with flows.project(flows.params_file()) as p:
-            flows.stage_drop(p["data"]["root"], hour, p.get("storage", {}).get("raw_uri"))
+        p = flows.project(flows.params_file())
+        flows.stage_drop(p["paths"]["data"], hour, p.get("storage", {}).get("raw_uri"))
         return hour
 
     @task(depends_on_past=True)
@@ -94,10 +94,10 @@ def clicks_hourly():
         from pipelines.validate import Settings, quiet_gx, validate_hour_drops
 
         quiet_gx()
-        with flows.project(flows.params_file()) as p:
-            results = validate_hour_drops(p["data"]["root"], hour, epoch_ms=p["data"]["epoch_ms"],
-                                          settings=Settings.from_params(p["validate"]),
-                                          gx_dir=p["validate"]["gx_dir"])
+        p = flows.project(flows.params_file())
+        results = validate_hour_drops(p["paths"]["data"], hour, epoch_ms=p["data"]["epoch_ms"],
+                                      settings=Settings.from_params(p["validate"]),
+                                      gx_dir=p["paths"]["gx"])
         return flows.hour_outcome(results)
 
     @task
@@ -106,15 +106,15 @@ def clicks_hourly():
 
         from pipelines.aggregates import aggregate_hour, drop_hour
 
-        with flows.project(flows.params_file()) as p:
-            if result["status"] != "landed":
-                # A replayed hour that is quarantined now must not leave its earlier aggregates behind.
-                removed = drop_hour(p["data"]["root"], result["hour"])
-                raise AirflowSkipException(f"hour {result['hour']:03d} was quarantined ({result['reason']}): "
-                                           "nothing to aggregate"
-                                           + (f", removed {len(removed)} stale partitions" if removed else ""))
-            outs = aggregate_hour(p["data"]["root"], result["hour"], p["data"]["epoch_ms"],
-                                  p["aggregates"]["coclick_max_distance"])
+        p = flows.project(flows.params_file())
+        if result["status"] != "landed":
+            # A replayed hour that is quarantined now must not leave its earlier aggregates behind.
+            removed = drop_hour(p["paths"]["data"], result["hour"])
+            raise AirflowSkipException(f"hour {result['hour']:03d} was quarantined ({result['reason']}): "
+                                       "nothing to aggregate"
+                                       + (f", removed {len(removed)} stale partitions" if removed else ""))
+        outs = aggregate_hour(p["paths"]["data"], result["hour"], p["data"]["epoch_ms"],
+                              p["aggregates"]["coclick_max_distance"])
         return {kind: str(path) for kind, path in outs.items()}
 
     @task(retries=0, execution_timeout=timedelta(minutes=2))
@@ -125,10 +125,10 @@ def clicks_hourly():
 
         if not flows.quarantined_drops(result):
             raise AirflowSkipException(f"hour {result['hour']} landed: nothing to report")
-        with flows.project(flows.params_file()) as p:
-            subject, body, files = flows.quarantine_alert(p["data"]["root"], result, p["data"]["epoch_ms"],
-                                                          flows.params_file())
-            failure = deliver_alert(subject, body, settings_for_airflow(p["alerts"]), files)
+        p = flows.project(flows.params_file())
+        subject, body, files = flows.quarantine_alert(p["paths"]["data"], result, p["data"]["epoch_ms"],
+                                                      flows.params_file())
+        failure = deliver_alert(subject, body, settings_for_airflow(p["alerts"]), files)
         if failure:
             raise AirflowSkipException(failure)
         return subject
@@ -137,9 +137,9 @@ def clicks_hourly():
     def refresh_index(result: dict, outs: dict[str, str]) -> str:
         from pipelines.serving_index import refresh
 
-        with flows.project(flows.params_file()) as p:
-            out = refresh(p["data"]["root"], result["hour"], p["refresh"], p["candidates"], p["features"],
-                          p["data"]["epoch_ms"])
+        p = flows.project(flows.params_file())
+        out = refresh(p["paths"]["data"], result["hour"], p["refresh"], p["candidates"], p["features"],
+                      p["data"]["epoch_ms"])
         return str(out)
 
     result = validate(stage_drop(wait_for_drop()))

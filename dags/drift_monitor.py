@@ -54,13 +54,13 @@ CRON = flows.scheduled(load_params(path=flows.params_file()), "drift_monitor")
 def drift_monitor():
     @task
     def windows() -> dict:
-        with flows.project(flows.params_file()) as p:
-            return flows.drift_windows(p)
+        p = flows.project(flows.params_file())
+        return flows.drift_windows(p)
 
     @task
     def report(windows: dict, run_id=None) -> str:
-        with flows.project(flows.params_file()) as p:
-            return str(flows.drift_run(p, windows, flows.run_folder(run_id)))
+        p = flows.project(flows.params_file())
+        return str(flows.drift_run(p, windows, flows.run_folder(run_id)))
 
     @task(retries=0, execution_timeout=timedelta(minutes=2))
     def alert_drift(run_dir: str) -> str:
@@ -68,12 +68,12 @@ def drift_monitor():
 
         from pipelines.alerts import deliver_alert, settings_for_airflow
 
-        with flows.project(flows.params_file()) as p:
-            summary = flows.read_json(f"{run_dir}/summary.json")
-            if not summary["drift_detected"]:
-                raise AirflowSkipException(f"no drift: {len(summary['columns'])} columns within thresholds")
-            subject, body, files = flows.drift_alert(summary, run_dir)
-            failure = deliver_alert(subject, body, settings_for_airflow(p["alerts"]), files)
+        p = flows.project(flows.params_file())
+        summary = flows.read_json(f"{run_dir}/summary.json")
+        if not summary["drift_detected"]:
+            raise AirflowSkipException(f"no drift: {len(summary['columns'])} columns within thresholds")
+        subject, body, files = flows.drift_alert(summary, run_dir)
+        failure = deliver_alert(subject, body, settings_for_airflow(p["alerts"]), files)
         if failure:
             raise AirflowSkipException(f"{failure} (report: {run_dir})")
         return subject

@@ -34,8 +34,8 @@ SCHEDULE = flows.scheduled(load_params(path=flows.params_file()), "train_ranker"
 
 
 def _stage(name: str, **overrides) -> None:
-    with flows.project(flows.params_file()) as p:
-        flows.run_stage(name, p, flows.params_file(), overrides)
+    p = flows.project(flows.params_file())
+    flows.run_stage(name, p, flows.params_file(), overrides)
 
 
 @dag(
@@ -91,8 +91,8 @@ def train_ranker():
 
         from airflow.exceptions import AirflowSkipException
 
-        with flows.project(flows.params_file()) as p:
-            decision = flows.promotion_gate(p)
+        p = flows.project(flows.params_file())
+        decision = flows.promotion_gate(p)
         if not decision["promoted"]:
             raise AirflowSkipException(flows.promotion_summary(decision))
         logging.getLogger(__name__).info("%s", flows.promotion_summary(decision))

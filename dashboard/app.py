@@ -18,12 +18,13 @@ from dashboard.data import (
     time_text,
     validation_status,
 )
-from pipelines.config import load_params
+from pipelines.config import load_config
 
 PAGES = ("Recommendations", "Similar articles", "Model & pipeline")
 
 st.set_page_config(page_title="newsrec", layout="wide")
-params = load_params("dashboard")
+config = load_config()  # once, at the app's boundary: paths absolute against params.yaml's folder
+params = config["dashboard"]
 api = Api(params["api_url"])
 
 st.sidebar.title("newsrec")
@@ -194,10 +195,10 @@ def model_page() -> None:
             st.caption(METRICS_EXPLAINED)
 
     st.header("Pipeline health")
-    data = load_params("data")
-    summary, hours = validation_status(data["root"])
+    data_root = config["paths"]["data"]
+    summary, hours = validation_status(data_root)
     if summary is None:
-        st.info(f"No validation has run on {data['root']} yet (`newsrec validate`).")
+        st.info(f"No validation has run on {data_root} yet (`newsrec validate`).")
     else:
         c1, c2, c3 = st.columns(3)
         c1.metric("Hours landed", summary["landed"])
@@ -216,7 +217,7 @@ def model_page() -> None:
         if len(bad):
             st.subheader("Quarantined drops")
             st.dataframe(bad, hide_index=True, width="stretch")
-    drift = latest_drift(load_params("drift")["out"])
+    drift = latest_drift(config["paths"]["drift_reports"])
     st.subheader("Latest drift check")
     if drift is None:
         st.info("No drift report yet (`newsrec drift`).")

@@ -11,7 +11,6 @@ degree of freedom: chi2 = z^2).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.config import load_params
+from pipelines.config import parse_step, step_parser
 from pipelines.errors import InputError, MissingInputError
 
 UNITS = ("impression", "user")
@@ -223,15 +222,21 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    params = load_params("ab_report")
-    parser = argparse.ArgumentParser(prog="newsrec ab-report", description=__doc__.splitlines()[0])
-    parser.add_argument("--impressions", type=Path, default=Path(params["impression_log"]))
-    parser.add_argument("--clicks", type=Path, default=Path(params["click_log"]))
-    parser.add_argument("--attribution-seconds", type=float, default=params["attribution_seconds"])
-    parser.add_argument("--confidence", type=float, default=params["confidence"])
+    parser = step_parser("ab-report", __doc__)
+    parser.add_argument("--impressions", type=Path, help="impression log (default: params paths.impression_log)")
+    parser.add_argument("--clicks", type=Path, help="click log (default: params paths.click_log)")
+    parser.add_argument("--attribution-seconds", type=float, help="default: params ab_report.attribution_seconds")
+    parser.add_argument("--confidence", type=float, help="default: params ab_report.confidence")
     parser.add_argument("--unit", choices=UNITS, default="impression")
     parser.add_argument("--out", type=Path, help="also write the report as JSON here")
-    args = parser.parse_args(argv)
+    args, config = parse_step(parser, argv)
+    params, paths = config["ab_report"], config["paths"]
+    args.impressions = args.impressions or Path(paths["impression_log"])
+    args.clicks = args.clicks or Path(paths["click_log"])
+    if args.attribution_seconds is None:
+        args.attribution_seconds = float(params["attribution_seconds"])
+    if args.confidence is None:
+        args.confidence = float(params["confidence"])
 
     from serving.eventlog import log_files, read_log
 

@@ -20,7 +20,6 @@ to run, and replaying an hour must give the same bytes, and a pipeline run the s
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,7 +42,7 @@ from pipelines.columns import (
     USERS,
     WEIGHT,
 )
-from pipelines.config import load_params
+from pipelines.config import parse_step, step_parser
 from pipelines.errors import InputError, MissingInputError
 from pipelines.lake import (
     PART_FILE,
@@ -221,15 +220,13 @@ def read_coclick(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="newsrec aggregates", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, required=True, help="data root with validated/clicks/")
+    parser = step_parser("aggregates", __doc__, data_root="data root with validated/clicks/")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--hour", type=int, help="aggregate this validated hour only")
     which.add_argument("--all", action="store_true", help="aggregate every validated hour")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    args = parser.parse_args(argv)
-    params = load_params("aggregates", args.params)
-    epoch_ms = int(load_params("data", args.params)["epoch_ms"])
+    args, config = parse_step(parser, argv)
+    params = config["aggregates"]
+    epoch_ms = int(config["data"]["epoch_ms"])
     max_d = int(params["coclick_max_distance"])
     if args.all:
         hours = aggregate_all(args.data_root, epoch_ms, max_d)

@@ -10,7 +10,6 @@ There is one way to send (smtplib). Only where the SMTP settings come from diffe
 
 from __future__ import annotations
 
-import argparse
 import logging
 import mimetypes
 import os
@@ -23,7 +22,7 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import DEFAULT_PARAMS, load_params
+from pipelines.config import load_params, parse_step, step_parser
 from pipelines.errors import NewsrecError
 
 log = logging.getLogger(__name__)
@@ -262,19 +261,18 @@ def run_failed(context: Mapping[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="newsrec alert", description=__doc__.splitlines()[0])
+    parser = step_parser("alert", __doc__)
     parser.add_argument("--subject", required=True)
     body = parser.add_mutually_exclusive_group(required=True)
     body.add_argument("--body", help="the summary text")
     body.add_argument("--body-file", type=Path, help="read the summary text from this file")
     parser.add_argument("--attach", type=Path, action="append", default=[], help="a report file (repeatable)")
     parser.add_argument("--link", action="append", default=[], help="a report URL (repeatable)")
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    args = parser.parse_args(argv)
+    args, config = parse_step(parser, argv)
 
     text = args.body if args.body is not None else args.body_file.read_text()
     try:
-        settings = settings_from_params(load_params("alerts", args.params))
+        settings = settings_from_params(config["alerts"])
         msg = send_alert(args.subject, text, settings, args.attach, args.link)
     except AlertError as exc:
         parser.exit(1, f"newsrec alert: {exc}\n")

@@ -29,7 +29,6 @@ snapshot's target clicks and writes candidate recall per source for all, warm an
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -67,7 +66,7 @@ from pipelines.columns import (
     rank_col,
     score_col,
 )
-from pipelines.config import load_params
+from pipelines.config import parse_step, step_parser
 from pipelines.errors import InputError, MissingInputError
 
 QUERY_COLUMNS = [USER_ID, CLICK_ARTICLE_ID, CLICK_TIMESTAMP]
@@ -925,10 +924,7 @@ def build_candidates(
 def main(argv: list[str] | None = None) -> int:
     from pipelines.split import read_snapshots
 
-    parser = argparse.ArgumentParser(prog="newsrec candidates", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data-root", type=Path, required=True, help="data root with raw/, validated/, aggregates/"
-    )
+    parser = step_parser("candidates", __doc__, data_root="data root with raw/, validated/, aggregates/")
     parser.add_argument("--split", type=Path, required=True, help="snapshot file written by `newsrec split`")
     parser.add_argument(
         "--out", type=Path, required=True, help="folder for <snapshot>.parquet candidate lists"
@@ -939,13 +935,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", type=Path, required=True, help="candidate recall report to write (JSON)")
     parser.add_argument("--learned", type=Path, help="folder of hour=NNN/ learned models (`newsrec learned`); "
                         "omit: no learned source")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    args = parser.parse_args(argv)
+    args, config = parse_step(parser, argv)
     from pipelines.cluster import connect, partition_count
 
-    params = load_params("candidates", args.params)
-    epoch_ms = int(load_params("data", args.params)["epoch_ms"])
-    dask_params = load_params("dask", args.params)
+    params = config["candidates"]
+    epoch_ms = int(config["data"]["epoch_ms"])
+    dask_params = config["dask"]
     with connect(dask_params) as client:
         reports = build_candidates(
             args.data_root, read_snapshots(args.split), args.out, args.index_out, params, epoch_ms, args.learned,

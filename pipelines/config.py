@@ -13,6 +13,7 @@ see these variables: reproducible runs use params.yaml (or `dvc exp run -S`).
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 import os
@@ -153,6 +154,46 @@ def apply_env_overrides(params: dict[str, Any], environ: Mapping[str, str] | Non
     return params
 
 
-def data_root(path: str | Path = DEFAULT_PARAMS) -> Path:
-    """The one key that says which dataset the whole flow runs on."""
-    return Path(load_params("data", path)["root"])
+def resolve_paths(params: Mapping[str, Any], base: str | Path) -> dict[str, Any]:
+    """`params` (a whole params file) with every path made absolute against `base`, the params file's folder:
+    the `paths` section, a relative SQLite tracking URI and a relative MLflow artifact root. What a command,
+    an Airflow task or the API reads then means the same whatever folder it was started in."""
+    base = Path(base).resolve()
+    out = copy.deepcopy(dict(params))
+    out["paths"] = {key: str(base / value) for key, value in (out.get("paths") or {}).items()}
+    tracking = out.get("mlflow") or {}
+    uri = str(tracking.get("tracking_uri") or "")
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////") and uri != "sqlite:///:memory:":
+        tracking["tracking_uri"] = f"sqlite:///{base / uri[len('sqlite:///'):]}"
+    root = tracking.get("artifact_root")
+    if root and "://" not in str(root):
+        tracking["artifact_root"] = str(base / root)
+    return out
+
+
+def load_config(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    """The whole params file as a command, a task or the API uses it: environment overrides applied, paths
+    absolute against the file's folder (resolve_paths). Loaded once at that boundary and passed in."""
+    return resolve_paths(load_params(path=path), Path(path).parent)
+
+
+def step_parser(prog: str, doc: str | None, data_root: str | None = None) -> argparse.ArgumentParser:
+    """The parser of a step's CLI, with the options every step shares: `--params` (the params file) and, when
+    `data_root` says what the step reads there, `--data-root` (default: params `paths.data`). Read it with
+    `parse_step`."""
+    parser = argparse.ArgumentParser(prog=f"newsrec {prog}", description=(doc or "").split("\n\n")[0])
+    if data_root:
+        parser.add_argument("--data-root", type=Path, help=f"{data_root} (default: params paths.data)")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
+                        help="params file; relative paths in it are read against its folder")
+    return parser
+
+
+def parse_step(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """(arguments, config): `argv` parsed, the params file loaded once (load_config), and `--data-root`
+    defaulted to its `paths.data`."""
+    args = parser.parse_args(argv)
+    config = load_config(args.params)
+    if "data_root" in vars(args) and args.data_root is None:
+        args.data_root = Path(config["paths"]["data"])
+    return args, config

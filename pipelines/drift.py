@@ -6,14 +6,13 @@ input features: its context fields, the clicked article's category, the article'
 session size and the user's clicks in that hour (per hour, so windows of different lengths compare).
 Optionally, candidate/model score files (one row per user x candidate) for both sides are compared too.
 
-Columns, methods and thresholds live in monitoring/drift.yaml (params `drift.config`). Each run writes
+Columns, methods and thresholds live in monitoring/drift.yaml (params `paths.drift_config`). Each run writes
 `<out>/<run-id>/`: `features.html` + `features.json` (Evidently), `scores.*` when scores were given,
 and `summary.json` (drift detected?, share of drifted columns, which columns, every column's score).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -25,7 +24,7 @@ import pandas as pd
 import yaml
 
 from pipelines import columns as C
-from pipelines.config import DEFAULT_PARAMS, load_params
+from pipelines.config import parse_step, step_parser
 from pipelines.errors import InputError, MissingInputError
 
 VALUE_DRIFT = "evidently:metric_v2:ValueDrift"
@@ -376,11 +375,10 @@ def default_run_id(reference_hours: Sequence[int], current_hours: Sequence[int])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="newsrec drift", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, help="data root with validated/ and raw/ (default: data.root)")
+    parser = step_parser("drift", __doc__, data_root="data root with validated/ and raw/")
     parser.add_argument("--reference", help="reference hours, e.g. 0-71 (default: the hours before --current)")
     parser.add_argument("--current", help="current hours, e.g. 90-95 (default: the latest drift.current_hours)")
-    parser.add_argument("--out", type=Path, help="reports folder; the run writes <out>/<run-id>/ (default: drift.out)")
+    parser.add_argument("--out", type=Path, help="reports folder; the run writes <out>/<run-id>/ (default: paths.drift_reports)")
     parser.add_argument("--run-id", help="run folder name (default: from the windows)")
     parser.add_argument("--reference-scores", type=Path, nargs="*", default=[],
                         help="candidate lists (<root>/candidates/<snapshot>.parquet) of the reference side")
@@ -388,13 +386,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="candidate lists of the current side")
     parser.add_argument("--model", type=Path, help="trained ranker folder: compare its scores of the candidate lists")
     parser.add_argument("--features", type=Path, help="folder of <snapshot>/ feature tables (with --model)")
-    parser.add_argument("--config", type=Path, help="drift config (default: drift.config)")
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
+    parser.add_argument("--config", type=Path, help="drift config (default: paths.drift_config)")
     parser.add_argument("--fail-on-drift", action="store_true", help="exit 3 when drift is detected")
-    args = parser.parse_args(argv)
+    args, config = parse_step(parser, argv)
 
-    params = load_params("drift", args.params)
-    data_root = args.data_root or Path(load_params("data", args.params)["root"])
+    params, paths = config["drift"], config["paths"]
+    data_root = args.data_root
     from pipelines.lake import landed_hours, validated_dir
 
     available = landed_hours(validated_dir(data_root))
@@ -405,8 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         int(params["current_hours"]),
         int(params["reference_hours"]),
     )
-    cfg = load_config(args.config or params["config"])
-    run_dir = Path(args.out or params["out"]) / (args.run_id or default_run_id(reference, current))
+    cfg = load_config(args.config or paths["drift_config"])
+    run_dir = Path(args.out or paths["drift_reports"]) / (args.run_id or default_run_id(reference, current))
     summary = drift_report(data_root, reference, current, run_dir, cfg, args.reference_scores,
                            args.current_scores, args.model, args.features)
     print(summary_text(summary, run_dir))

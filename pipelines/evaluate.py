@@ -30,7 +30,6 @@ Writes `summary.json` (DVC metrics: the headline figures), `eval.json` (every fi
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Callable, Mapping
@@ -55,7 +54,7 @@ from pipelines.columns import (
     rank_col,
     score_col,
 )
-from pipelines.config import load_params
+from pipelines.config import parse_step, step_parser
 from pipelines.errors import InputError, MissingInputError
 from pipelines.metrics import (
     candidate_recall,
@@ -758,8 +757,7 @@ def evaluate(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="newsrec evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, required=True, help="data root with raw/ and validated/")
+    parser = step_parser("evaluate", __doc__, data_root="data root with raw/ and validated/")
     parser.add_argument("--split", type=Path, required=True, help="snapshot file written by `newsrec split`")
     parser.add_argument(
         "--candidates", type=Path, required=True, help="folder of <snapshot>.parquet candidates"
@@ -770,13 +768,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--features", type=Path, help="folder of <snapshot>/ feature tables (with --model)")
     parser.add_argument("--out", type=Path, required=True, help="folder for eval.json, eval_table.md, plots/")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    args = parser.parse_args(argv)
-    params = load_params("evaluate", args.params)
+    args, config = parse_step(parser, argv)
     results = evaluate(
-        args.data_root, args.split, args.candidates, args.indexes, params, args.model, args.features,
-        index_params=load_params("candidates", args.params), feature_params=load_params("features", args.params),
-        epoch_ms=int(load_params("data", args.params)["epoch_ms"]), rank_params=load_params("rank", args.params),
+        args.data_root, args.split, args.candidates, args.indexes, config["evaluate"], args.model, args.features,
+        index_params=config["candidates"], feature_params=config["features"],
+        epoch_ms=int(config["data"]["epoch_ms"]), rank_params=config["rank"],
     )
     paths = write_reports(results, args.out)
     print(markdown_table(results), end="")

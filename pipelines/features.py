@@ -8,7 +8,6 @@ Serving calls the same `assemble` for one user, so nothing here loops over users
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -689,19 +688,15 @@ def build_snapshot_features(
 
 
 def main(argv: list[str] | None = None) -> int:
-
     from pipelines.cluster import connect, partition_count
-    from pipelines.config import load_params
+    from pipelines.config import parse_step, step_parser
     from pipelines.split import read_snapshots
 
-    parser = argparse.ArgumentParser(prog="newsrec features", description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", type=Path, required=True, help="dataset root with raw/ and validated/")
+    parser = step_parser("features", __doc__, data_root="dataset root with raw/ and validated/")
     parser.add_argument("--split", type=Path, required=True, help="snapshot file written by `newsrec split`")
     parser.add_argument("--out", type=Path, required=True, help="folder for <snapshot>/ feature tables")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    args = parser.parse_args(argv)
-    params = load_params("features", args.params)
-    dask_params = load_params("dask", args.params)
+    args, config = parse_step(parser, argv)
+    params, dask_params = config["features"], config["dask"]
     with connect(dask_params) as client:
         user_side = fit_user_side if client is None else \
             PartitionedUserSide(client, partition_count(client, dask_params))

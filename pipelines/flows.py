@@ -14,19 +14,18 @@ trigger form, `--conf '{"hour": 5}'`) wins over the logical date, so nobody comp
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
 import re
 import shlex
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pipelines import columns as C
-from pipelines.config import load_params
+from pipelines.config import load_config
 from pipelines.errors import ConfigError, InputError
 
 PARAMS_ENV = "NEWSREC_PARAMS"
@@ -41,20 +40,11 @@ def params_file() -> Path:
     return Path(os.environ.get(PARAMS_ENV) or PROJECT_ROOT / "params.yaml").resolve()
 
 
-@contextlib.contextmanager
-def project(params_path: str | Path) -> Iterator[dict[str, Any]]:
-    """Work from the params file's folder and yield its params.
-
-    Relative paths in params.yaml (data/, monitoring/reports, sqlite:///mlflow.db) mean the same as
-    under DVC, whatever folder the Airflow worker was started in.
-    """
-    params_path = Path(params_path).resolve()
-    before = Path.cwd()
-    os.chdir(params_path.parent)
-    try:
-        yield load_params(path=params_path)
-    finally:
-        os.chdir(before)
+def project(params_path: str | Path) -> dict[str, Any]:
+    """The params a task runs with (pipelines.config.load_config): its paths absolute against the params file's
+    folder, so data/, monitoring/reports and sqlite:///mlflow.db mean the same as under DVC, whatever folder the
+    Airflow worker was started in. Nothing changes the worker's working folder."""
+    return load_config(Path(params_path).resolve())
 
 
 def epoch_datetime(epoch_ms: int) -> datetime:
@@ -361,7 +351,7 @@ def drift_windows(params: Mapping[str, Any]) -> dict[str, str]:
     from pipelines.lake import landed_hours, validated_dir
 
     settings = params["drift"]
-    available = landed_hours(validated_dir(params["data"]["root"]))
+    available = landed_hours(validated_dir(params["paths"]["data"]))
     champion = champion_test_start(params)
     if champion is None:
         reference, basis = None, f"no champion yet: the {settings['reference_hours']} hours before the current ones"
@@ -375,7 +365,7 @@ def drift_windows(params: Mapping[str, Any]) -> dict[str, str]:
 
 
 def drift_run(params: Mapping[str, Any], windows: Mapping[str, str], folder: str) -> Path:
-    """Write one drift_monitor report into `<drift.out>/<folder>/`; its absolute path.
+    """Write one drift_monitor report into `<paths.drift_reports>/<folder>/`; its absolute path.
 
     Scores join in when a training run's outputs are there: the candidate lists of the val snapshot (the
     reference) and of the test snapshot (the latest), with the trained ranker's scores of both. Not the
@@ -385,8 +375,7 @@ def drift_run(params: Mapping[str, Any], windows: Mapping[str, str], folder: str
     from pipelines import drift
     from pipelines.split import read_snapshots
 
-    settings = params["drift"]
-    run_dir = Path(settings["out"]) / folder
+    run_dir = Path(params["paths"]["drift_reports"]) / folder
     ref_scores: list[Path] = []
     cur_scores: list[Path] = []
     model_dir = features_dir = None
@@ -397,8 +386,8 @@ def drift_run(params: Mapping[str, Any], windows: Mapping[str, str], folder: str
         cur_scores = [trained["candidates"] / f"{s.name}.parquet" for s in snaps if s.role == "test"]
         model_dir, features_dir = trained["model"], trained["features"]
     drift.drift_report(
-        params["data"]["root"], drift.parse_hours(windows["reference"]), drift.parse_hours(windows["current"]),
-        run_dir, drift.load_config(settings["config"]), ref_scores, cur_scores, model_dir, features_dir,
+        params["paths"]["data"], drift.parse_hours(windows["reference"]), drift.parse_hours(windows["current"]),
+        run_dir, drift.load_config(params["paths"]["drift_config"]), ref_scores, cur_scores, model_dir, features_dir,
         notes={"reference_basis": windows.get("basis", "")},
     )
     return run_dir.resolve()

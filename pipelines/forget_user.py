@@ -42,7 +42,6 @@ the API after an erasure).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import io
@@ -62,7 +61,7 @@ from urllib.request import url2pathname
 import pandas as pd
 
 from pipelines import columns as C
-from pipelines.config import DEFAULT_PARAMS, load_params
+from pipelines.config import parse_step, step_parser
 from pipelines.erasures import KEY_ENV, ErasureError, erasure_key, user_token
 from pipelines.fileio import MANIFEST, atomic_write, atomic_write_bytes, write_manifest
 from pipelines.lake import AGGREGATES, erasure_register, partition_file, validated_dir
@@ -429,15 +428,15 @@ def rebuild_gx_docs(data_root: Path, gx_dir: Path) -> bool:
     return True
 
 
-def rebuild_aggregates(data_root: Path, hours: Iterable[int], params_path: str | Path) -> list[int]:
-    """Recompute the hourly aggregates of the given hours from the cleaned partitions (when they exist)."""
+def rebuild_aggregates(data_root: Path, hours: Iterable[int], epoch_ms: int, coclick_max_distance: int) -> list[int]:
+    """Recompute the hourly aggregates of the given hours from the cleaned partitions (when they exist), as
+    `newsrec aggregates` does (params data.epoch_ms, aggregates.coclick_max_distance)."""
     from pipelines.aggregates import aggregate_hour
 
     agg_root = data_root / AGGREGATES
     if not agg_root.exists():
         return []
-    epoch_ms = int(load_params("data", params_path)["epoch_ms"])
-    distance = int(load_params("aggregates", params_path)["coclick_max_distance"])
+    distance = int(coclick_max_distance)
     done = []
     for hour in sorted(set(hours)):
         if partition_file(data_root, hour).exists():
@@ -628,14 +627,16 @@ def forget_user(
     registry: ModelRegistry | None = None,
     dvc: bool = True,
     gx_dir: str | Path | None = None,
-    params_path: str | Path = DEFAULT_PARAMS,
+    epoch_ms: int,
+    coclick_max_distance: int,
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     s3_client: Any | None = None,
 ) -> tuple[ErasureReport, dict]:
     """Erase one user from every place listed in the module docstring and record it; returns (report, record).
 
     `dvc`: when the data root is inside a DVC repository, also erase dvc.yaml's outputs outside it (the serving
-    bundle) and settle DVC (settle_dvc). `gx_dir`: the GX project, to rebuild the data docs."""
+    bundle) and settle DVC (settle_dvc). `gx_dir`: the GX project, to rebuild the data docs. `epoch_ms` and
+    `coclick_max_distance` (params data, aggregates): how the user's hours' aggregates are rebuilt."""
     if int(user_id) < 0:
         raise ErasureError(f"user ids are non-negative integers, got {user_id}")
     root = Path(data_root)
@@ -648,7 +649,7 @@ def forget_user(
     erase_data_root(root, user_id, report, skip=[register])
     if raw_uri:
         erase_remote_raw(raw_uri, user_id, report, s3_client)
-    rebuilt = rebuild_aggregates(root, report.hours, params_path)
+    rebuilt = rebuild_aggregates(root, report.hours, epoch_ms, coclick_max_distance)
     if rebuilt:
         report.files.append(f"aggregates rebuilt for {len(rebuilt)} hours")
     if report.removed["gx_store"] and gx_dir is not None and rebuild_gx_docs(root, Path(gx_dir)):
@@ -689,17 +690,15 @@ def forget_user(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="newsrec forget-user", description=__doc__.split("\n")[0])
+    parser = step_parser("forget-user", __doc__, data_root="the dataset to erase the user from")
     parser.add_argument("user_id", type=int, help="the Globo user id to erase")
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    parser.add_argument("--data-root", type=Path, help="default: params data.root")
     parser.add_argument("--raw-uri", help="also rewrite drops here (default: params storage.raw_uri)")
     parser.add_argument("--yes", action="store_true", help="do it (without it, nothing is changed)")
-    args = parser.parse_args(argv)
+    args, config = parse_step(parser, argv)
 
-    serve = load_params("serve", args.params)
-    root = args.data_root or Path(load_params("data", args.params)["root"])
-    raw_uri = args.raw_uri or load_params("storage", args.params).get("raw_uri")
+    serve, paths = config["serve"], config["paths"]
+    root = args.data_root
+    raw_uri = args.raw_uri or config["storage"].get("raw_uri")
     if args.user_id < 0:
         parser.error("user_id must be >= 0")
     if not args.yes:
@@ -716,9 +715,9 @@ def main(argv: list[str] | None = None) -> int:
                                      int(serve["state_ttl_seconds"]), int(serve["state_max_users"]))
         report, _record = forget_user(
             args.user_id, root, key=key, raw_uri=raw_uri,
-            event_logs=[Path(serve["impression_log"]), Path(serve["click_log"])], state_store=store,
-            registry=_model_registry(args.params), gx_dir=Path(load_params("validate", args.params)["gx_dir"]),
-            params_path=args.params,
+            event_logs=[Path(paths["impression_log"]), Path(paths["click_log"])], state_store=store,
+            registry=_model_registry(config), gx_dir=Path(paths["gx"]), epoch_ms=int(config["data"]["epoch_ms"]),
+            coclick_max_distance=int(config["aggregates"]["coclick_max_distance"]),
         )
     except ErasureError as error:
         print(f"newsrec forget-user: {error}", file=sys.stderr)
@@ -736,17 +735,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _model_registry(params_path: Path) -> ModelRegistry | None:
-    """The MLflow registry params.yaml names (tracking store, experiment, registered model); None when it is a
+def _model_registry(config: dict) -> ModelRegistry | None:
+    """The MLflow registry the config names (tracking store, experiment, registered model); None when it is a
     SQLite file that does not exist (nothing was ever registered, and none is created here)."""
     import mlflow
     from mlflow import MlflowClient
 
-    tracking = load_params("mlflow", params_path)
+    tracking = config["mlflow"]
     uri = str(tracking["tracking_uri"])
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return None
     mlflow.set_tracking_uri(tracking["tracking_uri"])
     client = MlflowClient(tracking_uri=tracking["tracking_uri"], registry_uri=tracking["tracking_uri"])
-    return ModelRegistry(client, load_params("register", params_path)["model_name"], tracking["experiment"],
-                         int(load_params("data", params_path)["epoch_ms"]))
+    return ModelRegistry(client, config["register"]["model_name"], tracking["experiment"],
+                         int(config["data"]["epoch_ms"]))

@@ -87,7 +87,6 @@ Interactions (a CSV with header `user,item,timestamp` and optional `session`, `c
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -105,7 +104,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import columns as C
-from pipelines.config import load_params
+from pipelines.config import parse_step, step_parser
 from pipelines.errors import ConfigError, InputError, MissingInputError
 from pipelines.fileio import atomic_write
 from pipelines.lake import IMPRESSIONS_FILE
@@ -1233,7 +1232,7 @@ def import_movielens(in_dir: str | Path, out_dir: str | Path, params: dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="newsrec import", description=__doc__.split("\n\n")[0])
+    parser = step_parser("import", __doc__)
     parser.add_argument("--format", choices=list(FORMATS), required=True, help="the source dataset's format")
     parser.add_argument(
         "--in", dest="in_path", type=Path, required=True, metavar="PATH",
@@ -1244,16 +1243,15 @@ def main(argv: list[str] | None = None) -> int:
         "--hours", type=int, default=None,
         help="movielens only: hours the ratings are spread over (default: params import.movielens.hours)",
     )  # fmt: skip
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    args = parser.parse_args(argv)
+    args, config = parse_step(parser, argv)
 
-    params = format_params(load_params("import", args.params), args.format)
+    params = format_params(config["import"], args.format)
     if args.hours is not None:
         if "hours" not in params:
             parser.error(f"--hours applies to formats with compressed time (movielens), not {args.format}")
         params["hours"] = args.hours
     summary = import_format(args.format, args.in_path, args.out, params,
-                            load_params("data", args.params)["epoch_ms"])
+                            int(config["data"]["epoch_ms"]))
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -27,7 +27,6 @@ snapshot uses: the newest fitted at or before its cutoff, as the daily retrain w
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -482,19 +481,15 @@ def fit_daily(data_root: str | Path, snapshots: Sequence, out_dir: str | Path, p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.config import load_params
+    from pipelines.config import parse_step, step_parser
     from pipelines.split import read_snapshots
 
-    parser = argparse.ArgumentParser(prog="newsrec learned", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, required=True, help="data root with raw/ and validated/")
+    parser = step_parser("learned", __doc__, data_root="data root with raw/ and validated/")
     parser.add_argument("--split", type=Path, required=True, help="snapshot file written by `newsrec split`")
     parser.add_argument("--out", type=Path, required=True, help="folder for hour=NNN/ models")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    args = parser.parse_args(argv)
-    params = load_params("learned", args.params)
-    report = fit_daily(args.data_root, read_snapshots(args.split), args.out, params,
-                       int(load_params("data", args.params)["epoch_ms"]),
-                       float(load_params("candidates", args.params)["trend_half_life_hours"]))
+    args, config = parse_step(parser, argv)
+    report = fit_daily(args.data_root, read_snapshots(args.split), args.out, config["learned"],
+                       int(config["data"]["epoch_ms"]), float(config["candidates"]["trend_half_life_hours"]))
     (args.out / "fits.json").write_text(json.dumps(report, indent=2) + "\n")
     return 0
 

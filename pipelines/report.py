@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -29,13 +28,12 @@ def registry_lines(model_name: str, mlflow_params: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.config import load_params
+    from pipelines.config import parse_step, step_parser
 
-    parser = argparse.ArgumentParser(prog="newsrec report", description=__doc__.splitlines()[0])
+    parser = step_parser("report", __doc__)
     parser.add_argument("--eval-table", type=Path, required=True, help="eval_table.md of `newsrec evaluate`")
     parser.add_argument("--registered", type=Path, required=True, help="summary written by `newsrec register`")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    args = parser.parse_args(argv)
+    args, config = parse_step(parser, argv)
     missing = [p for p in (args.eval_table, args.registered) if not p.exists()]
     if missing:
         print(f"newsrec report: not found: {', '.join(map(str, missing))} (run `dvc repro` first)", file=sys.stderr)
@@ -47,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if "promotion" in registered:
         verdict = "promoted" if registered["promotion"]["promoted"] else "not promoted"
         print(f"promotion gate: {verdict}: {registered['promotion']['reason']}")
-    print("\n".join(registry_lines(registered["model_name"], load_params("mlflow", args.params))))
+    print("\n".join(registry_lines(registered["model_name"], config["mlflow"])))
     return 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,10 +17,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for var in SINGLE_THREADED:
         os.environ.setdefault(var, "1")
+    from pipelines.config import step_parser
     from serving.settings import Settings
 
-    parser = argparse.ArgumentParser(prog="newsrec serve", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser = step_parser("serve", __doc__)
     parser.add_argument("--host", help="bind address (default: serve.host)")
     parser.add_argument("--port", type=int, help="port (default: serve.port)")
     parser.add_argument("--workers", type=int, default=1,

@@ -26,7 +26,6 @@ index's format number is the one this code reads and it provides every feature t
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -237,17 +236,14 @@ def catalogue_key(data_root: str | Path, until_hour: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     import time
 
-    from pipelines.config import load_params
+    from pipelines.config import parse_step, step_parser
 
-    parser = argparse.ArgumentParser(prog="newsrec refresh", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, required=True, help="data root with raw/, validated/, aggregates/")
+    parser = step_parser("refresh", __doc__, data_root="data root with raw/, validated/, aggregates/")
     parser.add_argument("--hour", type=int, required=True, help="the hour that just landed (cutoff = its end)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    args = parser.parse_args(argv)
+    args, config = parse_step(parser, argv)
     started = time.perf_counter()
-    out = refresh(args.data_root, args.hour, load_params("refresh", args.params),
-                  load_params("candidates", args.params), load_params("features", args.params),
-                  int(load_params("data", args.params)["epoch_ms"]))
+    out = refresh(args.data_root, args.hour, config["refresh"], config["candidates"], config["features"],
+                  int(config["data"]["epoch_ms"]))
     meta = json.loads((out / META).read_text())
     print(f"published {out} (cutoff hour {meta['cutoff_hour']}: {meta['pool_size']} recommendable articles, "
           f"{meta['users']} users, {meta['clicks']} clicks) in {time.perf_counter() - started:.1f} s")

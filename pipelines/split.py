@@ -19,7 +19,6 @@ the later stages read, so every stage agrees on the same windows.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from pipelines.columns import (
     USER_ID,
     WARM,
 )
-from pipelines.config import load_params
+from pipelines.config import parse_step, step_parser
 from pipelines.errors import ConfigError, InputError, MissingInputError
 
 ROLES = ("train", "val", "test", "serve")
@@ -256,13 +255,11 @@ def split(data_root: str | Path, out: str | Path, params: dict, epoch_ms: int) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="newsrec split", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, required=True, help="data root with validated/clicks/")
+    parser = step_parser("split", __doc__, data_root="data root with validated/clicks/")
     parser.add_argument("--out", type=Path, required=True, help="split file to write (JSON)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    args = parser.parse_args(argv)
-    params = load_params("split", args.params)
-    epoch_ms = int(load_params("data", args.params)["epoch_ms"])
+    args, config = parse_step(parser, argv)
+    params = config["split"]
+    epoch_ms = int(config["data"]["epoch_ms"])
     snaps = split(args.data_root, args.out, params, epoch_ms)
     for s in snaps:
         print(f"{s.name:<12} {s.role:<5} cutoff hour {s.cutoff_hour:>4}  end hour {s.end_hour:>4}")

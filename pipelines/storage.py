@@ -1,10 +1,10 @@
 """Object storage for raw drops: the same calls for a local folder and for `s3://bucket/prefix`.
 
-A raw location (params `storage.raw_uri`; null means `<data.root>/raw`) holds the Globo layout:
+A raw location (params `storage.raw_uri`; null means `<paths.data>/raw`) holds the Globo layout:
 articles_metadata.csv, articles_embeddings.pickle and clicks/clicks_hour_NNN.csv, plus the hourly article
 drops articles/articles_hour_NNN.csv + articles/embeddings_hour_NNN.pickle. Upstream systems land
 hourly drops there (`newsrec storage land` plays that part for a local dataset); the hourly DAG's sensor
-asks `hour_available`; validation stages what it needs into `<data.root>/raw/` with `stage_raw` and
+asks `hour_available`; validation stages what it needs into `<paths.data>/raw/` with `stage_raw` and
 validates the local copy, so Great Expectations and duckdb always read local files and a drop is never
 read half-uploaded (an S3 object appears whole or not at all).
 
@@ -15,10 +15,8 @@ server and AWS itself need no code change.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import columns as C
-from pipelines.config import load_params
+from pipelines.config import parse_step, step_parser
 from pipelines.errors import InputError, NewsrecError
 from pipelines.fileio import atomic_write
 
@@ -328,51 +326,47 @@ def parse_hours(spec: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="newsrec storage", description=__doc__.split("\n")[0])
+    parser = step_parser("storage", __doc__)
     sub = parser.add_subparsers(dest="action", required=True)
     ls = sub.add_parser("ls", help="list the files under a location")
     ls.add_argument("uri")
     hours = sub.add_parser("hours", help="list the hours whose drop has landed under a raw location")
-    hours.add_argument("uri", nargs="?", help="raw location (default: storage.raw_uri, else <data.root>/raw)")
+    hours.add_argument("uri", nargs="?", help="raw location (default: storage.raw_uri, else <paths.data>/raw)")
     land = sub.add_parser("land", help="copy a local raw folder's hourly drops to a raw location")
     land.add_argument("--from", dest="src", required=True, type=Path, help="local Globo-format raw folder")
     land.add_argument("--to", dest="dst", help="raw location (default: storage.raw_uri)")
     land.add_argument("--hours", type=parse_hours, help="e.g. 0-23 (default: every hour in --from)")
     stage = sub.add_parser("stage", help="copy drops from a raw location into <data-root>/raw")
     stage.add_argument("--from", dest="src", help="raw location (default: storage.raw_uri)")
-    stage.add_argument("--data-root", type=Path, help="default: params data.root")
+    stage.add_argument("--data-root", type=Path, help="default: params paths.data")
     which = stage.add_mutually_exclusive_group(required=True)
     which.add_argument("--hours", type=parse_hours)
     which.add_argument("--all", action="store_true", help="every hour that has landed")
     mb = sub.add_parser("make-buckets", help="create S3 buckets that do not exist yet")
     mb.add_argument("names", nargs="+")
-    args = parser.parse_args(argv)
+    args, config = parse_step(parser, argv)
 
-    configured = load_params("storage").get("raw_uri")
-    data_root = Path(load_params("data")["root"])
-    try:
-        if args.action == "ls":
-            print("\n".join(list_files(args.uri)))
-        elif args.action == "hours":
-            print(" ".join(str(h) for h in hours_available(args.uri or raw_uri(data_root, configured))))
-        elif args.action == "land":
-            dst = args.dst or configured
-            if not dst:
-                parser.error("--to is required when params storage.raw_uri is not set")
-            landed = land_drops(args.src, dst, args.hours)
-            print(f"landed {len(landed)} files under {dst}")
-        elif args.action == "stage":
-            src = args.src or configured
-            if not src:
-                parser.error("--from is required when params storage.raw_uri is not set")
-            root = args.data_root or data_root
-            wanted = hours_available(src) if args.all else args.hours
-            written = stage_raw(src, root, wanted)
-            print(f"staged {len(written)} files into {root / 'raw'}")
-        elif args.action == "make-buckets":
-            created = make_buckets(args.names)
-            print(f"created: {' '.join(created) or 'none (all exist)'}")
-    except StorageError as error:
-        print(f"newsrec storage: {error}", file=sys.stderr)
-        return 1
+    configured = config["storage"].get("raw_uri")
+    data_root = Path(config["paths"]["data"])
+    if args.action == "ls":
+        print("\n".join(list_files(args.uri)))
+    elif args.action == "hours":
+        print(" ".join(str(h) for h in hours_available(args.uri or raw_uri(data_root, configured))))
+    elif args.action == "land":
+        dst = args.dst or configured
+        if not dst:
+            parser.error("--to is required when params storage.raw_uri is not set")
+        landed = land_drops(args.src, dst, args.hours)
+        print(f"landed {len(landed)} files under {dst}")
+    elif args.action == "stage":
+        src = args.src or configured
+        if not src:
+            parser.error("--from is required when params storage.raw_uri is not set")
+        root = args.data_root
+        wanted = hours_available(src) if args.all else args.hours
+        written = stage_raw(src, root, wanted)
+        print(f"staged {len(written)} files into {root / 'raw'}")
+    elif args.action == "make-buckets":
+        created = make_buckets(args.names)
+        print(f"created: {' '.join(created) or 'none (all exist)'}")
     return 0

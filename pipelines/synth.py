@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import columns as C
-from pipelines.config import DEFAULT_PARAMS, load_params
+from pipelines.config import parse_step, step_parser
 from pipelines.errors import InputError
 from pipelines.fileio import atomic_write
 
@@ -697,30 +697,28 @@ def synthesize(out_dir: str | Path, profile: Profile, seed: int, epoch_ms: int, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--params", default=str(DEFAULT_PARAMS))
-    known, _ = pre.parse_known_args(argv)
-    params_path = Path(known.params)
-    cfg = load_params("synth", params_path)
-    profiles = sorted(cfg.get("profiles", {}))
-
-    ap = argparse.ArgumentParser(prog="newsrec synth", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", default=str(DEFAULT_PARAMS), help="params.yaml to read (section synth)")
-    ap.add_argument("--profile", choices=profiles, default=cfg["profile"], help="dataset size (default: %(default)s)")
+    ap = step_parser("synth", __doc__)
+    ap.add_argument("--profile", help="dataset size, a profile of params synth.profiles (default: synth.profile)")
     ap.add_argument("--out", required=True, help="folder to write the Globo files into (e.g. data/raw)")
-    ap.add_argument("--seed", type=int, default=cfg["seed"], help="random seed (default: %(default)s)")
+    ap.add_argument("--seed", type=int, help="random seed (default: params synth.seed)")
     ap.add_argument("--hours", type=int, help="number of hourly files (default: the profile's)")
     ap.add_argument("--zip", action="store_true", help="pack the hourly files into clicks.zip as Kaggle ships them")
     ap.add_argument("--drift-from", type=int, metavar="HOUR", help="inject drift from this hour on")
     ap.add_argument("--drift-kind", choices=DRIFT_KINDS, help="context: device/OS/referrer mix; category: one surges")
     ap.add_argument("--bad", nargs="+", default=[], metavar="HOUR:KIND",
                     help="turn these hours into bad drops (kinds: pipelines.baddrops.BAD_DROP_KINDS)")
-    ap.add_argument("--epoch-ms", type=int, default=load_params("data", params_path)["epoch_ms"],
-                    help="start of hour 000 in ms (default: params data.epoch_ms)")
-    ap.add_argument("--article-drops", action=argparse.BooleanOptionalAction, default=cfg["article_drops"],
+    ap.add_argument("--epoch-ms", type=int, help="start of hour 000 in ms (default: params data.epoch_ms)")
+    ap.add_argument("--article-drops", action=argparse.BooleanOptionalAction,
                     help="write articles published from hour 000 on as hourly article drops under articles/ "
-                         "instead of into the static files (default: params synth.article_drops, %(default)s)")
-    args = ap.parse_args(argv)
+                         "instead of into the static files (default: params synth.article_drops)")
+    args, config = parse_step(ap, argv)
+    cfg = config["synth"]
+    args.profile = args.profile or cfg["profile"]
+    if args.profile not in cfg.get("profiles", {}):
+        ap.error(f"--profile {args.profile!r}: params synth.profiles has {sorted(cfg.get('profiles', {}))}")
+    args.seed = int(cfg["seed"]) if args.seed is None else args.seed
+    args.epoch_ms = int(config["data"]["epoch_ms"]) if args.epoch_ms is None else args.epoch_ms
+    args.article_drops = bool(cfg["article_drops"]) if args.article_drops is None else args.article_drops
     profile = Profile.from_params(cfg, args.profile)
     summary = synthesize(args.out, profile, args.seed, args.epoch_ms, hours=args.hours, zip_clicks=args.zip,
                          drift_from=args.drift_from, drift_kind=args.drift_kind, bad=parse_bad(args.bad),

@@ -7,7 +7,6 @@ the API) turns a candidate frame into reranker scores.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -540,20 +539,17 @@ def run_id_file(ranker_dir: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     from pipelines.cluster import connect, partition_count
-    from pipelines.config import load_params
+    from pipelines.config import parse_step, step_parser
 
-    parser = argparse.ArgumentParser(prog="newsrec train", description=__doc__.splitlines()[0])
+    parser = step_parser("train", __doc__, data_root="data root (the article catalogue: raw/ files and landed "
+                         "article drops)")
     parser.add_argument("--split", type=Path, required=True, help="snapshot file written by `newsrec split`")
     parser.add_argument("--candidates", type=Path, required=True, help="folder of <snapshot>.parquet candidates")
     parser.add_argument("--features", type=Path, required=True, help="folder of <snapshot>/ feature tables")
-    parser.add_argument("--data-root", type=Path, required=True,
-                        help="data root (the article catalogue: raw/ files and landed article drops)")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write (ranker.txt, ranker.json)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    args = parser.parse_args(argv)
-    params = load_params("train", args.params)
-    dask_params = load_params("dask", args.params)
+    args, config = parse_step(parser, argv)
+    params, dask_params = config["train"], config["dask"]
     with connect(dask_params) as client:
         partitions = None if client is None else partition_count(client, dask_params)
         ranker = train(args.split, args.candidates, args.features, args.data_root, params, client=client,
@@ -568,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         serve = read_snapshots(args.split, roles=["serve"])
         name = f"ranker to hour {serve[0].cutoff_hour} ({ranker.meta['train_queries']} queries, " \
                f"{ranker.meta['best_iteration']} trees)" if serve else "ranker"
-        run_id = log_run(ranker, args.out, params, load_params("mlflow", args.params), run_name=name)
+        run_id = log_run(ranker, args.out, params, config["mlflow"], run_name=name)
         run_file.write_text(json.dumps({"run_id": run_id}) + "\n")
     summary = {k: ranker.meta[k] for k in ranker.meta if k not in ("train_snapshots", "val_curve")}
     print(json.dumps(summary, indent=2))

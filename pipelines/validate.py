@@ -78,7 +78,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import columns as C
-from pipelines.config import DEFAULT_PARAMS, load_params
+from pipelines.config import parse_step, step_parser
 from pipelines.errors import ConfigError, InputError, MissingInputError
 from pipelines.fileio import atomic_write_bytes
 from pipelines.lake import (
@@ -1382,27 +1382,22 @@ def _totals(results: Sequence[HourResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--params", default=str(DEFAULT_PARAMS))
-    known, _ = pre.parse_known_args(argv)
-    data_params = load_params("data", known.params)
-    cfg = load_params("validate", known.params)
-
-    ap = argparse.ArgumentParser(prog="newsrec validate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", default=str(DEFAULT_PARAMS), help="params.yaml to read (sections data, validate)")
-    ap.add_argument("--data-root", default=data_params["root"], help="dataset root holding raw/ (default: %(default)s)")
+    ap = step_parser("validate", __doc__, data_root="dataset root holding raw/")
     which = ap.add_mutually_exclusive_group(required=True)
     which.add_argument("--hour", type=int, metavar="N", help="validate one hour")
     which.add_argument("--all", action="store_true", help="validate every hour with a drop, in order")
-    ap.add_argument("--epoch-ms", type=int, default=data_params["epoch_ms"],
-                    help="start of hour 000 in ms (default: params data.epoch_ms)")
-    ap.add_argument("--gx-dir", default=cfg["gx_dir"], help="the GX project (default: %(default)s)")
-    ap.add_argument("--raw-uri", default=load_params("storage", known.params).get("raw_uri"),
-                    help="stage drops from here (s3://bucket/prefix) into <data-root>/raw first "
+    ap.add_argument("--epoch-ms", type=int, help="start of hour 000 in ms (default: params data.epoch_ms)")
+    ap.add_argument("--gx-dir", type=Path, help="the GX project (default: params paths.gx)")
+    ap.add_argument("--raw-uri", help="stage drops from here (s3://bucket/prefix) into <data-root>/raw first "
                          "(default: params storage.raw_uri; unset: read <data-root>/raw as is)")
-    ap.add_argument("--docs", action=argparse.BooleanOptionalAction, default=cfg["docs"],
-                    help="build GX data docs under <root>/gx/docs at the end (default: %(default)s)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--docs", action=argparse.BooleanOptionalAction,
+                    help="build GX data docs under <root>/gx/docs at the end (default: params validate.docs)")
+    args, config = parse_step(ap, argv)
+    cfg = config["validate"]
+    args.epoch_ms = int(config["data"]["epoch_ms"]) if args.epoch_ms is None else args.epoch_ms
+    args.gx_dir = args.gx_dir or Path(config["paths"]["gx"])
+    args.raw_uri = args.raw_uri or config["storage"].get("raw_uri")
+    args.docs = bool(cfg["docs"]) if args.docs is None else args.docs
 
     quiet_gx()
     settings = Settings.from_params(cfg)

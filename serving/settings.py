@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import DEFAULT_PARAMS, load_params
+from pipelines.config import DEFAULT_PARAMS, load_config
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Settings:
     auth: bool
     api_keys_env: str
     rate_limit_per_minute: int
-    index_dir: Path | None = None  # where hourly serving indexes are published (params data.root + refresh)
+    index_dir: Path | None = None  # where hourly serving indexes are published (params paths.data + refresh)
     # The final list's diversity re-rank (params `rank`, shared with the offline evaluation); None = off.
     rank: dict | None = None
 
@@ -73,18 +73,22 @@ class Settings:
 
     @classmethod
     def from_params(cls, path: str | Path = DEFAULT_PARAMS, **overrides: Any) -> Settings:
-        """Settings from params.yaml (`serve` + `mlflow.tracking_uri` + `rank`), with keyword overrides on top."""
+        """Settings from params.yaml (`serve` + `mlflow.tracking_uri` + `rank` + the log and data paths, absolute
+        against the file's folder), with keyword overrides on top."""
         from pipelines.registry import CHALLENGER, CHAMPION
 
-        serve = load_params("serve", path)
+        config = load_config(path)
+        serve = config["serve"]
         # Facts owned by other stages are read from them, not repeated under serve.
         shared = {
-            "tracking_uri": load_params("mlflow", path)["tracking_uri"],
-            "model_name": load_params("register", path)["model_name"],
+            "tracking_uri": config["mlflow"]["tracking_uri"],
+            "model_name": config["register"]["model_name"],
             "champion_alias": CHAMPION,
             "challenger_alias": CHALLENGER,
-            "index_dir": Path(load_params("data", path)["root"]) / load_params("refresh", path)["index_dir"],
-            "rank": load_params("rank", path),
+            "index_dir": Path(config["paths"]["data"]) / config["refresh"]["index_dir"],
+            "impression_log": config["paths"]["impression_log"],
+            "click_log": config["paths"]["click_log"],
+            "rank": config["rank"],
         }
         known = {f.name for f in fields(cls)}
         unknown = set(serve) - (known - set(shared))

@@ -75,9 +75,9 @@ def test_dags_run_on_postgres_with_s3_drops_and_a_postgres_s3_registry(
     root.mkdir()
 
     params = load_params(path=ROOT / "params.yaml")
-    params["data"]["root"] = str(root)
-    params["validate"]["gx_dir"] = str(ROOT / "great_expectations")
-    params["drift"]["config"] = str(ROOT / "monitoring" / "drift.yaml")
+    params["paths"]["data"] = str(root)
+    params["paths"]["gx"] = str(ROOT / "great_expectations")
+    params["paths"]["drift_config"] = str(ROOT / "monitoring" / "drift.yaml")
     params["storage"]["raw_uri"] = raw_uri
     params["mlflow"].update(tracking_uri=mlflow_db, artifact_root=f"s3://{bucket}/mlflow")
     params["split"].update(SPLIT)

@@ -85,7 +85,7 @@ def test_a_key_params_yaml_lacks_is_an_error(name):
 
 
 def test_load_params_applies_the_environment(monkeypatch):
-    monkeypatch.setenv("NEWSREC__DATA__ROOT", "/srv/newsrec")
-    assert load_params("data")["root"] == "/srv/newsrec"
-    monkeypatch.delenv("NEWSREC__DATA__ROOT")
-    assert load_params("data")["root"] != "/srv/newsrec"
+    monkeypatch.setenv("NEWSREC__PATHS__DATA", "/srv/newsrec")
+    assert load_params("paths")["data"] == "/srv/newsrec"
+    monkeypatch.delenv("NEWSREC__PATHS__DATA")
+    assert load_params("paths")["data"] != "/srv/newsrec"

@@ -70,9 +70,9 @@ def dagbag(airflow_home):
 def write_params(folder: Path, data_root: Path, smtp=None, **sections) -> Path:
     """A params.yaml for one test: the repo's, pointed at `data_root` and at loopback services."""
     params = load_params(path=ROOT / "params.yaml")
-    params["data"]["root"] = str(data_root)
-    params["validate"]["gx_dir"] = str(ROOT / "great_expectations")
-    params["drift"]["config"] = str(ROOT / "monitoring" / "drift.yaml")
+    params["paths"]["data"] = str(data_root)
+    params["paths"]["gx"] = str(ROOT / "great_expectations")
+    params["paths"]["drift_config"] = str(ROOT / "monitoring" / "drift.yaml")
     if smtp is not None:
         params["alerts"].update(smtp_host=smtp.host, smtp_port=smtp.port)
     for section, values in sections.items():
@@ -268,9 +268,9 @@ def test_triggered_by_hour_number_without_a_mail_server_a_quarantined_hour_ends_
 
 def test_a_missing_drop_keeps_the_sensor_waiting(dagbag, hourly_root, tmp_path, monkeypatch):
     monkeypatch.setenv(flows.PARAMS_ENV, str(write_params(tmp_path / "work", hourly_root)))
-    with flows.project(flows.params_file()) as p:
-        assert flows.drop_available(p["data"]["root"], 23)
-        assert not flows.drop_available(p["data"]["root"], 24)  # tiny has hours 0-23
+    p = flows.project(flows.params_file())
+    assert flows.drop_available(p["paths"]["data"], 23)
+    assert not flows.drop_available(p["paths"]["data"], 24)  # tiny has hours 0-23
 
 
 def test_an_hours_article_drop_is_validated_before_its_clicks_and_reported(dagbag, tiny_drops_raw, tmp_path,
@@ -330,31 +330,31 @@ def test_train_ranker_trains_registers_and_gates(trained):
     assert set(states(run).values()) == {"success"}
     for produced in ("data/split.json", "models/ranker", "metrics/eval.json", "models/registered.json"):
         assert (work / produced).exists(), produced
-    with flows.project(trained["params"]) as p:
-        from mlflow import MlflowClient
+    p = flows.project(trained["params"])
+    from mlflow import MlflowClient
 
-        from pipelines.registry import use_tracking
+    from pipelines.registry import use_tracking
 
-        use_tracking(p["mlflow"])
-        champion = MlflowClient().get_model_version_by_alias(p["register"]["model_name"], "champion")
-        assert flows.champion_test_start(p) == (21, str(champion.version))  # tiny: hours 0-23, test 21-23
+    use_tracking(p["mlflow"])
+    champion = MlflowClient().get_model_version_by_alias(p["register"]["model_name"], "champion")
+    assert flows.champion_test_start(p) == (21, str(champion.version))  # tiny: hours 0-23, test 21-23
 
-        # what an engineer deciding on the version reads in the MLflow UI: its card, lineage, data, curve
-        from pipelines import model_card as card
+    # what an engineer deciding on the version reads in the MLflow UI: its card, lineage, data, curve
+    from pipelines import model_card as card
 
-        assert champion.description.startswith(f"# {p['register']['model_name']} v{champion.version}")
-        for section in ("## Test metrics, as served", "## Known limits", "## Lineage", "reranker / best baseline"):
-            assert section in champion.description
-        assert len(champion.tags[card.TAG_COMMIT]) in (40, len("unknown")) and champion.tags[card.TAG_PARAMS]
-        assert champion.tags[card.TAG_HOURS] == "0-23 (24 hours)"
-        client = MlflowClient()
-        run = client.get_run(champion.run_id)
-        assert run.info.run_name.startswith("ranker to hour 24") and run.data.tags[card.TAG_COMMIT]
-        assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["validated clicks (bytes per hour)"]
-        curve = client.get_metric_history(champion.run_id, f"val_ndcg_at_{p['train']['eval_at']}_by_round")
-        assert len(curve) >= int(run.data.metrics["best_iteration"]) and curve[0].step == 1
-        assert {"model_card.md", "importance_gain.png"} <= {a.path for a in client.list_artifacts(champion.run_id)}
-        assert "evaluation/eval_report.html" in {a.path for a in client.list_artifacts(champion.run_id, "evaluation")}
+    assert champion.description.startswith(f"# {p['register']['model_name']} v{champion.version}")
+    for section in ("## Test metrics, as served", "## Known limits", "## Lineage", "reranker / best baseline"):
+        assert section in champion.description
+    assert len(champion.tags[card.TAG_COMMIT]) in (40, len("unknown")) and champion.tags[card.TAG_PARAMS]
+    assert champion.tags[card.TAG_HOURS] == "0-23 (24 hours)"
+    client = MlflowClient()
+    run = client.get_run(champion.run_id)
+    assert run.info.run_name.startswith("ranker to hour 24") and run.data.tags[card.TAG_COMMIT]
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["validated clicks (bytes per hour)"]
+    curve = client.get_metric_history(champion.run_id, f"val_ndcg_at_{p['train']['eval_at']}_by_round")
+    assert len(curve) >= int(run.data.metrics["best_iteration"]) and curve[0].step == 1
+    assert {"model_card.md", "importance_gain.png"} <= {a.path for a in client.list_artifacts(champion.run_id)}
+    assert "evaluation/eval_report.html" in {a.path for a in client.list_artifacts(champion.run_id, "evaluation")}
 
 
 def test_a_kept_champion_shows_as_a_skipped_promote_and_drift_still_follows(trained, dagbag, monkeypatch):

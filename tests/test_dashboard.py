@@ -34,8 +34,8 @@ def dashboard_env(api_url, tiny_validated, tmp_path, monkeypatch):
         "columns": ["click_deviceGroup", "click_os", "category_id", "words_count"],
         "current_hours": "018-023", "reference_hours": "000-017"}))
     monkeypatch.setenv("NEWSREC__DASHBOARD__API_URL", api_url)
-    monkeypatch.setenv("NEWSREC__DATA__ROOT", str(tiny_validated))
-    monkeypatch.setenv("NEWSREC__DRIFT__OUT", str(drift_dir))
+    monkeypatch.setenv("NEWSREC__PATHS__DATA", str(tiny_validated))
+    monkeypatch.setenv("NEWSREC__PATHS__DRIFT_REPORTS", str(drift_dir))
     return api_url
 
 

@@ -415,7 +415,7 @@ def test_services_get_the_settings_their_code_needs():
     api = _service_env(services["api"])
     # the API follows the hourly serving indexes the Airflow workers publish: same data volume, read-only
     assert "newsrec-data:/app/data:ro" in services["api"]["volumes"]
-    assert api["NEWSREC__DATA__ROOT"] == _service_env(services["airflow-worker"])["NEWSREC__DATA__ROOT"]
+    assert api["NEWSREC__PATHS__DATA"] == _service_env(services["airflow-worker"])["NEWSREC__PATHS__DATA"]
     # the API's state in its own bounded Redis, never in the broker's (which must not evict)
     assert api["NEWSREC__SERVE__REDIS_URL"].startswith("redis://redis-state:")
     state = services["redis-state"]["command"]

@@ -50,7 +50,7 @@ def test_windows_default_to_latest_hours_and_the_hours_before():
 
 
 def _config(**over):
-    cfg = drift.load_config(ROOT / load_params("drift")["config"])
+    cfg = drift.load_config(ROOT / load_params("paths")["drift_config"])
     cfg.update(over)
     return cfg
 

@@ -77,7 +77,7 @@ def test_the_promotion_decision_reads_as_one_line():
 @pytest.mark.unit
 def test_stage_commands_come_from_dvc_yaml_with_params_filled_in(tmp_path):
     params = load_params()
-    params["data"] = {**params["data"], "root": "/data/with space"}
+    params["paths"] = {**params["paths"], "data": "/data/with space"}
     argv = flows.stage_command("train", params)
     assert argv[0] == "train"
     assert argv[argv.index("--split") + 1] == "/data/with space/split.json"
@@ -94,7 +94,7 @@ def test_stage_commands_come_from_dvc_yaml_with_params_filled_in(tmp_path):
 @pytest.mark.unit
 def test_training_outputs_are_the_train_stages_paths(tmp_path):
     params = load_params()
-    params["data"] = {**params["data"], "root": str(tmp_path / "root")}
+    params["paths"] = {**params["paths"], "data": str(tmp_path / "root")}
     assert flows.training_outputs(params) is None  # nothing trained yet
 
 
@@ -105,14 +105,18 @@ def test_run_folders_are_file_system_safe():
 
 
 @pytest.mark.unit
-def test_project_works_from_the_params_folder_and_restores_the_cwd(tmp_path):
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text("data: {root: d, epoch_ms: 1}\n")
-    before = Path.cwd()
-    with flows.project(params_file) as p:
-        assert Path.cwd() == tmp_path.resolve()
-        assert p["data"]["root"] == "d"
-    assert Path.cwd() == before
+def test_project_reads_paths_against_the_params_folder_and_never_changes_the_cwd(tmp_path, monkeypatch):
+    (tmp_path / "project").mkdir()
+    params_file = tmp_path / "project" / "params.yaml"
+    params_file.write_text("paths: {data: d, drift_reports: monitoring/reports}\n"
+                           "mlflow: {tracking_uri: 'sqlite:///mlflow.db', artifact_root: mlartifacts}\n")
+    monkeypatch.chdir(tmp_path)
+    p = flows.project(params_file)
+    assert Path.cwd() == tmp_path
+    project = (tmp_path / "project").resolve()
+    assert p["paths"] == {"data": str(project / "d"), "drift_reports": str(project / "monitoring" / "reports")}
+    assert p["mlflow"] == {"tracking_uri": f"sqlite:///{project / 'mlflow.db'}",
+                           "artifact_root": str(project / "mlartifacts")}
 
 
 @pytest.mark.unit

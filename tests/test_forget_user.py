@@ -17,9 +17,11 @@ import pytest
 
 from pipelines import columns as C
 from pipelines import forget_user as F
+from pipelines.config import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = b"test-erasure-key-0123456789"
+EPOCH_MS = int(load_params("data")["epoch_ms"])
 
 
 # --- unit: the pieces -----------------------------------------------------------------------------------------
@@ -156,11 +158,10 @@ def _user_rows(root: Path, user_id: int) -> dict[str, int]:
 def root(tiny_validated, tmp_path):
     """A private copy of the validated tiny root with aggregates, a quarantined drop and event logs."""
     from pipelines.aggregates import aggregate_hour
-    from pipelines.config import load_params
 
     root = tmp_path / "root"
     shutil.copytree(tiny_validated, root)
-    epoch = load_params("data")["epoch_ms"]
+    epoch = EPOCH_MS
     hours = sorted(int(p.name.split("=")[1]) for p in (root / "validated" / C.CLICKS_DIR).glob("hour=*"))
     for hour in hours:
         aggregate_hour(root, hour, epoch, 5)
@@ -231,7 +232,7 @@ def test_forget_user_everywhere(root, tmp_path, s3_env, redis_server, monkeypatc
         report, record = F.forget_user(
             user, root, key=KEY, raw_uri=raw_uri,
             event_logs=[logs / "impressions.jsonl", logs / "clicks.jsonl"], state_store=store,
-            now=lambda: dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+            epoch_ms=EPOCH_MS, coclick_max_distance=5, now=lambda: dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
         )
         assert store.recent(user) == [] and len(store.recent(other)) == 1
     finally:
@@ -286,8 +287,8 @@ def test_cli_asks_for_yes_then_erases(tiny_validated, tmp_path):
     user, _ = _busy_user(root)
     cmd = [sys.executable, "-m", "pipelines.cli", "forget-user", str(user), "--data-root", str(root)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSREC")}
-    env["NEWSREC__SERVE__IMPRESSION_LOG"] = str(tmp_path / "logs" / "impressions.jsonl")
-    env["NEWSREC__SERVE__CLICK_LOG"] = str(tmp_path / "logs" / "clicks.jsonl")
+    env["NEWSREC__PATHS__IMPRESSION_LOG"] = str(tmp_path / "logs" / "impressions.jsonl")
+    env["NEWSREC__PATHS__CLICK_LOG"] = str(tmp_path / "logs" / "clicks.jsonl")
     env["NEWSREC__MLFLOW__TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"  # none: nothing registered
 
     dry = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
@@ -364,7 +365,7 @@ def test_dvc_treats_the_erased_outputs_as_the_truth(tmp_path):
     run(dvc, "push")
     assert _cached_user_objects(repo / ".dvc" / "cache", 4242) and _cached_user_objects(tmp_path / "remote", 4242)
 
-    report, _ = F.forget_user(4242, repo / "data", key=KEY)
+    report, _ = F.forget_user(4242, repo / "data", key=KEY, epoch_ms=EPOCH_MS, coclick_max_distance=5)
     assert report.removed["raw"] == 2 and report.removed["derived"] == 2 and report.removed["dvc_cache"] > 0
     assert any("DVC:" in note for note in report.notes)
 

@@ -38,7 +38,7 @@ def test_validate_hour_stages_from_s3_and_lands(landed, tiny_raw, tmp_path):
     raw, hours = landed
     root = tmp_path / "root"
     cfg = {"epoch_ms": load_params("data")["epoch_ms"], "settings": Settings.from_params(load_params("validate")),
-           "gx_dir": load_params("validate")["gx_dir"]}
+           "gx_dir": load_params("paths")["gx"]}
     result = validate_hour(root, hours[1], raw_uri=raw, docs=False, **cfg)
     assert result.status == "landed", result.reason
     landed_frame = pd.read_parquet(partition_dir(root, hours[1]) / "part-0.parquet")

@@ -5,7 +5,7 @@
 export NEWSREC__STORAGE__RAW_URI="${raw_uri}"
 export NEWSREC__MLFLOW__TRACKING_URI="${mlflow_url}"
 export NEWSREC__MLFLOW__ARTIFACT_ROOT="null"   # MLflow proxies artifacts to S3
-export NEWSREC__DATA__ROOT="/usr/local/airflow/newsrec-data"
+export NEWSREC__PATHS__DATA="/usr/local/airflow/newsrec-data"
 export NEWSREC__ALERTS__FROM="${alerts_from}"
 export NEWSREC__ALERTS__TO="${alerts_to}"
 # The erasure register's key (terraform/secrets.tf): tasks that read clicks fail without it once anyone was erased.
