@@ -11,8 +11,9 @@ round-trip it through a folder, which is what the serving bundle carries.
 `pipelines.sources` (emb, cocl, pop, trend, learned: one module each) and returns one row per (user, article)
 with each source's score and rank, a weighted reciprocal-rank fusion (params `fusion_weights`, `rrf_k`) and
 the columns a source scores for every row (the learned model's `learned_sim`). Articles the user already read
-are never proposed; users without clicks get the sources that need no history (pop, trend) only. Everything is vectorised over users with numpy (no per-row Python, no pandas inside a query),
-so the same code serves a snapshot of 20,000 users offline and one user per API request.
+are never proposed; users without clicks get the sources that need no history (pop, trend) only. Everything
+is vectorised over users with numpy (no per-row Python, no pandas inside a query), so the same code serves
+a snapshot of 20,000 users offline and one user per API request.
 
 `newsrec candidates` runs it for every snapshot of the split file, labels each row with the
 snapshot's target clicks and writes candidate recall per source for all, warm and cold users.
