@@ -16,10 +16,11 @@ import httpx
 import pandas as pd
 
 from pipelines import columns as C
+from pipelines.sources.base import labels as source_labels
 
-SOURCE_NAMES = {"emb": "similar to what they read", "cocl": "read together with their reads",
-                "pop": "popular", "trend": "trending now", "learned": "the reader model's pick",
-                "explore": "new story given a try (exploration)"}
+# What each value of an API item's `sources` means to a reader: the candidate sources' labels, and the
+# exploration slot (serving.explore).
+SOURCE_NAMES = {**source_labels(), "explore": "new story given a try (exploration)"}
 
 
 API_KEY_ENV = "NEWSREC_DASHBOARD_API_KEY"

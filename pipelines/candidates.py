@@ -7,21 +7,13 @@ index, each article's nearest neighbours ("similar articles"), each article's to
 neighbours (time-decayed), and popularity (all history) and trend (decayed) orders. `save`/`load`
 round-trip it through a folder, which is what the serving bundle carries.
 
-`candidates(user_clicks)` proposes, per user, up to n articles from each source:
-
-    emb    faiss kNN of the user's profile (recency-weighted mean of clicked embeddings) over the pool,
-           with a small trend prior (emb_trend_boost; 0 = pure cosine)
-    cocl   the co-read neighbours of the user's last clicks, weighted by how recent each click is
-    pop    the pool's most clicked articles (all history before the cutoff)
-    trend  the pool's articles by decayed recent clicks (newest first among ties: fresh stories surface)
-    learned  the two-tower model (pipelines.learned), when the index has one: the user tower over the user's
-           last clicks, inner product with the pool's article-tower vectors (computed once per index, as of
-           its cutoff, so an article published since the model was trained has one)
-
-and returns one row per (user, article) with each source's score and rank plus a reciprocal-rank
-fusion, and the learned model's score of every row (`learned_sim`, whichever source proposed it). Articles the user already read are never proposed; users without clicks get pop and trend
-only. Everything is vectorised over users with numpy (no per-row Python, no pandas inside a query),
-so the same code serves a snapshot of 20,000 users offline and one user per API request.
+`candidates(user_clicks)` proposes, per user, up to n articles (params `per_source`) from each source of
+`pipelines.sources` (emb, cocl, pop, trend, learned: one module each) and returns one row per (user, article)
+with each source's score and rank, a weighted reciprocal-rank fusion (params `fusion_weights`, `rrf_k`) and
+the columns a source scores for every row (the learned model's `learned_sim`). Articles the user already read
+are never proposed; users without clicks get the sources that need no history (pop, trend) only. Everything
+is vectorised over users with numpy (no per-row Python, no pandas inside a query), so the same code serves
+a snapshot of 20,000 users offline and one user per API request.
 
 `newsrec candidates` runs it for every snapshot of the split file, labels each row with the
 snapshot's target clicks and writes candidate recall per source for all, warm and cold users.
@@ -32,11 +24,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -46,7 +38,6 @@ from pipelines.columns import (
     ARTICLE_A,
     ARTICLE_B,
     ARTICLE_ID,
-    CANDIDATE_SOURCES,
     CATEGORY_ID,
     CLICK_ARTICLE_ID,
     CLICK_TIMESTAMP,
@@ -56,9 +47,9 @@ from pipelines.columns import (
     HOUR_MS,
     LABEL,
     LEARNED,
-    LEARNED_SIM,
     RANK,
     SCORE,
+    TREND,
     USER_ID,
     WARM,
     WEIGHT,
@@ -68,12 +59,22 @@ from pipelines.columns import (
 )
 from pipelines.config import parse_step, step_parser
 from pipelines.errors import InputError, MissingInputError
+from pipelines.sources import base as sources
+from pipelines.sources.base import (
+    CandidateSource,
+    PairKeys,
+    Query,
+    Ranked,
+    block_rank,
+    dense_users,
+    sorted_positions,
+    top_excluding,
+)
 
 QUERY_COLUMNS = [USER_ID, CLICK_ARTICLE_ID, CLICK_TIMESTAMP]
-_SOURCE_COLUMNS = [f(s) for s in [*CANDIDATE_SOURCES, FUSED] for f in (score_col, rank_col)]
+_SOURCE_COLUMNS = [*sources.source_columns(), score_col(FUSED), rank_col(FUSED)]
 _MERGED_COLUMNS = [USER_ID, ARTICLE_ID, *_SOURCE_COLUMNS]
-OUTPUT_COLUMNS = [*_MERGED_COLUMNS, LEARNED_SIM]
-TREND = "trend"
+OUTPUT_COLUMNS = [*_MERGED_COLUMNS, *sources.row_columns()]
 PROFILE_CHUNK_USERS = 4096
 LAST_CLICK_HOUR = "last_click_hour"
 _FILES = {
@@ -83,102 +84,13 @@ _FILES = {
     "emb": "embeddings.npy",
     "emb_ids": "embedding_ids.npy",
     "emb_meta": "embedding_meta.npy",
-    "learned": "learned",
     "meta": "meta.json",
-}
+}  # and a folder <source name>/ for each source that saves state of its own (the learned model)
 
 
 def _normalise(matrix: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return (matrix / np.where(norms == 0, 1.0, norms)).astype(np.float32)
-
-
-def _block_rank(users: np.ndarray) -> np.ndarray:
-    """0-based position of each row inside its run of equal consecutive `users` values."""
-    if len(users) == 0:
-        return np.zeros(0, dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    run = np.cumsum(np.r_[True, users[1:] != users[:-1]]) - 1
-    return np.arange(len(users)) - starts[run]
-
-
-def _sorted_positions(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Position of each query value in the sorted `keys`, -1 where it is absent (a binary search each)."""
-    if len(keys) == 0:
-        return np.full(len(query), -1, dtype=np.intp)
-    at = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
-    return np.where(keys[at] == query, at, -1)
-
-
-def _dense_users(*user_arrays: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(the distinct user ids sorted, each array as positions in them). Codes keep the ids' order, so whatever
-    is sorted by code is sorted by id; they keep the (user, article) pair key inside int64 for every user id
-    (an API user id goes up to 2^53 - 1, far past 2^63 / the article bound)."""
-    ids, inverse = np.unique(np.concatenate(user_arrays), return_inverse=True)
-    return ids, np.split(inverse.astype(np.int64), np.cumsum([len(a) for a in user_arrays])[:-1])
-
-
-class _PairKeys:
-    """(user, article) pairs as one int64, kept sorted, so a membership test is a binary search: no hash
-    table to build per call, which cost one API request more than its whole search. Users are dense codes
-    (_dense_users), not ids."""
-
-    def __init__(self, users: np.ndarray, articles: np.ndarray, article_bound: int):
-        self.m = int(article_bound) + 1
-        top = int(users.max()) if len(users) else 0
-        if top >= (2**62) // self.m:
-            raise InputError(
-                f"user ids up to {top} with article ids up to {article_bound} overflow the pair key"
-            )
-        self.keys = np.unique(self.encode(users, articles))
-
-    def encode(self, users: np.ndarray, articles: np.ndarray) -> np.ndarray:
-        return users.astype(np.int64) * self.m + articles.astype(np.int64)
-
-    def contains(self, users: np.ndarray, articles: np.ndarray) -> np.ndarray:
-        return _sorted_positions(self.keys, self.encode(users, articles)) >= 0
-
-
-class _Ranked(NamedTuple):
-    """One source's lists as parallel arrays: `article[i]` is proposed to `user[i]` at 1-based `rank[i]`."""
-
-    user: np.ndarray
-    article: np.ndarray
-    score: np.ndarray
-    rank: np.ndarray
-
-    @classmethod
-    def concat(cls, parts: list[_Ranked]) -> _Ranked:
-        if not parts:
-            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int64))
-        return cls(*(np.concatenate(cols) for cols in zip(*parts, strict=True)))
-
-
-def _top_excluding(
-    fetch: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, np.ndarray]],
-    users: np.ndarray,
-    read: _PairKeys,
-    n: int,
-    max_depth: int,
-) -> _Ranked:
-    """Each user's top n unread items from a ranked source; `users` sorted ascending.
-
-    `fetch(users, depth)` returns (user, article, score) arrays with each user's first `depth` items in
-    order, users in the given order. Depth starts just above n and grows only for users whose read
-    articles crowd the list, so heavy readers never make everyone's list longer.
-    """
-    out, todo, depth = [], np.asarray(users, dtype=np.int64), min(n + 16, max_depth)
-    while len(todo) and depth > 0:
-        u, a, s = fetch(todo, depth)
-        keep = ~read.contains(u, a)
-        u, a, s = u[keep], a[keep], s[keep]
-        r = _block_rank(u)
-        got = np.bincount(np.searchsorted(todo, u[r < n]), minlength=len(todo))
-        short = todo[got < n] if depth < max_depth else todo[:0]
-        ok = (r < n) & ~np.isin(u, short)
-        out.append(_Ranked(u[ok], a[ok], s[ok], r[ok] + 1))
-        todo, depth = short, min(depth * 4, max_depth)
-    return _Ranked.concat(out)
 
 
 def top_unread(
@@ -195,25 +107,15 @@ def top_unread(
     users = np.unique(np.asarray(users, dtype=np.int64))
     clicked_u = np.asarray(user_clicks[USER_ID], dtype=np.int64)
     clicked_a = np.asarray(user_clicks[CLICK_ARTICLE_ID], dtype=np.int64)
-    user_ids, (users, clicked_u) = _dense_users(users, clicked_u)
+    user_ids, (users, clicked_u) = dense_users(users, clicked_u)
     bound = int(max(ids.max() if len(ids) else 0, clicked_a.max() if len(clicked_a) else 0))
-    read = _PairKeys(clicked_u, clicked_a, bound)
+    read = PairKeys(clicked_u, clicked_a, bound)
 
     def fetch(todo: np.ndarray, depth: int):
         return np.repeat(todo, depth), np.tile(ids[:depth], len(todo)), np.tile(scores[:depth], len(todo))
 
-    got = _top_excluding(fetch, users, read, int(n), len(ids))
+    got = top_excluding(fetch, users, read, int(n), len(ids))
     return pd.DataFrame({USER_ID: user_ids[got.user], ARTICLE_ID: got.article, SCORE: got.score, RANK: got.rank})
-
-
-def _slices(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)]) without the Python loop."""
-    lengths = ends - starts
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    offsets = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return np.repeat(starts, lengths) + offsets
 
 
 @dataclass
@@ -231,10 +133,9 @@ class CandidateIndex:
     similar: pd.DataFrame | None = None  # article_a, article_b, score, rank for every pool article
     # category id and words count of each emb_ids row (-1 / 0 where unknown): the learned user tower's inputs
     emb_meta: np.ndarray | None = field(default=None, repr=False)
-    learned: Any = field(default=None, repr=False, compare=False)  # pipelines.learned.LearnedModel
-    learned_pool: np.ndarray | None = field(default=None, repr=False, compare=False)  # its pool vectors
+    # The fitted sources by name (pipelines.sources), set by fit/load: those this index carries.
+    sources: dict[str, CandidateSource] = field(default_factory=dict, repr=False, compare=False)
     _faiss: Any = field(default=None, repr=False, compare=False)
-    _learned_faiss: Any = field(default=None, repr=False, compare=False)
     # Derived once per index, not per query (the API queries one user at a time): sorted source orders and
     # the co-click table's row positions grouped by article_a.
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
@@ -250,12 +151,15 @@ class CandidateIndex:
         params: dict,
         epoch_ms: int,
         similar: bool = True,
-        learned: Any = None,
+        given: Mapping[str, Any] | None = None,
     ) -> CandidateIndex:
         """Build the index from `<data_root>/aggregates` strictly before `cutoff_ms` (an hour boundary).
 
-        `similar=False` skips the "similar articles" table (only the API's article page reads it); `learned`
-        (a pipelines.learned.LearnedModel) adds the learned source (`with_learned`)."""
+        `similar=False` skips the "similar articles" table (only the API's article page reads it); `given`
+        (source name -> what that source fits from, e.g. {"learned": a pipelines.learned.LearnedModel}) is
+        handed to each source's fit; a source given nothing fits from the index alone or is left out."""
+        sources.check_names(params["per_source"], "candidates.per_source")
+        sources.check_names(params["fusion_weights"], "candidates.fusion_weights")
         from pipelines.aggregates import read_coclick, read_popularity
 
         offset = int(cutoff_ms) - int(epoch_ms)
@@ -298,7 +202,7 @@ class CandidateIndex:
         )
         meta_ids = articles[ARTICLE_ID].to_numpy(np.int64)
         by_id = np.argsort(meta_ids, kind="stable")
-        at = _sorted_positions(meta_ids[by_id], emb_ids)
+        at = sorted_positions(meta_ids[by_id], emb_ids)
         rows = np.where(at >= 0, by_id[np.maximum(at, 0)], -1) if len(meta_ids) else at
         emb_meta = np.stack([
             np.where(rows >= 0, articles[CATEGORY_ID].to_numpy(np.int64)[np.maximum(rows, 0)], -1),
@@ -315,8 +219,10 @@ class CandidateIndex:
             emb=_normalise(np.asarray(embeddings[emb_ids], dtype=np.float32)),
             emb_meta=emb_meta,
         )
-        if learned is not None:
-            index = index.with_learned(learned)
+        given = dict(given or {})
+        sources.check_names(given, "the models given to the candidate index")
+        index.sources = {s.name: fitted for s in sources.sources()
+                         if (fitted := s.fit(index, given.get(s.name))) is not None}
         if similar:
             index.similar = index.similar_articles(pool[ARTICLE_ID].to_numpy(), int(params["similar_k"]))
         return index
@@ -335,8 +241,8 @@ class CandidateIndex:
         np.save(out / _FILES["emb_ids"], self.emb_ids)
         if self.emb_meta is not None:
             np.save(out / _FILES["emb_meta"], self.emb_meta)
-        if self.learned is not None:
-            self.learned.save(out / _FILES["learned"])
+        for name, source in self.sources.items():
+            source.save(out / name)
         meta = {
             "cutoff_ms": self.cutoff_ms,
             "cutoff_hour": self.cutoff_hour,
@@ -371,39 +277,30 @@ class CandidateIndex:
             similar=similar if len(similar.columns) else None,
             emb_meta=np.load(src / _FILES["emb_meta"]) if (src / _FILES["emb_meta"]).exists() else None,
         )
-        if (src / _FILES["learned"]).is_dir():
-            from pipelines.learned import LearnedModel
-
-            index = index.with_learned(LearnedModel.load(src / _FILES["learned"]))
+        index.sources = {s.name: loaded for s in sources.sources() if (loaded := s.load(index, src / s.name)) is not None}
         return index
 
+    def given(self, name: str) -> Any:
+        """What source `name` was fitted from (e.g. its model); None when the index does not carry it."""
+        source = self.sources.get(name)
+        return source.given if source is not None else None
+
+    def with_given(self, name: str, given: Any) -> CandidateIndex:
+        """This index with source `name` refitted from `given` (None: without that source). Its state is made
+        here, once per index (at fit, at load, at each hourly swap in the API), never per request."""
+        fitted = sources.by_name()[name].fit(self, given) if given is not None else None
+        rest = {k: v for k, v in self.sources.items() if k != name}
+        return dataclasses.replace(self, sources={**rest, **({name: fitted} if fitted is not None else {})})
+
+    @property
+    def learned(self) -> Any:
+        """The learned model (pipelines.learned.LearnedModel) the index carries, None without one: the
+        serving bundle keeps it apart from its index, as the ranker's own."""
+        return self.given(LEARNED)
+
     def with_learned(self, model: Any) -> CandidateIndex:
-        """This index with `model` (a pipelines.learned.LearnedModel, or None: none) as its learned source.
-
-        The pool's article vectors are computed here, by the article tower as of the cutoff, and searched
-        exactly with faiss: once per index (at fit, at load, at each hourly swap in the API), never per
-        request. An article published after the model was trained gets its vector here like any other. (The
-        API's live popularity between refreshes moves the trend source, not these vectors.)"""
-        if model is None:
-            return dataclasses.replace(self, learned=None, learned_pool=None, _learned_faiss=None)
-        import faiss
-
-        if self.emb_meta is None:
-            raise InputError("this candidate index has no article metadata for the learned model (written by "
-                             "older code): rebuild it with `newsrec candidates` or `newsrec refresh`")
-        mine, theirs = float(self.params["trend_half_life_hours"]), float(model.meta["trend_half_life_hours"])
-        if mine != theirs:
-            raise InputError(f"the learned model reads trends of half-life {theirs} h, this index has {mine} h: "
-                             "fit the model with the index's candidates params")
-        vectors = model.article_vectors(
-            self.emb[np.searchsorted(self.emb_ids, self.pool_ids)], self.pool[CATEGORY_ID].to_numpy(np.int64),
-            self.pool[WORDS_COUNT].to_numpy(np.int64), self.pool[CREATED_AT_TS].to_numpy(np.int64),
-            self.pool[TREND].to_numpy(np.float64), self.cutoff_ms,
-        ) if len(self.pool) else np.zeros((0, model.dim), dtype=np.float32)
-        faiss.cvar.distance_compute_blas_threshold = 2**31 - 1  # one kernel for every batch size (_faiss_index)
-        idx = faiss.IndexFlatIP(model.dim)
-        idx.add(vectors)
-        return dataclasses.replace(self, learned=model, learned_pool=vectors, _learned_faiss=idx)
+        """This index with `model` (None: none) as its learned source (`with_given`)."""
+        return self.with_given(LEARNED, model)
 
     # ---- query helpers ---------------------------------------------------------------------------
     @property
@@ -484,7 +381,7 @@ class CandidateIndex:
         the same bits alone (the API) as in a batch of thousands (offline)."""
         order = np.lexsort((-ts, users))  # by user, newest click first (stable: ties keep their order)
         users, articles, ts = users[order], articles[order], ts[order]
-        keep = _block_rank(users) < int(self.params["profile_clicks"])
+        keep = block_rank(users) < int(self.params["profile_clicks"])
         rows = self._emb_rows(articles[keep])
         users, ts = users[keep][rows >= 0], ts[keep][rows >= 0]
         rows = rows[rows >= 0]
@@ -536,122 +433,9 @@ class CandidateIndex:
         b, s = nb.ravel(), d.ravel()
         ok = (b >= 0) & (b != a)
         a, b, s = a[ok], b[ok], s[ok]
-        r = _block_rank(a)
+        r = block_rank(a)
         keep = r < k
         return pd.DataFrame({ARTICLE_A: a[keep], ARTICLE_B: b[keep], SCORE: s[keep], RANK: r[keep] + 1})
-
-    def _emb_source(self, clicks: tuple[np.ndarray, ...], read: _PairKeys, n: int) -> _Ranked:
-        users, profiles = self._profiles(*clicks)
-
-        def fetch(todo: np.ndarray, depth: int):
-            d, nb = self._search(profiles[np.searchsorted(users, todo)], depth, prior=1.0)
-            u = np.repeat(todo, d.shape[1])
-            b, s = nb.ravel(), d.ravel()
-            ok = b >= 0
-            return u[ok], b[ok], s[ok]
-
-        return _top_excluding(fetch, users, read, n, len(self.pool))
-
-    def learned_users(self, users: np.ndarray, articles: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The learned user tower on click arrays: (sorted user ids, vectors [users, model dim]), one pass per
-        block of users. Each user's latest `history` clicks with an embedding in the index, newest first."""
-        model = self.learned
-        n = int(model.params["history"])
-        order = np.lexsort((-ts, users))  # by user, newest click first (stable: ties keep their order)
-        users, articles, ts = users[order], articles[order], ts[order]
-        rows = self._emb_rows(articles)
-        users, ts, rows = users[rows >= 0], ts[rows >= 0], rows[rows >= 0]
-        pos = _block_rank(users)
-        keep = pos < n
-        users, ts, rows, pos = users[keep], ts[keep], rows[keep], pos[keep]
-        uniq, inv = np.unique(users, return_inverse=True)
-        out = np.empty((len(uniq), model.dim), dtype=np.float32)
-        for lo in range(0, len(uniq), PROFILE_CHUNK_USERS):  # bounded memory: [block, n, 250] at a time
-            hi = min(lo + PROFILE_CHUNK_USERS, len(uniq))
-            sel = (inv >= lo) & (inv < hi)
-            u, p, r = inv[sel] - lo, pos[sel], rows[sel]
-            width = int(p.max()) + 1
-            grid = np.zeros((hi - lo, width), dtype=np.int64)
-            mask = np.zeros((hi - lo, width), dtype=bool)
-            times = np.zeros((hi - lo, width), dtype=np.int64)
-            grid[u, p], mask[u, p], times[u, p] = r, True, ts[sel]
-            out[lo:hi] = model.user_vectors(self.emb[grid], self.emb_meta[0][grid], self.emb_meta[1][grid],
-                                            times, mask)
-        return uniq, out
-
-    def _learned_source(self, learned: tuple[np.ndarray, np.ndarray], read: _PairKeys, n: int) -> _Ranked:
-        users, vectors = learned
-        pool_ids = self.pool_ids
-
-        def fetch(todo: np.ndarray, depth: int):
-            depth = min(depth, self._learned_faiss.ntotal)
-            d, i = [], []
-            for lo in range(0, len(todo), 4096):
-                chunk = vectors[np.searchsorted(users, todo[lo: lo + 4096])]
-                dd, ii = self._learned_faiss.search(np.ascontiguousarray(chunk), depth)
-                d.append(dd)
-                i.append(ii)
-            d, i = np.vstack(d), np.vstack(i)
-            u = np.repeat(todo, d.shape[1])
-            b, s = np.where(i >= 0, pool_ids[np.clip(i, 0, None)], -1).ravel(), d.ravel()
-            ok = b >= 0
-            return u[ok], b[ok], s[ok]
-
-        return _top_excluding(fetch, users, read, n, len(self.pool))
-
-    def _learned_sim(self, users: np.ndarray, articles: np.ndarray,
-                     learned: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-        """The learned model's score of each (user, pool article) row; NaN without user vector or model."""
-        out = np.full(len(users), np.nan, dtype=np.float32)
-        if learned is None or len(users) == 0:
-            return out
-        u = _sorted_positions(learned[0], users)
-        a = _sorted_positions(self.pool_ids, articles)
-        ok = np.flatnonzero((u >= 0) & (a >= 0))
-        out[ok] = np.einsum("ij,ij->i", learned[1][u[ok]], self.learned_pool[a[ok]])
-        return out
-
-    def _cocl_source(self, clicks: tuple[np.ndarray, ...], read: _PairKeys, n: int) -> _Ranked:
-        users, articles, ts = clicks
-        order = np.lexsort((-ts, users))  # by user, newest click first
-        users, articles = users[order], articles[order]
-        _, first = np.unique(read.encode(users, articles), return_index=True)
-        latest = np.zeros(len(users), dtype=bool)
-        latest[first] = True  # each (user, article) once, at its newest click
-        users, articles = users[latest], articles[latest]
-        pos = _block_rank(users)
-        keep = pos < int(self.params["recent_clicks"])
-        users, articles = users[keep], articles[keep]
-        recency = np.power(float(self.params["cocl_recency"]), pos[keep])
-
-        # Each recent click's co-read neighbours: a slice of the co-click table grouped by article_a.
-        keys, a_start, a_end, nb_b, nb_w = self.coclick_neighbours()
-        at = _sorted_positions(keys, articles)  # keys is not empty: this source runs only with co-clicks
-        lo, hi = np.where(at >= 0, a_start[at], 0), np.where(at >= 0, a_end[at], 0)
-        rows = _slices(lo, hi)
-        u = np.repeat(users, hi - lo)
-        b = nb_b[rows]
-        s = np.repeat(recency, hi - lo) * nb_w[rows]
-        unread = ~read.contains(u, b)
-        u, b, s = u[unread], b[unread], s[unread]
-        pair, inv = np.unique(read.encode(u, b), return_inverse=True)
-        score = np.bincount(inv, weights=s, minlength=len(pair))
-        u, b = pair // read.m, pair % read.m
-        best = np.lexsort((b, -score, u))
-        u, b, score = u[best], b[best], score[best]
-        r = _block_rank(u)
-        top = r < n
-        return _Ranked(u[top], b[top], score[top], r[top] + 1)
-
-    def _global_source(
-        self, order: pd.DataFrame, score: str, users: np.ndarray, read: _PairKeys, n: int
-    ) -> _Ranked:
-        ids, scores = order[ARTICLE_ID].to_numpy(), order[score].to_numpy(dtype=np.float64)
-
-        def fetch(todo: np.ndarray, depth: int):
-            return np.repeat(todo, depth), np.tile(ids[:depth], len(todo)), np.tile(scores[:depth], len(todo))
-
-        return _top_excluding(fetch, users, read, n, len(ids))
 
     def coclick_neighbours(self) -> tuple[np.ndarray, ...]:
         """The co-click table grouped by article_a, strongest first: (article_a keys, start, end, article_b,
@@ -718,44 +502,39 @@ class CandidateIndex:
             {s: int(v) for s, v in self.params["per_source"].items()}
             if n is None
             else (
-                {s: int(n) for s in CANDIDATE_SOURCES}
+                {s: int(n) for s in sources.names()}
                 if isinstance(n, (int, np.integer))
                 else {s: int(v) for s, v in n.items()}
             )
         )
-        unknown = set(sizes) - set(CANDIDATE_SOURCES)
-        if unknown:
-            raise InputError(
-                f"unknown candidate source(s) {sorted(unknown)}; sources are {CANDIDATE_SOURCES}"
-            )
+        sources.check_names(sizes, "the list lengths per source")
         clicked_any = len(clicks[0]) > 0
         bound = int(max(clicks[1].max() if clicked_any else 0, self.emb_ids.max() if len(self.emb_ids) else 0))
-        user_ids, (users_arr, click_users) = _dense_users(users_arr, clicks[0])
-        clicks = (click_users, clicks[1], clicks[2])
-        read = _PairKeys(clicks[0], clicks[1], bound)
+        user_ids, (users_arr, click_users) = dense_users(users_arr, clicks[0])
+        query = Query(users_arr, (click_users, clicks[1], clicks[2]), PairKeys(click_users, clicks[1], bound))
 
-        parts: dict[str, _Ranked] = {}
-        # One user-tower pass for the learned source and the learned score of every candidate.
-        learned = self.learned_users(*clicks) if self.learned is not None and clicked_any and len(self.pool) \
-            else None
-        if sizes.get(LEARNED, 0) > 0 and learned is not None and len(learned[0]):
-            parts[LEARNED] = self._learned_source(learned, read, sizes[LEARNED])
-        if sizes.get("emb", 0) > 0 and clicked_any and len(self.pool):
-            parts["emb"] = self._emb_source(clicks, read, sizes["emb"])
-        if sizes.get("cocl", 0) > 0 and clicked_any and len(self.coclick):
-            parts["cocl"] = self._cocl_source(clicks, read, sizes["cocl"])
-        if sizes.get("pop", 0) > 0 and len(self.pool):
-            parts["pop"] = self._global_source(self.popular(), CLICKS, users_arr, read, sizes["pop"])
-        if sizes.get("trend", 0) > 0 and len(self.pool):
-            parts["trend"] = self._global_source(self.trending(), TREND, users_arr, read, sizes["trend"])
-        out = self._merge(parts, read)
-        out[LEARNED_SIM] = self._learned_sim(out[USER_ID], out[ARTICLE_ID], learned)
+        # What each source computes once per call, for its list and its row columns alike (a model's user pass).
+        prepared = {name: source.prepare(self, query) for name, source in self.sources.items()}
+        parts: dict[str, Ranked] = {}
+        for name, source in self.sources.items():
+            if sizes.get(name, 0) > 0:
+                got = source.propose(self, query, sizes[name], prepared[name])
+                if got is not None:
+                    parts[name] = got
+        out = self._merge(parts, query.read)
+        for source in sources.sources():
+            fitted = self.sources.get(source.name)
+            if fitted is not None:
+                out |= fitted.score_rows(self, prepared[source.name], out[USER_ID], out[ARTICLE_ID])
+            else:
+                out |= {c: np.full(len(out[USER_ID]), np.nan, dtype=np.float32) for c in source.row_columns}
         out[USER_ID] = user_ids[out[USER_ID]]
         return {c: out[c] for c in OUTPUT_COLUMNS}
 
-    def _merge(self, parts: dict[str, _Ranked], read: _PairKeys) -> dict[str, np.ndarray]:
+    def _merge(self, parts: dict[str, Ranked], read: PairKeys) -> dict[str, np.ndarray]:
         """Per-source lists -> one wide row per (user, article) with reciprocal-rank fusion."""
-        order = [s for s in CANDIDATE_SOURCES if s in parts and len(parts[s].user)]
+        names = sources.names()
+        order = [s for s in names if s in parts and len(parts[s].user)]
         if not order:
             dtypes = {USER_ID: np.int64, ARTICLE_ID: np.int64}
             dtypes.update({c: np.int32 if c.endswith(RANK) else np.float32 for c in _SOURCE_COLUMNS})
@@ -769,7 +548,7 @@ class CandidateIndex:
         fused = np.zeros(len(uniq))
         by_source: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         offset = 0
-        for s in CANDIDATE_SOURCES:
+        for s in names:  # in column order: the fused sum adds the sources in one fixed order
             # float32/int32: at Globo scale a snapshot has tens of millions of candidate rows
             sc = np.full(len(uniq), np.nan, dtype=np.float32)
             rk = np.zeros(len(uniq), dtype=np.int32)
@@ -784,11 +563,11 @@ class CandidateIndex:
         best = np.lexsort((articles, -fused, users))  # by user, fused score down, article id
         users = users[best]
         cols = {USER_ID: users, ARTICLE_ID: articles[best]}
-        for s in CANDIDATE_SOURCES:
+        for s in names:
             cols[score_col(s)] = by_source[s][0][best]
             cols[rank_col(s)] = by_source[s][1][best]
         cols[score_col(FUSED)] = fused[best]
-        cols[rank_col(FUSED)] = (_block_rank(users) + 1).astype(np.int32)
+        cols[rank_col(FUSED)] = (block_rank(users) + 1).astype(np.int32)
         return {c: cols[c] for c in _MERGED_COLUMNS}
 
 
@@ -813,7 +592,7 @@ def candidate_report(candidates: pd.DataFrame, targets: pd.DataFrame, recall_at:
         cands = candidates[candidates[USER_ID].isin(users)]
         row: dict[str, float] = {"users": len(users)}
         if len(users):
-            for s in CANDIDATE_SOURCES:
+            for s in sources.names():
                 row[f"{s}"] = float(candidate_recall(cands[cands[rank_col(s)] > 0], truth).mean())
             row["union"] = float(candidate_recall(cands, truth).mean())
             for k in recall_at:
@@ -899,7 +678,7 @@ def build_candidates(
             raise InputError(f"no learned model under {learned_dir} fitted at or before hour {snap.cutoff_hour} "
                              f"(snapshot {snap.name}): run `newsrec learned` with this split")
         index = CandidateIndex.fit(root, articles, embeddings, snap.cutoff_ms, params, epoch_ms,
-                                   similar=snap.role == "serve", learned=learned)  # only the API reads similar
+                                   similar=snap.role == "serve", given={LEARNED: learned})  # only the API reads similar
         index.save(Path(index_dir) / snap.name)
         if snap.role == "serve":
             continue

@@ -148,7 +148,8 @@ SCORE = "score"
 RANK = "rank"
 LABEL = "label"
 WARM = "warm"
-CANDIDATE_SOURCES = ["emb", "cocl", "pop", "trend", "learned"]
+TREND = "trend"  # an article's clicks decayed from the cutoff (the candidate pool's trend column)
+# The candidate sources and their `<source>_score` / `<source>_rank` columns: pipelines.sources.
 LEARNED = "learned"  # the two-tower model's source (pipelines.learned)
 # The learned model's score of every candidate row for its user (NaN without a model or for a cold user),
 # whichever source proposed it: a ranker feature, where learned_score is only there for its own list.

@@ -47,6 +47,7 @@ from pipelines.columns import (
     HOUR,
     HOUR_MS,
     LABEL,
+    LEARNED,
     RANK,
     SCORE,
     USER_ID,
@@ -64,12 +65,12 @@ from pipelines.metrics import (
     rank_by_score,
     summarise,
 )
+from pipelines.sources import base as sources
 
-# method -> the candidate column it ranks by (None: scores come from a scorer, e.g. the reranker)
-BASELINES = {"popular": "pop", "trending": "trend", "cocl": "cocl", "emb_knn": "emb", "learned": "learned",
-             "fusion": FUSED}
+# method -> the candidate column it ranks by: each source's own list (pipelines.sources), then the fusion
+BASELINES = {**sources.baselines(), "fusion": FUSED}
 # Sources an index has only when its model does: no method row where they proposed nothing at all.
-OPTIONAL_SOURCES = {"learned"}
+OPTIONAL_SOURCES = sources.optional()
 RERANKER = "reranker"
 RECENT_POPULAR = "recent_popular"
 CF_PEER = "als"
@@ -456,7 +457,7 @@ def evaluate_as_served(
             continue
         users = np.unique(targets[USER_ID].to_numpy())
         index = CandidateIndex.fit(data_root, articles, embeddings, cutoff, index_params, epoch_ms, similar=False,
-                                   learned=learned)
+                                   given={LEARNED: learned})
         peer = CFPeer.fit(history, cutoff, cf_params) if cf_params else None
         if shown is not None and len(shown):
             for method, ranked in _impression_hour(

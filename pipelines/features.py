@@ -19,6 +19,7 @@ import pandas as pd
 from pipelines import columns as C
 from pipelines import lake
 from pipelines.errors import InputError, MissingInputError
+from pipelines.sources import base as sources
 
 USER_FEATURES = [
     "u_clicks",
@@ -77,10 +78,9 @@ PAIR_FEATURES = [
     "ua_cat_mix_1h",
     "ua_cat_mix_6h",
 ]
-# Each candidate source's score and rank, the fused score and the learned model's score of every candidate
-# (pipelines.candidates writes them).
-SOURCE_FEATURES = ([f(s) for s in C.CANDIDATE_SOURCES for f in (C.score_col, C.rank_col)]
-                   + [C.score_col(C.FUSED), C.LEARNED_SIM])
+# Each candidate source's score and rank, the fused score and what sources score for every candidate (the
+# learned model's learned_sim): pipelines.candidates writes them, pipelines.sources names them.
+SOURCE_FEATURES = sources.source_columns() + [C.score_col(C.FUSED)] + sources.row_columns()
 FEATURES = USER_FEATURES + ARTICLE_FEATURES + CONTEXT_FEATURES + PAIR_FEATURES + SOURCE_FEATURES
 # Ids whose numeric order means nothing: LightGBM splits them as categories.
 CATEGORICAL = ["u_device", "u_os", "u_referrer", "u_region", "c_device", "c_os", "c_referrer", "c_region",

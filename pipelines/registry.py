@@ -196,12 +196,14 @@ def signature():
     from mlflow.types.schema import ColSpec, Schema
 
     inputs = [ColSpec("long", C.USER_ID), ColSpec("long", C.ARTICLE_ID)]
+    from pipelines.sources.base import names, row_columns
+
     # Scores are NaN where a source did not propose the article, ranks are 0 there (pipelines.candidates).
-    for source in C.CANDIDATE_SOURCES:
+    for source in names():
         inputs += [ColSpec("double", C.score_col(source), required=False),
                    ColSpec("long", C.rank_col(source), required=False)]
-    inputs += [ColSpec("double", C.score_col(C.FUSED), required=False),
-               ColSpec("double", C.LEARNED_SIM, required=False)]
+    inputs += [ColSpec("double", C.score_col(C.FUSED), required=False)]
+    inputs += [ColSpec("double", col, required=False) for col in row_columns()]
     inputs += [ColSpec("long", col, required=False) for col in CONTEXT_FEATURES]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("double")]))
 

@@ -25,6 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+from pipelines.sources.base import names as source_names
 from serving import recommend as rec
 from serving.ab import CHALLENGER, CHAMPION, assign_variant
 from serving.access import Access, read_keys
@@ -119,7 +120,7 @@ class RecommendedArticle(ArticleOut):
     rank: int
     score: float = Field(description="the ranker's score (higher is better; comparable within one list); for "
                                      "an explored slot, the Thompson draw of its click-through")
-    sources: list[str] = Field(description="candidate generators that proposed it: emb, cocl, pop, trend, learned; "
+    sources: list[str] = Field(description=f"candidate generators that proposed it: {', '.join(source_names())}; "
                                            "explore for a fresh article given an exploration slot")
 
 

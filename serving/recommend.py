@@ -24,6 +24,7 @@ import pandas as pd
 from pipelines import columns as C
 from pipelines import diversity
 from pipelines.features import CONTEXT_FEATURES, feature_columns, fit_user_tables, user_profiles
+from pipelines.sources.base import names as source_names
 from serving.state import Click
 
 log = logging.getLogger("newsrec.serving")
@@ -300,13 +301,13 @@ def recommend(
         order = top[diversity.mmr(scores[top], vectors, k, float(rank_params["mmr_lambda"]))]
     else:
         order = order[:k]
-    ranks = {s: cands[C.rank_col(s)][order] for s in C.CANDIDATE_SOURCES}
+    ranks = {s: cands[C.rank_col(s)][order] for s in source_names()}
     ids = cands[C.ARTICLE_ID][order]
     items = article_details(prepared, ids, as_of_ms)
     for i, item in enumerate(items):
         item["rank"] = i + 1
         item["score"] = float(scores[order[i]])
-        item["sources"] = [s for s in C.CANDIDATE_SOURCES if ranks[s][i] > 0]
+        item["sources"] = [s for s, r in ranks.items() if r[i] > 0]
     return Result(items=items, article_ids=[int(a) for a in ids], cold_start=cold, warnings=warnings)
 
 

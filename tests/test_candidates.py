@@ -12,14 +12,13 @@ from pipelines.aggregates import aggregate_all
 from pipelines.candidates import (
     OUTPUT_COLUMNS,
     CandidateIndex,
-    _PairKeys,
-    _top_excluding,
     build_candidates,
     candidate_report,
     label_candidates,
     sample_users,
 )
 from pipelines.lake import landed_hours
+from pipelines.sources.base import PairKeys, names, top_excluding
 
 CUTOFF = at(10)
 PARAMS = {
@@ -120,7 +119,7 @@ def test_cold_users_get_only_popularity_sources(world):
 def test_ranks_scores_and_fusion_are_consistent(world):
     cands = world["index"].candidates(world["history"], users=[1, 2, 3, 4])
     assert not cands.duplicated([C.USER_ID, C.ARTICLE_ID]).any()
-    for s in C.CANDIDATE_SOURCES:
+    for s in names():
         proposed = cands[C.rank_col(s)] > 0
         assert cands.loc[proposed, C.score_col(s)].notna().all()
         assert cands.loc[~proposed, C.score_col(s)].isna().all()
@@ -196,8 +195,8 @@ def test_heavy_readers_still_get_n_unread_items_without_lengthening_everyone():
             np.tile(-ids[:depth].astype(float), len(users)),
         )
 
-    read = _PairKeys(np.full(40, 1), ids[:40], 100)  # user 1 read the 40 most popular items
-    top = _top_excluding(fetch, np.array([1, 2]), read, n=5, max_depth=100)
+    read = PairKeys(np.full(40, 1), ids[:40], 100)  # user 1 read the 40 most popular items
+    top = top_excluding(fetch, np.array([1, 2]), read, n=5, max_depth=100)
     assert top.article[top.user == 1].tolist() == [40, 41, 42, 43, 44]
     assert top.article[top.user == 2].tolist() == [0, 1, 2, 3, 4]
     assert top.rank[top.user == 1].tolist() == [1, 2, 3, 4, 5]
@@ -220,7 +219,7 @@ def test_labels_and_report():
         {
             C.USER_ID: [1, 1, 1, 2],
             C.ARTICLE_ID: [10, 11, 12, 10],
-            **{C.rank_col(s): [1, 2, 0, 1] for s in C.CANDIDATE_SOURCES},
+            **{C.rank_col(s): [1, 2, 0, 1] for s in names()},
             C.rank_col(C.FUSED): [1, 2, 3, 1],
         }
     )

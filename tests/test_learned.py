@@ -63,7 +63,7 @@ def world(tmp_path_factory):
 
 def _index(world, hour: int, learned=True) -> CandidateIndex:
     return CandidateIndex.fit(world["root"], world["meta"], _world_embeddings(), at(hour), INDEX_PARAMS, EPOCH,
-                              learned=world["model"] if learned else None)
+                              given={"learned": world["model"]} if learned else None)
 
 
 def _learned_list(cands: pd.DataFrame, user: int) -> list[int]:
@@ -110,12 +110,12 @@ def test_the_user_tower_reads_the_order_of_clicks(world):
     index = _index(world, CUTOFF_H)
     history = np.array([0, PER_TOPIC, 2 * PER_TOPIC, 1])  # four topics' worth of reading, oldest first
     times = np.array([at(h) for h in (2, 3, 4, 5)])
-    users, forward = index.learned_users(np.zeros(4, np.int64), history, times)
-    _, backward = index.learned_users(np.zeros(4, np.int64), history[::-1].copy(), times)
+    users, forward = index.sources["learned"].user_vectors(index, np.zeros(4, np.int64), history, times)
+    _, backward = index.sources["learned"].user_vectors(index, np.zeros(4, np.int64), history[::-1].copy(), times)
     assert users.tolist() == [0]
     assert not np.allclose(forward, backward, atol=1e-4)
     # and the same clicks in the same order give the same vector
-    _, again = index.learned_users(np.zeros(4, np.int64), history, times)
+    _, again = index.sources["learned"].user_vectors(index, np.zeros(4, np.int64), history, times)
     np.testing.assert_array_equal(forward, again)
 
 
@@ -133,7 +133,7 @@ def test_save_load_round_trip_gives_identical_scores(world, tmp_path):
     index = _index(world, 26)
     back = CandidateIndex.load(index.save(tmp_path / "index"))
     assert back.learned is not None
-    np.testing.assert_array_equal(back.learned_pool, index.learned_pool)
+    np.testing.assert_array_equal(back.sources["learned"].pool_vectors, index.sources["learned"].pool_vectors)
     pd.testing.assert_frame_equal(back.candidates(world["clicks"], users=range(90)),
                                   index.candidates(world["clicks"], users=range(90)))
 
@@ -236,4 +236,4 @@ def test_stage_fits_daily_models_that_the_candidate_indexes_carry(tiny_validated
     assert cands.loc[cands[C.rank_col(C.LEARNED)] > 0, C.LEARNED_SIM].notna().all()
     served = CandidateIndex.load(tmp_path / "idx" / "serve")
     assert served.learned is not None and served.learned.meta["cutoff_ms"] == snaps[-1].cutoff_ms
-    assert len(served.learned_pool) == len(served.pool)
+    assert len(served.sources["learned"].pool_vectors) == len(served.pool)

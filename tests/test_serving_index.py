@@ -119,7 +119,7 @@ def test_api_holder_swaps_to_a_newer_index_and_refuses_an_incompatible_one(servi
     assert len(got.article_ids) == 10 and set(got.article_ids) <= set(served.bundle.bundle.index.pool_ids)
     # the hourly index carries no model: the ranker's own learned model embeds its pool at the swap
     index = served.bundle.bundle.index
-    assert index.learned is own.bundle.bundle.learned is not None and len(index.learned_pool) == len(index.pool)
+    assert index.learned is own.bundle.bundle.learned is not None and len(index.sources["learned"].pool_vectors) == len(index.pool)
     assert holder.refresh() is False  # same pointer: nothing rebuilt
 
     # the live overlay (every few seconds) rebuilds from the pair now served, never from the one before it

@@ -4,6 +4,8 @@ stages it can change and no other.
 A stage's command names `newsrec <step>`; the step's module (pipelines/cli.py COMMANDS) and every project module
 it imports, directly or through others, at the top or inside a function (the code runs either way), are its
 code. Imports under `if TYPE_CHECKING:` are not. Package `__init__.py` files are left out (they hold no code).
+A module that imports its package's modules by discovery (DISCOVERS: pipelines.sources.base finds every
+candidate source) reaches the whole folder, listed as one dep, so a new module there needs no dvc.yaml edit.
 
     .venv/bin/python tools/dvc_code_deps.py           # what each stage misses or lists for nothing; exit 1 if any
     .venv/bin/python tools/dvc_code_deps.py --write   # put dvc.yaml right (comments kept)
@@ -21,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipelines", "serving")
+DISCOVERS = {"pipelines.sources.base": "pipelines/sources"}  # module -> the folder it imports every module of
 sys.path.insert(0, str(ROOT))
 
 
@@ -60,7 +63,8 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def code_of(module: str) -> set[str]:
-    """Repository paths of `module` and of every project module it reaches by imports."""
+    """Repository paths of `module` and of every project module it reaches by imports (a DISCOVERS folder as
+    the folder)."""
     seen: set[str] = set()
     todo = [module]
     while todo:
@@ -71,8 +75,12 @@ def code_of(module: str) -> set[str]:
         path = module_file(name)
         if path is not None:
             todo.extend(imported_modules(path))
+        if name in DISCOVERS:  # it imports every module of its folder
+            todo.extend(f"{DISCOVERS[name].replace('/', '.')}.{p.stem}" for p in (ROOT / DISCOVERS[name]).glob("*.py"))
+    folders = [DISCOVERS[name] for name in seen if name in DISCOVERS]
     paths = {module_file(name) for name in seen}
-    return {p.relative_to(ROOT).as_posix() for p in paths if p is not None and p.name != "__init__.py"}
+    found = {p.relative_to(ROOT).as_posix() for p in paths if p is not None and p.name != "__init__.py"}
+    return {p for p in found if not any(p.startswith(f + "/") for f in folders)} | set(folders)
 
 
 def stage_commands(cmd: str | list[str]) -> list[str]:

@@ -1,0 +1,1 @@
+"""Candidate sources: one module each, behind the interface and registry of `pipelines.sources.base`."""
