@@ -383,7 +383,8 @@ def fit_ranker_dask(client, train_parts: list, val, params: dict) -> Ranker:
     holders = client.who_has(train_parts)
     pieces = []
     for part, (rows, queries, _) in zip(train_parts, sizes, strict=True):
-        where = {"workers": sorted(holders[part.key])[:1], "allow_other_workers": True, "pure": False}
+        # Pinned, not preferred: a busy worker would otherwise have its pieces stolen, and one machine would train.
+        where = {"workers": sorted(holders[part.key])[:1], "allow_other_workers": False, "pure": False}
         pieces.append({
             "X": client.submit(frame, part, **where),
             "y": da.from_delayed(client.submit(column, part, "y", **where), (rows,), np.int32),
@@ -490,8 +491,9 @@ def train(
         # Partition i is meant for worker i (round robin): LightGBM trains on the workers that hold data.
         batches = np.array_split(np.arange(len(snaps)), min(len(snaps), partitions or len(snaps)))
         workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+        # Pinned (allow_other_workers=False): the scheduler's work stealing must not gather every part on one worker.
         parts = [client.submit(concat_sets, [snaps[i] for i in b], workers=[workers[k % len(workers)]],
-                               allow_other_workers=True, pure=False) for k, b in enumerate(batches)]
+                               allow_other_workers=False, pure=False) for k, b in enumerate(batches)]
         val = client.submit(concat_sets, built(val_names, **val_sampling), pure=False)
         ranker = fit_ranker_dask(client, parts, val, params)
     ranker.meta["train_snapshots"] = train_names
