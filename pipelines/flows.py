@@ -298,7 +298,8 @@ def promotion_gate(params: Mapping[str, Any]) -> dict[str, Any]:
 
     from mlflow import MlflowClient
 
-    from pipelines.registry import promote, use_tracking
+    from pipelines.registry import promote
+    from pipelines.tracking import use_tracking
 
     gate = params["promote"]
     use_tracking(dict(params["mlflow"]))
@@ -323,7 +324,9 @@ def champion_test_start(params: Mapping[str, Any]) -> tuple[int, str] | None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pipelines.registry import CHAMPION, WINDOW_TAG, use_tracking
+    from pipelines.bundle import CHAMPION
+    from pipelines.registry import WINDOW_TAG
+    from pipelines.tracking import use_tracking
 
     use_tracking(dict(params["mlflow"]))
     try:

@@ -74,7 +74,7 @@ class Settings:
     @classmethod
     def from_params(cls, path: str | Path = DEFAULT_PARAMS, **overrides: Any) -> Settings:
         """Settings from params.yaml (`serve` + `mlflow.tracking_uri` + `rank`), with keyword overrides on top."""
-        from pipelines.registry import CHALLENGER, CHAMPION
+        from pipelines.bundle import CHALLENGER, CHAMPION
 
         serve = load_params("serve", path)
         # Facts owned by other stages are read from them, not repeated under serve.

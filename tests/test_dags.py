@@ -333,7 +333,7 @@ def test_train_ranker_trains_registers_and_gates(trained):
     with flows.project(trained["params"]) as p:
         from mlflow import MlflowClient
 
-        from pipelines.registry import use_tracking
+        from pipelines.tracking import use_tracking
 
         use_tracking(p["mlflow"])
         champion = MlflowClient().get_model_version_by_alias(p["register"]["model_name"], "champion")
