@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from pipelines.registry import ServingBundle
+    from pipelines.bundle import ServingBundle
     from serving import recommend as rec
     from serving.index_source import FolderIndexSource
     from serving.models import ServedModel, VersionRef
@@ -124,7 +124,7 @@ def holder_swaps(bundle_dir: Path, index_root: Path, n: int, label: str) -> list
         return []
     import dataclasses
 
-    from pipelines.registry import ServingBundle
+    from pipelines.bundle import ServingBundle
     from serving import recommend as rec
     from serving.index_source import FolderIndexSource
     from serving.models import ModelHolder, ServedModel, VersionRef

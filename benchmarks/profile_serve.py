@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lightgbm", action="store_true", help="score with LightGBM, not the compiled ranker")
     args = parser.parse_args(argv)
 
-    from pipelines.registry import ServingBundle
+    from pipelines.bundle import ServingBundle
     from serving.recommend import Context, prepare, recommend
     from serving.state import Click
 

@@ -28,8 +28,9 @@ from pipelines import flows
 from pipelines.alerts import run_failed
 from pipelines.config import load_params
 
-MODEL = Asset(name=flows.MODEL_ASSET, uri=flows.MODEL_ASSET_URI)
-CRON = flows.scheduled(load_params(path=flows.params_file()), "drift_monitor")
+PARAMS = load_params(path=flows.params_file())
+MODEL = Asset(name=flows.MODEL_ASSET, uri=flows.model_asset_uri(PARAMS))
+CRON = flows.scheduled(PARAMS, "drift_monitor")
 
 
 @dag(

@@ -1,6 +1,6 @@
 """train_ranker: daily retraining on every validated hour.
 
-split -> learned -> candidates, features -> train -> evaluate -> register -> promote -> publish
+split -> learned -> candidates, features -> train -> evaluate -> register -> lineage -> promote -> publish
 
 Each task runs the DVC stage of the same name (the command and paths dvc.yaml declares, so `dvc repro`
 and this DAG produce the same files) with the params file the DAGs run with. `register` leaves the
@@ -8,6 +8,12 @@ promotion gate to its own task, so the grid shows the decision: `promote` succee
 became champion and is skipped when the champion was kept, its log saying why ("kept champion v4: ...");
 a refused challenger is an answer, not a failure. `publish` then updates the `newsrec_ranker` asset either
 way, which triggers drift_monitor.
+
+Between `register` and `promote`, `lineage` leaves what `dvc repro` would have left: it commits the stages this DAG ran to dvc.lock
+(`dvc status` reports nothing stale for them), pushes the data to the default DVC remote when there is one, and
+tags the registered version with the DVC md5 of every data input of train and evaluate
+(pipelines.flows.record_lineage; docs/deployment.md says how to reproduce a version from them). A version is
+gated only once its lineage is recorded.
 
 When it runs: when triggered, or on params.yaml `schedule.train_ranker` (a cron, e.g. "@daily"; off by
 default, so switching the DAG on starts no retrain by itself; without a schedule it starts unpaused).
@@ -29,8 +35,9 @@ from pipelines import flows
 from pipelines.alerts import run_failed
 from pipelines.config import load_params
 
-MODEL = Asset(name=flows.MODEL_ASSET, uri=flows.MODEL_ASSET_URI)
-SCHEDULE = flows.scheduled(load_params(path=flows.params_file()), "train_ranker")
+PARAMS = load_params(path=flows.params_file())
+MODEL = Asset(name=flows.MODEL_ASSET, uri=flows.model_asset_uri(PARAMS))
+SCHEDULE = flows.scheduled(PARAMS, "train_ranker")
 
 
 def _stage(name: str, **overrides) -> None:
@@ -86,6 +93,12 @@ def train_ranker():
         _stage("register", **{"register.auto_promote": False})
 
     @task
+    def lineage() -> None:
+        # Nothing returned: the tags are keyed by data path, and a returned dict would become one XCom per key.
+        with flows.project(flows.params_file()) as p:
+            flows.record_lineage(p, flows.params_file())
+
+    @task
     def promote() -> dict:
         import logging
 
@@ -108,7 +121,7 @@ def train_ranker():
     s >> f
     t = train()
     [c, f] >> t
-    t >> evaluate() >> register() >> promote() >> publish()
+    t >> evaluate() >> register() >> lineage() >> promote() >> publish()
 
 
 train_ranker()

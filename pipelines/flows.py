@@ -30,9 +30,8 @@ from pipelines.errors import ConfigError, InputError
 
 PARAMS_ENV = "NEWSREC_PARAMS"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# The Airflow asset train_ranker updates and drift_monitor listens to: the registered ranker.
+# The Airflow asset train_ranker updates and drift_monitor listens to: the registered ranker (model_asset_uri).
 MODEL_ASSET = "newsrec_ranker"
-MODEL_ASSET_URI = "models:/newsrec-ranker"
 
 
 def params_file() -> Path:
@@ -45,6 +44,11 @@ def project(params_path: str | Path) -> dict[str, Any]:
     folder, so data/, monitoring/reports and sqlite:///mlflow.db mean the same as under DVC, whatever folder the
     Airflow worker was started in. Nothing changes the worker's working folder."""
     return load_config(Path(params_path).resolve())
+
+
+def model_asset_uri(params: Mapping[str, Any]) -> str:
+    """The URI of the Airflow asset MODEL_ASSET: the registered model params `register.model_name` names."""
+    return f"models:/{params['register']['model_name']}"
 
 
 def epoch_datetime(epoch_ms: int) -> datetime:
@@ -281,6 +285,75 @@ def run_stage(stage: str, params: Mapping[str, Any], params_path: str | Path,
     return argv
 
 
+# The DVC stages train_ranker runs, in order (one task each), and those of them that read the data a model is
+# trained and tested on: what record_lineage commits and hashes.
+TRAIN_STAGES = ("split", "learned", "candidates", "features", "train", "evaluate", "register")
+READ_BY_MODEL = ("train", "evaluate")
+LINEAGE_ARTIFACT = "lineage"  # the run's folder for the dvc.lock a DAG run left
+
+
+def record_lineage(params: Mapping[str, Any], params_path: str | Path, stages: Sequence[str] = TRAIN_STAGES,
+                   read_by: Sequence[str] = READ_BY_MODEL) -> dict[str, str]:
+    """After train_ranker's stages ran: record their outputs in dvc.lock (`dvc commit` of `stages`, so `dvc status`
+    has nothing stale to report for them), push the data to the default DVC remote (when there is one), and tag the
+    version `register` wrote with the DVC md5 of each data input of `read_by`, where it was pushed and the hash of
+    the dvc.lock it left (logged on its run as lineage/dvc.lock). Returns the tags.
+
+    Only when the params file's folder is the root of a DVC repository (the stages' relative paths are DVC's
+    then); elsewhere nothing is committed and the version's TAG_PUSHED says why.
+    """
+    import logging
+
+    import yaml
+    from mlflow import MlflowClient
+
+    from pipelines import model_card as card
+    from pipelines.dvc_repo import default_remote, dvc_repo_root, open_repo
+    from pipelines.tracking import use_tracking
+
+    log = logging.getLogger("newsrec.lineage")
+    folder = Path(params_path).resolve().parent
+    registered = read_json(folder / _options(stage_command("register", params))["out"])
+    root = dvc_repo_root(folder)
+    in_dvc = root is not None and root.resolve() == folder
+    if not in_dvc:
+        reason = f"not recorded: {folder} is not the root of a DVC repository"
+        log.warning("DVC lineage %s", reason)
+        tags = {card.TAG_PUSHED: reason}
+    else:
+        lock_path = folder / "dvc.lock"
+        with open_repo(folder) as repo:
+            for stage in stages:
+                repo.commit(stage, force=True)
+            tags = card.data_hashes(yaml.safe_load(lock_path.read_text()), read_by)
+            remote = default_remote(repo)
+            # Stages another process changed since dvc.lock (the hourly DAG's validate and aggregates write
+            # hour by hour) name objects the cache may not hold: only what dvc.lock describes truly is pushed.
+            stale = sorted(name.split(":")[-1] for name in repo.status())
+            current = [s.addressing for s in repo.index.stages if s.addressing not in stale]
+            if remote is None:
+                tags[card.TAG_PUSHED] = "not pushed: no default DVC remote"
+                log.warning("DVC data not pushed: the repository has no default remote (`dvc remote default`)")
+            else:
+                repo.push(targets=current, remote=remote)
+                tags[card.TAG_PUSHED] = (f"remote {remote}: {', '.join(current)}"
+                                         + (f"; not pushed, changed since dvc.lock: {', '.join(stale)}" if stale
+                                            else ""))
+            tags[card.TAG_DVC] = card.sha256(lock_path)
+    use_tracking(dict(params["mlflow"]))
+    client = MlflowClient()
+    name, version = registered["model_name"], str(registered["version"])
+    run_id = client.get_model_version(name, version).run_id
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+        if run_id:
+            client.set_tag(run_id, key, value)
+    if run_id and in_dvc:
+        client.log_artifact(run_id, str(lock_path), LINEAGE_ARTIFACT)
+    log.info("lineage of %s v%s: %s", name, version, tags)
+    return tags
+
+
 def promotion_gate(params: Mapping[str, Any]) -> dict[str, Any]:
     """Run the registry's promotion gate; the decision (promoted or why not) as a dict. A refusal is an answer,
     not an error."""
@@ -288,11 +361,12 @@ def promotion_gate(params: Mapping[str, Any]) -> dict[str, Any]:
 
     from mlflow import MlflowClient
 
-    from pipelines.registry import promote, use_tracking
+    from pipelines.registry import promote
+    from pipelines.tracking import use_tracking
 
     gate = params["promote"]
     use_tracking(dict(params["mlflow"]))
-    decision = promote(MlflowClient(), gate["model_name"], gate["metric"], float(gate["min_gain"]),
+    decision = promote(MlflowClient(), params["register"]["model_name"], gate["metric"], float(gate["min_gain"]),
                        float(gate["cold_tolerance"]))
     return asdict(decision)
 
@@ -313,18 +387,20 @@ def champion_test_start(params: Mapping[str, Any]) -> tuple[int, str] | None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pipelines.registry import CHAMPION, WINDOW_TAG, use_tracking
+    from pipelines.bundle import CHAMPION
+    from pipelines.registry import WINDOW_TAG, window_hours
+    from pipelines.tracking import use_tracking
 
     use_tracking(dict(params["mlflow"]))
     try:
-        version = MlflowClient().get_model_version_by_alias(params["promote"]["model_name"], CHAMPION)
+        version = MlflowClient().get_model_version_by_alias(params["register"]["model_name"], CHAMPION)
     except MlflowException:
         return None
     window = version.tags.get(WINDOW_TAG, "")
-    match = re.match(r"hours (\d+)-(\d+)\b", window)
-    if not match:
+    hours = window_hours(window)
+    if hours is None:
         raise InputError(f"champion v{version.version} has test window tag {window!r}, expected 'hours A-B, ...'")
-    return int(match.group(1)), str(version.version)
+    return hours[0], str(version.version)
 
 
 def run_folder(run_id: str) -> str:

@@ -42,7 +42,6 @@ the API after an erasure).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import io
 import json
@@ -62,6 +61,7 @@ import pandas as pd
 
 from pipelines import columns as C
 from pipelines.config import parse_step, step_parser
+from pipelines.dvc_repo import default_remote, dvc_repo_root, open_repo
 from pipelines.erasures import KEY_ENV, ErasureError, erasure_key, user_token
 from pipelines.fileio import MANIFEST, atomic_write, atomic_write_bytes, write_manifest
 from pipelines.lake import AGGREGATES, erasure_register, partition_file, validated_dir
@@ -532,23 +532,9 @@ def _erase_remote_artifacts(location: str, user_id: int, report: ErasureReport) 
             repo.log_artifact(str(path), artifact_path=None if parent == "." else parent)
 
 
-def dvc_repo_root(path: Path) -> Path | None:
-    """The DVC repository holding `path` (None outside one)."""
-    from dvc.exceptions import NotDvcRepoError
-    from dvc.repo import Repo
-
-    try:
-        return Path(Repo.find_root(str(path)))
-    except NotDvcRepoError:
-        return None
-
-
 def dvc_outputs(repo_root: Path) -> list[Path]:
     """Every output path dvc.yaml declares (the product's stores that DVC versions)."""
-    from dvc.repo import Repo
-
-    # DVC resolves a stage's paths against the working directory: work from the repository's root.
-    with contextlib.chdir(repo_root), Repo(str(repo_root)) as repo:
+    with open_repo(repo_root) as repo:
         return sorted({Path(out.fs_path) for out in repo.index.outs})
 
 
@@ -561,13 +547,11 @@ def settle_dvc(repo_root: Path, report: ErasureReport) -> None:
     default remote is configured, `--cloud` on it, then `dvc push` of the erased versions. The cost: every
     cached object the current workspace does not use is deleted, so other commits and experiments can no
     longer `dvc checkout`/`dvc pull` their data (they reproduce it with `dvc repro`)."""
-    from dvc.repo import Repo
-
-    with contextlib.chdir(repo_root), Repo(str(repo_root)) as repo:
+    with open_repo(repo_root) as repo:
         changed, left = stages_to_commit(repo.status())
         for name in changed:
             repo.commit(name, force=True)
-        cloud = bool(repo.config["core"].get("remote"))
+        cloud = default_remote(repo) is not None
         before = _cache_objects(repo)
         repo.gc(workspace=True, cloud=cloud, force=True)
         removed = before - _cache_objects(repo)

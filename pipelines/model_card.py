@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,11 @@ TAG_PARAMS = "newsrec.params_sha256"
 TAG_DATA = "newsrec.data_root"
 TAG_DVC = "newsrec.dvc_lock_sha256"
 TAG_HOURS = "newsrec.validated_hours"
+# Written by train_ranker once it has committed its stages (pipelines.flows.record_lineage): the DVC md5 of each
+# data input of training and evaluation (one tag per path, e.g. `newsrec.dvc_md5.data/validated`), and where
+# DVC pushed the data.
+TAG_DATA_MD5 = "newsrec.dvc_md5."
+TAG_PUSHED = "newsrec.dvc_pushed"
 
 # What the model cannot do, whatever its metrics say; kept beside the figures so nobody has to rediscover it.
 KNOWN_LIMITS = [
@@ -42,7 +48,8 @@ def _git(*args: str, cwd: Path) -> str | None:
     return out.stdout.strip()
 
 
-def _sha256(path: Path) -> str | None:
+def sha256(path: Path) -> str | None:
+    """The file's sha256 (hex), None when there is no such file."""
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
@@ -59,11 +66,29 @@ def lineage(params_path: str | Path, data_root: str | Path, validated_hours: lis
     return {
         TAG_COMMIT: commit or "unknown",
         TAG_DIRTY: "unknown" if status is None else str(bool(status)).lower(),
-        TAG_PARAMS: _sha256(params_path) or "unknown",
-        TAG_DVC: _sha256(repo / "dvc.lock") or "unknown",
+        TAG_PARAMS: sha256(params_path) or "unknown",
+        TAG_DVC: sha256(repo / "dvc.lock") or "unknown",
         TAG_DATA: str(Path(data_root).resolve()),
         TAG_HOURS: hours,
     }
+
+
+def data_hashes(lock: Mapping[str, Any], stages: Sequence[str]) -> dict[str, str]:
+    """{tag: md5} of every data input of `stages` as a parsed dvc.lock records it: each dependency that is not a
+    project module (`*.py`), keyed `TAG_DATA_MD5 + path`. ValueError when two stages record one path with two
+    hashes (the lock was not written in one go) or a stage is not in the lock."""
+    tags: dict[str, str] = {}
+    for stage in stages:
+        entry = (lock.get("stages") or {}).get(stage)
+        if entry is None:
+            raise ValueError(f"dvc.lock has no stage '{stage}': it was not run or committed")
+        for dep in entry.get("deps", []):
+            if dep["path"].endswith(".py"):
+                continue
+            key, md5 = TAG_DATA_MD5 + dep["path"], str(dep.get("md5"))
+            if tags.setdefault(key, md5) != md5:
+                raise ValueError(f"dvc.lock records {dep['path']} with two hashes: {tags[key]} and {md5}")
+    return tags
 
 
 def _table(protocol: dict, k: int) -> list[str]:
@@ -110,7 +135,10 @@ def model_card(name: str, version: str, window: str, eval_results: dict, ranker_
               "## Lineage", "",
               *[f"- `{key}`: {value}" for key, value in sorted(tags.items())], "",
               ("Reproduce: check out the commit, restore the data with `dvc pull` (or the raw drops), then "
-              "`dvc repro`; the params and dvc.lock hashes above say whether what you run is what was registered."),
+              "`dvc repro`; the params and dvc.lock hashes above say whether what you run is what was registered. "
+              "A version train_ranker registered also carries the DVC md5 of each data input "
+              "(`newsrec.dvc_md5.*` tags) and the dvc.lock its run left (run artifact `lineage/dvc.lock`): "
+              "docs/deployment.md, Airflow and DVC."),
               ""]
     return "\n".join(lines)
 

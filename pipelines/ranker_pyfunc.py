@@ -2,7 +2,7 @@
 
 Logged as MLflow "model from code": this file is copied into the model and run on load, where
 `set_model` below hands MLflow the model object (nothing is pickled). Kept apart from
-pipelines.registry because it costs an mlflow import; only logging and loading a model pay that.
+pipelines.bundle because it costs an mlflow import; only logging and loading a model pay that.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class NewsrecRanker(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context) -> None:
-        from pipelines.registry import ServingBundle
+        from pipelines.bundle import ServingBundle
 
         self.bundle = ServingBundle.load(context.artifacts[BUNDLE_ARTIFACT])
 

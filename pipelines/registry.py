@@ -1,56 +1,34 @@
 """MLflow model registry: register the ranker with its serving bundle, promote behind a gate, roll back.
 
-The registered model `newsrec-ranker` is a pyfunc (pipelines.ranker_pyfunc) whose artifacts carry
-the SERVING BUNDLE: the booster and feature list, plus the candidate index (with the learned two-tower
-model the ranker's learned features came from, under index/learned/) and feature tables fitted at the end
-of the data, so `models:/newsrec-ranker@champion` is all the API needs.
-
-Aliases: a new version gets `challenger`. `promote` moves `champion` to it only if its test metric
-beats the champion's on the same test window by `promote.min_gain` and cold users do not lose more
-than `promote.cold_tolerance`. Every champion change is appended to the registered model's
-`champion_history` tag, which is what `rollback` walks back.
+The registered model `newsrec-ranker` is a pyfunc (pipelines.ranker_pyfunc) whose artifact is the serving bundle
+(pipelines.bundle). Aliases: a new version gets `challenger`. `promote` moves `champion` to it only if its test
+metric beats the champion's on the same test window by `promote.min_gain` and cold users do not lose more than
+`promote.cold_tolerance`. Every champion change is appended to the registered model's `champion_history` tag,
+which is what `rollback` walks back.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import logging
 import math
 import os
 import re
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from pipelines import columns as C
 from pipelines import lake
-from pipelines.errors import InputError, MissingInputError
-from pipelines.features import (
-    CONTEXT_FEATURES,
-    FeatureTables,
-    normalise_embeddings,
-)
-from pipelines.fileio import verify_manifest, write_manifest
-from pipelines.serving_index import (
-    HISTORY_COLUMNS,
-    ServingIndex,
-    check_compatible,
-    load_history,
-    save_history,
-)
-from pipelines.train import Ranker, score_candidates
+from pipelines.bundle import CHALLENGER, CHAMPION, build_bundle, learned_dir, signature
+from pipelines.config import parse_step, step_parser
+from pipelines.errors import InputError
+from pipelines.tracking import use_tracking
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-log = logging.getLogger("newsrec.registry")  # shown in the API's log (serving.app.configure_logging)
 HISTORY_TAG = "champion_history"
 WINDOW_TAG = "test_window"
 EXPERIMENTS_SUFFIX = "-experiments"  # where `dvc exp run` registers: apart from the live model's aliases
@@ -58,186 +36,8 @@ REFUSED_TAG = "gate_refused"  # on a version the promotion gate refused: why
 # Version tags holding the test metrics a promotion compares: test.<segment>.<metric>.
 SEGMENTS = ("all", "warm", "cold")
 
-_BUNDLE_FILES = {"ranker": "ranker", "features": "features", "index": "index"}
-_EMBEDDINGS = "embeddings.npy"
-_ARTICLES = "articles.parquet"
-_META = "bundle.json"
-_HISTORY = "history.npy"  # memory-mapped, as in the hourly serving index
-_LEGACY_HISTORY = "history.parquet"  # bundles registered before the history was an .npy
-# Raised whenever what the bundle holds, or what the code expects of it, changes: a model registered by
-# other code is refused with a clear message instead of failing on a missing key mid-request.
-BUNDLE_FORMAT = 3  # 3: feature tables hold the last clicks before the newest and the derived article shares
 
-
-# --------------------------------------------------------------------------------------------- bundle
-
-
-@dataclass
-class ServingBundle:
-    """Everything online scoring needs, fitted at one cutoff (the end of the data)."""
-
-    ranker: Ranker
-    tables: FeatureTables
-    index: Any  # pipelines.candidates.CandidateIndex
-    articles: pd.DataFrame
-    meta: dict
-    history: pd.DataFrame | None = None  # HISTORY_COLUMNS sorted by user, time (absent in older bundles)
-    # The learned model (pipelines.learned) the ranker was trained with, kept apart from the index it came in:
-    # every hourly index the ranker serves over gets its article vectors from this model (`with_index`).
-    learned: Any = None
-
-    @property
-    def cutoff_ms(self) -> int:
-        return self.tables.cutoff_ms if self.tables is not None else int(self.meta["cutoff_ms"])
-
-    def ranker_only(self) -> ServingBundle:
-        """This bundle without its fitted state (tables, index, catalogue, history): what `with_index` needs.
-        A served model keeps this as its base once it serves over an hourly index, instead of holding a second
-        copy of the state (Globo: ~0.4 GB per worker)."""
-        return dataclasses.replace(self, tables=None, index=None, articles=None, history=None,
-                                   meta={**self.meta, "cutoff_ms": self.cutoff_ms})
-
-    @classmethod
-    def load(cls, bundle_dir: str | Path) -> ServingBundle:
-        from pipelines.candidates import CandidateIndex
-
-        src = Path(bundle_dir)
-        if not (src / _META).exists():
-            raise MissingInputError(f"no serving bundle in {src} ({_META} missing)")
-        if not verify_manifest(src):
-            log.warning("serving bundle in %s has no manifest (registered before manifests): files not verified", src)
-        meta = json.loads((src / _META).read_text())
-        if meta.get("format") != BUNDLE_FORMAT:
-            written = meta.get("format") or "none recorded (older code)"
-            raise InputError(f"serving bundle in {src} has format {written}; this code reads format "
-                             f"{BUNDLE_FORMAT}: register the model again with this code (`newsrec register`)")
-        embeddings = np.load(src / _EMBEDDINGS, mmap_mode="r")
-        index = CandidateIndex.load(src / _BUNDLE_FILES["index"])
-        return cls(
-            ranker=Ranker.load(src / _BUNDLE_FILES["ranker"]),
-            tables=FeatureTables.load(src / _BUNDLE_FILES["features"], embeddings),
-            index=index,
-            learned=index.learned,
-            articles=pd.read_parquet(src / _ARTICLES),
-            meta=meta,
-            history=load_history(src / _HISTORY) if (src / _HISTORY).exists() else
-            pd.read_parquet(src / _LEGACY_HISTORY) if (src / _LEGACY_HISTORY).exists() else None,
-        )
-
-    def with_index(self, serving: ServingIndex) -> ServingBundle:
-        """This bundle's ranker over an hourly serving index (pipelines.serving_index) instead of the state the
-        bundle was fitted with; ValueError when the pair is incompatible (format, features)."""
-        check_compatible(self.ranker.features, serving.meta)
-        meta = {**self.meta, "cutoff_ms": serving.cutoff_ms, "index_hour": serving.cutoff_hour,
-                "feature_params": serving.meta.get("feature_params", self.meta.get("feature_params"))}
-        return ServingBundle(ranker=self.ranker, tables=serving.tables, index=serving.index.with_learned(self.learned),
-                             articles=serving.articles, meta=meta, history=serving.history, learned=self.learned)
-
-    def score(self, candidates: pd.DataFrame) -> np.ndarray:
-        """Scores for a candidate frame; context columns (CONTEXT_FEATURES), when present, are the request's."""
-        present = [c for c in CONTEXT_FEATURES if c in candidates.columns]
-        context = None
-        if present:
-            if len(present) != len(CONTEXT_FEATURES):
-                missing = sorted(set(CONTEXT_FEATURES) - set(present))
-                raise InputError(f"candidate frame has some context columns but lacks {missing}")
-            context = candidates[[C.USER_ID, *CONTEXT_FEATURES]].drop_duplicates(C.USER_ID).set_index(C.USER_ID)
-        return score_candidates(self.ranker, candidates, self.tables, context)
-
-
-def build_bundle(
-    ranker_dir: str | Path,
-    features_dir: str | Path,
-    index_dir: str | Path,
-    data_root: str | Path,
-    out_dir: str | Path,
-    validated_dir: str | Path | None = None,
-    feature_params: dict | None = None,
-) -> Path:
-    """Assemble the serving bundle folder from the serve snapshot's tables and index and the trained ranker.
-
-    With `validated_dir`, the clicks before the cutoff go in too (HISTORY_COLUMNS), and `feature_params`
-    (params.yaml `features`) are kept in the meta: the API refits one user's features from them after a
-    click it receives.
-    """
-    out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    from pipelines.catalogue import read_catalogue
-
-    ranker = Ranker.load(ranker_dir)
-    articles, raw_embeddings = read_catalogue(data_root)  # the serve snapshot is at the end of the data
-    embeddings = normalise_embeddings(raw_embeddings)
-    tables = FeatureTables.load(features_dir, embeddings)
-    if not Path(index_dir).is_dir():
-        raise MissingInputError(f"candidate index not found: {index_dir} (run `newsrec candidates`)")
-    ranker.save(out / _BUNDLE_FILES["ranker"])
-    tables.save(out / _BUNDLE_FILES["features"])
-    shutil.copytree(index_dir, out / _BUNDLE_FILES["index"])
-    np.save(out / _EMBEDDINGS, embeddings)
-    articles.to_parquet(out / _ARTICLES, index=False)
-    if validated_dir is not None:
-        from pipelines.split import load_clicks
-
-        history = load_clicks(validated_dir, None, tables.cutoff_ms, columns=HISTORY_COLUMNS)
-        history = history[HISTORY_COLUMNS].sort_values([C.USER_ID, C.CLICK_TIMESTAMP], kind="mergesort")
-        save_history(history, out / _HISTORY)
-    meta = {"format": BUNDLE_FORMAT, "cutoff_ms": tables.cutoff_ms, "features": ranker.features, "ranker": ranker.meta,
-            "feature_params": dict(feature_params or {})}
-    (out / _META).write_text(json.dumps(meta, indent=2) + "\n")
-    write_manifest(out)  # last: what ServingBundle.load checks before it parses anything
-    return out
-
-
-def signature():
-    """Input: a candidate frame (ids, source scores/ranks, optional request context); output: one score."""
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema
-
-    inputs = [ColSpec("long", C.USER_ID), ColSpec("long", C.ARTICLE_ID)]
-    from pipelines.sources.base import names, row_columns
-
-    # Scores are NaN where a source did not propose the article, ranks are 0 there (pipelines.candidates).
-    for source in names():
-        inputs += [ColSpec("double", C.score_col(source), required=False),
-                   ColSpec("long", C.rank_col(source), required=False)]
-    inputs += [ColSpec("double", C.score_col(C.FUSED), required=False)]
-    inputs += [ColSpec("double", col, required=False) for col in row_columns()]
-    inputs += [ColSpec("long", col, required=False) for col in CONTEXT_FEATURES]
-    return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("double")]))
-
-
-# --------------------------------------------------------------------------------------------- MLflow
-
-
-def use_tracking(mlflow_params: dict) -> str:
-    """Point mlflow at the configured store and experiment; its id.
-
-    A new experiment's artifacts go to `artifact_root`: a local folder, an object-store URI the client
-    writes to itself (`s3://bucket/prefix`, endpoint from MLFLOW_S3_ENDPOINT_URL), or null to let a tracking
-    server decide (its proxied `--artifacts-destination`, so clients need no bucket credentials).
-    """
-    import mlflow
-
-    mlflow.set_tracking_uri(mlflow_params["tracking_uri"])
-    # The registry follows the tracking store, even when something earlier in the process pointed it elsewhere.
-    mlflow.set_registry_uri(mlflow_params["tracking_uri"])
-    name = mlflow_params["experiment"]
-    exp = mlflow.get_experiment_by_name(name)
-    artifact_root = mlflow_params.get("artifact_root")
-    if exp is None and not artifact_root:
-        exp_id = mlflow.create_experiment(name)
-    elif exp is None and "://" in str(artifact_root):
-        exp_id = mlflow.create_experiment(name, artifact_location=str(artifact_root))
-    elif exp is None:
-        root = Path(artifact_root).resolve()
-        root.mkdir(parents=True, exist_ok=True)
-        exp_id = mlflow.create_experiment(name, artifact_location=root.as_uri())
-    else:
-        exp_id = exp.experiment_id
-    mlflow.set_experiment(experiment_id=exp_id)
-    return exp_id
+# --------------------------------------------------------------------------------------------- register
 
 
 def metric_tag(segment: str, metric: str) -> str:
@@ -275,7 +75,7 @@ def register(
     with mlflow.start_run(run_id=run_id):
         for path in run_artifacts or []:
             mlflow.log_artifact(str(path), artifact_path="evaluation")
-        _log_learned(Path(bundle_dir) / _BUNDLE_FILES["index"] / "learned")
+        _log_learned(learned_dir(bundle_dir))
         mlflow.log_metrics(
             {metric_tag(seg, m).removeprefix("test.").replace(".", "_"): float(v)
              for seg, values in test_metrics.items() for m, v in values.items()}
@@ -481,6 +281,12 @@ def _digest(clicks: pd.DataFrame) -> int:
     return int(pd.util.hash_pandas_object(frame, index=False).sum()) & _DIGEST_MASK
 
 
+def window_hours(window: str) -> tuple[int, int] | None:
+    """(first, last) hour of a test-window id `window_id` wrote; None when it is not one."""
+    match = _WINDOW.match(window or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 def window_without(window: str, clicks: pd.DataFrame, epoch_ms: int) -> str:
     """The test-window id `window` as `window_id` computes it once `clicks` (an erased user's) are gone."""
     match = _WINDOW.match(window or "")
@@ -527,15 +333,15 @@ def reranker_metrics(eval_results: dict) -> dict[str, dict[str, float]]:
     return {seg: {m: float(v) for m, v in methods[RERANKER][seg].items()} for seg in SEGMENTS}
 
 
-def run_register(args: argparse.Namespace) -> dict:
-    """The DVC stage: bundle at the serve snapshot, register with the test metrics, optionally promote."""
+def run_register(args: argparse.Namespace, config: dict) -> dict:
+    """The DVC stage: bundle at the serve snapshot, register with the test metrics, optionally promote.
+    `config`: the params file as pipelines.config.load_config read it."""
     from mlflow import MlflowClient
 
-    from pipelines.config import load_params
     from pipelines.split import get_snapshot, read_snapshots
 
-    params = load_params("register", args.params)
-    mlflow_params = load_params("mlflow", args.params)
+    params = config["register"]
+    mlflow_params = config["mlflow"]
     root = Path(args.data_root)
     validated = lake.validated_dir(root)
     serve = read_snapshots(args.split, roles=["serve"])
@@ -553,7 +359,7 @@ def run_register(args: argparse.Namespace) -> dict:
         root,
         args.bundle_out,
         validated_dir=validated,
-        feature_params=load_params("features", args.params),
+        feature_params=config["features"],
     )
     from pipelines.train import run_id_file
 
@@ -573,7 +379,7 @@ def run_register(args: argparse.Namespace) -> dict:
         MlflowClient().set_model_version_tag(name, version, "dvc_experiment", experiment)
         out["experiment"] = experiment
     elif params["auto_promote"]:
-        gate = load_params("promote", args.params)
+        gate = config["promote"]
         decision = promote(MlflowClient(), params["model_name"], gate["metric"], float(gate["min_gain"]),
                            float(gate["cold_tolerance"]))
         out["promotion"] = {"promoted": decision.promoted, "reason": decision.reason}
@@ -606,9 +412,8 @@ def describe(name: str, version: str, window: str, eval_results: dict, ranker_di
 
 def main(argv: list[str] | None = None) -> int:
     """`newsrec register`."""
-    parser = argparse.ArgumentParser(prog="newsrec register",
-                                     description="register the trained ranker and its serving bundle in MLflow")
-    parser.add_argument("--data-root", type=Path, required=True, help="data root with raw/ and validated/")
+    parser = step_parser("register", "register the trained ranker and its serving bundle in MLflow",
+                         data_root="data root with raw/ and validated/")
     parser.add_argument("--split", type=Path, required=True, help="snapshot file written by `newsrec split`")
     parser.add_argument("--ranker", type=Path, required=True, help="trained ranker folder (`newsrec train`)")
     parser.add_argument("--features", type=Path, required=True, help="folder of <snapshot>/ feature tables")
@@ -617,11 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-table", type=Path, required=True, help="eval_table.md of `newsrec evaluate`")
     parser.add_argument("--bundle-out", type=Path, required=True, help="serving bundle folder to write")
     parser.add_argument("--out", type=Path, required=True, help="registration summary to write (JSON)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    args = parser.parse_args(argv)
+    args, config = parse_step(parser, argv)
     # Logging a model copies the bundle through MLflow's artifact repository: no per-file progress bars in logs.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    out = run_register(args)
+    out = run_register(args, config)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(f"registered {out['model_name']} version {out['version']} (test window {out['test_window']})")
@@ -632,9 +436,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _gate_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = step_parser(prog, description)
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: params mlflow.tracking_uri)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     return parser
 
 
@@ -642,19 +445,17 @@ def promote_main(argv: list[str] | None = None) -> int:
     """`newsrec promote`: exit 0 when promoted, 3 when the gate refused (and why), 1 on error."""
     from mlflow import MlflowClient
 
-    from pipelines.config import load_params
-
-    parser = _gate_parser("newsrec promote", "move alias champion to the challenger if it passes the gate")
+    parser = _gate_parser("promote", "move alias champion to the challenger if it passes the gate")
     parser.add_argument("--min-gain", type=float, help="override promote.min_gain")
-    args = parser.parse_args(argv)
-    gate = load_params("promote", args.params)
-    mlflow_params = load_params("mlflow", args.params)
+    args, config = parse_step(parser, argv)
+    gate, mlflow_params = config["promote"], config["mlflow"]
     if args.tracking_uri:
         mlflow_params["tracking_uri"] = args.tracking_uri
     use_tracking(mlflow_params)
     min_gain = float(gate["min_gain"] if args.min_gain is None else args.min_gain)
     try:
-        decision = promote(MlflowClient(), gate["model_name"], gate["metric"], min_gain, float(gate["cold_tolerance"]))
+        decision = promote(MlflowClient(), config["register"]["model_name"], gate["metric"], min_gain,
+                           float(gate["cold_tolerance"]))
     except LookupError as exc:
         print(f"newsrec promote: {exc}", file=sys.stderr)
         return 1
@@ -666,15 +467,13 @@ def rollback_main(argv: list[str] | None = None) -> int:
     """`newsrec rollback`."""
     from mlflow import MlflowClient
 
-    from pipelines.config import load_params
-
-    args = _gate_parser("newsrec rollback", "point alias champion back at the previous champion").parse_args(argv)
-    mlflow_params = load_params("mlflow", args.params)
+    args, config = parse_step(_gate_parser("rollback", "point alias champion back at the previous champion"), argv)
+    mlflow_params = config["mlflow"]
     if args.tracking_uri:
         mlflow_params["tracking_uri"] = args.tracking_uri
     use_tracking(mlflow_params)
     try:
-        decision = rollback(MlflowClient(), load_params("promote", args.params)["model_name"])
+        decision = rollback(MlflowClient(), config["register"]["model_name"])
     except LookupError as exc:
         print(f"newsrec rollback: {exc}", file=sys.stderr)
         return 1

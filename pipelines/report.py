@@ -11,7 +11,8 @@ def registry_lines(model_name: str, mlflow_params: dict) -> list[str]:
     """One line per alias of the registered model, with the version's test NDCG when it was tagged."""
     from mlflow import MlflowClient
 
-    from pipelines.registry import aliases, metric_tag, use_tracking
+    from pipelines.registry import aliases, metric_tag
+    from pipelines.tracking import use_tracking
 
     use_tracking(mlflow_params)
     client = MlflowClient()

@@ -513,7 +513,7 @@ def log_run(ranker: Ranker, out_dir: Path, params: dict, mlflow_params: dict, ru
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from pipelines.registry import use_tracking
+    from pipelines.tracking import use_tracking
 
     use_tracking(mlflow_params)
     flat = {k: v for k, v in params.items() if k != "lgb"} | {f"lgb.{k}": v for k, v in params["lgb"].items()}

@@ -64,7 +64,7 @@ class Result:
 class Prepared:
     """A serving bundle plus the lookup structures that keep per-request work small."""
 
-    bundle: Any  # pipelines.registry.ServingBundle
+    bundle: Any  # pipelines.bundle.ServingBundle
     cutoff_ms: int
     half_life_h: float
     # Catalogue, indexed by article id (exists=False for ids with no metadata row).
@@ -82,7 +82,7 @@ class Prepared:
 
 
 def prepare(bundle: Any, compile_ranker: bool = True) -> Prepared:
-    """Precompute what requests need from `bundle` (a pipelines.registry.ServingBundle).
+    """Precompute what requests need from `bundle` (a pipelines.bundle.ServingBundle).
 
     `compile_ranker` compiles the ranker's trees (`Ranker.compile`, a few seconds); if that fails the
     bundle still serves, scored by LightGBM, and `bundle.ranker.predictor` says which one scores.

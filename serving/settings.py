@@ -75,7 +75,7 @@ class Settings:
     def from_params(cls, path: str | Path = DEFAULT_PARAMS, **overrides: Any) -> Settings:
         """Settings from params.yaml (`serve` + `mlflow.tracking_uri` + `rank` + the log and data paths, absolute
         against the file's folder), with keyword overrides on top."""
-        from pipelines.registry import CHALLENGER, CHAMPION
+        from pipelines.bundle import CHALLENGER, CHAMPION
 
         config = load_config(path)
         serve = config["serve"]

@@ -22,10 +22,10 @@ TRAIN_FAST = {"num_boost_round": 60, "early_stopping_rounds": 20}
 def build_bundle_dir(root: Path, work: Path, seed: int = 42) -> Path:
     """Run aggregates -> split -> features -> learned -> candidates -> train on `root` and assemble the bundle."""
     from pipelines.aggregates import aggregate_all
+    from pipelines.bundle import build_bundle
     from pipelines.candidates import build_candidates
     from pipelines.features import fit_tables, normalise_embeddings, read_articles, read_embeddings
     from pipelines.learned import fit_daily
-    from pipelines.registry import build_bundle
     from pipelines.split import snapshot_clicks, split
     from pipelines.train import train
 
@@ -73,7 +73,7 @@ class EarlierChampion:
     def __init__(self, bundle_dir: Path, hour: int, compile_ranker: bool = False) -> None:
         import dataclasses
 
-        from pipelines.registry import ServingBundle
+        from pipelines.bundle import ServingBundle
 
         epoch_ms = int(load_params("data", ROOT / "params.yaml")["epoch_ms"])
         bundle = ServingBundle.load(bundle_dir)
@@ -101,7 +101,8 @@ def register_versions(bundle_dir: Path, tracking_uri: str, artifact_root: Path, 
     """Register `bundle_dir` once per alias (versions 1, 2, ...) in the MLflow registry at `tracking_uri`."""
     import mlflow
 
-    from pipelines.registry import register, use_tracking
+    from pipelines.registry import register
+    from pipelines.tracking import use_tracking
 
     use_tracking({"tracking_uri": tracking_uri, "artifact_root": str(artifact_root), "experiment": "serving-tests"})
     metrics = {"all": {"ndcg@10": 0.3}, "warm": {"ndcg@10": 0.35}, "cold": {"ndcg@10": 0.2}}

@@ -113,8 +113,11 @@ def test_task_graphs(dagbag):
     assert edges("train_ranker") == {
         ("split", "learned"), ("learned", "candidates"), ("split", "features"), ("candidates", "train"),
         ("features", "train"),
-        ("train", "evaluate"), ("evaluate", "register"), ("register", "promote"), ("promote", "publish"),
+        ("train", "evaluate"), ("evaluate", "register"), ("register", "lineage"), ("lineage", "promote"),
+        ("promote", "publish"),
     }
+    # what the lineage task commits to dvc.lock is exactly the stages the DAG runs
+    assert set(flows.TRAIN_STAGES) == set(dagbag.dags["train_ranker"].task_ids) - {"lineage", "promote", "publish"}
     assert edges("drift_monitor") == {("windows", "report"), ("report", "alert_drift")}
 
 
@@ -333,7 +336,7 @@ def test_train_ranker_trains_registers_and_gates(trained):
     p = flows.project(trained["params"])
     from mlflow import MlflowClient
 
-    from pipelines.registry import use_tracking
+    from pipelines.tracking import use_tracking
 
     use_tracking(p["mlflow"])
     champion = MlflowClient().get_model_version_by_alias(p["register"]["model_name"], "champion")
@@ -347,6 +350,8 @@ def test_train_ranker_trains_registers_and_gates(trained):
         assert section in champion.description
     assert len(champion.tags[card.TAG_COMMIT]) in (40, len("unknown")) and champion.tags[card.TAG_PARAMS]
     assert champion.tags[card.TAG_HOURS] == "0-23 (24 hours)"
+    # this folder is no DVC repository: the lineage task says so instead of committing anything
+    assert champion.tags[card.TAG_PUSHED].startswith("not recorded: ")
     client = MlflowClient()
     run = client.get_run(champion.run_id)
     assert run.info.run_name.startswith("ranker to hour 24") and run.data.tags[card.TAG_COMMIT]
@@ -355,6 +360,55 @@ def test_train_ranker_trains_registers_and_gates(trained):
     assert len(curve) >= int(run.data.metrics["best_iteration"]) and curve[0].step == 1
     assert {"model_card.md", "importance_gain.png"} <= {a.path for a in client.list_artifacts(champion.run_id)}
     assert "evaluation/eval_report.html" in {a.path for a in client.list_artifacts(champion.run_id, "evaluation")}
+
+
+@pytest.mark.timeout(1800)
+def test_train_ranker_in_a_dvc_checkout_leaves_dvc_lock_current_and_the_data_hashes_on_the_version(
+        dagbag, tmp_path, monkeypatch):
+    """The hourly side as DVC knows it (`dvc repro aggregates`), then one train_ranker run in the same git + DVC
+    checkout: nothing is stale for `dvc status` afterwards, the data is in the checkout's DVC remote, and the
+    registered version carries the md5 of each data input of train and evaluate, as dvc.lock records them."""
+    from mlflow import MlflowClient
+    from test_e2e_dvc import tiny_checkout
+
+    from pipelines import model_card as card
+    from pipelines.tracking import use_tracking
+
+    repo, bin_dir, env = tiny_checkout(tmp_path)
+
+    def dvc(*args: str) -> str:
+        done = subprocess.run([str(bin_dir / "dvc"), *args], cwd=repo, env=env, capture_output=True, text=True,
+                              check=False)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    dvc("repro", "aggregates")
+    monkeypatch.setenv(flows.PARAMS_ENV, str(repo / "params.yaml"))
+    # The DAG runs in this process, which reads the tracking URI from params (relative: the checkout's mlflow.db).
+    for key in [k for k in os.environ if k.startswith("NEWSREC__")]:
+        monkeypatch.delenv(key)
+
+    run = dagbag.dags["train_ranker"].test()
+
+    assert str(run.state) == "success", states(run)
+    assert json.loads(dvc("status", "--json") or "{}") == {}  # the DAG's stages are in dvc.lock, nothing stale
+    assert json.loads(dvc("status", "--cloud", "--json") or "{}") == {}  # and their data is in the remote
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    registered = json.loads((repo / "models" / "registered.json").read_text())
+    p = flows.project(repo / "params.yaml")
+    use_tracking(p["mlflow"])
+    client = MlflowClient()
+    version = client.get_model_version(registered["model_name"], registered["version"])
+    recorded = {k: v for k, v in version.tags.items() if k.startswith(card.TAG_DATA_MD5)}
+    lock_deps = {d["path"]: d["md5"] for stage in flows.READ_BY_MODEL for d in lock["stages"][stage]["deps"]}
+    assert recorded == {card.TAG_DATA_MD5 + path: md5 for path, md5 in lock_deps.items()
+                        if not path.endswith(".py")}
+    for path in ("data/validated", "data/aggregates", "data/features", "data/candidates", "models/ranker"):
+        assert recorded[card.TAG_DATA_MD5 + path] == lock_deps[path], path
+    assert version.tags[card.TAG_PUSHED].startswith("remote local: ")
+    assert version.tags[card.TAG_DVC] == card.sha256(repo / "dvc.lock")
+    artifacts = {a.path for a in client.list_artifacts(version.run_id, flows.LINEAGE_ARTIFACT)}
+    assert artifacts == {f"{flows.LINEAGE_ARTIFACT}/dvc.lock"}
 
 
 def test_a_kept_champion_shows_as_a_skipped_promote_and_drift_still_follows(trained, dagbag, monkeypatch):

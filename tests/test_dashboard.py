@@ -75,7 +75,7 @@ def test_typed_unknown_user_gets_cold_start_and_bad_id_an_error(dashboard_env):
 @pytest.mark.integration
 def test_similar_articles_opens_on_a_recommendable_article(dashboard_env, serving_bundle):
     from dashboard.data import Api, opening_article
-    from pipelines.registry import ServingBundle
+    from pipelines.bundle import ServingBundle
 
     pool = set(ServingBundle.load(serving_bundle).index.pool["article_id"])
     at = AppTest.from_file(APP, default_timeout=60).run()
@@ -117,7 +117,7 @@ def test_streamlit_sends_no_usage_statistics_and_shows_no_deploy_button():
 
 @pytest.mark.integration
 def test_similar_articles_page(dashboard_env, serving_bundle):
-    from pipelines.registry import ServingBundle
+    from pipelines.bundle import ServingBundle
 
     article = int(ServingBundle.load(serving_bundle).index.pool["article_id"].iloc[0])
     at = AppTest.from_file(APP, default_timeout=60).run()

@@ -70,8 +70,8 @@ def test_bad_rank_params_are_clear_errors(bad, match):
 
 @pytest.mark.integration
 def test_the_served_list_goes_through_the_same_rerank(serving_bundle):
+    from pipelines.bundle import ServingBundle
     from pipelines.diversity import index_vectors
-    from pipelines.registry import ServingBundle
     from serving import recommend as rec
 
     p = rec.prepare(ServingBundle.load(serving_bundle), compile_ranker=False)

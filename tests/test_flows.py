@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipelines import flows
 from pipelines.config import load_params
@@ -173,3 +174,31 @@ def test_an_hours_outcome_carries_its_article_drop_and_alerts_name_it(tmp_path):
     assert [d["kind"] for d in flows.quarantined_drops(both)] == ["articles", "clicks"]
     subject = flows.quarantine_alert(tmp_path, both, EPOCH_MS)[0]
     assert subject == "quarantined hourly drop 005 and its article drop"
+
+
+@pytest.mark.unit
+def test_the_data_hashes_of_a_version_are_the_non_code_deps_dvc_lock_records():
+    from pipelines import model_card as card
+
+    def dep(path: str, md5: str) -> dict:
+        return {"path": path, "hash": "md5", "md5": md5}
+
+    lock = {"schema": "2.0", "stages": {
+        "train": {"deps": [dep("data/validated", "a1.dir"), dep("pipelines/train.py", "c1"),
+                           dep("data/raw/articles_embeddings.pickle", "e1")]},
+        "evaluate": {"deps": [dep("data/validated", "a1.dir"), dep("models/ranker", "r1.dir")]},
+    }}
+    assert card.data_hashes(lock, flows.READ_BY_MODEL) == {
+        "newsrec.dvc_md5.data/validated": "a1.dir", "newsrec.dvc_md5.data/raw/articles_embeddings.pickle": "e1",
+        "newsrec.dvc_md5.models/ranker": "r1.dir"}
+    lock["stages"]["evaluate"]["deps"][0]["md5"] = "other.dir"  # a lock not written in one go
+    with pytest.raises(ValueError, match="data/validated with two hashes"):
+        card.data_hashes(lock, flows.READ_BY_MODEL)
+    with pytest.raises(ValueError, match="no stage 'register'"):
+        card.data_hashes(lock, ["register"])
+
+
+@pytest.mark.unit
+def test_the_dag_commits_exactly_the_stages_dvc_yaml_has_for_it():
+    stages = yaml.safe_load((flows.PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(flows.TRAIN_STAGES) <= set(stages) and set(flows.READ_BY_MODEL) <= set(flows.TRAIN_STAGES)

@@ -82,7 +82,8 @@ def test_register_promote_and_serve_through_a_postgres_s3_server(mlflow_server, 
     from mlflow import MlflowClient
 
     from pipelines import storage
-    from pipelines.registry import aliases, promote, register, use_tracking
+    from pipelines.registry import aliases, promote, register
+    from pipelines.tracking import use_tracking
     from serving.registry_source import MlflowBundleSource
 
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -127,7 +128,8 @@ def test_client_writes_artifacts_to_s3_itself(postgres_db, s3_env, serving_bundl
     import mlflow
 
     from pipelines import storage
-    from pipelines.registry import register, use_tracking
+    from pipelines.registry import register
+    from pipelines.tracking import use_tracking
 
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     bucket = f"direct-{uuid.uuid4().hex[:12]}"

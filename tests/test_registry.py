@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines import bundle as B
 from pipelines import columns as C
 from pipelines import registry as R
+from pipelines.tracking import use_tracking
 
 pytestmark = pytest.mark.model
 
@@ -40,7 +42,7 @@ def registry(serving_bundle, tmp_path_factory):
     where = tmp_path_factory.mktemp("registry")
     params = {"tracking_uri": f"sqlite:///{where / 'mlflow.db'}", "artifact_root": str(where / "mlartifacts"),
               "experiment": "registry-tests"}
-    R.use_tracking(params)
+    use_tracking(params)
     for version, (metrics, window) in VERSIONS.items():
         assert R.register(serving_bundle, metrics, window, NAME, R.CHALLENGER) == version
     return params, MlflowClient(params["tracking_uri"])
@@ -71,7 +73,7 @@ def _champion(client) -> str:
 @pytest.fixture(scope="module")
 def candidate_frame(serving_bundle) -> pd.DataFrame:
     """Candidates for a few known users and one unknown (cold) user, from the bundle's own index."""
-    bundle = R.ServingBundle.load(serving_bundle)
+    bundle = B.ServingBundle.load(serving_bundle)
     history = bundle.history
     users = history[C.USER_ID].drop_duplicates().to_numpy()[:5]
     clicks = history[history[C.USER_ID].isin(users)][[C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP]]
@@ -91,7 +93,7 @@ def test_registered_model_loads_by_alias_and_scores_a_candidate_frame_consistent
     assert scores.shape == (len(candidate_frame),) and np.isfinite(scores).all()
     np.testing.assert_allclose(scores, np.asarray(model.predict(candidate_frame)))
     # The same bundle scored directly: the pyfunc adds nothing and drops nothing.
-    np.testing.assert_allclose(scores, R.ServingBundle.load(serving_bundle).score(candidate_frame))
+    np.testing.assert_allclose(scores, B.ServingBundle.load(serving_bundle).score(candidate_frame))
     # Scores depend on the row, not on where the row sits in the frame.
     shuffled = candidate_frame.sample(frac=1.0, random_state=0)
     np.testing.assert_allclose(np.asarray(model.predict(shuffled)), scores[shuffled.index.to_numpy()])
@@ -310,14 +312,14 @@ def test_a_bundle_from_other_code_is_refused_with_a_clear_message(serving_bundle
 
     from pipelines.fileio import write_manifest
 
-    assert R.ServingBundle.load(serving_bundle).meta["format"] == R.BUNDLE_FORMAT
+    assert B.ServingBundle.load(serving_bundle).meta["format"] == B.BUNDLE_FORMAT
     old = shutil.copytree(serving_bundle, tmp_path / "old")
-    meta = json.loads((old / R._META).read_text())
+    meta = json.loads((old / B._META).read_text())
     del meta["format"]
-    (old / R._META).write_text(json.dumps(meta))
+    (old / B._META).write_text(json.dumps(meta))
     write_manifest(old)  # whole as that code wrote it
     with pytest.raises(ValueError, match="format none recorded.*newsrec register"):
-        R.ServingBundle.load(old)
+        B.ServingBundle.load(old)
 
 
 @pytest.mark.integration
@@ -336,7 +338,7 @@ def test_a_damaged_bundle_is_refused_before_anything_parses_it_and_the_service_k
     model = bad / "ranker" / "ranker.txt"
     model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
     with pytest.raises(ValueError, match=r"ranker/ranker.txt has \d+ bytes"):
-        R.ServingBundle.load(bad)
+        B.ServingBundle.load(bad)
 
     class Folders:  # v1 = the good bundle, v2 = the damaged one, behind `champion` in turn
         def __init__(self):
@@ -347,7 +349,7 @@ def test_a_damaged_bundle_is_refused_before_anything_parses_it_and_the_service_k
                 if alias == "champion" else None
 
         def load(self, ref):
-            bundle = R.ServingBundle.load(ref.source)
+            bundle = B.ServingBundle.load(ref.source)
             return ServedModel(ref=ref, bundle=prepare(bundle, False), loaded_at=time.time(), base=bundle)
 
     source = Folders()
@@ -419,3 +421,9 @@ def test_a_window_id_loses_exactly_the_erased_clicks():
     assert R.window_without(window(frame), frame[mine], epoch) == window(frame[~mine])
     assert R.window_without(window(frame), frame[mine].iloc[0:0], epoch) == window(frame)
     assert R.window_without("another id format", frame[mine], epoch) == "another id format"
+
+
+@pytest.mark.unit
+def test_a_window_ids_hours_are_read_back_by_the_module_that_writes_it():
+    assert R.window_hours("hours 21-23, 1200 clicks, 00ab12cd34ef, as served") == (21, 23)
+    assert R.window_hours("another id format") is None

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from serving_support import ServerThread
 
 from pipelines import ab_report
-from pipelines.registry import ServingBundle
+from pipelines.bundle import ServingBundle
 from pipelines.train import Ranker
 from serving import recommend as rec
 from serving.app import create_app

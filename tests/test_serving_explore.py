@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from pipelines import columns as C
 from pipelines.ab_report import ab_report
-from pipelines.registry import ServingBundle
+from pipelines.bundle import ServingBundle
 from serving import recommend as rec
 from serving.app import create_app
 from serving.eventlog import read_log

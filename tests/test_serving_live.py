@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pipelines import columns as C
+from pipelines.bundle import ServingBundle
 from pipelines.candidates import TREND
-from pipelines.registry import ServingBundle
 from serving import recommend as rec
 from serving.app import create_app
 from serving.live import MINUTE_MS, InProcessLiveCounts, RedisLiveCounts, with_live

@@ -50,7 +50,7 @@ from pipelines.candidates import OUTPUT_COLUMNS, CandidateIndex
 from pipelines.errors import InputError
 from pipelines.evaluate import BASELINES, method_scores
 from pipelines.features import FEATURES
-from pipelines.registry import signature
+from pipelines.bundle import signature
 from serving.app import RecommendedArticle
 from dashboard.data import SOURCE_NAMES
 from pathlib import Path
