@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -91,16 +91,26 @@ def _segments(targets: pd.DataFrame) -> dict[str, np.ndarray]:
     }
 
 
+def baseline_methods(candidates: pd.DataFrame) -> list[str]:
+    """The baselines the candidate rows hold: every source's, less an optional source that proposed nothing."""
+    return [m for m, src in BASELINES.items()
+            if src not in OPTIONAL_SOURCES or (candidates.get(rank_col(src), pd.Series(dtype=int)) > 0).any()]
+
+
 def method_scores(
-    candidates: pd.DataFrame, scorers: Mapping[str, Scorer], chunk_rows: int = SCORE_CHUNK_ROWS
+    candidates: pd.DataFrame, scorers: Mapping[str, Scorer], chunk_rows: int = SCORE_CHUNK_ROWS,
+    methods: Collection[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """The score column each method ranks the candidate rows by (NaN where a source did not propose).
+
+    `methods`: the baselines to score (default `baseline_methods(candidates)`); a user partition passes the
+    whole list's, so a source that proposed nothing to its users still gets a row as it does in one process.
 
     Scorers see the rows without `label`, `chunk_rows` at a time: a scorer builds a feature matrix as wide
     as the model, which for a whole Globo-scale test window would not fit in memory at once.
     """
-    scores = {m: candidates[score_col(src)].to_numpy(dtype=np.float64) for m, src in BASELINES.items()
-              if src not in OPTIONAL_SOURCES or (candidates.get(rank_col(src), pd.Series(dtype=int)) > 0).any()}
+    wanted = baseline_methods(candidates) if methods is None else methods
+    scores = {m: candidates[score_col(src)].to_numpy(dtype=np.float64) for m, src in BASELINES.items() if m in wanted}
     blind = candidates.drop(columns=[LABEL], errors="ignore")
     for name, scorer in scorers.items():
         parts = []
@@ -246,18 +256,20 @@ def rank_methods(
     scorers: Mapping[str, Scorer] | None = None,
     rank_params: Mapping | None = None,
     vectors: Callable[[np.ndarray], np.ndarray] | None = None,
+    methods: Collection[str] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Each method's top `depth` per user (user_id, article_id, rank) over the candidate rows: a source's own
     score first, then the trending order (`trend`: the pool's trend by article id) for the rest.
 
     The reranker's list then goes through the diversity re-rank the API applies (`rank_params`, params.yaml
-    `rank`; `vectors(article_ids)`: the index's normalised embeddings), so the evaluation scores what is served."""
+    `rank`; `vectors(article_ids)`: the index's normalised embeddings), so the evaluation scores what is served.
+    `methods`: the baselines to rank (`method_scores`)."""
     from pipelines import diversity
 
     frame = candidates[[USER_ID, ARTICLE_ID]].copy()
     frame[_TIE] = trend.reindex(frame[ARTICLE_ID]).fillna(0.0).to_numpy()
     out = {}
-    for method, score in method_scores(candidates, dict(scorers or {})).items():
+    for method, score in method_scores(candidates, dict(scorers or {}), methods=methods).items():
         frame["_s"] = score
         if method == RERANKER and diversity.active(rank_params):
             if vectors is None:
@@ -271,6 +283,57 @@ def rank_methods(
             continue
         out[method] = rank_by_score(frame, "_s", k=depth, tiebreak=_TIE)[[USER_ID, ARTICLE_ID, RANK]]
     return out
+
+
+def rank_on_cluster(
+    client,
+    partitions: int,
+    candidates: pd.DataFrame,
+    trend: pd.Series,
+    depth: int,
+    scorers: Mapping[str, Scorer] | None = None,
+    rank_params: Mapping | None = None,
+    vectors: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """`rank_methods` on a Dask cluster: the candidate rows split into user-hash partitions
+    (`cluster.user_partition`), one task each; what is not per user (the trend, the scorers with the ranker and
+    its feature tables, the article vectors) is sent to every worker once. Each method's lists come back in the
+    single process's order (by user, then rank); a user's lists never depend on other users', so they are the
+    same lists."""
+    from pipelines.cluster import user_partition
+
+    part = user_partition(candidates[USER_ID].to_numpy(), partitions)
+    methods = baseline_methods(candidates)
+    shared = client.scatter([trend, dict(scorers or {}), vectors], broadcast=True, hash=False)
+    futures = [client.submit(rank_methods, candidates[part == p], shared[0], depth, shared[1], rank_params,
+                             shared[2], methods, pure=False)
+               for p in range(partitions) if (part == p).any()]
+    if not futures:  # no candidate rows: the single process's empty lists
+        return rank_methods(candidates, trend, depth, scorers, rank_params, vectors, methods)
+    parts = client.gather(futures)
+    return {m: pd.concat([p[m] for p in parts], ignore_index=True).sort_values(USER_ID, kind="stable")
+            .reset_index(drop=True) for m in parts[0]}
+
+
+def candidates_on_cluster(client, partitions: int, index, history: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
+    """`index.candidates(history, users=users)` on a Dask cluster for an index held in memory (an hour of the
+    as-served replay): the index sent to every worker once, one task per user-hash partition with its users'
+    history; the parts back in the single process's order (`candidates.candidates_on_cluster` does the same
+    for a saved index)."""
+    from pipelines.cluster import user_partition
+
+    users = np.unique(np.asarray(users, dtype=np.int64))
+    part = user_partition(users, partitions)
+    history_part = user_partition(history[USER_ID].to_numpy(), partitions)
+    shared = client.scatter(index, broadcast=True, hash=False)
+    futures = [client.submit(_index_candidates, shared, history[history_part == p], users[part == p], pure=False)
+               for p in range(partitions) if (part == p).any()]
+    parts = client.gather(futures)
+    return pd.concat(parts, ignore_index=True).sort_values(USER_ID, kind="stable").reset_index(drop=True)
+
+
+def _index_candidates(index, history: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
+    return index.candidates(history, users=users)
 
 
 def reach_of(candidates: pd.DataFrame, method: str, own_lists: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -375,17 +438,23 @@ def evaluate_snapshot(
     rank_params: Mapping | None = None,
     vectors: Callable[[np.ndarray], np.ndarray] | None = None,
     diversity_of: tuple[Callable[[np.ndarray], np.ndarray], pd.Series] | None = None,
+    client=None,
+    partitions: int = 1,
 ) -> dict:
     """The frozen protocol: every method ranks one snapshot's candidates, all computed at its cutoff.
 
     `own_lists` are methods ranked outside the candidates (recent_popular, the CF peer), as user_id,
     article_id, rank; `own_reach` what such a method reaches at all when that is not its list (default).
     `rank_params` and `vectors`: the reranker's diversity re-rank (`rank_methods`); `diversity_of`: measure
-    every list's diversity (`summarise_methods`).
+    every list's diversity (`summarise_methods`). With a Dask `client`, the ranking runs in `partitions` user
+    partitions (`rank_on_cluster`); the metrics are summed up here.
     """
     own_lists = dict(own_lists or {})
     depth = max(k, curve_k or 0)
-    recs = rank_methods(candidates, trend, depth, scorers, rank_params, vectors)
+    if client is None:
+        recs = rank_methods(candidates, trend, depth, scorers, rank_params, vectors)
+    else:
+        recs = rank_on_cluster(client, partitions, candidates, trend, depth, scorers, rank_params, vectors)
     recs.update({m: r[r[RANK] <= depth] for m, r in own_lists.items()})
     reach = {m: reach_of(candidates, m, {**own_lists, **dict(own_reach or {})}) for m in recs}
     return summarise_methods(recs, reach, targets, pd.Series({0: catalogue_size}), k, curve_k,
@@ -410,6 +479,8 @@ def evaluate_as_served(
     rank_params: Mapping | None = None,
     diversity_of: tuple[Callable[[np.ndarray], np.ndarray], pd.Series] | None = None,
     learned=None,
+    client=None,
+    partitions: int = 1,
 ) -> dict:
     """The as-served protocol: the snapshot's target window replayed hour by hour.
 
@@ -426,6 +497,9 @@ def evaluate_as_served(
     clicked), MIND's own protocol runs in the same replay: every method orders each impression of hour h by
     what it knew at the start of h, and AUC / MRR / nDCG@5 / nDCG@10 are averaged over impressions
     (results["impressions"]).
+
+    With a Dask `client`, each hour's candidate lists and rankings run in `partitions` user partitions
+    (`candidates_on_cluster`, `rank_on_cluster`); the index, the feature tables and the CF peer are fitted here.
     """
     from pipelines.candidates import TREND, CandidateIndex
     from pipelines.catalogue import known_at
@@ -468,14 +542,21 @@ def evaluate_as_served(
         if targets.empty:
             continue
         mine = history[history[USER_ID].isin(users)]
-        cands = index.candidates(mine, users=users)
+        if client is None:
+            cands = index.candidates(mine, users=users)
+        else:
+            cands = candidates_on_cluster(client, partitions, index, mine, users)
         scorers: dict[str, Scorer] = {}
         if ranker is not None:
             tables = fit_tables(history, articles, normalised, cutoff, feature_params, requests=target,
                                 only_users=users)
             scorers[RERANKER] = lambda c, t=tables: score_candidates(ranker, c, t)
-        recs = rank_methods(cands, index.pool.set_index(ARTICLE_ID)[TREND], depth, scorers, rank_params,
-                            index_vectors(index))
+        trend = index.pool.set_index(ARTICLE_ID)[TREND]
+        if client is None:
+            recs = rank_methods(cands, trend, depth, scorers, rank_params, index_vectors(index))
+        else:
+            recs = rank_on_cluster(client, partitions, cands, trend, depth, scorers, rank_params,
+                                   index_vectors(index))
         own = recent_popular_lists(data_root, articles, hour, cutoff, recent_hours, users, mine, depth)
         recs[RECENT_POPULAR] = own[own[RANK] <= depth]
         own_reach = {RECENT_POPULAR: own}
@@ -680,11 +761,15 @@ def evaluate(
     feature_params: dict | None = None,
     epoch_ms: int | None = None,
     rank_params: dict | None = None,
+    client=None,
+    partitions: int = 1,
 ) -> dict:
     """Evaluate the `params["snapshot"]` snapshot (normally "test") from the stage outputs on disk: the
     frozen protocol, and the as-served one when `params["as_served"]` (it needs the index and feature
     params and the epoch, which fix how the hourly refresh fits). `rank_params` (params.yaml `rank`): the
-    diversity re-rank of the reranker's lists, as the API applies it; None = off."""
+    diversity re-rank of the reranker's lists, as the API applies it; None = off. With a Dask `client`, the
+    per-user ranking of both protocols (and the as-served candidate lists) runs in `partitions` user partitions
+    on the cluster; the result is the single process's."""
     from pipelines import diversity
     from pipelines.candidates import TREND, CandidateIndex
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
@@ -740,6 +825,7 @@ def evaluate(
     results = evaluate_snapshot(
         candidates, targets, trend, available, k, scorers, curve_k=curve_k, own_lists=own_lists,
         own_reach=own_reach, rank_params=rank_params, vectors=diversity.index_vectors(index), diversity_of=measure,
+        client=client, partitions=partitions,
     )
     results["rank"] = rank_params
     results["snapshot"] = snap.name
@@ -752,7 +838,7 @@ def evaluate(
             root, snap, clicks, (catalogue, delivered), embeddings, index_params, feature_params, int(epoch_ms), k,
             recent_hours, ranker=ranker, curve_k=curve_k, cf_params=cf_params,
             impressions=pd.read_parquet(shown) if shown.exists() else None, rank_params=rank_params,
-            diversity_of=measure, learned=index.learned,
+            diversity_of=measure, learned=index.learned, client=client, partitions=partitions,
         )
     return results
 
@@ -770,11 +856,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", type=Path, help="folder of <snapshot>/ feature tables (with --model)")
     parser.add_argument("--out", type=Path, required=True, help="folder for eval.json, eval_table.md, plots/")
     args, config = parse_step(parser, argv)
-    results = evaluate(
-        args.data_root, args.split, args.candidates, args.indexes, config["evaluate"], args.model, args.features,
-        index_params=config["candidates"], feature_params=config["features"],
-        epoch_ms=int(config["data"]["epoch_ms"]), rank_params=config["rank"],
-    )
+    from pipelines.cluster import connect, partition_count
+
+    dask_params = config["dask"]
+    with connect(dask_params) as client:
+        results = evaluate(
+            args.data_root, args.split, args.candidates, args.indexes, config["evaluate"], args.model,
+            args.features, index_params=config["candidates"], feature_params=config["features"],
+            epoch_ms=int(config["data"]["epoch_ms"]), rank_params=config["rank"], client=client,
+            partitions=partition_count(client, dask_params) if client is not None else 1,
+        )
     paths = write_reports(results, args.out)
     print(markdown_table(results), end="")
     print(f"wrote {', '.join(str(p) for p in paths.values())}")

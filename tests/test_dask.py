@@ -198,3 +198,35 @@ def test_candidates_cli_on_a_scheduler_writes_the_same_lists(client, work, tmp_p
     one, dask = (pd.read_parquet(tmp_path / d / f"{name}.parquet") for d in ("one", "dask"))
     assert len(one) > 0
     assert_same_lists(dask, one)
+
+
+def test_evaluate_cli_on_a_scheduler_writes_the_same_eval_json(client, work, tmp_path, monkeypatch):
+    """`newsrec evaluate` (both protocols, the reranker with its diversity re-rank, every baseline) with
+    `dask.scheduler` set against the single process: the same eval.json, float for float."""
+    import json
+
+    from pipelines import evaluate as E
+
+    args = ["--data-root", str(work / "data"), "--split", str(work / "split.json"),
+            "--candidates", str(work / "candidates"), "--indexes", str(work / "index"),
+            "--model", str(work / "ranker"), "--features", str(work / "features")]
+    assert E.main([*args, "--out", str(tmp_path / "one")]) == 0
+    monkeypatch.setenv("NEWSREC__DASK__SCHEDULER", client.scheduler.address)
+    monkeypatch.setenv("NEWSREC__DASK__PARTITIONS", "3")  # more partitions than workers: a worker runs several
+    calls: list[str] = []
+
+    def counted(name: str):
+        run = getattr(E, name)
+        return lambda *a, **kw: calls.append(name) or run(*a, **kw)
+
+    for name in ("rank_on_cluster", "candidates_on_cluster"):
+        monkeypatch.setattr(E, name, counted(name))
+    assert E.main([*args, "--out", str(tmp_path / "dask")]) == 0
+    one = json.loads((tmp_path / "one" / "eval.json").read_text())
+    assert one["users"]["all"] > 20 and one["as_served"]["users"]["all"] > one["users"]["all"]
+    assert E.RERANKER in one["methods"] and "reranker_vs_best_baseline" in one["as_served"]
+    # on the cluster: the frozen ranking, and every replayed hour's candidate lists and ranking
+    hours = one["as_served"]["hours"]
+    assert calls.count("rank_on_cluster") == 1 + hours and calls.count("candidates_on_cluster") == hours
+    for name in ("eval.json", "summary.json", "eval_table.md"):  # the text: NaN where a figure is undefined
+        assert (tmp_path / "dask" / name).read_text() == (tmp_path / "one" / name).read_text()
