@@ -33,7 +33,9 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -285,51 +287,104 @@ def rank_methods(
     return out
 
 
-def rank_on_cluster(
-    client,
-    partitions: int,
-    candidates: pd.DataFrame,
-    trend: pd.Series,
-    depth: int,
-    scorers: Mapping[str, Scorer] | None = None,
-    rank_params: Mapping | None = None,
-    vectors: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> dict[str, pd.DataFrame]:
-    """`rank_methods` on a Dask cluster: the candidate rows split into user-hash partitions
-    (`cluster.user_partition`), one task each; what is not per user (the trend, the scorers with the ranker and
-    its feature tables, the article vectors) is sent to every worker once. Each method's lists come back in the
-    single process's order (by user, then rank); a user's lists never depend on other users', so they are the
-    same lists."""
-    from pipelines.cluster import user_partition
+@dataclass(frozen=True)
+class RerankerScorer:
+    """The trained ranker's scores for candidate rows (`train.score_candidates`) with the feature tables fitted
+    at their cutoff: a Scorer whose user-side tables a cluster can split by user."""
 
-    part = user_partition(candidates[USER_ID].to_numpy(), partitions)
-    methods = baseline_methods(candidates)
-    shared = client.scatter([trend, dict(scorers or {}), vectors], broadcast=True, hash=False)
-    futures = [client.submit(rank_methods, candidates[part == p], shared[0], depth, shared[1], rank_params,
-                             shared[2], methods, pure=False)
-               for p in range(partitions) if (part == p).any()]
-    if not futures:  # no candidate rows: the single process's empty lists
-        return rank_methods(candidates, trend, depth, scorers, rank_params, vectors, methods)
-    parts = client.gather(futures)
-    return {m: pd.concat([p[m] for p in parts], ignore_index=True).sort_values(USER_ID, kind="stable")
-            .reset_index(drop=True) for m in parts[0]}
+    ranker: Any
+    tables: Any  # features.FeatureTables
+
+    def __call__(self, candidates: pd.DataFrame) -> np.ndarray:
+        from pipelines.train import score_candidates
+
+        return score_candidates(self.ranker, candidates, self.tables)
+
+    def for_users(self, users: np.ndarray) -> RerankerScorer:
+        """The same scorer with the user-side tables cut to `users` and no embeddings (`with_embeddings` puts
+        them back on a worker): what one user partition's task needs."""
+        t = self.tables
+        keep = t.users.index.isin(users)
+        context = t.context[t.context.index.isin(users)] if t.context is not None else None
+        uc = t.user_categories
+        return RerankerScorer(self.ranker, replace(
+            t, users=t.users[keep], profiles=t.profiles[keep], user_categories=uc[uc[USER_ID].isin(users)],
+            embeddings=np.zeros((0, t.embeddings.shape[1]), dtype=t.embeddings.dtype), context=context, _cache={}))
+
+    def with_embeddings(self, embeddings: np.ndarray) -> RerankerScorer:
+        return RerankerScorer(self.ranker, replace(self.tables, embeddings=embeddings, _cache={}))
 
 
-def candidates_on_cluster(client, partitions: int, index, history: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
-    """`index.candidates(history, users=users)` on a Dask cluster for an index held in memory (an hour of the
-    as-served replay): the index sent to every worker once, one task per user-hash partition with its users'
-    history; the parts back in the single process's order (`candidates.candidates_on_cluster` does the same
-    for a saved index)."""
-    from pipelines.cluster import user_partition
+class ClusterRanking:
+    """The per-user part of an evaluation on a Dask cluster, in `partitions` user-hash partitions
+    (`cluster.user_partition`), one task each. What is not per user (the trend, the ranker, the article-side
+    tables, the article vectors, an hour's index) goes to every worker; the catalogue's embedding matrix once per
+    run. Each result comes back in the single process's order: a user's lists never depend on other users', so
+    they are the same lists."""
 
-    users = np.unique(np.asarray(users, dtype=np.int64))
-    part = user_partition(users, partitions)
-    history_part = user_partition(history[USER_ID].to_numpy(), partitions)
-    shared = client.scatter(index, broadcast=True, hash=False)
-    futures = [client.submit(_index_candidates, shared, history[history_part == p], users[part == p], pure=False)
-               for p in range(partitions) if (part == p).any()]
-    parts = client.gather(futures)
-    return pd.concat(parts, ignore_index=True).sort_values(USER_ID, kind="stable").reset_index(drop=True)
+    def __init__(self, client, partitions: int) -> None:
+        self.client = client
+        self.partitions = int(partitions)
+        self._embeddings: tuple[int, Any] | None = None  # (id of the array, its future on the workers)
+
+    def _shared_embeddings(self, embeddings: np.ndarray):
+        if self._embeddings is None or self._embeddings[0] != id(embeddings):
+            self._embeddings = (id(embeddings), self.client.scatter(embeddings, broadcast=True, hash=False))
+        return self._embeddings[1]
+
+    def rank(
+        self,
+        candidates: pd.DataFrame,
+        trend: pd.Series,
+        depth: int,
+        scorers: Mapping[str, Scorer] | None = None,
+        rank_params: Mapping | None = None,
+        vectors: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> dict[str, pd.DataFrame]:
+        """`rank_methods` over the partitions: a RerankerScorer travels with its partition's users' tables only."""
+        from pipelines.cluster import user_partition
+
+        scorers = dict(scorers or {})
+        methods = baseline_methods(candidates)  # the whole list's: a partition's users may lack a source
+        part = user_partition(candidates[USER_ID].to_numpy(), self.partitions)
+        embeddings = {n: self._shared_embeddings(s.tables.embeddings) for n, s in scorers.items()
+                      if isinstance(s, RerankerScorer)}
+        shared = self.client.scatter([trend, {n: s for n, s in scorers.items() if n not in embeddings}, vectors],
+                                     broadcast=True, hash=False)
+        futures = []
+        for p in range(self.partitions):
+            rows = candidates[part == p]
+            if rows.empty:
+                continue
+            users = np.unique(rows[USER_ID].to_numpy())
+            own = {n: scorers[n].for_users(users) for n in embeddings}
+            futures.append(self.client.submit(_rank_partition, rows, shared[0], depth, shared[1], own, embeddings,
+                                              rank_params, shared[2], methods, pure=False))
+        if not futures:  # no candidate rows: the single process's empty lists
+            return rank_methods(candidates, trend, depth, scorers, rank_params, vectors, methods)
+        parts = self.client.gather(futures)
+        return {m: pd.concat([p[m] for p in parts], ignore_index=True).sort_values(USER_ID, kind="stable")
+                .reset_index(drop=True) for m in parts[0]}
+
+    def candidates(self, index, history: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
+        """`index.candidates(history, users=users)` for an index held in memory (an hour of the as-served replay),
+        as `candidates.candidates_on_cluster` does for a saved one: each task gets its users' history."""
+        from pipelines.cluster import user_partition
+
+        users = np.unique(np.asarray(users, dtype=np.int64))
+        part = user_partition(users, self.partitions)
+        history_part = user_partition(history[USER_ID].to_numpy(), self.partitions)
+        shared = self.client.scatter(index, broadcast=True, hash=False)
+        futures = [self.client.submit(_index_candidates, shared, history[history_part == p], users[part == p],
+                                      pure=False)
+                   for p in range(self.partitions) if (part == p).any()]
+        parts = self.client.gather(futures)
+        return pd.concat(parts, ignore_index=True).sort_values(USER_ID, kind="stable").reset_index(drop=True)
+
+
+def _rank_partition(candidates, trend, depth, scorers, rerankers, embeddings, rank_params, vectors, methods):
+    scorers = {**scorers, **{n: s.with_embeddings(embeddings[n]) for n, s in rerankers.items()}}
+    return rank_methods(candidates, trend, depth, scorers, rank_params, vectors, methods)
 
 
 def _index_candidates(index, history: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
@@ -438,23 +493,20 @@ def evaluate_snapshot(
     rank_params: Mapping | None = None,
     vectors: Callable[[np.ndarray], np.ndarray] | None = None,
     diversity_of: tuple[Callable[[np.ndarray], np.ndarray], pd.Series] | None = None,
-    client=None,
-    partitions: int = 1,
+    cluster: ClusterRanking | None = None,
 ) -> dict:
     """The frozen protocol: every method ranks one snapshot's candidates, all computed at its cutoff.
 
     `own_lists` are methods ranked outside the candidates (recent_popular, the CF peer), as user_id,
     article_id, rank; `own_reach` what such a method reaches at all when that is not its list (default).
     `rank_params` and `vectors`: the reranker's diversity re-rank (`rank_methods`); `diversity_of`: measure
-    every list's diversity (`summarise_methods`). With a Dask `client`, the ranking runs in `partitions` user
-    partitions (`rank_on_cluster`); the metrics are summed up here.
+    every list's diversity (`summarise_methods`). With a `cluster`, the ranking runs in its user partitions;
+    the metrics are computed here.
     """
     own_lists = dict(own_lists or {})
     depth = max(k, curve_k or 0)
-    if client is None:
-        recs = rank_methods(candidates, trend, depth, scorers, rank_params, vectors)
-    else:
-        recs = rank_on_cluster(client, partitions, candidates, trend, depth, scorers, rank_params, vectors)
+    rank = rank_methods if cluster is None else cluster.rank
+    recs = rank(candidates, trend, depth, scorers, rank_params, vectors)
     recs.update({m: r[r[RANK] <= depth] for m, r in own_lists.items()})
     reach = {m: reach_of(candidates, m, {**own_lists, **dict(own_reach or {})}) for m in recs}
     return summarise_methods(recs, reach, targets, pd.Series({0: catalogue_size}), k, curve_k,
@@ -479,8 +531,7 @@ def evaluate_as_served(
     rank_params: Mapping | None = None,
     diversity_of: tuple[Callable[[np.ndarray], np.ndarray], pd.Series] | None = None,
     learned=None,
-    client=None,
-    partitions: int = 1,
+    cluster: ClusterRanking | None = None,
 ) -> dict:
     """The as-served protocol: the snapshot's target window replayed hour by hour.
 
@@ -498,8 +549,8 @@ def evaluate_as_served(
     what it knew at the start of h, and AUC / MRR / nDCG@5 / nDCG@10 are averaged over impressions
     (results["impressions"]).
 
-    With a Dask `client`, each hour's candidate lists and rankings run in `partitions` user partitions
-    (`candidates_on_cluster`, `rank_on_cluster`); the index, the feature tables and the CF peer are fitted here.
+    With a `cluster`, each hour's candidate lists and rankings run in its user partitions; the index, the
+    feature tables, the CF peer and the metrics are fitted and computed here.
     """
     from pipelines.candidates import TREND, CandidateIndex
     from pipelines.catalogue import known_at
@@ -507,7 +558,6 @@ def evaluate_as_served(
     from pipelines.features import fit_tables, normalise_embeddings
     from pipelines.peers import CFPeer
     from pipelines.split import eval_targets, hour_start_ms
-    from pipelines.train import score_candidates
 
     normalised = normalise_embeddings(embeddings) if ranker is not None else None
     ts = clicks["click_timestamp"].to_numpy()
@@ -542,21 +592,15 @@ def evaluate_as_served(
         if targets.empty:
             continue
         mine = history[history[USER_ID].isin(users)]
-        if client is None:
-            cands = index.candidates(mine, users=users)
-        else:
-            cands = candidates_on_cluster(client, partitions, index, mine, users)
+        cands = index.candidates(mine, users=users) if cluster is None else cluster.candidates(index, mine, users)
         scorers: dict[str, Scorer] = {}
         if ranker is not None:
             tables = fit_tables(history, articles, normalised, cutoff, feature_params, requests=target,
                                 only_users=users)
-            scorers[RERANKER] = lambda c, t=tables: score_candidates(ranker, c, t)
+            scorers[RERANKER] = RerankerScorer(ranker, tables)
         trend = index.pool.set_index(ARTICLE_ID)[TREND]
-        if client is None:
-            recs = rank_methods(cands, trend, depth, scorers, rank_params, index_vectors(index))
-        else:
-            recs = rank_on_cluster(client, partitions, cands, trend, depth, scorers, rank_params,
-                                   index_vectors(index))
+        rank = rank_methods if cluster is None else cluster.rank
+        recs = rank(cands, trend, depth, scorers, rank_params, index_vectors(index))
         own = recent_popular_lists(data_root, articles, hour, cutoff, recent_hours, users, mine, depth)
         recs[RECENT_POPULAR] = own[own[RANK] <= depth]
         own_reach = {RECENT_POPULAR: own}
@@ -602,7 +646,6 @@ def _impression_hour(
     feature tables and CF peer fitted at the hour's start (the as-served loop's own)."""
     from pipelines.candidates import TREND
     from pipelines.features import fit_tables
-    from pipelines.train import score_candidates
 
     users = np.unique(shown[USER_ID].to_numpy())
     mine = history[history[USER_ID].isin(users)]
@@ -611,7 +654,7 @@ def _impression_hour(
     if ranker is not None:
         tables = fit_tables(history, articles, normalised, cutoff, feature_params, requests=target,
                             only_users=users)
-        scorers[RERANKER] = lambda c: score_candidates(ranker, c, tables)
+        scorers[RERANKER] = RerankerScorer(ranker, tables)
     scores = method_scores(cands, scorers)
     ids, recent = recent_popular_order(data_root, articles, hour, cutoff, recent_hours)
     scores[RECENT_POPULAR] = pd.Series(recent, index=ids).reindex(cands[ARTICLE_ID]).to_numpy()
@@ -743,10 +786,8 @@ def write_reports(results: dict, out_dir: str | Path) -> dict[str, Path]:
 def reranker_scorer(ranker, features_dir: str | Path, embeddings: np.ndarray) -> Scorer:
     """Scores from the trained ranker with the snapshot's feature tables (R's `score_candidates`)."""
     from pipelines.features import FeatureTables, normalise_embeddings
-    from pipelines.train import score_candidates
 
-    tables = FeatureTables.load(features_dir, normalise_embeddings(embeddings))
-    return lambda cands: score_candidates(ranker, cands, tables)
+    return RerankerScorer(ranker, FeatureTables.load(features_dir, normalise_embeddings(embeddings)))
 
 
 def evaluate(
@@ -821,11 +862,12 @@ def evaluate(
             peer, users, mine, available_ids, index.trending()[[ARTICLE_ID, TREND]], max(k, curve_k))
     available = len(available_ids)
     rank_params = diversity.check_params(rank_params)
+    cluster = ClusterRanking(client, partitions) if client is not None else None
     measure = (diversity.lookup(normalise_embeddings(embeddings)), catalogue.set_index(ARTICLE_ID)[CATEGORY_ID])
     results = evaluate_snapshot(
         candidates, targets, trend, available, k, scorers, curve_k=curve_k, own_lists=own_lists,
         own_reach=own_reach, rank_params=rank_params, vectors=diversity.index_vectors(index), diversity_of=measure,
-        client=client, partitions=partitions,
+        cluster=cluster,
     )
     results["rank"] = rank_params
     results["snapshot"] = snap.name
@@ -838,7 +880,7 @@ def evaluate(
             root, snap, clicks, (catalogue, delivered), embeddings, index_params, feature_params, int(epoch_ms), k,
             recent_hours, ranker=ranker, curve_k=curve_k, cf_params=cf_params,
             impressions=pd.read_parquet(shown) if shown.exists() else None, rank_params=rank_params,
-            diversity_of=measure, learned=index.learned, client=client, partitions=partitions,
+            diversity_of=measure, learned=index.learned, cluster=cluster,
         )
     return results
 
