@@ -319,7 +319,7 @@ class ClusterRanking:
     """The per-user part of an evaluation on a Dask cluster, in `partitions` user-hash partitions
     (`cluster.user_partition`), one task each. What is not per user (the trend, the ranker, the article-side
     tables, the article vectors, an hour's index) goes to every worker; the catalogue's embedding matrix once per
-    run. Each result comes back in the single process's order: a user's lists never depend on other users', so
+    protocol, not every hour. Each result comes back in the single process's order: a user's lists never depend on other users', so
     they are the same lists."""
 
     def __init__(self, client, partitions: int) -> None:
