@@ -251,5 +251,8 @@ def test_evaluate_cli_on_a_scheduler_writes_the_same_eval_json(client, work, tmp
     # on the cluster: the frozen ranking, and every replayed hour's candidate lists and ranking
     hours = one["as_served"]["hours"]
     assert calls.count("rank") == 1 + hours and calls.count("candidates") == hours
-    for name in ("eval.json", "summary.json", "eval_table.md"):  # the text: NaN where a figure is undefined
+    # As text (NaN where a figure is undefined). Only the as-served learned source is computed per partition with
+    # a batch-dependent float32 product (assert_same_lists); on tiny no tie at a list's cut flips, so every
+    # figure is equal: a difference confined to learned-derived figures would be that rounding.
+    for name in ("eval.json", "summary.json", "eval_table.md"):
         assert (tmp_path / "dask" / name).read_text() == (tmp_path / "one" / name).read_text()
