@@ -318,14 +318,18 @@ class RerankerScorer:
 class ClusterRanking:
     """The per-user part of an evaluation on a Dask cluster, in `partitions` user-hash partitions
     (`cluster.user_partition`), one task each. What is not per user (the trend, the ranker, the article-side
-    tables, the article vectors, an hour's index) goes to every worker; the catalogue's embedding matrix once per
-    protocol, not every hour. Each result comes back in the single process's order: a user's lists never depend on other users', so
-    they are the same lists."""
+    tables, the article vectors, an hour's index) goes to every worker; the catalogue's embedding matrix once
+    per protocol, not every hour. Each result comes back in the single process's order: a user's lists never
+    depend on other users', so they are the same lists."""
 
     def __init__(self, client, partitions: int) -> None:
+        from pipelines.features import PartitionedUserSide
+
         self.client = client
         self.partitions = int(partitions)
         self._embeddings: tuple[int, Any] | None = None  # (id of the array, its future on the workers)
+        # each replayed hour's user-side feature tables, in the same partitions (`features.fit_tables`)
+        self.user_side = PartitionedUserSide(client, partitions)
 
     def _shared_embeddings(self, embeddings: np.ndarray):
         if self._embeddings is None or self._embeddings[0] != id(embeddings):
@@ -549,13 +553,13 @@ def evaluate_as_served(
     what it knew at the start of h, and AUC / MRR / nDCG@5 / nDCG@10 are averaged over impressions
     (results["impressions"]).
 
-    With a `cluster`, each hour's candidate lists and rankings run in its user partitions; the index, the
-    feature tables, the CF peer and the metrics are fitted and computed here.
+    With a `cluster`, each hour's candidate lists, user-side feature tables and rankings run in its user
+    partitions; the index, the article-side tables, the CF peer and the metrics are fitted and computed here.
     """
     from pipelines.candidates import TREND, CandidateIndex
     from pipelines.catalogue import known_at
     from pipelines.diversity import index_vectors
-    from pipelines.features import fit_tables, normalise_embeddings
+    from pipelines.features import fit_tables, fit_user_side, normalise_embeddings
     from pipelines.peers import CFPeer
     from pipelines.split import eval_targets, hour_start_ms
 
@@ -596,7 +600,7 @@ def evaluate_as_served(
         scorers: dict[str, Scorer] = {}
         if ranker is not None:
             tables = fit_tables(history, articles, normalised, cutoff, feature_params, requests=target,
-                                only_users=users)
+                                only_users=users, user_side=fit_user_side if cluster is None else cluster.user_side)
             scorers[RERANKER] = RerankerScorer(ranker, tables)
         trend = index.pool.set_index(ARTICLE_ID)[TREND]
         rank = rank_methods if cluster is None else cluster.rank

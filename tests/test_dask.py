@@ -238,19 +238,19 @@ def test_evaluate_cli_on_a_scheduler_writes_the_same_eval_json(client, work, tmp
     monkeypatch.setenv("NEWSREC__DASK__PARTITIONS", "3")  # more partitions than workers: a worker runs several
     calls: list[str] = []
 
-    def counted(name: str):
-        run = getattr(E.ClusterRanking, name)
+    def counted(cls, name: str):
+        run = getattr(cls, name)
         return lambda *a, **kw: calls.append(name) or run(*a, **kw)
 
-    for name in ("rank", "candidates"):
-        monkeypatch.setattr(E.ClusterRanking, name, counted(name))
+    for cls, name in ((E.ClusterRanking, "rank"), (E.ClusterRanking, "candidates"), (F.PartitionedUserSide, "__call__")):
+        monkeypatch.setattr(cls, name, counted(cls, name))
     assert E.main([*args, "--out", str(tmp_path / "dask")]) == 0
     one = json.loads((tmp_path / "one" / "eval.json").read_text())
     assert one["users"]["all"] > 20 and one["as_served"]["users"]["all"] > one["users"]["all"]
     assert E.RERANKER in one["methods"] and "reranker_vs_best_baseline" in one["as_served"]
-    # on the cluster: the frozen ranking, and every replayed hour's candidate lists and ranking
+    # on the cluster: the frozen ranking, and every replayed hour's candidate lists, user tables and ranking
     hours = one["as_served"]["hours"]
-    assert calls.count("rank") == 1 + hours and calls.count("candidates") == hours
+    assert calls.count("rank") == 1 + hours and calls.count("candidates") == calls.count("__call__") == hours
     # As text (NaN where a figure is undefined). Only the as-served learned source is computed per partition with
     # a batch-dependent float32 product (assert_same_lists); on tiny no tie at a list's cut flips, so every
     # figure is equal: a difference confined to learned-derived figures would be that rounding.
