@@ -2,9 +2,9 @@
 
 `scheduler: null` (the embedded default) keeps every step in one process. With an address
 (`tcp://scheduler:8786`) the steps whose cost grows with users and clicks (`newsrec features`' user
-tables, `newsrec candidates`' lists, `newsrec train`) run their per-partition work on the cluster's workers: the
-same functions the single process calls, on partitions that never split a user (features, candidates) or a
-query (training). Workers
+tables, `newsrec candidates`' lists, `newsrec train`, `newsrec evaluate`'s rankings) run their per-partition
+work on the cluster's workers: the same functions the single process calls, on partitions that never split a
+user (features, candidates, evaluation) or a query (training). Workers
 read the same paths as the client, so the data root must be shared storage (a network file system or s3://).
 """
 

@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -91,16 +93,26 @@ def _segments(targets: pd.DataFrame) -> dict[str, np.ndarray]:
     }
 
 
+def baseline_methods(candidates: pd.DataFrame) -> list[str]:
+    """The baselines the candidate rows hold: every source's, less an optional source that proposed nothing."""
+    return [m for m, src in BASELINES.items()
+            if src not in OPTIONAL_SOURCES or (candidates.get(rank_col(src), pd.Series(dtype=int)) > 0).any()]
+
+
 def method_scores(
-    candidates: pd.DataFrame, scorers: Mapping[str, Scorer], chunk_rows: int = SCORE_CHUNK_ROWS
+    candidates: pd.DataFrame, scorers: Mapping[str, Scorer], chunk_rows: int = SCORE_CHUNK_ROWS,
+    methods: Collection[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """The score column each method ranks the candidate rows by (NaN where a source did not propose).
+
+    `methods`: the baselines to score (default `baseline_methods(candidates)`); a user partition passes the
+    whole list's, so a source that proposed nothing to its users still gets a row as it does in one process.
 
     Scorers see the rows without `label`, `chunk_rows` at a time: a scorer builds a feature matrix as wide
     as the model, which for a whole Globo-scale test window would not fit in memory at once.
     """
-    scores = {m: candidates[score_col(src)].to_numpy(dtype=np.float64) for m, src in BASELINES.items()
-              if src not in OPTIONAL_SOURCES or (candidates.get(rank_col(src), pd.Series(dtype=int)) > 0).any()}
+    wanted = baseline_methods(candidates) if methods is None else methods
+    scores = {m: candidates[score_col(src)].to_numpy(dtype=np.float64) for m, src in BASELINES.items() if m in wanted}
     blind = candidates.drop(columns=[LABEL], errors="ignore")
     for name, scorer in scorers.items():
         parts = []
@@ -246,18 +258,20 @@ def rank_methods(
     scorers: Mapping[str, Scorer] | None = None,
     rank_params: Mapping | None = None,
     vectors: Callable[[np.ndarray], np.ndarray] | None = None,
+    methods: Collection[str] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Each method's top `depth` per user (user_id, article_id, rank) over the candidate rows: a source's own
     score first, then the trending order (`trend`: the pool's trend by article id) for the rest.
 
     The reranker's list then goes through the diversity re-rank the API applies (`rank_params`, params.yaml
-    `rank`; `vectors(article_ids)`: the index's normalised embeddings), so the evaluation scores what is served."""
+    `rank`; `vectors(article_ids)`: the index's normalised embeddings), so the evaluation scores what is served.
+    `methods`: the baselines to rank (`method_scores`)."""
     from pipelines import diversity
 
     frame = candidates[[USER_ID, ARTICLE_ID]].copy()
     frame[_TIE] = trend.reindex(frame[ARTICLE_ID]).fillna(0.0).to_numpy()
     out = {}
-    for method, score in method_scores(candidates, dict(scorers or {})).items():
+    for method, score in method_scores(candidates, dict(scorers or {}), methods=methods).items():
         frame["_s"] = score
         if method == RERANKER and diversity.active(rank_params):
             if vectors is None:
@@ -271,6 +285,114 @@ def rank_methods(
             continue
         out[method] = rank_by_score(frame, "_s", k=depth, tiebreak=_TIE)[[USER_ID, ARTICLE_ID, RANK]]
     return out
+
+
+@dataclass(frozen=True)
+class RerankerScorer:
+    """The trained ranker's scores for candidate rows (`train.score_candidates`) with the feature tables fitted
+    at their cutoff: a Scorer whose user-side tables a cluster can split by user."""
+
+    ranker: Any
+    tables: Any  # features.FeatureTables
+
+    def __call__(self, candidates: pd.DataFrame) -> np.ndarray:
+        from pipelines.train import score_candidates
+
+        return score_candidates(self.ranker, candidates, self.tables)
+
+    def for_users(self, users: np.ndarray) -> RerankerScorer:
+        """The same scorer with the user-side tables cut to `users` and no embeddings (`with_embeddings` puts
+        them back on a worker): what one user partition's task needs."""
+        t = self.tables
+        keep = t.users.index.isin(users)
+        context = t.context[t.context.index.isin(users)] if t.context is not None else None
+        uc = t.user_categories
+        return RerankerScorer(self.ranker, replace(
+            t, users=t.users[keep], profiles=t.profiles[keep], user_categories=uc[uc[USER_ID].isin(users)],
+            embeddings=np.zeros((0, t.embeddings.shape[1]), dtype=t.embeddings.dtype), context=context, _cache={}))
+
+    def with_embeddings(self, embeddings: np.ndarray) -> RerankerScorer:
+        return RerankerScorer(self.ranker, replace(self.tables, embeddings=embeddings, _cache={}))
+
+
+class ClusterRanking:
+    """The per-user part of an evaluation on a Dask cluster, in `partitions` user-hash partitions
+    (`cluster.user_partition`), one task each. What is not per user (the trend, the ranker, the article-side
+    tables, the article vectors, an hour's index) goes to every worker; the catalogue's embedding matrix once
+    per protocol, not every hour. Each result comes back in the single process's order: a user's lists never
+    depend on other users', so they are the same lists."""
+
+    def __init__(self, client, partitions: int) -> None:
+        from pipelines.features import PartitionedUserSide
+
+        self.client = client
+        self.partitions = int(partitions)
+        self._embeddings: tuple[int, Any] | None = None  # (id of the array, its future on the workers)
+        # each replayed hour's user-side feature tables, in the same partitions (`features.fit_tables`)
+        self.user_side = PartitionedUserSide(client, partitions)
+
+    def _shared_embeddings(self, embeddings: np.ndarray):
+        if self._embeddings is None or self._embeddings[0] != id(embeddings):
+            self._embeddings = (id(embeddings), self.client.scatter(embeddings, broadcast=True, hash=False))
+        return self._embeddings[1]
+
+    def rank(
+        self,
+        candidates: pd.DataFrame,
+        trend: pd.Series,
+        depth: int,
+        scorers: Mapping[str, Scorer] | None = None,
+        rank_params: Mapping | None = None,
+        vectors: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> dict[str, pd.DataFrame]:
+        """`rank_methods` over the partitions: a RerankerScorer travels with its partition's users' tables only."""
+        from pipelines.cluster import user_partition
+
+        scorers = dict(scorers or {})
+        methods = baseline_methods(candidates)  # the whole list's: a partition's users may lack a source
+        part = user_partition(candidates[USER_ID].to_numpy(), self.partitions)
+        embeddings = {n: self._shared_embeddings(s.tables.embeddings) for n, s in scorers.items()
+                      if isinstance(s, RerankerScorer)}
+        shared = self.client.scatter([trend, {n: s for n, s in scorers.items() if n not in embeddings}, vectors],
+                                     broadcast=True, hash=False)
+        futures = []
+        for p in range(self.partitions):
+            rows = candidates[part == p]
+            if rows.empty:
+                continue
+            users = np.unique(rows[USER_ID].to_numpy())
+            own = {n: scorers[n].for_users(users) for n in embeddings}
+            futures.append(self.client.submit(_rank_partition, rows, shared[0], depth, shared[1], own, embeddings,
+                                              rank_params, shared[2], methods, pure=False))
+        if not futures:  # no candidate rows: the single process's empty lists
+            return rank_methods(candidates, trend, depth, scorers, rank_params, vectors, methods)
+        parts = self.client.gather(futures)
+        return {m: pd.concat([p[m] for p in parts], ignore_index=True).sort_values(USER_ID, kind="stable")
+                .reset_index(drop=True) for m in parts[0]}
+
+    def candidates(self, index, history: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
+        """`index.candidates(history, users=users)` for an index held in memory (an hour of the as-served replay),
+        as `candidates.candidates_on_cluster` does for a saved one: each task gets its users' history."""
+        from pipelines.cluster import user_partition
+
+        users = np.unique(np.asarray(users, dtype=np.int64))
+        part = user_partition(users, self.partitions)
+        history_part = user_partition(history[USER_ID].to_numpy(), self.partitions)
+        shared = self.client.scatter(index, broadcast=True, hash=False)
+        futures = [self.client.submit(_index_candidates, shared, history[history_part == p], users[part == p],
+                                      pure=False)
+                   for p in range(self.partitions) if (part == p).any()]
+        parts = self.client.gather(futures)
+        return pd.concat(parts, ignore_index=True).sort_values(USER_ID, kind="stable").reset_index(drop=True)
+
+
+def _rank_partition(candidates, trend, depth, scorers, rerankers, embeddings, rank_params, vectors, methods):
+    scorers = {**scorers, **{n: s.with_embeddings(embeddings[n]) for n, s in rerankers.items()}}
+    return rank_methods(candidates, trend, depth, scorers, rank_params, vectors, methods)
+
+
+def _index_candidates(index, history: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
+    return index.candidates(history, users=users)
 
 
 def reach_of(candidates: pd.DataFrame, method: str, own_lists: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -375,17 +497,20 @@ def evaluate_snapshot(
     rank_params: Mapping | None = None,
     vectors: Callable[[np.ndarray], np.ndarray] | None = None,
     diversity_of: tuple[Callable[[np.ndarray], np.ndarray], pd.Series] | None = None,
+    cluster: ClusterRanking | None = None,
 ) -> dict:
     """The frozen protocol: every method ranks one snapshot's candidates, all computed at its cutoff.
 
     `own_lists` are methods ranked outside the candidates (recent_popular, the CF peer), as user_id,
     article_id, rank; `own_reach` what such a method reaches at all when that is not its list (default).
     `rank_params` and `vectors`: the reranker's diversity re-rank (`rank_methods`); `diversity_of`: measure
-    every list's diversity (`summarise_methods`).
+    every list's diversity (`summarise_methods`). With a `cluster`, the ranking runs in its user partitions;
+    the metrics are computed here.
     """
     own_lists = dict(own_lists or {})
     depth = max(k, curve_k or 0)
-    recs = rank_methods(candidates, trend, depth, scorers, rank_params, vectors)
+    rank = rank_methods if cluster is None else cluster.rank
+    recs = rank(candidates, trend, depth, scorers, rank_params, vectors)
     recs.update({m: r[r[RANK] <= depth] for m, r in own_lists.items()})
     reach = {m: reach_of(candidates, m, {**own_lists, **dict(own_reach or {})}) for m in recs}
     return summarise_methods(recs, reach, targets, pd.Series({0: catalogue_size}), k, curve_k,
@@ -410,6 +535,7 @@ def evaluate_as_served(
     rank_params: Mapping | None = None,
     diversity_of: tuple[Callable[[np.ndarray], np.ndarray], pd.Series] | None = None,
     learned=None,
+    cluster: ClusterRanking | None = None,
 ) -> dict:
     """The as-served protocol: the snapshot's target window replayed hour by hour.
 
@@ -426,14 +552,16 @@ def evaluate_as_served(
     clicked), MIND's own protocol runs in the same replay: every method orders each impression of hour h by
     what it knew at the start of h, and AUC / MRR / nDCG@5 / nDCG@10 are averaged over impressions
     (results["impressions"]).
+
+    With a `cluster`, each hour's candidate lists, user-side feature tables and rankings run in its user
+    partitions; the index, the article-side tables, the CF peer and the metrics are fitted and computed here.
     """
     from pipelines.candidates import TREND, CandidateIndex
     from pipelines.catalogue import known_at
     from pipelines.diversity import index_vectors
-    from pipelines.features import fit_tables, normalise_embeddings
+    from pipelines.features import fit_tables, fit_user_side, normalise_embeddings
     from pipelines.peers import CFPeer
     from pipelines.split import eval_targets, hour_start_ms
-    from pipelines.train import score_candidates
 
     normalised = normalise_embeddings(embeddings) if ranker is not None else None
     ts = clicks["click_timestamp"].to_numpy()
@@ -468,14 +596,15 @@ def evaluate_as_served(
         if targets.empty:
             continue
         mine = history[history[USER_ID].isin(users)]
-        cands = index.candidates(mine, users=users)
+        cands = index.candidates(mine, users=users) if cluster is None else cluster.candidates(index, mine, users)
         scorers: dict[str, Scorer] = {}
         if ranker is not None:
             tables = fit_tables(history, articles, normalised, cutoff, feature_params, requests=target,
-                                only_users=users)
-            scorers[RERANKER] = lambda c, t=tables: score_candidates(ranker, c, t)
-        recs = rank_methods(cands, index.pool.set_index(ARTICLE_ID)[TREND], depth, scorers, rank_params,
-                            index_vectors(index))
+                                only_users=users, user_side=fit_user_side if cluster is None else cluster.user_side)
+            scorers[RERANKER] = RerankerScorer(ranker, tables)
+        trend = index.pool.set_index(ARTICLE_ID)[TREND]
+        rank = rank_methods if cluster is None else cluster.rank
+        recs = rank(cands, trend, depth, scorers, rank_params, index_vectors(index))
         own = recent_popular_lists(data_root, articles, hour, cutoff, recent_hours, users, mine, depth)
         recs[RECENT_POPULAR] = own[own[RANK] <= depth]
         own_reach = {RECENT_POPULAR: own}
@@ -521,7 +650,6 @@ def _impression_hour(
     feature tables and CF peer fitted at the hour's start (the as-served loop's own)."""
     from pipelines.candidates import TREND
     from pipelines.features import fit_tables
-    from pipelines.train import score_candidates
 
     users = np.unique(shown[USER_ID].to_numpy())
     mine = history[history[USER_ID].isin(users)]
@@ -530,7 +658,7 @@ def _impression_hour(
     if ranker is not None:
         tables = fit_tables(history, articles, normalised, cutoff, feature_params, requests=target,
                             only_users=users)
-        scorers[RERANKER] = lambda c: score_candidates(ranker, c, tables)
+        scorers[RERANKER] = RerankerScorer(ranker, tables)
     scores = method_scores(cands, scorers)
     ids, recent = recent_popular_order(data_root, articles, hour, cutoff, recent_hours)
     scores[RECENT_POPULAR] = pd.Series(recent, index=ids).reindex(cands[ARTICLE_ID]).to_numpy()
@@ -662,10 +790,8 @@ def write_reports(results: dict, out_dir: str | Path) -> dict[str, Path]:
 def reranker_scorer(ranker, features_dir: str | Path, embeddings: np.ndarray) -> Scorer:
     """Scores from the trained ranker with the snapshot's feature tables (R's `score_candidates`)."""
     from pipelines.features import FeatureTables, normalise_embeddings
-    from pipelines.train import score_candidates
 
-    tables = FeatureTables.load(features_dir, normalise_embeddings(embeddings))
-    return lambda cands: score_candidates(ranker, cands, tables)
+    return RerankerScorer(ranker, FeatureTables.load(features_dir, normalise_embeddings(embeddings)))
 
 
 def evaluate(
@@ -680,11 +806,15 @@ def evaluate(
     feature_params: dict | None = None,
     epoch_ms: int | None = None,
     rank_params: dict | None = None,
+    client=None,
+    partitions: int = 1,
 ) -> dict:
     """Evaluate the `params["snapshot"]` snapshot (normally "test") from the stage outputs on disk: the
     frozen protocol, and the as-served one when `params["as_served"]` (it needs the index and feature
     params and the epoch, which fix how the hourly refresh fits). `rank_params` (params.yaml `rank`): the
-    diversity re-rank of the reranker's lists, as the API applies it; None = off."""
+    diversity re-rank of the reranker's lists, as the API applies it; None = off. With a Dask `client`, the
+    per-user ranking of both protocols (and the as-served candidate lists) runs in `partitions` user partitions
+    on the cluster; the result is the single process's."""
     from pipelines import diversity
     from pipelines.candidates import TREND, CandidateIndex
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
@@ -736,10 +866,12 @@ def evaluate(
             peer, users, mine, available_ids, index.trending()[[ARTICLE_ID, TREND]], max(k, curve_k))
     available = len(available_ids)
     rank_params = diversity.check_params(rank_params)
+    cluster = ClusterRanking(client, partitions) if client is not None else None
     measure = (diversity.lookup(normalise_embeddings(embeddings)), catalogue.set_index(ARTICLE_ID)[CATEGORY_ID])
     results = evaluate_snapshot(
         candidates, targets, trend, available, k, scorers, curve_k=curve_k, own_lists=own_lists,
         own_reach=own_reach, rank_params=rank_params, vectors=diversity.index_vectors(index), diversity_of=measure,
+        cluster=cluster,
     )
     results["rank"] = rank_params
     results["snapshot"] = snap.name
@@ -752,7 +884,7 @@ def evaluate(
             root, snap, clicks, (catalogue, delivered), embeddings, index_params, feature_params, int(epoch_ms), k,
             recent_hours, ranker=ranker, curve_k=curve_k, cf_params=cf_params,
             impressions=pd.read_parquet(shown) if shown.exists() else None, rank_params=rank_params,
-            diversity_of=measure, learned=index.learned,
+            diversity_of=measure, learned=index.learned, cluster=cluster,
         )
     return results
 
@@ -770,11 +902,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", type=Path, help="folder of <snapshot>/ feature tables (with --model)")
     parser.add_argument("--out", type=Path, required=True, help="folder for eval.json, eval_table.md, plots/")
     args, config = parse_step(parser, argv)
-    results = evaluate(
-        args.data_root, args.split, args.candidates, args.indexes, config["evaluate"], args.model, args.features,
-        index_params=config["candidates"], feature_params=config["features"],
-        epoch_ms=int(config["data"]["epoch_ms"]), rank_params=config["rank"],
-    )
+    from pipelines.cluster import connect, partition_count
+
+    dask_params = config["dask"]
+    with connect(dask_params) as client:
+        results = evaluate(
+            args.data_root, args.split, args.candidates, args.indexes, config["evaluate"], args.model,
+            args.features, index_params=config["candidates"], feature_params=config["features"],
+            epoch_ms=int(config["data"]["epoch_ms"]), rank_params=config["rank"], client=client,
+            partitions=partition_count(client, dask_params) if client is not None else 1,
+        )
     paths = write_reports(results, args.out)
     print(markdown_table(results), end="")
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
