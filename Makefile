@@ -28,8 +28,8 @@ setup: $(PY)  ## create .venv with the pinned stack and the project installed
 # The stages' cmds call `newsrec`, so the venv's bin goes on PATH for DVC.
 quickstart: setup  ## set up, reproduce the pipeline (dvc repro) on the synthetic demo data, show the result
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
-	@$(PY) -c 'import json; from pipelines.config import data_root; from pipelines.validate import summary_path; \
-	p = summary_path(data_root()); s = json.load(open(p)); \
+	@$(PY) -c 'import json; from pipelines.config import load_config; from pipelines.validate import summary_path; \
+	p = summary_path(load_config()["paths"]["data"]); s = json.load(open(p)); \
 	print("validation: {hours_total} hours, {landed} landed ({rows_landed:,} clicks), {quarantined} quarantined {quarantined_hours}".format(**s), "-", p)'
 	@$(BIN)/newsrec report --eval-table metrics/eval_table.md --registered models/registered.json
 
