@@ -24,7 +24,10 @@ import pandas as pd
 
 from pipelines import columns as C
 from pipelines import lake
-from pipelines.bundle import CHALLENGER, CHAMPION, build_bundle, learned_dir, signature
+
+# ServingBundle: versions registered before the bundle had its own module carry a ranker_pyfunc.py that imports
+# it from here, so they keep loading (mlflow.pyfunc.load_model) after an upgrade.
+from pipelines.bundle import CHALLENGER, CHAMPION, ServingBundle, build_bundle, learned_dir, signature  # noqa: F401
 from pipelines.config import parse_step, step_parser
 from pipelines.errors import InputError
 from pipelines.tracking import use_tracking

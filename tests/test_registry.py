@@ -427,3 +427,10 @@ def test_a_window_id_loses_exactly_the_erased_clicks():
 def test_a_window_ids_hours_are_read_back_by_the_module_that_writes_it():
     assert R.window_hours("hours 21-23, 1200 clicks, 00ab12cd34ef, as served") == (21, 23)
     assert R.window_hours("another id format") is None
+
+
+@pytest.mark.unit
+def test_versions_registered_before_the_bundle_module_still_find_their_bundle_class():
+    from pipelines.bundle import ServingBundle
+
+    assert R.ServingBundle is ServingBundle  # their ranker_pyfunc.py does `from pipelines.registry import ...`
