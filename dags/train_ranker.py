@@ -95,8 +95,8 @@ def train_ranker():
     @task
     def lineage() -> None:
         # Nothing returned: the tags are keyed by data path, and a returned dict would become one XCom per key.
-        with flows.project(flows.params_file()) as p:
-            flows.record_lineage(p, flows.params_file())
+        p = flows.project(flows.params_file())
+        flows.record_lineage(p, flows.params_file())
 
     @task
     def promote() -> dict:

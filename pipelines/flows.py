@@ -308,7 +308,7 @@ def record_lineage(params: Mapping[str, Any], params_path: str | Path, stages: S
     from mlflow import MlflowClient
 
     from pipelines import model_card as card
-    from pipelines.dvc_repo import default_remote, dvc_repo_root, open_repo
+    from pipelines.dvc_repo import default_remote, dvc, dvc_repo_root, status
     from pipelines.tracking import use_tracking
 
     log = logging.getLogger("newsrec.lineage")
@@ -322,24 +322,23 @@ def record_lineage(params: Mapping[str, Any], params_path: str | Path, stages: S
         tags = {card.TAG_PUSHED: reason}
     else:
         lock_path = folder / "dvc.lock"
-        with open_repo(folder) as repo:
-            for stage in stages:
-                repo.commit(stage, force=True)
-            tags = card.data_hashes(yaml.safe_load(lock_path.read_text()), read_by)
-            remote = default_remote(repo)
-            # Stages another process changed since dvc.lock (the hourly DAG's validate and aggregates write
-            # hour by hour) name objects the cache may not hold: only what dvc.lock describes truly is pushed.
-            stale = sorted(name.split(":")[-1] for name in repo.status())
-            current = [s.addressing for s in repo.index.stages if s.addressing not in stale]
-            if remote is None:
-                tags[card.TAG_PUSHED] = "not pushed: no default DVC remote"
-                log.warning("DVC data not pushed: the repository has no default remote (`dvc remote default`)")
-            else:
-                repo.push(targets=current, remote=remote)
-                tags[card.TAG_PUSHED] = (f"remote {remote}: {', '.join(current)}"
-                                         + (f"; not pushed, changed since dvc.lock: {', '.join(stale)}" if stale
-                                            else ""))
-            tags[card.TAG_DVC] = card.sha256(lock_path)
+        dvc(folder, "commit", "--force", *stages)
+        lock = yaml.safe_load(lock_path.read_text())
+        tags = card.data_hashes(lock, read_by)
+        remote = default_remote(folder)
+        # Stages another process changed since dvc.lock (the hourly DAG's validate and aggregates write
+        # hour by hour) name objects the cache may not hold: only what dvc.lock describes truly is pushed.
+        stale = sorted(name.split(":")[-1] for name in status(folder))
+        current = [s for s in (lock.get("stages") or {}) if s not in stale]
+        if remote is None:
+            tags[card.TAG_PUSHED] = "not pushed: no default DVC remote"
+            log.warning("DVC data not pushed: the repository has no default remote (`dvc remote default`)")
+        else:
+            dvc(folder, "push", "--remote", remote, *current)
+            tags[card.TAG_PUSHED] = (f"remote {remote}: {', '.join(current)}"
+                                     + (f"; not pushed, changed since dvc.lock: {', '.join(stale)}" if stale
+                                        else ""))
+        tags[card.TAG_DVC] = card.sha256(lock_path)
     use_tracking(dict(params["mlflow"]))
     client = MlflowClient()
     name, version = registered["model_name"], str(registered["version"])

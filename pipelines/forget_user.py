@@ -61,7 +61,8 @@ import pandas as pd
 
 from pipelines import columns as C
 from pipelines.config import parse_step, step_parser
-from pipelines.dvc_repo import default_remote, dvc_repo_root, open_repo
+from pipelines.dvc_repo import cache_objects, default_remote, dvc, dvc_repo_root, open_repo
+from pipelines.dvc_repo import status as dvc_status
 from pipelines.erasures import KEY_ENV, ErasureError, erasure_key, user_token
 from pipelines.fileio import MANIFEST, atomic_write, atomic_write_bytes, write_manifest
 from pipelines.lake import AGGREGATES, erasure_register, partition_file, validated_dir
@@ -547,16 +548,15 @@ def settle_dvc(repo_root: Path, report: ErasureReport) -> None:
     default remote is configured, `--cloud` on it, then `dvc push` of the erased versions. The cost: every
     cached object the current workspace does not use is deleted, so other commits and experiments can no
     longer `dvc checkout`/`dvc pull` their data (they reproduce it with `dvc repro`)."""
-    with open_repo(repo_root) as repo:
-        changed, left = stages_to_commit(repo.status())
-        for name in changed:
-            repo.commit(name, force=True)
-        cloud = default_remote(repo) is not None
-        before = _cache_objects(repo)
-        repo.gc(workspace=True, cloud=cloud, force=True)
-        removed = before - _cache_objects(repo)
-        if cloud:
-            repo.push()
+    changed, left = stages_to_commit(dvc_status(repo_root))
+    for name in changed:
+        dvc(repo_root, "commit", "--force", name)
+    cloud = default_remote(repo_root) is not None
+    before = cache_objects(repo_root)
+    dvc(repo_root, "gc", "--workspace", "--force", *(["--cloud"] if cloud else []))
+    removed = before - cache_objects(repo_root)
+    if cloud:
+        dvc(repo_root, "push")
     report.removed["dvc_cache"] = removed
     report.files.append(f"dvc.lock: committed the erased outputs of {', '.join(changed) or 'no stage'} "
                         "(commit dvc.lock to git)")
@@ -593,11 +593,6 @@ def stages_to_commit(status: Mapping[str, list]) -> tuple[list[str], list[str]]:
         ok = not other and all(what == "modified" for what in outs.values()) and set(deps) <= rewritten
         (commit if ok else left).append(name)
     return commit, left
-
-
-def _cache_objects(repo: Any) -> int:
-    files = Path(repo.cache.local.path)
-    return sum(1 for p in files.rglob("*") if p.is_file()) if files.exists() else 0
 
 
 def forget_user(
