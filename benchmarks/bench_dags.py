@@ -72,7 +72,7 @@ def write_params(work: Path, root: Path, smtp_port: int) -> Path:
     params["paths"]["data"] = str(root)
     params["alerts"].update(smtp_host="127.0.0.1", smtp_port=smtp_port, airflow_conn_id=None)
     params["paths"]["gx"] = str(ROOT / "great_expectations")
-    params["drift"].update(config=str(ROOT / "monitoring" / "drift.yaml"), out=str(work / "reports"))
+    params["paths"].update(drift_config=str(ROOT / "monitoring" / "drift.yaml"), drift_reports=str(work / "reports"))
     path = work / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path

@@ -319,7 +319,7 @@ def trained(dagbag, tmp_path_factory):
                            gx_dir=ROOT / "great_expectations", docs=False)
     assert all(r.status == LANDED for r in results), [r.reason for r in results if r.status != LANDED]
     aggregate_all(root, EPOCH_MS, int(load_params("aggregates", ROOT / "params.yaml")["coclick_max_distance"]))
-    params = write_params(work, root, split=SPLIT, train=TRAIN_FAST, drift={"out": str(work / "reports")})
+    params = write_params(work, root, split=SPLIT, train=TRAIN_FAST, paths={"drift_reports": str(work / "reports")})
     mp = pytest.MonkeyPatch()
     mp.setenv(flows.PARAMS_ENV, str(params))
     run = dagbag.dags["train_ranker"].test()
