@@ -627,18 +627,26 @@ def _partition_candidates(index_dir: str, history: pd.DataFrame, users: np.ndarr
     return _loaded_index(index_dir, written_ns).candidates(history, users=users)
 
 
-def candidates_on_cluster(client, partitions: int, index_dir: str | Path, history: pd.DataFrame,
+def _index_candidates(index: CandidateIndex, history: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
+    return index.candidates(history, users=users)
+
+
+def candidates_on_cluster(client, partitions: int, index: str | Path | CandidateIndex, history: pd.DataFrame,
                           users: np.ndarray) -> pd.DataFrame:
-    """`CandidateIndex.load(index_dir).candidates(history, users=users)` on a Dask cluster: users split into
-    user-hash partitions (cluster.user_partition), one task each with its users' history, every worker reading
-    the saved index itself; the parts back in the single process's order (by user, then fused rank)."""
+    """`index.candidates(history, users=users)` on a Dask cluster: users split into user-hash partitions
+    (cluster.user_partition), one task each with its users' history; the parts back in the single process's order
+    (by user, then fused rank). `index`: a saved index's folder, which every worker reads itself (once), or an
+    index in memory (an hour of the as-served replay), sent to every worker once."""
     from pipelines.cluster import user_partition
 
+    if isinstance(index, CandidateIndex):
+        shared, task = client.scatter(index, broadcast=True, hash=False), _index_candidates
+    else:
+        shared, task = str(Path(index).resolve()), _partition_candidates
     users = np.unique(np.asarray(users, dtype=np.int64))
     part = user_partition(users, partitions)
     history_part = user_partition(history[USER_ID].to_numpy(), partitions)
-    futures = [client.submit(_partition_candidates, str(Path(index_dir).resolve()), history[history_part == p],
-                             users[part == p], pure=False)
+    futures = [client.submit(task, shared, history[history_part == p], users[part == p], pure=False)
                for p in range(partitions) if (part == p).any()]
     parts = client.gather(futures)
     return pd.concat(parts, ignore_index=True).sort_values(USER_ID, kind="stable").reset_index(drop=True)

@@ -371,28 +371,15 @@ class ClusterRanking:
                 .reset_index(drop=True) for m in parts[0]}
 
     def candidates(self, index, history: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
-        """`index.candidates(history, users=users)` for an index held in memory (an hour of the as-served replay),
-        as `candidates.candidates_on_cluster` does for a saved one: each task gets its users' history."""
-        from pipelines.cluster import user_partition
+        """`index.candidates(history, users=users)` for an index held in memory (an hour of the as-served replay)."""
+        from pipelines.candidates import candidates_on_cluster
 
-        users = np.unique(np.asarray(users, dtype=np.int64))
-        part = user_partition(users, self.partitions)
-        history_part = user_partition(history[USER_ID].to_numpy(), self.partitions)
-        shared = self.client.scatter(index, broadcast=True, hash=False)
-        futures = [self.client.submit(_index_candidates, shared, history[history_part == p], users[part == p],
-                                      pure=False)
-                   for p in range(self.partitions) if (part == p).any()]
-        parts = self.client.gather(futures)
-        return pd.concat(parts, ignore_index=True).sort_values(USER_ID, kind="stable").reset_index(drop=True)
+        return candidates_on_cluster(self.client, self.partitions, index, history, users)
 
 
 def _rank_partition(candidates, trend, depth, scorers, rerankers, embeddings, rank_params, vectors, methods):
     scorers = {**scorers, **{n: s.with_embeddings(embeddings[n]) for n, s in rerankers.items()}}
     return rank_methods(candidates, trend, depth, scorers, rank_params, vectors, methods)
-
-
-def _index_candidates(index, history: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
-    return index.candidates(history, users=users)
 
 
 def reach_of(candidates: pd.DataFrame, method: str, own_lists: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
