@@ -68,6 +68,9 @@ def main() -> int:
     data = work / "data"
     (data / "quarantine" / "clicks").mkdir(parents=True)
     params = override(yaml.safe_load((ROOT / "params.yaml").read_text()), args.sets)
+    # The copy lives in the scratch folder, and params paths are read against their file's folder: anchor them
+    # to the checkout (its GX project, drift config); the data and every output are passed to each step.
+    params["paths"] = {key: str(ROOT / value) for key, value in params["paths"].items()}
     params_path = work / "params.yaml"
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "NEWSREC__MLFLOW__TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",

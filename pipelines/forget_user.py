@@ -60,9 +60,9 @@ from urllib.request import url2pathname
 import pandas as pd
 
 from pipelines import columns as C
+from pipelines import dvc_repo
 from pipelines.config import parse_step, step_parser
-from pipelines.dvc_repo import cache_objects, default_remote, dvc, dvc_repo_root, open_repo
-from pipelines.dvc_repo import status as dvc_status
+from pipelines.dvc_repo import dvc_repo_root
 from pipelines.erasures import KEY_ENV, ErasureError, erasure_key, user_token
 from pipelines.fileio import MANIFEST, atomic_write, atomic_write_bytes, write_manifest
 from pipelines.lake import AGGREGATES, erasure_register, partition_file, validated_dir
@@ -535,7 +535,7 @@ def _erase_remote_artifacts(location: str, user_id: int, report: ErasureReport) 
 
 def dvc_outputs(repo_root: Path) -> list[Path]:
     """Every output path dvc.yaml declares (the product's stores that DVC versions)."""
-    with open_repo(repo_root) as repo:
+    with dvc_repo.open_repo(repo_root) as repo:
         return sorted({Path(out.fs_path) for out in repo.index.outs})
 
 
@@ -548,15 +548,15 @@ def settle_dvc(repo_root: Path, report: ErasureReport) -> None:
     default remote is configured, `--cloud` on it, then `dvc push` of the erased versions. The cost: every
     cached object the current workspace does not use is deleted, so other commits and experiments can no
     longer `dvc checkout`/`dvc pull` their data (they reproduce it with `dvc repro`)."""
-    changed, left = stages_to_commit(dvc_status(repo_root))
+    changed, left = stages_to_commit(dvc_repo.status(repo_root))
     for name in changed:
-        dvc(repo_root, "commit", "--force", name)
-    cloud = default_remote(repo_root) is not None
-    before = cache_objects(repo_root)
-    dvc(repo_root, "gc", "--workspace", "--force", *(["--cloud"] if cloud else []))
-    removed = before - cache_objects(repo_root)
+        dvc_repo.dvc(repo_root, "commit", "--force", name)
+    cloud = dvc_repo.default_remote(repo_root) is not None
+    before = dvc_repo.cache_objects(repo_root)
+    dvc_repo.dvc(repo_root, "gc", "--workspace", "--force", *(["--cloud"] if cloud else []))
+    removed = before - dvc_repo.cache_objects(repo_root)
     if cloud:
-        dvc(repo_root, "push")
+        dvc_repo.dvc(repo_root, "push")
     report.removed["dvc_cache"] = removed
     report.files.append(f"dvc.lock: committed the erased outputs of {', '.join(changed) or 'no stage'} "
                         "(commit dvc.lock to git)")
