@@ -222,7 +222,7 @@ def test_iam_allows_no_wildcard_actions():
 
 def _blocks(kind: str) -> dict[str, str]:
     """Every top-level block of a resource type, by name."""
-    return {name: block(f'resource "{kind}" "{name}"') for name in re.findall(rf'^resource "{kind}" "(\w+)"', hcl(), re.M)}
+    return {name: block(f'resource "{kind}" "{name}"') for name in re.findall(rf'^resource "{kind}" "(\w+)"', hcl(), re.MULTILINE)}
 
 
 def test_the_dask_cluster_is_private_and_reads_the_data_root():
@@ -250,12 +250,12 @@ def test_the_dask_cluster_is_private_and_reads_the_data_root():
     # Nothing reaches the cluster from 0.0.0.0/0; the scheduler's port only from its own group; the dashboard only
     # from the operators' networks.
     rules = {n: b for n, b in _blocks("aws_vpc_security_group_ingress_rule").items()
-             if re.search(r"^\s*security_group_id\s*=\s*aws_security_group\.dask\.id$", b, re.M)}
+             if re.search(r"^\s*security_group_id\s*=\s*aws_security_group\.dask\.id$", b, re.MULTILINE)}
     assert set(rules) == {"dask_cluster", "dask_dashboard"}, sorted(rules)
     for name, rule in rules.items():
         assert "0.0.0.0/0" not in rule and "::/0" not in rule, name
     assert "referenced_security_group_id = aws_security_group.dask.id" in rules["dask_cluster"]
-    ranges = re.search(r"dask_port_ranges = \{(.*?)\}", text, re.S).group(1)
+    ranges = re.search(r"dask_port_ranges = \{(.*?)\}", text, re.DOTALL).group(1)
     assert "[8786, 8790]" in ranges
     assert "toset(var.dask_dashboard_cidrs)" in rules["dask_dashboard"] and "from_port         = 8787" in rules["dask_dashboard"]
     # The data root: encrypted EFS, TLS only, through one access point; the workers mount it read-only where the
@@ -274,5 +274,5 @@ def test_the_dask_cluster_is_private_and_reads_the_data_root():
     # Worker count and size are variables; no cluster runs unless asked for.
     for variable in ("dask_workers", "dask_worker_cpu", "dask_worker_memory"):
         assert f'variable "{variable}"' in text, variable
-    assert re.search(r'variable "dask_workers" \{.*?default\s*=\s*0\b', text, re.S)
+    assert re.search(r'variable "dask_workers" \{.*?default\s*=\s*0\b', text, re.DOTALL)
     assert "desired_count    = var.dask_workers" in block('resource "aws_ecs_service" "dask_worker"')
