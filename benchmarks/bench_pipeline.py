@@ -108,6 +108,12 @@ def main() -> int:
 
     glob = str(root / "validated" / "clicks" / "*" / "*.parquet")
     clicks = duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob}')").fetchall()[0][0]
+    if args.reuse and (work / "bench_pipeline.json").exists():
+        # Stages not run this time keep their figures from the last run on this data (--only reruns a few).
+        ran = {r["stage"] for r in rows}
+        earlier = [r for r in json.loads((work / "bench_pipeline.json").read_text())["stages"] if r["stage"] not in ran]
+        order = ["synth", "validate"] + [name for name, _ in stages(root, work)]
+        rows = sorted(earlier + rows, key=lambda r: order.index(r["stage"]))
     summary = {"profile": args.profile, "hours": args.hours, "clicks": int(clicks), "cpus": os.cpu_count(),
                "stages": rows}
     (work / "bench_pipeline.json").write_text(json.dumps(summary, indent=2) + "\n")

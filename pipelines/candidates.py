@@ -672,14 +672,14 @@ def build_candidates(
     (candidates_on_cluster; the same lists)."""
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
     from pipelines.learned import model_for
-    from pipelines.split import eval_targets, snapshot_clicks
+    from pipelines.split import eval_targets, snapshots_clicks
 
     root = Path(data_root)
     catalogue, embeddings = read_catalogue(root)
     delivered = delivered_hours(root, catalogue)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     reports = {}
-    for snap in snapshots:
+    for snap, history, target in snapshots_clicks(lake.validated_dir(root), snapshots):
         articles = known_at(catalogue, delivered, snap.cutoff_hour)
         learned = model_for(learned_dir, snap.cutoff_hour) if learned_dir is not None else None
         if learned_dir is not None and learned is None:
@@ -690,7 +690,6 @@ def build_candidates(
         index.save(Path(index_dir) / snap.name)
         if snap.role == "serve":
             continue
-        history, target = snapshot_clicks(lake.validated_dir(root), snap)
         targets = eval_targets(history, target, articles, snap.cutoff_ms)
         cap = (params.get("max_users") or {}).get(snap.role)
         users = sample_users(targets[USER_ID].unique(), int(cap)) if cap else targets[USER_ID].unique()

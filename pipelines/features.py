@@ -666,16 +666,15 @@ def build_snapshot_features(
     serve snapshot) supplies the request context and nothing else. `user_side` as in `fit_tables`.
     """
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
-    from pipelines.split import snapshot_clicks
+    from pipelines.split import snapshots_clicks
 
     root = Path(data_root)
     catalogue, raw_embeddings = read_catalogue(root)
     delivered = delivered_hours(root, catalogue)
     embeddings = normalise_embeddings(raw_embeddings)
     written = {}
-    for snap in snapshots:
+    for snap, history, target in snapshots_clicks(lake.validated_dir(root), snapshots):
         articles = known_at(catalogue, delivered, snap.cutoff_hour)
-        history, target = snapshot_clicks(lake.validated_dir(root), snap)
         # A labelled snapshot only ever scores the users of its target window: their user tables suffice
         # (dozens of hourly snapshots would otherwise each store every user's table and profile).
         labelled = len(target) > 0

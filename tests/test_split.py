@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -19,6 +20,7 @@ from pipelines.split import (
     plan_snapshots,
     read_snapshots,
     snapshot_clicks,
+    snapshots_clicks,
     write_snapshots,
 )
 
@@ -97,6 +99,23 @@ def test_history_drops_late_outliers_at_or_after_the_cutoff_and_target_keeps_the
         load_clicks(vdir, None, None, columns=["nope"])
     with pytest.raises(FileNotFoundError):
         load_clicks(late_outlier_root / "missing", None, None)
+
+
+@pytest.mark.unit
+def test_one_read_of_the_clicks_gives_every_snapshot_what_its_own_read_gives(tiny_validated):
+    vdir = tiny_validated / "validated" / "clicks"
+    snaps = plan_snapshots(landed_hours(vdir), EPOCH, **PLAN)
+    snaps.append(dataclasses.replace(snaps[-1], name="serve", role="serve", end_ms=snaps[-1].cutoff_ms))
+    seen = []
+    for snap, history, target in snapshots_clicks(vdir, snaps):
+        own_history, own_target = snapshot_clicks(vdir, snap)
+        pd.testing.assert_frame_equal(history, own_history)
+        pd.testing.assert_frame_equal(target, own_target)
+        assert (len(target) > 0) == (snap.role != "serve") and len(history) > 0
+        history.loc[:, C.USER_ID] = -1  # each snapshot's frames are its own: changing one changes no other
+        seen.append(snap.name)
+    assert seen == [s.name for s in snaps]
+    assert list(snapshots_clicks(vdir, [])) == []
 
 
 @pytest.mark.unit
