@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.repeat):
         index, load_wall, load_cpu, load_gap = timed(lambda: source.load(pointer))
         served, comb_wall, comb_cpu, comb_gap = timed(lambda index=index: source.combine(model, index))
-        user = int(served.bundle.hist_users[len(served.bundle.hist_users) // 2])
+        user = served.bundle.users.listing([served.bundle.users.n_users // 2])[0][0]
         result = rec.recommend(served.bundle, user, [], rec.Context(), served.bundle.cutoff_ms, 10)
         row = {"label": args.label, "swap": i, "index_hour": index.cutoff_hour, "users": index.meta.get("users"),
                "clicks": index.meta.get("clicks"), "load_s": round(load_wall, 3), "load_cpu_s": round(load_cpu, 3),

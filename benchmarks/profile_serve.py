@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     prepared = prepare(ServingBundle.load(args.bundle), compile_ranker=not args.lightgbm)
     load_s = time.perf_counter() - t
     rng = np.random.default_rng(0)
-    users = rng.choice(prepared.hist_users, args.requests)
+    users = rng.choice([u for u, _ in prepared.users.listing(range(prepared.users.n_users))], args.requests)
     cold = rng.random(args.requests) < args.cold_share
     users = np.where(cold, 10**12 + np.arange(args.requests), users)
     pool = prepared.bundle.index.pool["article_id"].to_numpy()
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run()  # warm caches (faiss index, lazy imports)
     times = run()
-    print(f"bundle {args.bundle}: loaded and prepared in {load_s:.1f} s; {len(prepared.hist_users):,} users with "
+    print(f"bundle {args.bundle}: loaded and prepared in {load_s:.1f} s; {prepared.users.n_users:,} users with "
           f"history, pool {len(pool):,} articles, scored by {prepared.bundle.ranker.predictor}")
     print(f"recommend() x{args.requests} (cold share {args.cold_share}, {args.online_clicks} online clicks): "
           f"mean {times.mean():.2f} ms, p50 {np.percentile(times, 50):.2f}, p95 {np.percentile(times, 95):.2f}, "

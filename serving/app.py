@@ -287,7 +287,7 @@ def create_app(
     if index_source is None and settings.hourly_index and settings.index_dir is not None:
         from serving.index_source import FolderIndexSource
 
-        index_source = FolderIndexSource(settings.index_dir, settings.compile_ranker)
+        index_source = FolderIndexSource(settings.index_dir, settings.compile_ranker, settings.user_store)
     access = Access(settings.auth, read_keys(settings.api_keys_env), settings.rate_limit_per_minute,
                     settings.redis_url, settings.state_prefix)
     holder = ModelHolder(source, settings.champion_alias, settings.challenger_alias, on_swap=on_swap,
@@ -369,6 +369,14 @@ def create_app(
             reasons.append(f"no champion loaded ({holder.last_error or 'alias not set'})")
         if not state.ping():
             reasons.append("user state store does not answer")
+        if slots.champion is not None and settings.user_store is not None:
+            # a replica of the Redis user store serves the hourly index's users, never a model's own files
+            if slots.champion.index_hour is None:
+                reasons.append("no hourly index with its user state in Redis loaded yet (serving the model's own "
+                               "state)")
+            elif not slots.champion.bundle.users.ping():
+                reasons.append("the served index's user state is not in Redis (expired or evicted, or Redis does "
+                               "not answer)")
         body = {
             "status": "not ready" if reasons else "ready",
             "reasons": reasons,
