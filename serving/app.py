@@ -264,7 +264,8 @@ def create_app(
     if source is None:
         from serving.registry_source import MlflowBundleSource
 
-        source = MlflowBundleSource(settings.tracking_uri, settings.model_name, settings.compile_ranker)
+        source = MlflowBundleSource(settings.tracking_uri, settings.model_name, settings.compile_ranker,
+                                    own_state=settings.user_store is None)
     if state is None:
         state = make_state_store(
             settings.redis_url, settings.state_prefix, settings.state_max_clicks, settings.state_ttl_seconds,
@@ -328,6 +329,17 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+    if settings.redis_url or settings.user_store is not None:
+        from redis.exceptions import RedisError
+
+        @app.exception_handler(RedisError)
+        async def redis_down(request: Request, exc: RedisError) -> JSONResponse:
+            # Online clicks, counts or the users' state are in a Redis that did not answer within its short
+            # timeouts: the request is refused at once (the client may retry) rather than served without them.
+            log.warning("Redis did not answer: %s", exc)
+            return JSONResponse({"detail": f"the service's Redis does not answer ({type(exc).__name__}): retry "
+                                 "shortly"}, status_code=503, headers={"Retry-After": "1"})
     app.state.holder = holder
     app.state.live = live
     app.state.state = state

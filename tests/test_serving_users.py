@@ -39,7 +39,8 @@ def _refresh(data_root, index_root, hour, user_store=None, keep=3):
 
 
 def _served(serving_bundle, index_root, user_store=None):
-    holder = ModelHolder(EarlierChampion(serving_bundle, 10), "champion", "challenger",
+    # as the service does: with users in Redis the registry's model is loaded without its own state
+    holder = ModelHolder(EarlierChampion(serving_bundle, 10, own_state=user_store is None), "champion", "challenger",
                          index_source=FolderIndexSource(index_root, compile_ranker=False, user_store=user_store))
     holder.refresh()
     return holder
@@ -135,6 +136,18 @@ def test_a_version_is_current_only_once_whole_in_redis_and_old_ones_expire(servi
     client.close()
 
 
+def test_a_redis_replica_serves_nothing_until_an_index_with_its_users_is_published(serving_bundle, data_root,
+                                                                                    tmp_path, store_config):
+    index_root = tmp_path / "idx"
+    holder = _served(serving_bundle, index_root, store_config)
+    assert holder.slots.champion is None and "waits for an hourly index" in holder.last_error
+    _refresh(data_root, index_root, 14, store_config)
+    assert holder.refresh() is True
+    served = holder.slots.champion
+    assert served.index_hour == 15 and served.base.history is None and served.base.tables is None
+    assert holder.refresh() is False
+
+
 def test_a_redis_replica_loads_only_the_article_side(serving_bundle, data_root, tmp_path, store_config):
     index_root = tmp_path / "idx"
     _refresh(data_root, index_root, 14, store_config)
@@ -194,3 +207,37 @@ def test_settings_read_the_user_store_once():
         settings.with_(user_store_url="redis://127.0.0.1:6379/3", hourly_index=False)
     with pytest.raises(InputError, match="must be a Redis URL"):
         settings.with_(user_store_url="127.0.0.1:6379")
+
+
+def test_the_api_over_redis_users_answers_like_the_files_and_503s_when_redis_is_down(
+        serving_bundle, data_root, tmp_path, store_config):
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.settings import Settings
+
+    index_root = tmp_path / "idx"
+    _refresh(data_root, index_root, 14, store_config)
+    base = Settings.from_params(impression_log=tmp_path / "imp.jsonl", click_log=tmp_path / "clk.jsonl",
+                                compile_ranker=False, explore_share=0.0, clock="cutoff").with_(index_dir=index_root)
+    redis_settings = base.with_(user_store_url=store_config.url, user_store_prefix=store_config.prefix)
+    apps = {name: create_app(s, source=EarlierChampion(serving_bundle, 10, own_state=s.user_store is None),
+                             poll=False) for name, s in (("files", base), ("redis", redis_settings))}
+    with TestClient(apps["files"]) as files, TestClient(apps["redis"]) as redis:
+        assert redis.get("/readyz").status_code == 200
+        users = [u["user_id"] for u in files.get("/v1/users", params={"n": 8}).json()]
+        assert users == [u["user_id"] for u in redis.get("/v1/users", params={"n": 8}).json()]
+        for user in users + [10**12]:
+            lists = [c.get(f"/v1/users/{user}/recommendations", params={"k": 10}).json() for c in (files, redis)]
+            assert [i["article_id"] for i in lists[0]["items"]] == [i["article_id"] for i in lists[1]["items"]]
+            assert len(lists[0]["items"]) == 10
+            history = [c.get(f"/v1/users/{user}/history").json() for c in (files, redis)]
+            assert history[0] == history[1]
+
+        served = apps["redis"].state.holder.slots.champion
+        served.bundle.users._redis = UserStoreConfig("redis://127.0.0.1:1/0", "x:", 3600).client()
+        down = redis.get(f"/v1/users/{users[0]}/recommendations")
+        assert down.status_code == 503 and "Redis does not answer" in down.json()["detail"]
+        ready = redis.get("/readyz")
+        assert ready.status_code == 503 and any("not in Redis" in r for r in ready.json()["reasons"])
+        assert redis.get("/healthz").status_code == 200  # alive: the orchestrator must not kill it for this
