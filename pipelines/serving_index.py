@@ -178,9 +178,10 @@ def publish(serving: ServingIndex, index_root: str | Path, keep: int, user_store
 
     Re-publishing an hour (a replayed drop) replaces that version whole. CURRENT.json never moves back to
     an older hour than the one it names, so replaying an old hour does not roll the service back. With a
-    `user_store`, the version's per-user state is written to it first (through `client`, default one from
-    the config), so whatever CURRENT.json names is whole in Redis too; the versions dropped or replaced are
-    set to expire there.
+    `user_store`, the per-user state of a version that becomes current is written there first (through
+    `client`, default one from the config), so whatever CURRENT.json names is whole in Redis too; every
+    other version's state there is then set to expire (replicas serve the current one only), and a replayed
+    old hour, which never becomes current, is not written there at all.
     """
     root = Path(index_root)
     root.mkdir(parents=True, exist_ok=True)
@@ -188,13 +189,14 @@ def publish(serving: ServingIndex, index_root: str | Path, keep: int, user_store
     tmp = root / f".{final.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    if user_store is not None:
+    live = current(root)
+    becomes_current = live is None or live["cutoff_hour"] <= serving.cutoff_hour
+    if user_store is not None and becomes_current:
         from pipelines.user_store import materialise
 
         client = client if client is not None else user_store.client()
         serving.meta["user_store"] = materialise(client, user_store, serving.cutoff_hour, serving.history,
                                                  serving.tables)
-    live = current(root)
     serving.save(tmp, previous=root / live["path"] if live else None)
     retired = []
     if final.exists():
@@ -206,8 +208,7 @@ def publish(serving: ServingIndex, index_root: str | Path, keep: int, user_store
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(final)
-    live = current(root)
-    if live is None or live["cutoff_hour"] <= serving.cutoff_hour:
+    if becomes_current:
         pointer = {"cutoff_hour": serving.cutoff_hour, "cutoff_ms": serving.cutoff_ms, "path": final.name,
                    "format": INDEX_FORMAT}
         atomic_write(root / CURRENT, lambda p: p.write_text(json.dumps(pointer, indent=2) + "\n"))
@@ -215,13 +216,13 @@ def publish(serving: ServingIndex, index_root: str | Path, keep: int, user_store
     versions = sorted(root.glob(f"{C.HOUR}=*"), key=lambda p: p.name)
     for stale in versions[: max(0, len(versions) - max(int(keep), 1))]:
         if live is None or stale.name != live["path"]:
-            retired.append(_user_namespace(stale))
             shutil.rmtree(stale, ignore_errors=True)
-    if user_store is not None:
+    if user_store is not None and becomes_current:
         from pipelines.user_store import retire
 
-        kept = {_user_namespace(p) for p in root.glob(f"{C.HOUR}=*")}
-        for namespace in set(retired) - kept - {None}:
+        serving_now = _user_namespace(root / live["path"])
+        retired += [_user_namespace(p) for p in versions]
+        for namespace in set(retired) - {serving_now, None}:
             retire(client, user_store, namespace)
     return final
 

@@ -13,8 +13,9 @@ memory-mapping every reader's:
 
 The namespace is `hour=NNN.<digest of the state>`: a republished hour writes new keys, so a replica never
 reads a mix of two versions, and a version whose `:meta` key exists is whole. Every key expires
-`ttl_seconds` after it was written; versions the publisher drops (`refresh.keep`) or replaces are set to
-expire within `RETIRE_GRACE_S`, time enough for every replica to have swapped away from them.
+`ttl_seconds` after it was written (the bound if the hourly refresh stops); once a newer version is current,
+the older ones are set to expire within `RETIRE_GRACE_S`, time enough for every replica to have swapped
+away from them. Redis thus holds one version, two while the next is written and the replicas swap.
 
 A value is a uint32 header (clicks, category rows, has a user-table row), then each history column, the
 user-table row, the profile (float32) and the category rows, column after column. Integer columns are
@@ -272,13 +273,22 @@ def materialise(client: Any, config: UserStoreConfig, cutoff_hour: int, history:
 
 
 def retire(client: Any, config: UserStoreConfig, namespace: str, grace_s: int = RETIRE_GRACE_S) -> int:
-    """Let a version's keys expire within `grace_s` (never later than they would have); returns how many."""
+    """Let a version's keys expire within `grace_s` (never later than they would have); returns how many were
+    set. Its :meta key goes last, so a version already retired (or gone) is not scanned for again, and one
+    whose retirement was interrupted is, at the next publication."""
+    meta = key(config.prefix, namespace, "meta")
+    ttl = client.ttl(meta)
+    if ttl == -2 or 0 <= ttl <= grace_s:
+        return 0
     pipe = client.pipeline(transaction=False)
     n = 0
     for k in client.scan_iter(match=f"{config.prefix}{namespace}:*", count=10_000):
+        if k.decode() == meta:
+            continue
         pipe.expire(k, int(grace_s), lt=True)
         n += 1
         if n % _WRITE_BATCH == 0:
             pipe.execute()
     pipe.execute()
-    return n
+    client.expire(meta, int(grace_s), lt=True)
+    return n + 1

@@ -111,12 +111,19 @@ def test_a_version_is_current_only_once_whole_in_redis_and_old_ones_expire(servi
     assert json.loads((index_root / "hour=013" / "index.json").read_text())["user_store"] == first
     assert client.ttl(one_user) > RETIRE_GRACE_S
 
-    # newer versions published; hour 13 drops out of `keep` and its keys are set to expire soon
+    # a newer version becomes current: the one before is set to expire soon (replicas serve the current one)
     _refresh(data_root, index_root, 13, store_config, keep=2)
-    assert client.ttl(one_user) > RETIRE_GRACE_S
+    assert (index_root / "hour=013").exists() and 0 < client.ttl(one_user) <= RETIRE_GRACE_S
+    second = json.loads((index_root / "hour=014" / "index.json").read_text())["user_store"]["namespace"]
+    assert client.ttl(key(store_config.prefix, second, "meta")) > RETIRE_GRACE_S
+    # a replayed old hour never becomes current: its state is not written to Redis at all
+    before = len(client.keys(f"{store_config.prefix}*"))
+    _refresh(data_root, index_root, 12, store_config, keep=3)
+    assert "user_store" not in json.loads((index_root / "hour=013" / "index.json").read_text())
+    assert len(client.keys(f"{store_config.prefix}*")) == before and current(index_root)["cutoff_hour"] == 14
     _refresh(data_root, index_root, 14, store_config, keep=2)
     assert not (index_root / "hour=013").exists()
-    assert 0 < client.ttl(one_user) <= RETIRE_GRACE_S
+    assert 0 < client.ttl(key(store_config.prefix, second, "meta")) <= RETIRE_GRACE_S
 
     # a replica refuses a version whose user state is gone, and keeps serving the one it has
     holder = _served(serving_bundle, index_root, store_config)
