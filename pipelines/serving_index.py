@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                   int(config["data"]["epoch_ms"]), UserStoreConfig.from_serve(config["serve"]))
     meta = json.loads((out / META).read_text())
     stored = meta.get("user_store")
-    where = f"; user state in Redis as {stored['namespace']}, {stored['payload_bytes'] / 2**20:.1f} MB" if stored else ""
+    where = (f"; user state in Redis as {stored['namespace']}, {stored['payload_bytes'] / 2**20:.1f} MB written in "
+             f"{stored['written_s']} s") if stored else ""
     print(f"published {out} (cutoff hour {meta['cutoff_hour']}: {meta['pool_size']} recommendable articles, "
           f"{meta['users']} users, {meta['clicks']} clicks{where}) in {time.perf_counter() - started:.1f} s")
     return 0

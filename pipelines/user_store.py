@@ -240,8 +240,11 @@ def materialise(client: Any, config: UserStoreConfig, cutoff_hour: int, history:
     """Write one version's per-user state (clicks `history`, HISTORY_COLUMNS sorted by user and time; the
     user side of the FeatureTables `tables`) under a namespace of its own; returns what the index's
     index.json records of it (`user_store`). The :meta key goes last: until it exists the version is not whole."""
+    import time
+
     from pipelines.serving_index import HISTORY_COLUMNS
 
+    started = time.perf_counter()
     cols = sorted_history({c: history[c].to_numpy(np.int64) for c in HISTORY_COLUMNS})
     spec = layout(cols, tables.users, tables.profiles, tables.user_categories)
     namespace = f"{C.HOUR}={int(cutoff_hour):03d}.{_digest(cols, tables)}"
@@ -269,7 +272,8 @@ def materialise(client: Any, config: UserStoreConfig, cutoff_hour: int, history:
             "users_with_clicks": len(directory), "payload_bytes": payload, "context_default": defaults,
             "context_codes": codes}
     client.set(key(config.prefix, namespace, "meta"), json.dumps(meta), ex=ttl)
-    return {"namespace": namespace, "users": users_written, "payload_bytes": payload}
+    return {"namespace": namespace, "users": users_written, "payload_bytes": payload,
+            "written_s": round(time.perf_counter() - started, 1)}  # how long it took (information only)
 
 
 def retire(client: Any, config: UserStoreConfig, namespace: str, grace_s: int = RETIRE_GRACE_S) -> int:
