@@ -276,6 +276,31 @@ def materialise(client: Any, config: UserStoreConfig, cutoff_hour: int, history:
             "written_s": round(time.perf_counter() - started, 1)}  # how long it took (information only)
 
 
+def forget(client: Any, config: UserStoreConfig, user_id: int) -> int:
+    """Erase one user from every version in the store (newsrec forget-user): their key and their place in the
+    /v1/users listing; the versions keep their expiry. Returns how many versions held the user."""
+    held = 0
+    for meta_key in client.scan_iter(match=f"{config.prefix}*:meta", count=10_000):
+        namespace = meta_key.decode()[len(config.prefix): -len(":meta")]
+        found = bool(client.delete(user_key(config.prefix, namespace, user_id)))
+        raw = client.get(key(config.prefix, namespace, "dir"))
+        directory = np.frombuffer(raw or b"", np.int64).reshape(-1, 2)
+        keep = directory[:, 0] != int(user_id)
+        if not keep.all():
+            directory = directory[keep]
+            active = np.argsort(-directory[:, 1], kind="stable")[:KNOWN_USERS_MAX].astype(np.int64)
+            meta = json.loads(client.get(meta_key))
+            meta["users_with_clicks"] = len(directory)
+            pipe = client.pipeline(transaction=True)  # listing, its top and the counts change together
+            pipe.set(key(config.prefix, namespace, "dir"), directory.tobytes(), keepttl=True)
+            pipe.set(key(config.prefix, namespace, "active"), active.tobytes(), keepttl=True)
+            pipe.set(meta_key, json.dumps(meta), keepttl=True)
+            pipe.execute()
+            found = True
+        held += found
+    return held
+
+
 def retire(client: Any, config: UserStoreConfig, namespace: str, grace_s: int = RETIRE_GRACE_S) -> int:
     """Let a version's keys expire within `grace_s` (never later than they would have); returns how many were
     set. Its :meta key goes last, so a version already retired (or gone) is not scanned for again, and one

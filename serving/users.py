@@ -125,10 +125,14 @@ class RedisUserStore:
                               "written): re-run `newsrec refresh` for its hour")
         meta = json.loads(raw)
         self.spec = meta["layout"]
-        self.n_users = int(meta["users_with_clicks"])
         self.context_default = {c: int(v) for c, v in meta["context_default"].items()}
         self.context_codes = {c: frozenset(v) for c, v in meta["context_codes"].items()}
         self._meta_key = key(self.prefix, namespace, "meta")
+
+    @property
+    def n_users(self) -> int:
+        """Read each time (not on the request path): `newsrec forget-user` may have shortened the listing."""
+        return int(self._redis.strlen(key(self.prefix, self.namespace, "dir"))) // 16
 
     def rows(self, user_id: int) -> UserRows:
         return unpack_user(self.spec, user_id, self._redis.get(user_key(self.prefix, self.namespace, user_id)))
@@ -138,7 +142,7 @@ class RedisUserStore:
         for p in positions:
             pipe.getrange(key(self.prefix, self.namespace, "dir"), 16 * int(p), 16 * int(p) + 15)
         pairs = [np.frombuffer(raw, np.int64) for raw in pipe.execute()] if len(positions) else []
-        return [(int(u), int(c)) for u, c in pairs]
+        return [(int(p[0]), int(p[1])) for p in pairs if len(p) == 2]  # past the end: shortened by an erasure
 
     def most_active(self, n: int) -> np.ndarray:
         raw = self._redis.getrange(key(self.prefix, self.namespace, "active"), 0, 8 * int(n) - 1) if n > 0 else b""

@@ -249,3 +249,25 @@ def test_the_api_over_redis_users_answers_like_the_files_and_503s_when_redis_is_
         ready = redis.get("/readyz")
         assert ready.status_code == 503 and any("not in Redis" in r for r in ready.json()["reasons"])
         assert redis.get("/healthz").status_code == 200  # alive: the orchestrator must not kill it for this
+
+
+def test_forget_user_erases_the_user_from_every_version_in_redis(serving_bundle, data_root, tmp_path, store_config):
+    from pipelines import forget_user as F
+
+    index_root = tmp_path / "idx"
+    _refresh(data_root, index_root, 14, store_config)
+    served = _served(serving_bundle, index_root, store_config).slots.champion
+    users = served.bundle.users
+    n = users.n_users
+    user = rec.known_users(served.bundle, 1, "active")[0]["user_id"]  # also in the /v1/users top list
+    assert len(users.rows(user).clicks[C.USER_ID]) > 0
+    report = F.ErasureReport()
+    F.erase_user_store(store_config.client(), store_config, user, report)
+    assert report.removed["user_store"] == 1
+    assert len(users.rows(user).clicks[C.USER_ID]) == 0 and len(users.rows(user).users) == 0
+    assert users.n_users == n - 1 and user not in [u for u, _ in users.listing(range(users.n_users))]
+    assert user not in [u["user_id"] for u in rec.known_users(served.bundle, 50, "active")]
+    assert rec.recommend(served.bundle, user, [], rec.Context(), rec.cutoff_ms(served.bundle), 10).cold_start
+    assert len(rec.known_users(served.bundle, n, "random")) == n - 1
+    F.erase_user_store(store_config.client(), store_config, user, report)  # nothing left to erase
+    assert report.removed["user_store"] == 1
