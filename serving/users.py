@@ -77,8 +77,8 @@ class FileUserStore:
         uc = tables.user_categories
         uc_users = uc[C.USER_ID].to_numpy(np.int64)
         if len(uc_users) and np.any(uc_users[1:] < uc_users[:-1]):  # fitted tables are by user already
-            uc = uc.iloc[np.argsort(uc_users, kind="stable")]
-            uc_users = uc_users[np.argsort(uc_users, kind="stable")]
+            order = np.argsort(uc_users, kind="stable")
+            uc, uc_users = uc.iloc[order], uc_users[order]
         self._uc, self._uc_users = uc.reset_index(drop=True), uc_users
 
     def _slice(self, user_id: int) -> slice | None:
