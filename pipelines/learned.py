@@ -53,7 +53,7 @@ _WEIGHTS = "weights.npz"
 _META = "learned.json"
 LEARNED_FORMAT = 1
 PARAM_KEYS = ("dim", "hidden", "state_dim", "history", "dropout", "epochs", "batch", "lr", "weight_decay",
-              "logq_correction", "max_examples", "seed", "threads")
+              "logq_correction", "max_examples", "seed", "threads", "warm_start", "incremental_epochs")
 
 
 def age_bucket(hours: np.ndarray) -> np.ndarray:
@@ -261,7 +261,7 @@ def check_params(params: dict) -> dict:
     missing = [k for k in PARAM_KEYS if k not in params]
     if missing:
         raise InputError(f"learned params lack {missing}")
-    for key in ("dim", "hidden", "state_dim", "history", "epochs", "batch", "threads"):
+    for key in ("dim", "hidden", "state_dim", "history", "epochs", "batch", "threads", "incremental_epochs"):
         if int(params[key]) < 1:
             raise InputError(f"learned.{key} must be >= 1, got {params[key]}")
     if float(params["lr"]) <= 0:
@@ -271,11 +271,12 @@ def check_params(params: dict) -> dict:
     return {k: params[k] for k in PARAM_KEYS} | {k: v for k, v in params.items() if k not in PARAM_KEYS}
 
 
-def training_examples(clicks: pd.DataFrame, history: int, max_examples: int | None
+def training_examples(clicks: pd.DataFrame, history: int, max_examples: int | None, since_ms: int | None = None
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(history rows [E, history] into the clicks sorted by user and time, -1 padded, newest first; positive
     article; its time; the sorted clicks' article ids and times): one example per click with an earlier click of the same user on another
-    article, not a re-read of one of its `history` previous clicks. The newest `max_examples` are kept."""
+    article, not a re-read of one of its `history` previous clicks. With `since_ms`, only clicks from then on
+    are examples (their histories still reach back before it). The newest `max_examples` are kept."""
     user = clicks[C.USER_ID].to_numpy(np.int64)
     ts = clicks[C.CLICK_TIMESTAMP].to_numpy(np.int64)
     art = clicks[C.CLICK_ARTICLE_ID].to_numpy(np.int64)
@@ -289,7 +290,7 @@ def training_examples(clicks: pd.DataFrame, history: int, max_examples: int | No
         hist[:, back - 1] = np.where(same, prev, -1)
     valid = hist[:, 0] >= 0
     reread = ((hist >= 0) & (art[np.maximum(hist, 0)] == art[:, None])).any(axis=1)
-    keep = np.flatnonzero(valid & ~reread)
+    keep = np.flatnonzero(valid & ~reread & (ts >= (np.iinfo(np.int64).min if since_ms is None else int(since_ms))))
     if max_examples is not None and len(keep) > int(max_examples):
         keep = keep[np.argsort(ts[keep], kind="stable")[-int(max_examples):]]
         keep.sort()
@@ -331,22 +332,36 @@ def hourly_trend(articles: np.ndarray, ts: np.ndarray, cutoff_ms: int, half_life
 
 
 def fit_learned(clicks: pd.DataFrame, articles: pd.DataFrame, embeddings: np.ndarray, cutoff_ms: int,
-                params: dict, trend_half_life_hours: float, log=print) -> LearnedModel:
+                params: dict, trend_half_life_hours: float, log=print, init: LearnedModel | None = None
+                ) -> LearnedModel:
     """Train the two-tower model on `clicks` before `cutoff_ms` (later ones are ignored) over the catalogue
     `articles` / `embeddings` (row = article_id); an article's trend decays with `trend_half_life_hours`, the
-    candidate index's (params candidates.trend_half_life_hours). Seeded: the same inputs give the same model."""
+    candidate index's (params candidates.trend_half_life_hours). Seeded: the same inputs give the same model.
+
+    With `init` (a model fitted at an earlier cutoff), the fit is that model's incremental update: it starts
+    from its weights and category vocabulary (a category it never saw reads as unknown) and trains
+    `incremental_epochs` passes over the clicks from its cutoff to this one only."""
     torch = _torch()
     p = check_params(params)
+    if init is not None:
+        if int(init.meta["cutoff_ms"]) >= int(cutoff_ms):
+            raise InputError(f"a warm start needs a model fitted before the cutoff {cutoff_ms}; "
+                             f"it was fitted at {init.meta['cutoff_ms']}")
+        shape = {k: init.params[k] for k in ("dim", "hidden", "state_dim", "history")}
+        if shape != {k: p[k] for k in shape} or init.emb_dim != np.asarray(embeddings).shape[1]:
+            raise InputError(f"a warm start needs a model of the same shape: it has {shape} and embedding width "
+                             f"{init.emb_dim}, the params ask for {({k: p[k] for k in shape})}")
     missing = {C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP} - set(clicks.columns)
     if missing:
         raise InputError(f"clicks frame lacks columns {sorted(missing)}")
     clicks = clicks[clicks[C.CLICK_TIMESTAMP].to_numpy() < int(cutoff_ms)]
     n_hist = int(p["history"])
-    hist, pos, ts, art, art_ts = training_examples(clicks, n_hist, p.get("max_examples"))
+    since = None if init is None else int(init.meta["cutoff_ms"])
+    hist, pos, ts, art, art_ts = training_examples(clicks, n_hist, p.get("max_examples"), since)
     if len(pos) < 2:
-        raise InputError(f"{len(pos)} training example(s) before the cutoff: the learned model needs users "
-                         "with at least two clicks")
-    categories = np.unique(articles[C.CATEGORY_ID].to_numpy(np.int64))
+        raise InputError(f"{len(pos)} training example(s) before the cutoff" + ("" if init is None else
+                         " since the warm start's") + ": the learned model needs users with at least two clicks")
+    categories = init.categories if init is not None else np.unique(articles[C.CATEGORY_ID].to_numpy(np.int64))
     cat = _catalogue(articles, embeddings, categories)
     clicked_missing = np.setdiff1d(np.unique(art), articles[C.ARTICLE_ID].to_numpy(np.int64))
     if len(clicked_missing):
@@ -361,6 +376,8 @@ def fit_learned(clicks: pd.DataFrame, articles: pd.DataFrame, embeddings: np.nda
     torch.manual_seed(seed)
     with _threads(p["threads"]):
         net = _build_network(cat.emb.shape[1], len(categories), p)
+        if init is not None:
+            net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in init.weights.items()})
         opt = torch.optim.AdamW(net.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
         emb_t = torch.from_numpy(cat.emb)
         cat_t, words_t = torch.from_numpy(cat.category), torch.from_numpy(cat.words)
@@ -374,7 +391,8 @@ def fit_learned(clicks: pd.DataFrame, articles: pd.DataFrame, embeddings: np.nda
         batch = int(p["batch"])
         started, losses = time.perf_counter(), []
         net.train()
-        for epoch in range(int(p["epochs"])):
+        epochs = int(p["epochs"] if init is None else p["incremental_epochs"])
+        for epoch in range(epochs):
             order = rng.permutation(len(pos))
             total, steps = 0.0, 0
             for lo in range(0, len(order) - 1, batch):
@@ -411,12 +429,13 @@ def fit_learned(clicks: pd.DataFrame, articles: pd.DataFrame, embeddings: np.nda
                 opt.step()
                 total, steps = total + float(loss.detach()), steps + 1
             losses.append(total / max(steps, 1))
-            log(f"learned: epoch {epoch + 1}/{p['epochs']} loss {losses[-1]:.4f} "
+            log(f"learned: epoch {epoch + 1}/{epochs} loss {losses[-1]:.4f} "
                 f"({len(pos)} examples, {time.perf_counter() - started:.0f} s)")
         net.eval()
         weights = {k: v.detach().numpy().astype(np.float32) for k, v in net.state_dict().items()}
     meta = {"cutoff_ms": int(cutoff_ms), "trend_half_life_hours": float(trend_half_life_hours),
             "examples": len(pos), "losses": losses,
+            "warm_start_from_ms": None if init is None else int(init.meta["cutoff_ms"]),
             "fit_seconds": round(time.perf_counter() - started, 2)}
     return LearnedModel(params=p, categories=categories, emb_dim=int(cat.emb.shape[1]), meta=meta,
                         weights=weights)
@@ -459,7 +478,11 @@ def model_for(models_dir: str | Path, cutoff_hour: int) -> LearnedModel | None:
 
 def fit_daily(data_root: str | Path, snapshots: Sequence, out_dir: str | Path, params: dict, epoch_ms: int,
               trend_half_life_hours: float) -> dict[str, dict]:
-    """Fit and save one model per `fit_hours` cutoff under `<out_dir>/hour=NNN/`; returns what each fit saw."""
+    """Fit and save one model per `fit_hours` cutoff under `<out_dir>/hour=NNN/`; returns what each fit saw.
+
+    With params `warm_start`, only the earliest is fitted from scratch; each later one is the one before it
+    updated on the clicks in between (`fit_learned`'s `init`), as a daily retrain that keeps its model would
+    leave it."""
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
     from pipelines.split import hour_start_ms, load_clicks
 
@@ -468,13 +491,15 @@ def fit_daily(data_root: str | Path, snapshots: Sequence, out_dir: str | Path, p
     delivered = delivered_hours(root, catalogue)
     clicks = load_clicks(lake.validated_dir(root), None, None,
                          columns=[C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP])
-    report = {}
+    report, model = {}, None
     for hour in fit_hours(snapshots, int(params["refit_hours"])):
         cutoff_ms = hour_start_ms(hour, epoch_ms)
         articles = known_at(catalogue, delivered, hour)
-        model = fit_learned(clicks, articles, embeddings, cutoff_ms, params, trend_half_life_hours)
+        init = model if params.get("warm_start") else None
+        model = fit_learned(clicks, articles, embeddings, cutoff_ms, params, trend_half_life_hours, init=init)
         model.save(model_dir(out_dir, hour))
-        report[f"{C.HOUR}={hour:03d}"] = {"examples": model.meta["examples"], "final_loss": model.meta["losses"][-1]}
+        report[f"{C.HOUR}={hour:03d}"] = {"examples": model.meta["examples"], "final_loss": model.meta["losses"][-1],
+                                          "warm_start": init is not None}
         print(f"{C.HOUR}={hour:03d}  {model.meta['examples']} examples  loss {model.meta['losses'][-1]:.4f}  "
               f"{model.meta['fit_seconds']:.1f} s", flush=True)
     return report

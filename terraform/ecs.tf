@@ -1,13 +1,15 @@
 # ECS on Fargate: the API (behind the ALB, deployed blue/green by CodeDeploy), the dashboard (behind the
-# ALB) and the MLflow server (private, reached by name through Cloud Map). Tasks run in the private
+# ALB) and the MLflow server (private, reached by name through Cloud Map); the Dask cluster is in dask.tf. Tasks run in the private
 # subnets with no public IP, read-only root filesystems, and secrets injected from Secrets Manager.
 locals {
   image = { for name, repo in aws_ecr_repository.images : name => "${repo.repository_url}:${var.image_tag}" }
 
   mlflow_url = "http://mlflow.${aws_service_discovery_private_dns_namespace.main.name}:5000"
 
+  log_groups = ["api", "dashboard", "mlflow", "dask-scheduler", "dask-worker"]
+
   log_config = {
-    for name in ["api", "dashboard", "mlflow"] : name => {
+    for name in local.log_groups : name => {
       logDriver = "awslogs"
       options = {
         awslogs-group         = aws_cloudwatch_log_group.service[name].name
@@ -83,7 +85,7 @@ resource "aws_service_discovery_service" "mlflow" {
 }
 
 resource "aws_cloudwatch_log_group" "service" {
-  for_each          = toset(["api", "dashboard", "mlflow"])
+  for_each          = toset(local.log_groups)
   name              = "/${local.name}/${each.key}"
   retention_in_days = var.log_retention_days
   kms_key_id        = aws_kms_key.main.arn

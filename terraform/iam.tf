@@ -106,6 +106,37 @@ resource "aws_iam_role_policy" "mlflow" {
   policy = data.aws_iam_policy_document.mlflow.json
 }
 
+# The Dask scheduler relays data but touches no AWS API; the workers only mount the data root, read-only
+# (ClientMount without ClientWrite), through its access point.
+resource "aws_iam_role" "dask_scheduler" {
+  name               = "${local.name}-dask-scheduler"
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+}
+
+resource "aws_iam_role" "dask_worker" {
+  name               = "${local.name}-dask-worker"
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+}
+
+data "aws_iam_policy_document" "dask_worker" {
+  statement {
+    sid       = "ReadTheDataRoot"
+    actions   = ["elasticfilesystem:ClientMount"]
+    resources = [aws_efs_file_system.data.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "elasticfilesystem:AccessPointArn"
+      values   = [aws_efs_access_point.data.arn]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "dask_worker" {
+  name   = "data-root-read-only"
+  role   = aws_iam_role.dask_worker.id
+  policy = data.aws_iam_policy_document.dask_worker.json
+}
+
 # --- MWAA execution role -----------------------------------------------------------------------------------
 
 data "aws_iam_policy_document" "mwaa_assume" {
@@ -320,14 +351,20 @@ data "aws_iam_policy_document" "deploy" {
     resources = ["*"]
   }
   statement {
-    sid       = "UpdateServices"
-    actions   = ["ecs:DescribeServices", "ecs:UpdateService"]
-    resources = [aws_ecs_service.api.id, aws_ecs_service.dashboard.id, aws_ecs_service.mlflow.id]
+    sid     = "UpdateServices"
+    actions = ["ecs:DescribeServices", "ecs:UpdateService"]
+    resources = [
+      aws_ecs_service.api.id, aws_ecs_service.dashboard.id, aws_ecs_service.mlflow.id,
+      aws_ecs_service.dask_scheduler.id, aws_ecs_service.dask_worker.id,
+    ]
   }
   statement {
-    sid       = "PassOnlyTheTaskRoles"
-    actions   = ["iam:PassRole"]
-    resources = [aws_iam_role.task_execution.arn, aws_iam_role.api.arn, aws_iam_role.dashboard.arn, aws_iam_role.mlflow.arn]
+    sid     = "PassOnlyTheTaskRoles"
+    actions = ["iam:PassRole"]
+    resources = [
+      aws_iam_role.task_execution.arn, aws_iam_role.api.arn, aws_iam_role.dashboard.arn, aws_iam_role.mlflow.arn,
+      aws_iam_role.dask_scheduler.arn, aws_iam_role.dask_worker.arn,
+    ]
     condition {
       test     = "StringEquals"
       variable = "iam:PassedToService"

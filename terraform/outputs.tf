@@ -35,3 +35,16 @@ output "mwaa_webserver_url" {
   description = "Airflow UI (private: reach it through the VPN)."
   value       = aws_mwaa_environment.main.webserver_url
 }
+
+output "dask_scheduler_address" {
+  description = "The Dask scheduler inside the VPC (params dask.scheduler, NEWSREC__DASK__SCHEDULER), for clients in its security group that mount the data root."
+  value       = local.dask_scheduler_address
+}
+
+output "data_root" {
+  description = "The data root the Dask workers read (EFS file system and access point), mounted at /app/data."
+  value = {
+    file_system_id  = aws_efs_file_system.data.id
+    access_point_id = aws_efs_access_point.data.id
+  }
+}

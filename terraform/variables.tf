@@ -115,3 +115,53 @@ variable "fallback_rate_threshold_pct" {
   type        = number
   default     = 25
 }
+
+variable "dask_workers" {
+  description = "Dask workers (one ECS task each); 0 runs no scheduler and no worker (the steps run in one process). Sizes: docs/deployment.md, \"Scaling model\"."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.dask_workers >= 0 && floor(var.dask_workers) == var.dask_workers
+    error_message = "dask_workers must be a whole number, 0 or more."
+  }
+}
+
+variable "dask_worker_cpu" {
+  description = "CPU units of each Dask worker task (1024 = 1 vCPU); the worker runs one thread per vCPU."
+  type        = number
+  default     = 4096
+
+  validation {
+    condition     = contains([1024, 2048, 4096, 8192, 16384], var.dask_worker_cpu)
+    error_message = "dask_worker_cpu must be a Fargate size of whole vCPUs: 1024, 2048, 4096, 8192 or 16384."
+  }
+}
+
+variable "dask_worker_memory" {
+  description = "Memory (MiB) of each Dask worker task; the worker's --memory-limit is 1 GiB less."
+  type        = number
+  default     = 16384
+
+  validation {
+    condition     = var.dask_worker_memory >= 2 * var.dask_worker_cpu && var.dask_worker_memory <= 8 * var.dask_worker_cpu
+    error_message = "Fargate allows 2 to 8 GiB per vCPU: dask_worker_memory between 2x and 8x dask_worker_cpu."
+  }
+}
+
+variable "dask_scheduler_memory" {
+  description = "Memory (MiB) of the Dask scheduler task (1 vCPU): it relays every result a client gathers, so it must hold the largest one."
+  type        = number
+  default     = 8192
+
+  validation {
+    condition     = var.dask_scheduler_memory >= 2048 && var.dask_scheduler_memory <= 8192
+    error_message = "With 1 vCPU, Fargate allows 2048 to 8192 MiB."
+  }
+}
+
+variable "dask_dashboard_cidrs" {
+  description = "Operator networks (VPN ranges) allowed to the Dask scheduler's HTTP port 8787; empty: none."
+  type        = list(string)
+  default     = []
+}

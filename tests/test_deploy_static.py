@@ -28,7 +28,7 @@ pytestmark = pytest.mark.unit
 EXPECTED_SERVICES = {
     "postgres", "redis", "redis-state", "redis-users", "s3", "s3-buckets", "mailpit", "mlflow",
     "airflow-init", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
-    "airflow-triggerer", "airflow-worker", "api", "dashboard",
+    "airflow-triggerer", "airflow-worker", "api", "dashboard", "dask-scheduler", "dask-worker",
 }
 ONE_SHOT = {"s3-buckets", "airflow-init"}
 
@@ -234,6 +234,12 @@ def _assert_real_command(argv: list[str], where: str) -> None:
     elif program == "python":
         assert rest[0] == "-c", where
         compile(rest[1], where, "exec")
+    elif program == "dask":
+        # Parsed by the very click commands `dask scheduler` / `dask worker` run: unknown flags or bad values fail.
+        from distributed.cli import dask_scheduler, dask_worker
+
+        command = {"scheduler": dask_scheduler.main, "worker": dask_worker.main}[rest[0]]
+        command.make_context(f"dask {rest[0]}", list(rest[1:]))
     elif program == "celery":
         assert "--app" in rest, where
         module, _, attr = rest[rest.index("--app") + 1].rpartition(".")
@@ -452,6 +458,56 @@ def test_services_get_the_settings_their_code_needs():
     # One shared secret signs Airflow's task tokens: every Airflow component must see the same value.
     secrets = {_service_env(s).get("AIRFLOW__API_AUTH__JWT_SECRET") for n, s in services.items() if n.startswith("airflow")}
     assert len(secrets) == 1 and None not in secrets
+
+
+def _option(argv: list[str], flag: str) -> str:
+    assert flag in argv, f"{flag} not given explicitly in {argv}"
+    return argv[argv.index(flag) + 1]
+
+
+def _docker_bytes(text: str) -> int:
+    """A compose memory size (`5g`, `512m`): binary units, as Docker reads them."""
+    number, unit = re.fullmatch(r"(\d+)([bkmg]?)", text.lower()).groups()
+    return int(number) * 1024 ** "bkmg".index(unit or "b")
+
+
+def test_the_dask_cluster_runs_beside_the_airflow_worker():
+    from dask.utils import parse_bytes
+
+    services = compose()["services"]
+    scheduler, worker, airflow = services["dask-scheduler"], services["dask-worker"], services["airflow-worker"]
+    # The Airflow worker's image: client, scheduler and workers share dask, distributed and the steps' code.
+    for svc in (scheduler, worker):
+        assert svc["image"] == airflow["image"] and svc["build"] == airflow["build"]
+        assert svc["profiles"] == ["dask"], "a small install does not start the cluster"
+    # The workers read the data root at the path the Airflow worker writes it: tasks hand over paths.
+    data = next(v for v in airflow["volumes"] if v.startswith("newsrec-data:"))
+    assert f"{data}:ro" in worker["volumes"]
+    # Every worker setting explicit, and the container leaves room above the nanny's limit.
+    argv = worker["command"]
+    assert argv[:2] == ["dask", "worker"]
+    assert int(_option(argv, "--nworkers")) >= 1 and int(_option(argv, "--nthreads")) >= 1
+    limit = parse_bytes(_option(argv, "--memory-limit"))
+    assert limit * int(_option(argv, "--nworkers")) < _docker_bytes(worker["mem_limit"])
+    assert "mem_limit" in scheduler
+    # One address, three places: the scheduler's port, the workers' scheduler, the Airflow worker's setting.
+    port = _option(scheduler["command"], "--port")
+    address = f"tcp://dask-scheduler:{port}"
+    assert argv[2] == address
+    setting = _service_env(airflow)["NEWSREC__DASK__SCHEDULER"]
+    variable, default = re.fullmatch(r"\$\{(\w+):-(\w+)\}", setting).groups()
+    assert yaml.safe_load(default) is None, "no scheduler unless one is asked for: the one-process default"
+    example = (DOCKER / ".env.example").read_text()
+    assert f"{variable}={address}" in example and "COMPOSE_PROFILES=dask" in example
+    assert {"COMPOSE_PROFILES", variable} <= set(re.findall(r"^(\w+)=", example, flags=re.MULTILINE))
+    assert airflow["depends_on"]["dask-scheduler"] == {"condition": "service_healthy", "required": False}
+    # Only the dashboard is published, and only to this host; the scheduler port stays on the compose network.
+    dashboard = _option(scheduler["command"], "--dashboard-address").rpartition(":")[2]
+    assert scheduler["ports"] == [f"127.0.0.1:{dashboard}:{dashboard}"] and "ports" not in worker
+    # The health checks ask the HTTP servers the commands start.
+    for svc in (scheduler, worker):
+        http = _option(svc["command"], "--dashboard-address").rpartition(":")[2]
+        assert f"http://127.0.0.1:{http}/health" in svc["healthcheck"]["test"][-1]
 
 
 def test_readme_shows_the_deployment_diagram_of_the_docs():

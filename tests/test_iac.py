@@ -218,3 +218,61 @@ def test_iam_allows_no_wildcard_actions():
             assert ":root" in statement
             continue
         assert not [a for a in actions if a.endswith(":*") or a == "*"], statement
+
+
+def _blocks(kind: str) -> dict[str, str]:
+    """Every top-level block of a resource type, by name."""
+    return {name: block(f'resource "{kind}" "{name}"') for name in re.findall(rf'^resource "{kind}" "(\w+)"', hcl(), re.MULTILINE)}
+
+
+def test_the_dask_cluster_is_private_and_reads_the_data_root():
+    import yaml
+
+    text = hcl()
+    # The scheduler is found by name: Cloud Map registers the service the workers' command points at.
+    assert 'name = "dask-scheduler"' in block('resource "aws_service_discovery_service" "dask_scheduler"')
+    scheduler = block('resource "aws_ecs_service" "dask_scheduler"')
+    assert "aws_service_discovery_service.dask_scheduler.arn" in scheduler
+    address = re.search(r'dask_scheduler_address\s*=\s*"([^"]+)"', text).group(1)
+    assert address == "tcp://dask-scheduler.${aws_service_discovery_private_dns_namespace.main.name}:8786"
+    scheduler_task = block('resource "aws_ecs_task_definition" "dask_scheduler"')
+    assert '"--port", "8786"' in scheduler_task
+    worker_task = block('resource "aws_ecs_task_definition" "dask_worker"')
+    assert '"dask", "worker", local.dask_scheduler_address' in worker_task
+    for flag in ("--nworkers", "--nthreads", "--memory-limit"):
+        assert f'"{flag}"' in worker_task, flag
+    # The pipelines image (the code the steps run), private subnets, no public address, the cluster's own group.
+    for name in ("dask_scheduler", "dask_worker"):
+        assert 'local.image["pipelines"]' in block(f'resource "aws_ecs_task_definition" "{name}"'), name
+        svc = block(f'resource "aws_ecs_service" "{name}"')
+        assert "assign_public_ip = false" in svc and "aws_subnet.private" in svc, name
+        assert "security_groups  = [aws_security_group.dask.id]" in svc, name
+    # Nothing reaches the cluster from 0.0.0.0/0; the scheduler's port only from its own group; the dashboard only
+    # from the operators' networks.
+    rules = {n: b for n, b in _blocks("aws_vpc_security_group_ingress_rule").items()
+             if re.search(r"^\s*security_group_id\s*=\s*aws_security_group\.dask\.id$", b, re.MULTILINE)}
+    assert set(rules) == {"dask_cluster", "dask_dashboard"}, sorted(rules)
+    for name, rule in rules.items():
+        assert "0.0.0.0/0" not in rule and "::/0" not in rule, name
+    assert "referenced_security_group_id = aws_security_group.dask.id" in rules["dask_cluster"]
+    ranges = re.search(r"dask_port_ranges = \{(.*?)\}", text, re.DOTALL).group(1)
+    assert "[8786, 8790]" in ranges
+    assert "toset(var.dask_dashboard_cidrs)" in rules["dask_dashboard"] and "from_port         = 8787" in rules["dask_dashboard"]
+    # The data root: encrypted EFS, TLS only, through one access point; the workers mount it read-only where the
+    # compose worker mounts its volume, and may only mount (no ClientWrite).
+    efs = block('resource "aws_efs_file_system" "data"')
+    assert "encrypted        = true" in efs and "aws_kms_key.main.arn" in efs
+    policy = block('data "aws_iam_policy_document" "efs_data"')
+    assert "aws:SecureTransport" in policy and "elasticfilesystem:AccessPointArn" in policy
+    assert 'transit_encryption = "ENABLED"' in worker_task and 'iam             = "ENABLED"' in worker_task
+    mount = re.search(r'\{ sourceVolume = "data", containerPath = "([^"]+)", readOnly = true \}', worker_task)
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    compose_mount = next(v for v in compose["services"]["dask-worker"]["volumes"] if v.startswith("newsrec-data:"))
+    assert mount and compose_mount.split(":")[1] == mount.group(1)
+    role = block('data "aws_iam_policy_document" "dask_worker"')
+    assert re.findall(r'actions\s*=\s*\[([^\]]*)\]', role) == ['"elasticfilesystem:ClientMount"']
+    # Worker count and size are variables; no cluster runs unless asked for.
+    for variable in ("dask_workers", "dask_worker_cpu", "dask_worker_memory"):
+        assert f'variable "{variable}"' in text, variable
+    assert re.search(r'variable "dask_workers" \{.*?default\s*=\s*0\b', text, re.DOTALL)
+    assert "desired_count    = var.dask_workers" in block('resource "aws_ecs_service" "dask_worker"')

@@ -3,6 +3,7 @@ reads order, round-trips through save/load, and runs as a stage (fit at daily cu
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ from pipelines.candidates import CandidateIndex
 from pipelines.learned import LearnedModel, fit_hours, fit_learned, model_for
 
 PARAMS = {"refit_hours": 24, "dim": 8, "hidden": 16, "state_dim": 4, "history": 5, "dropout": 0.0, "epochs": 40, "batch": 64,
-          "lr": 0.01, "weight_decay": 0.0, "logq_correction": True, "max_examples": None, "seed": 3, "threads": 1}
+          "lr": 0.01, "weight_decay": 0.0, "logq_correction": True, "max_examples": None, "seed": 3, "threads": 1,
+          "warm_start": False, "incremental_epochs": 1}
 INDEX_PARAMS = {
     "pool_fresh_hours": 48, "pool_active_hours": 6, "windows": [1, 6, 24], "trend_half_life_hours": 1,
     "cocl_half_life_hours": 6, "cocl_top_k": 50, "recent_clicks": 10, "cocl_recency": 0.7, "profile_clicks": 20,
@@ -165,6 +167,30 @@ def test_scoring_in_numpy_is_the_trained_network(world):
 
 
 @pytest.mark.unit
+def test_a_warm_start_updates_the_earlier_model_on_the_clicks_since_its_cutoff_only(world):
+    from pipelines.learned import training_examples
+
+    frame, meta, emb = world["clicks"], world["meta"], _world_embeddings()
+    early = fit_learned(frame, meta, emb, at(16), PARAMS, 1.0, log=lambda _: None)
+    # a tiny learning rate: the update stays next to the weights it started from (a fit from scratch does not)
+    update = fit_learned(frame, meta, emb, at(CUTOFF_H), PARAMS | {"lr": 1e-9}, 1.0, log=lambda _: None, init=early)
+    scratch = fit_learned(frame, meta, emb, at(CUTOFF_H), PARAMS | {"lr": 1e-9}, 1.0, log=lambda _: None)
+    for key, value in early.weights.items():
+        np.testing.assert_allclose(update.weights[key], value, atol=1e-5, err_msg=key)
+    assert any(not np.allclose(scratch.weights[k], v, atol=1e-3) for k, v in early.weights.items())
+    before = frame[frame[C.CLICK_TIMESTAMP] < at(CUTOFF_H)]
+    since = training_examples(before, PARAMS["history"], None, at(16))[1]
+    assert 0 < len(since) < len(training_examples(before, PARAMS["history"], None)[1])
+    assert update.meta["examples"] == len(since) and update.meta["warm_start_from_ms"] == at(16)
+    assert len(update.meta["losses"]) == PARAMS["incremental_epochs"] and scratch.meta["warm_start_from_ms"] is None
+    np.testing.assert_array_equal(update.categories, early.categories)
+    with pytest.raises(ValueError, match="fitted before the cutoff"):
+        fit_learned(frame, meta, emb, at(16), PARAMS, 1.0, log=lambda _: None, init=world["model"])
+    with pytest.raises(ValueError, match="same shape"):
+        fit_learned(frame, meta, emb, at(CUTOFF_H), PARAMS | {"dim": 4}, 1.0, log=lambda _: None, init=early)
+
+
+@pytest.mark.unit
 def test_fit_is_deterministic_and_bad_input_is_a_clear_error(world):
     again = fit_learned(world["clicks"], world["meta"], _world_embeddings(), at(CUTOFF_H), PARAMS,
                         1.0, log=lambda _: None)
@@ -220,12 +246,14 @@ def test_stage_fits_daily_models_that_the_candidate_indexes_carry(tiny_validated
     import yaml
 
     all_params = yaml.safe_load(Path("params.yaml").read_text())
-    all_params["learned"] |= {"epochs": 1, "dim": 16, "hidden": 32}
+    all_params["learned"] |= {"epochs": 1, "dim": 16, "hidden": 32, "warm_start": True}
     params.write_text(yaml.safe_dump(all_params))
     assert main(["--data-root", str(work), "--split", str(split), "--out", str(tmp_path / "learned"),
                  "--params", str(params)]) == 0
     hours = fit_hours(snaps, 24)
     assert sorted(p.name for p in (tmp_path / "learned").glob("hour=*")) == [f"hour={h:03d}" for h in hours]
+    fits = json.loads((tmp_path / "learned" / "fits.json").read_text())  # the earliest from scratch, then updates
+    assert [fits[f"hour={h:03d}"]["warm_start"] for h in hours] == [False] + [True] * (len(hours) - 1)
     test = next(s for s in snaps if s.role == "test")
     assert model_for(tmp_path / "learned", test.cutoff_hour).meta["cutoff_ms"] == test.cutoff_ms
 
