@@ -211,6 +211,8 @@ def publish(serving: ServingIndex, index_root: str | Path, keep: int, user_store
     if becomes_current:
         pointer = {"cutoff_hour": serving.cutoff_hour, "cutoff_ms": serving.cutoff_ms, "path": final.name,
                    "format": INDEX_FORMAT}
+        if serving.meta.get("user_store"):  # a republished hour with other users' state must move the pointer
+            pointer["user_store"] = serving.meta["user_store"]["namespace"]
         atomic_write(root / CURRENT, lambda p: p.write_text(json.dumps(pointer, indent=2) + "\n"))
     live = current(root)
     versions = sorted(root.glob(f"{C.HOUR}=*"), key=lambda p: p.name)

@@ -42,7 +42,8 @@ class ServedModel:
     which serves only once combined with an hourly index); `base` the registry's bundle it was built
     from (None when the source gives none); `index_hour` the cutoff hour of the hourly serving index it
     serves over (None: the state the model was registered with); `live_base` the bundle before the live
-    popularity overlay (serving.live) was applied to it."""
+    popularity overlay (serving.live) was applied to it; `index_pointer` the published pointer of that index
+    (it differs for an hour republished with other users' state)."""
 
     ref: VersionRef
     bundle: Any
@@ -50,6 +51,7 @@ class ServedModel:
     info: dict[str, Any] = field(default_factory=dict)
     base: Any = None
     index_hour: int | None = None
+    index_pointer: dict | None = None
     live_base: Any = None  # `bundle` before the live popularity overlay (serving.live), once one is applied
 
 
@@ -224,13 +226,13 @@ class ModelHolder:
         model, its own state."""
         if model is None or self.index is None or model.base is None:
             return model
-        if model.index_hour == self.index.cutoff_hour:
+        if model.index_hour == self.index.cutoff_hour and model.index_pointer in (None, self.index_pointer):
             return model
         # A model without its own state serves over the newest index even when that is older than the model.
         if model.bundle is not None and self.index.cutoff_ms <= model.base.cutoff_ms:
             return model
         try:
-            return self.index_source.combine(model, self.index)
+            return dataclasses.replace(self.index_source.combine(model, self.index), index_pointer=self.index_pointer)
         except Exception as exc:  # noqa: BLE001 - any refusal or failure keeps the pair that serves
             log.error("model %s with index hour %s refused: %s", model.ref.uri, self.index.cutoff_hour, exc)
             errors.append(f"{slot} v{model.ref.version} with index hour {self.index.cutoff_hour} refused: {exc}")

@@ -271,3 +271,24 @@ def test_forget_user_erases_the_user_from_every_version_in_redis(serving_bundle,
     assert len(rec.known_users(served.bundle, n, "random")) == n - 1
     F.erase_user_store(store_config.client(), store_config, user, report)  # nothing left to erase
     assert report.removed["user_store"] == 1
+
+
+def test_a_republished_hour_with_other_state_moves_the_replicas_to_its_keys(serving_bundle, data_root, tmp_path,
+                                                                          store_config):
+    from pipelines.serving_index import publish
+
+    index_root = tmp_path / "idx"
+    _refresh(data_root, index_root, 14, store_config)
+    holder = _served(serving_bundle, index_root, store_config)
+    before = holder.slots.champion.bundle.users.namespace
+    assert current(index_root)["user_store"] == before
+    # the same hour again, one reader fewer (as after an erasure): other state, other keys, a new pointer
+    serving = ServingIndex.load(index_root / "hour=015")
+    gone = int(serving.history[C.USER_ID].iloc[0])
+    serving.history = serving.history[serving.history[C.USER_ID] != gone].reset_index(drop=True)
+    publish(serving, index_root, 3, store_config)
+    assert current(index_root)["cutoff_hour"] == 15 and current(index_root)["user_store"] != before
+    assert holder.refresh() is True
+    users = holder.slots.champion.bundle.users
+    assert users.namespace == current(index_root)["user_store"]
+    assert len(users.rows(gone).clicks[C.USER_ID]) == 0
