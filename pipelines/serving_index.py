@@ -42,7 +42,7 @@ import pandas as pd
 
 from pipelines import columns as C
 from pipelines import lake
-from pipelines.errors import InputError, MissingInputError
+from pipelines.errors import InputError, MissingInputError, NewsrecError
 from pipelines.fileio import atomic_write
 from pipelines.user_store import UserStoreConfig
 
@@ -192,11 +192,18 @@ def publish(serving: ServingIndex, index_root: str | Path, keep: int, user_store
     live = current(root)
     becomes_current = live is None or live["cutoff_hour"] <= serving.cutoff_hour
     if user_store is not None and becomes_current:
+        from redis.exceptions import RedisError
+
         from pipelines.user_store import materialise
 
         client = client if client is not None else user_store.client()
-        serving.meta["user_store"] = materialise(client, user_store, serving.cutoff_hour, serving.history,
-                                                 serving.tables)
+        try:
+            serving.meta["user_store"] = materialise(client, user_store, serving.cutoff_hour, serving.history,
+                                                     serving.tables)
+        except RedisError as exc:  # nothing is published: the version before stays current
+            raise NewsrecError(f"writing the users' state of hour {serving.cutoff_hour} to {user_store.url} "
+                               f"(serve.user_store_url) failed: {type(exc).__name__}: {exc}; nothing was "
+                               "published, the current version stays") from exc
     serving.save(tmp, previous=root / live["path"] if live else None)
     retired = []
     if final.exists():

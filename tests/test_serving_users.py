@@ -292,3 +292,14 @@ def test_a_republished_hour_with_other_state_moves_the_replicas_to_its_keys(serv
     users = holder.slots.champion.bundle.users
     assert users.namespace == current(index_root)["user_store"]
     assert len(users.rows(gone).clicks[C.USER_ID]) == 0
+
+
+def test_a_refresh_whose_redis_does_not_answer_publishes_nothing(data_root, tmp_path, store_config):
+    from pipelines.errors import NewsrecError
+
+    index_root = tmp_path / "idx"
+    _refresh(data_root, index_root, 13, store_config)
+    dead = UserStoreConfig("redis://127.0.0.1:1/0", store_config.prefix, 3600)
+    with pytest.raises(NewsrecError, match=r"serve.user_store_url\) failed.*nothing was published"):
+        _refresh(data_root, index_root, 14, dead)
+    assert current(index_root)["cutoff_hour"] == 14 and not (index_root / "hour=015").exists()
