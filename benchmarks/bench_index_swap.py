@@ -16,6 +16,11 @@ request for one known user is served from the result to check it works).
 folder, the model as if registered an hour before the index) and prints the worker's resident memory after
 each: VmRSS, its anonymous part (the worker's own) and its file-backed part (memory-mapped index files, whose
 pages the workers of one host share).
+
+`--user-store-url URL` (a version published with that user store) reads the index's users from Redis, as a
+replica with `serve.user_store_url` does: only the article side is loaded, the model keeps only its ranker,
+and each row adds the worker's memory after the swap and after `--requests` recommendations for random known
+users (pages of the memory-mapped user files are read as requests touch them).
 """
 
 from __future__ import annotations
@@ -73,18 +78,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="swaps to measure (the live version, reloaded)")
     parser.add_argument("--holder-swaps", type=int, default=0, help="then this many swaps through a ModelHolder")
     parser.add_argument("--label", default="")
+    parser.add_argument("--user-store-url", help="users from this Redis (serve.user_store_url)")
+    parser.add_argument("--user-store-prefix", default="newsrec:users:")
+    parser.add_argument("--requests", type=int, default=0, help="recommendations after each swap (memory)")
+    parser.add_argument("--markdown", type=Path, help="rewrite this file as a table of the --json-out rows that "
+                        "compare user stores (docs, tools/render_docs.py)")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from pipelines.bundle import ServingBundle
+    from pipelines.user_store import UserStoreConfig
     from serving import recommend as rec
     from serving.index_source import FolderIndexSource
     from serving.models import ServedModel, VersionRef
 
+    store = UserStoreConfig(args.user_store_url, args.user_store_prefix, 3600) if args.user_store_url else None
     bundle = ServingBundle.load(args.bundle)
-    model = ServedModel(ref=VersionRef("bench", "1", "", str(args.bundle)), bundle=rec.prepare(bundle),
-                        loaded_at=time.time(), base=bundle)
-    source = FolderIndexSource(args.index_root)
+    if store is None:
+        model = ServedModel(ref=VersionRef("bench", "1", "", str(args.bundle)), bundle=rec.prepare(bundle),
+                            loaded_at=time.time(), base=bundle)
+    else:  # as MlflowBundleSource(own_state=False): the ranker only
+        model = ServedModel(ref=VersionRef("bench", "1", "", str(args.bundle)), bundle=None,
+                            loaded_at=time.time(), base=bundle.ranker_only())
+    del bundle
+    source = FolderIndexSource(args.index_root, user_store=store)
     pointer = source.current()
     if pointer is None:
         parser.error(f"no index published in {args.index_root}")
@@ -92,14 +109,26 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.repeat):
         index, load_wall, load_cpu, load_gap = timed(lambda: source.load(pointer))
         served, comb_wall, comb_cpu, comb_gap = timed(lambda index=index: source.combine(model, index))
-        user = int(served.bundle.hist_users[len(served.bundle.hist_users) // 2])
+        user = served.bundle.users.listing([served.bundle.users.n_users // 2])[0][0]
         result = rec.recommend(served.bundle, user, [], rec.Context(), served.bundle.cutoff_ms, 10)
         row = {"label": args.label, "swap": i, "index_hour": index.cutoff_hour, "users": index.meta.get("users"),
                "clicks": index.meta.get("clicks"), "load_s": round(load_wall, 3), "load_cpu_s": round(load_cpu, 3),
                "load_max_stall_ms": round(load_gap, 1), "combine_s": round(comb_wall, 3),
                "combine_cpu_s": round(comb_cpu, 3), "combine_max_stall_ms": round(comb_gap, 1),
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-               "served_items": len(result.article_ids)}
+               "served_items": len(result.article_ids), "user_store": "redis" if store else "files",
+               "after_swap": memory_mb()}
+        if args.requests:
+            import numpy as np
+
+            users = served.bundle.users
+            picks = np.random.default_rng(i).choice(users.n_users, args.requests)
+            started = time.perf_counter()
+            for known, _ in users.listing(picks):
+                rec.recommend(served.bundle, known, [], rec.Context(), served.bundle.cutoff_ms, 10)
+            row["requests"] = args.requests
+            row["requests_s"] = round(time.perf_counter() - started, 2)
+            row["after_requests"] = memory_mb()
         rows.append(row)
         print(json.dumps(row), flush=True)
         del index, served
@@ -108,7 +137,25 @@ def main(argv: list[str] | None = None) -> int:
         with args.json_out.open("a") as out:
             for row in rows:
                 out.write(json.dumps(row) + "\n")
+        if args.markdown:
+            args.markdown.write_text(user_store_table(args.json_out))
     return 0
+
+
+def user_store_table(results: Path) -> str:
+    """The rows of `results` measured with --requests, as a markdown table: one worker's memory by user store."""
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "after_requests" in r]
+    header = ("| run | user state | swap | index load s | combine s | RSS after the swap MB (private / file) "
+              "| RSS after the requests MB (private / file) | requests | ms per request |")
+    lines = [header, "|---|---|---:|---:|---:|---|---|---:|---:|"]
+    for r in rows:
+        a, b = r["after_swap"], r["after_requests"]
+        lines.append(f"| {r['label']} | {r['user_store']} | {r['swap']} | {r['load_s']} | {r['combine_s']} "
+                     f"| {a['rss_mb']:,} ({a['anon_mb']:,} / {a['file_mb']:,}) "
+                     f"| {b['rss_mb']:,} ({b['anon_mb']:,} / {b['file_mb']:,}) | {r['requests']:,} "
+                     f"| {1000 * r['requests_s'] / r['requests']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def memory_mb() -> dict[str, int]:

@@ -11,6 +11,14 @@ shows it (no coordinated omission). Prints throughput and p50/p95/p99, optionall
 With --index-root (hourly serving indexes newer than the champion, e.g. `HOLD_BACK=4 champion.sh ...`), the
 server follows them and, every --swap-every seconds of the measured load, the live pointer moves to the
 next version, so the figures include index swaps (load + prepare in the server's poller) under load.
+
+With --user-store-url (and --index-root holding versions `newsrec refresh` published with that user store),
+the server reads each user's state from Redis instead of memory-mapping the index's user files. Every run
+reports the cold start (`startup_s`: process start until /readyz answers 200, i.e. the registry's model and
+the live index loaded, combined and warmed up) and each server process's resident memory after the load
+(`memory`: VmRSS, its anonymous part, the worker's own, and its file-backed part, memory-mapped files whose
+pages the workers of one host share). `--markdown FILE` rewrites FILE as a table of every run in --json
+with a label starting with `--table-prefix` (the table docs/serving.md shows, tools/render_docs.py).
 """
 
 from __future__ import annotations
@@ -39,7 +47,8 @@ def free_port() -> int:
 
 
 def start_server(tracking_uri: str, port: int, workers: int, redis_url: str | None, logdir: Path,
-                 state_prefix: str, index_root: Path | None = None, poll_seconds: float = 30.0) -> subprocess.Popen:
+                 state_prefix: str, index_root: Path | None = None, poll_seconds: float = 30.0,
+                 user_store_url: str | None = None, user_store_prefix: str | None = None) -> subprocess.Popen:
     env = {
         **os.environ,
         "NEWSREC__MLFLOW__TRACKING_URI": tracking_uri,
@@ -52,6 +61,10 @@ def start_server(tracking_uri: str, port: int, workers: int, redis_url: str | No
     if index_root:
         env["NEWSREC__REFRESH__INDEX_DIR"] = str(index_root)  # absolute: wins over paths.data
         env["NEWSREC__SERVE__POLL_SECONDS"] = str(poll_seconds)
+    if user_store_url:
+        env["NEWSREC__SERVE__USER_STORE_URL"] = user_store_url
+        if user_store_prefix:
+            env["NEWSREC__SERVE__USER_STORE_PREFIX"] = user_store_prefix
     cmd = [str(ROOT / ".venv/bin/newsrec"), "serve", "--port", str(port), "--workers", str(workers),
            "--log-level", "warning"]
     if redis_url:
@@ -71,6 +84,34 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> float:
             pass
         time.sleep(0.25)
     raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def process_memory(root_pid: int) -> list[dict]:
+    """Resident memory (MB) of `root_pid` and its descendants: total, anonymous (private), file-backed."""
+    def status(pid: int) -> dict[str, str]:
+        text = Path(f"/proc/{pid}/status").read_text()
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children.setdefault(int(status(int(entry.name))["PPid"].strip()), []).append(int(entry.name))
+            except (OSError, KeyError):
+                pass
+    out, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            st = status(pid)
+        except OSError:
+            continue
+        mb = {k: int(st[f].split()[0]) // 1024 for k, f in (("rss_mb", "VmRSS"), ("anon_mb", "RssAnon"),
+                                                              ("file_mb", "RssFile")) if f in st}
+        if mb.get("rss_mb", 0) > 50:  # the worker processes, not the supervisor's tiny helpers
+            out.append({"pid": pid, **mb})
+    return out
 
 
 def click_recommendations(url: str, users: list[int], clicks: int) -> int:
@@ -194,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index-root", type=Path, help="hourly serving indexes the server follows")
     parser.add_argument("--swap-every", type=float, default=10.0, help="seconds between index swaps (--index-root)")
     parser.add_argument("--poll-seconds", type=float, default=5.0, help="the server's poll interval (--index-root)")
+    parser.add_argument("--user-store-url", help="users' state from this Redis (versions published with it)")
+    parser.add_argument("--user-store-prefix", help="its key prefix (serve.user_store_prefix by default)")
+    parser.add_argument("--markdown", type=Path, help="rewrite this file as a table of the --json runs")
+    parser.add_argument("--table-prefix", default="", help="the runs --markdown shows: labels starting so")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
 
@@ -204,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.index_root:
             point_at(args.index_root, min(args.index_root.glob("hour=*")))
         proc = start_server(args.tracking_uri, port, args.workers, args.redis_url, Path(logdir), state_prefix,
-                            args.index_root, args.poll_seconds)
+                            args.index_root, args.poll_seconds, args.user_store_url, args.user_store_prefix)
         try:
             ready_s = wait_ready(url, proc, timeout=900)
             known = httpx.get(f"{url}/v1/users", params={"n": min(args.users, 1000), "order": "random"},
@@ -221,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             result = asyncio.run(open_loop(url, paths[::-1], args.rate, args.duration, args.max_requests,
                                            args.concurrency, args.index_root, args.swap_every))
             models_after = httpx.get(f"{url}/v1/models", timeout=60).json()
+            memory = process_memory(proc.pid)
         finally:
             proc.terminate()
             proc.wait(timeout=60)
@@ -232,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                         r.delete(key)
     result = {"label": args.label, "model_version": models["champion"]["version"], "workers": args.workers,
               "index_hour_after": (models_after.get("index") or {}).get("cutoff_hour"),
-              "cold_share": args.cold_share, "online_users": online, "online_clicks": args.online_clicks, "k": args.k, "startup_s": round(ready_s, 1), **result}
+              "cold_share": args.cold_share, "online_users": online, "online_clicks": args.online_clicks, "k": args.k, "startup_s": round(ready_s, 1),
+              "user_store": "redis" if args.user_store_url else "files", "memory": memory, **result}
     print(f"{'label':<10}{'rps target':>11}{'rps got':>9}{'ok':>7}{'err':>5}{'p50 ms':>8}{'p95 ms':>8}"
           f"{'p99 ms':>8}{'max ms':>8}")
     print(f"{result['label']:<10}{result['target_rps']:>11.0f}{result['achieved_rps']:>9.1f}{result['ok']:>7}"
@@ -243,7 +290,29 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         with args.json.open("a") as fh:
             fh.write(json.dumps(result) + "\n")
+        if args.markdown:
+            args.markdown.write_text(user_store_table(args.json, args.table_prefix))
     return 0
+
+
+def user_store_table(results: Path, prefix: str) -> str:
+    """The runs of `results` labelled `prefix...` as a markdown table: user store, cold start, memory, latency."""
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("label", "").startswith(prefix) and r.get("memory")]
+    header = ("| run | user state | workers | cold start s | RSS per worker MB | of it private MB "
+              "| of it file-backed MB | req/s | p50 ms | p99 ms |")
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        workers = sorted(r["memory"], key=lambda m: -m["rss_mb"])[: r["workers"]]
+
+        def span(key: str, workers=workers) -> str:
+            values = sorted(m.get(key, 0) for m in workers)
+            return f"{values[0]}" if values[0] == values[-1] else f"{values[0]}-{values[-1]}"
+
+        lines.append(f"| {r['label'][len(prefix):] or r['label']} | {r['user_store']} | {r['workers']} "
+                     f"| {r['startup_s']} | {span('rss_mb')} | {span('anon_mb')} | {span('file_mb')} "
+                     f"| {r['achieved_rps']} | {r['p50_ms']} | {r['p99_ms']} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -136,10 +136,11 @@ def clicks_hourly():
     @task(execution_timeout=timedelta(minutes=10))
     def refresh_index(result: dict, outs: dict[str, str]) -> str:
         from pipelines.serving_index import refresh
+        from pipelines.user_store import UserStoreConfig
 
         p = flows.project(flows.params_file())
         out = refresh(p["paths"]["data"], result["hour"], p["refresh"], p["candidates"], p["features"],
-                      p["data"]["epoch_ms"])
+                      p["data"]["epoch_ms"], UserStoreConfig.from_serve(p["serve"]))
         return str(out)
 
     result = validate(stage_drop(wait_for_drop()))

@@ -180,14 +180,29 @@ class FeatureTables:
         return out
 
     @classmethod
-    def load(cls, in_dir: str | Path, embeddings: np.ndarray) -> FeatureTables:
+    def load(cls, in_dir: str | Path, embeddings: np.ndarray, user_side: bool = True) -> FeatureTables:
         """Read tables written by `save` (profiles memory-mapped, read-only); `embeddings` =
-        `normalise_embeddings(read_embeddings(...))`."""
+        `normalise_embeddings(read_embeddings(...))`. `user_side=False` reads the article side only: the user
+        tables come back empty with their columns (an API replica that reads users from Redis)."""
         src = Path(in_dir)
         meta_path = src / "meta.json"
         if not meta_path.exists():
             raise MissingInputError(f"no feature tables in {src} (meta.json missing): run `newsrec features` first")
         meta = json.loads(meta_path.read_text())
+        if not user_side:
+            import pyarrow.parquet as pq
+
+            def empty(name: str) -> pd.DataFrame:
+                return pq.read_schema(src / _FILES[name]).empty_table().to_pandas()
+
+            return cls(
+                cutoff_ms=int(meta["cutoff_ms"]),
+                users=empty("users").set_index(C.USER_ID),
+                profiles=np.zeros((0, int(meta["profile_dim"])), dtype=np.float32),
+                user_categories=empty("user_categories"),
+                articles=pd.read_parquet(src / _FILES["articles"]).set_index(C.ARTICLE_ID),
+                embeddings=embeddings,
+            )
         users = pd.read_parquet(src / _FILES["users"])
         if (src / _FILES["profiles"]).exists():
             profiles = np.load(src / _FILES["profiles"], mmap_mode="r")
@@ -608,7 +623,7 @@ def feature_columns(
     in_range = np.isfinite(category) & (np.nan_to_num(category, nan=0) < n_cat)
     row_keys = user_ids.astype(np.int64) * n_cat + np.nan_to_num(category, nan=0).astype(np.int64)
     hit = np.where(in_range, share_keys.get_indexer(row_keys), -1)
-    share = np.where(hit >= 0, share_values[np.maximum(hit, 0)], 0.0)
+    share = np.where(hit >= 0, share_values[np.maximum(hit, 0)], 0.0) if len(share_values) else np.zeros(len(hit))
     X["ua_cat_share"] = np.where(known_user, share, np.nan).astype(np.float32)
     X["ua_last_cat_match"] = np.where(known_user, (keys["u_last_category"] == category), np.nan).astype(np.float32)
     # A reader picks a section, then a story in it: P(article) ~ P(user reads its category) x the article's

@@ -22,7 +22,8 @@ and what happens there:
   bundles among them) is rewritten without the user, every version is tagged `erasure.last_at`, and the user's
   clicks leave the versions' test-window tags, so the next version, trained by `dvc repro` on the erased data, is
   judged against the champion on the same window and replaces it when it wins;
-- the online store (Redis, when `serve.redis_url` is set) and the impression and click logs.
+- the online store (Redis, when `serve.redis_url` is set), the users' state of the hourly index versions in
+  Redis (when `serve.user_store_url` is set: pipelines.user_store.forget) and the impression and click logs.
 
 Sessions belong to one user, so dropping a user's rows never breaks another session's `session_size`.
 
@@ -68,7 +69,7 @@ from pipelines.fileio import MANIFEST, atomic_write, atomic_write_bytes, write_m
 from pipelines.lake import AGGREGATES, erasure_register, partition_file, validated_dir
 
 PLACES = ("raw", "raw_zip", "raw_remote", "quarantine", "validated", "gx_store", "derived", "models", "model_registry",
-          "dvc_cache", "online_store", "event_logs")
+          "dvc_cache", "online_store", "user_store", "event_logs")
 
 
 @dataclass
@@ -458,6 +459,13 @@ def erase_online_state(store: Any, user_id: int, report: ErasureReport) -> None:
     report.add("online_store", int(store.forget(user_id)), "online user state")
 
 
+def erase_user_store(client: Any, config: Any, user_id: int, report: ErasureReport) -> None:
+    """The user's state in every hourly index version held in Redis (pipelines.user_store)."""
+    from pipelines.user_store import forget
+
+    report.add("user_store", forget(client, config, user_id), "users' state of the hourly index in Redis")
+
+
 def user_clicks(data_root: Path, user_id: int) -> pd.DataFrame:
     """The user's validated clicks (user, article, time), read before they are erased: what the test-window
     ids of registered versions held of them (pipelines.registry.forget_in_windows)."""
@@ -603,6 +611,7 @@ def forget_user(
     raw_uri: str | None = None,
     event_logs: Iterable[Path] = (),
     state_store: Any | None = None,
+    user_store: tuple[Any, Any] | None = None,
     registry: ModelRegistry | None = None,
     dvc: bool = True,
     gx_dir: str | Path | None = None,
@@ -613,6 +622,7 @@ def forget_user(
 ) -> tuple[ErasureReport, dict]:
     """Erase one user from every place listed in the module docstring and record it; returns (report, record).
 
+    `user_store`: (a Redis client, its pipelines.user_store.UserStoreConfig) when the index's users are in Redis.
     `dvc`: when the data root is inside a DVC repository, also erase dvc.yaml's outputs outside it (the serving
     bundle) and settle DVC (settle_dvc). `gx_dir`: the GX project, to rebuild the data docs. `epoch_ms` and
     `coclick_max_distance` (params data, aggregates): how the user's hours' aggregates are rebuilt."""
@@ -645,6 +655,8 @@ def forget_user(
         erase_online_state(state_store, user_id, report)
     else:
         report.not_reached.append("in-process user state of running API replicas (expires after serve.state_ttl_seconds)")
+    if user_store is not None:
+        erase_user_store(*user_store, user_id, report)
     report.not_reached.append("the bundle and index a running API loaded into memory (restart the API: "
                               "`docker compose restart api`, or a new ECS deployment)")
     # The files are rewritten by now: whatever fails below is said in the record, which is always written (the
@@ -692,9 +704,13 @@ def main(argv: list[str] | None = None) -> int:
 
             store = make_state_store(serve["redis_url"], serve["state_prefix"], int(serve["state_max_clicks"]),
                                      int(serve["state_ttl_seconds"]), int(serve["state_max_users"]))
+        from pipelines.user_store import UserStoreConfig
+
+        users = UserStoreConfig.from_serve(serve)
         report, _record = forget_user(
             args.user_id, root, key=key, raw_uri=raw_uri,
             event_logs=[Path(paths["impression_log"]), Path(paths["click_log"])], state_store=store,
+            user_store=(users.client(), users) if users is not None else None,
             registry=_model_registry(config), gx_dir=Path(paths["gx"]), epoch_ms=int(config["data"]["epoch_ms"]),
             coclick_max_distance=int(config["aggregates"]["coclick_max_distance"]),
         )

@@ -17,6 +17,10 @@ and the validated clicks, and the ranker is combined with the newest one at serv
 
 The big parts (history, the users' profiles, the embeddings) are .npy files an API worker memory-maps:
 a swap reads no more than it touches, decodes nothing, and the workers of one host share the pages.
+With a user store configured (params.yaml `serve.user_store_url`), the per-user part of each version
+(history, user tables, profiles) is also written to Redis before the version is published
+(pipelines.user_store); index.json's `user_store` names its keys, and API replicas read only the article
+side of the files.
 
 A version is built in a temporary folder and renamed into place, then CURRENT.json is replaced, so a
 reader sees the old version or the whole new one. A model and an index are compatible by contract: the
@@ -38,8 +42,9 @@ import pandas as pd
 
 from pipelines import columns as C
 from pipelines import lake
-from pipelines.errors import InputError, MissingInputError
+from pipelines.errors import InputError, MissingInputError, NewsrecError
 from pipelines.fileio import atomic_write
+from pipelines.user_store import UserStoreConfig
 
 # Raised whenever what an index holds, or what the code expects of it, changes.
 # 2: history and profiles as memory-mapped .npy; 3: feature tables also hold the last clicks before the
@@ -76,7 +81,7 @@ class ServingIndex:
     tables: object  # pipelines.features.FeatureTables
     index: object  # pipelines.candidates.CandidateIndex
     articles: pd.DataFrame
-    history: pd.DataFrame
+    history: pd.DataFrame | None  # None when loaded without the user side
     meta: dict
 
     @property
@@ -107,8 +112,9 @@ class ServingIndex:
         return out
 
     @classmethod
-    def load(cls, src_dir: str | Path) -> ServingIndex:
-        """Read a version written by `save`; an index of another format is refused with a clear message."""
+    def load(cls, src_dir: str | Path, user_side: bool = True) -> ServingIndex:
+        """Read a version written by `save`; an index of another format is refused with a clear message.
+        `user_side=False`: without the history and with empty user tables (users are read from Redis)."""
         from pipelines.candidates import CandidateIndex
         from pipelines.features import FeatureTables
 
@@ -121,10 +127,10 @@ class ServingIndex:
                              f"{INDEX_FORMAT}: rebuild it with `newsrec refresh`")
         embeddings = np.load(src / PARTS["embeddings"], mmap_mode="r")
         return cls(
-            tables=FeatureTables.load(src / PARTS["features"], embeddings),
+            tables=FeatureTables.load(src / PARTS["features"], embeddings, user_side=user_side),
             index=CandidateIndex.load(src / PARTS["index"]),
             articles=pd.read_parquet(src / PARTS["articles"]),
-            history=load_history(src / PARTS["history"]),
+            history=load_history(src / PARTS["history"]) if user_side else None,
             meta=meta,
         )
 
@@ -166,11 +172,16 @@ def fit_serving_index(
                         history=history.reset_index(drop=True), meta=meta)
 
 
-def publish(serving: ServingIndex, index_root: str | Path, keep: int) -> Path:
+def publish(serving: ServingIndex, index_root: str | Path, keep: int, user_store: UserStoreConfig | None = None,
+            client=None) -> Path:
     """Write `serving` as version hour=NNN, point CURRENT.json at it, keep the `keep` newest versions.
 
     Re-publishing an hour (a replayed drop) replaces that version whole. CURRENT.json never moves back to
-    an older hour than the one it names, so replaying an old hour does not roll the service back.
+    an older hour than the one it names, so replaying an old hour does not roll the service back. With a
+    `user_store`, the per-user state of a version that becomes current is written there first (through
+    `client`, default one from the config), so whatever CURRENT.json names is whole in Redis too; every
+    other version's state there is then set to expire (replicas serve the current one only), and a replayed
+    old hour, which never becomes current, is not written there at all.
     """
     root = Path(index_root)
     root.mkdir(parents=True, exist_ok=True)
@@ -179,8 +190,24 @@ def publish(serving: ServingIndex, index_root: str | Path, keep: int) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     live = current(root)
+    becomes_current = live is None or live["cutoff_hour"] <= serving.cutoff_hour
+    if user_store is not None and becomes_current:
+        from redis.exceptions import RedisError
+
+        from pipelines.user_store import materialise
+
+        client = client if client is not None else user_store.client()
+        try:
+            serving.meta["user_store"] = materialise(client, user_store, serving.cutoff_hour, serving.history,
+                                                     serving.tables)
+        except RedisError as exc:  # nothing is published: the version before stays current
+            raise NewsrecError(f"writing the users' state of hour {serving.cutoff_hour} to {user_store.url} "
+                               f"(serve.user_store_url) failed: {type(exc).__name__}: {exc}; nothing was "
+                               "published, the current version stays") from exc
     serving.save(tmp, previous=root / live["path"] if live else None)
+    retired = []
     if final.exists():
+        retired.append(_user_namespace(final))
         old = root / f".{final.name}.old"
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
@@ -188,17 +215,33 @@ def publish(serving: ServingIndex, index_root: str | Path, keep: int) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(final)
-    live = current(root)
-    if live is None or live["cutoff_hour"] <= serving.cutoff_hour:
+    if becomes_current:
         pointer = {"cutoff_hour": serving.cutoff_hour, "cutoff_ms": serving.cutoff_ms, "path": final.name,
                    "format": INDEX_FORMAT}
+        if serving.meta.get("user_store"):  # a republished hour with other users' state must move the pointer
+            pointer["user_store"] = serving.meta["user_store"]["namespace"]
         atomic_write(root / CURRENT, lambda p: p.write_text(json.dumps(pointer, indent=2) + "\n"))
     live = current(root)
     versions = sorted(root.glob(f"{C.HOUR}=*"), key=lambda p: p.name)
     for stale in versions[: max(0, len(versions) - max(int(keep), 1))]:
         if live is None or stale.name != live["path"]:
             shutil.rmtree(stale, ignore_errors=True)
+    if user_store is not None and becomes_current:
+        from pipelines.user_store import retire
+
+        serving_now = _user_namespace(root / live["path"])
+        retired += [_user_namespace(p) for p in versions]
+        for namespace in set(retired) - {serving_now, None}:
+            retire(client, user_store, namespace)
     return final
+
+
+def _user_namespace(version: Path) -> str | None:
+    """The Redis namespace of a version's per-user state (None: it has none there)."""
+    try:
+        return (json.loads((version / META).read_text()).get("user_store") or {}).get("namespace")
+    except (OSError, ValueError):
+        return None
 
 
 def current(index_root: str | Path) -> dict | None:
@@ -210,9 +253,11 @@ def current(index_root: str | Path) -> dict | None:
 
 
 def refresh(
-    data_root: str | Path, hour: int, params: dict, index_params: dict, feature_params: dict, epoch_ms: int
+    data_root: str | Path, hour: int, params: dict, index_params: dict, feature_params: dict, epoch_ms: int,
+    user_store: UserStoreConfig | None = None,
 ) -> Path:
-    """After hour `hour` landed: fit the index at cutoff hour+1 and publish it under params `index_dir`."""
+    """After hour `hour` landed: fit the index at cutoff hour+1 and publish it under params `index_dir`; with a
+    `user_store` (params `serve.user_store_*`, `UserStoreConfig.from_serve`) its per-user state goes there too."""
     from pipelines.catalogue import read_catalogue
 
     root = Path(data_root)
@@ -221,7 +266,7 @@ def refresh(
     articles, embeddings = read_catalogue(root, until_hour=int(hour))
     serving = fit_serving_index(root, int(hour) + 1, articles, embeddings, index_params, feature_params, epoch_ms)
     serving.meta["catalogue"] = catalogue_key(root, int(hour))
-    return publish(serving, root / params["index_dir"], int(params["keep"]))
+    return publish(serving, root / params["index_dir"], int(params["keep"]), user_store)
 
 
 def catalogue_key(data_root: str | Path, until_hour: int) -> str:
@@ -242,11 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hour", type=int, required=True, help="the hour that just landed (cutoff = its end)")
     args, config = parse_step(parser, argv)
     started = time.perf_counter()
+    from pipelines.user_store import UserStoreConfig
+
     out = refresh(args.data_root, args.hour, config["refresh"], config["candidates"], config["features"],
-                  int(config["data"]["epoch_ms"]))
+                  int(config["data"]["epoch_ms"]), UserStoreConfig.from_serve(config["serve"]))
     meta = json.loads((out / META).read_text())
+    stored = meta.get("user_store")
+    where = (f"; user state in Redis as {stored['namespace']}, {stored['payload_bytes'] / 2**20:.1f} MB written in "
+             f"{stored['written_s']} s") if stored else ""
     print(f"published {out} (cutoff hour {meta['cutoff_hour']}: {meta['pool_size']} recommendable articles, "
-          f"{meta['users']} users, {meta['clicks']} clicks) in {time.perf_counter() - started:.1f} s")
+          f"{meta['users']} users, {meta['clicks']} clicks{where}) in {time.perf_counter() - started:.1f} s")
     return 0
 
 

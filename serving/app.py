@@ -264,7 +264,8 @@ def create_app(
     if source is None:
         from serving.registry_source import MlflowBundleSource
 
-        source = MlflowBundleSource(settings.tracking_uri, settings.model_name, settings.compile_ranker)
+        source = MlflowBundleSource(settings.tracking_uri, settings.model_name, settings.compile_ranker,
+                                    own_state=settings.user_store is None)
     if state is None:
         state = make_state_store(
             settings.redis_url, settings.state_prefix, settings.state_max_clicks, settings.state_ttl_seconds,
@@ -287,7 +288,7 @@ def create_app(
     if index_source is None and settings.hourly_index and settings.index_dir is not None:
         from serving.index_source import FolderIndexSource
 
-        index_source = FolderIndexSource(settings.index_dir, settings.compile_ranker)
+        index_source = FolderIndexSource(settings.index_dir, settings.compile_ranker, settings.user_store)
     access = Access(settings.auth, read_keys(settings.api_keys_env), settings.rate_limit_per_minute,
                     settings.redis_url, settings.state_prefix)
     holder = ModelHolder(source, settings.champion_alias, settings.challenger_alias, on_swap=on_swap,
@@ -328,6 +329,17 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+    if settings.redis_url or settings.user_store is not None:
+        from redis.exceptions import RedisError
+
+        @app.exception_handler(RedisError)
+        async def redis_down(request: Request, exc: RedisError) -> JSONResponse:
+            # Online clicks, counts or the users' state are in a Redis that did not answer within its short
+            # timeouts: the request is refused at once (the client may retry) rather than served without them.
+            log.warning("Redis did not answer: %s", exc)
+            return JSONResponse({"detail": f"the service's Redis does not answer ({type(exc).__name__}): retry "
+                                 "shortly"}, status_code=503, headers={"Retry-After": "1"})
     app.state.holder = holder
     app.state.live = live
     app.state.state = state
@@ -369,6 +381,14 @@ def create_app(
             reasons.append(f"no champion loaded ({holder.last_error or 'alias not set'})")
         if not state.ping():
             reasons.append("user state store does not answer")
+        if slots.champion is not None and settings.user_store is not None:
+            # a replica of the Redis user store serves the hourly index's users, never a model's own files
+            if slots.champion.index_hour is None:
+                reasons.append("no hourly index with its user state in Redis loaded yet (serving the model's own "
+                               "state)")
+            elif not slots.champion.bundle.users.ping():
+                reasons.append("the served index's user state is not in Redis (expired or evicted, or Redis does "
+                               "not answer)")
         body = {
             "status": "not ready" if reasons else "ready",
             "reasons": reasons,

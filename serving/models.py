@@ -38,10 +38,12 @@ class VersionRef:
 class ServedModel:
     """A fully built serving bundle and where it came from.
 
-    `bundle` is what requests use (serving.recommend.Prepared); `base` the registry's bundle it was built
+    `bundle` is what requests use (serving.recommend.Prepared; None for a model loaded without its own state,
+    which serves only once combined with an hourly index); `base` the registry's bundle it was built
     from (None when the source gives none); `index_hour` the cutoff hour of the hourly serving index it
     serves over (None: the state the model was registered with); `live_base` the bundle before the live
-    popularity overlay (serving.live) was applied to it."""
+    popularity overlay (serving.live) was applied to it; `index_pointer` the published pointer of that index
+    (it differs for an hour republished with other users' state)."""
 
     ref: VersionRef
     bundle: Any
@@ -49,6 +51,7 @@ class ServedModel:
     info: dict[str, Any] = field(default_factory=dict)
     base: Any = None
     index_hour: int | None = None
+    index_pointer: dict | None = None
     live_base: Any = None  # `bundle` before the live popularity overlay (serving.live), once one is applied
 
 
@@ -102,6 +105,7 @@ class ModelHolder:
         self.last_errors: list[str] = []  # the last poll's problems, one each
         self.last_poll: float | None = None
         self._on_swap = on_swap
+        self._waiting: dict[str, ServedModel] = {}  # loaded without own state, no index to serve over yet
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -147,6 +151,10 @@ class ModelHolder:
                 errors.append(f"resolve {alias}: {exc}")
                 continue
             held = new[slot]
+            waiting = self._waiting.pop(slot, None)
+            if held is None and waiting is not None and waiting.ref == ref:
+                new[slot] = waiting  # loaded before: only the index was missing
+                continue
             if ref is None:
                 if held is not None:
                     new[slot], changed = None, True
@@ -177,6 +185,13 @@ class ModelHolder:
                     combined[id(model)] = self._over_index(model, current, slot, errors)
                 if combined[id(model)] is not model:
                     new[slot], changed = combined[id(model)], True
+        for slot in self.aliases:
+            model = new[slot]
+            if model is not None and model.bundle is None:  # nothing to serve over yet: not in service
+                self._waiting[slot] = model
+                new[slot] = None
+                errors.append(f"{slot} v{model.ref.version} waits for an hourly index with its users' state "
+                              "(serve.user_store_url)")
         self.last_poll = time.time()
         self.last_errors = errors
         if changed:
@@ -211,10 +226,13 @@ class ModelHolder:
         model, its own state."""
         if model is None or self.index is None or model.base is None:
             return model
-        if self.index.cutoff_ms <= model.base.cutoff_ms or model.index_hour == self.index.cutoff_hour:
+        if model.index_hour == self.index.cutoff_hour and model.index_pointer in (None, self.index_pointer):
+            return model
+        # A model without its own state serves over the newest index even when that is older than the model.
+        if model.bundle is not None and self.index.cutoff_ms <= model.base.cutoff_ms:
             return model
         try:
-            return self.index_source.combine(model, self.index)
+            return dataclasses.replace(self.index_source.combine(model, self.index), index_pointer=self.index_pointer)
         except Exception as exc:  # noqa: BLE001 - any refusal or failure keeps the pair that serves
             log.error("model %s with index hour %s refused: %s", model.ref.uri, self.index.cutoff_hour, exc)
             errors.append(f"{slot} v{model.ref.version} with index hour {self.index.cutoff_hour} refused: {exc}")

@@ -1,9 +1,11 @@
 """One user's recommendations from a serving bundle, with the same code the offline pipeline runs.
 
 `prepare(bundle)` does once, at load time, what would otherwise cost every request: the ranker compiled
-to machine code, catalogue lookups as arrays indexed by article id, each user's history as a slice of
-sorted arrays, the index's co-click neighbours grouped by article, context defaults, and a warm-up
-request. A request then calls the pipeline's own functions for one user:
+to machine code, catalogue lookups as arrays indexed by article id, the index's co-click neighbours grouped
+by article, and a warm-up request. What a request knows of its user (clicks before the cutoff, feature
+rows, profile) comes from the user store (serving.users: the index's memory-mapped files, or Redis), as
+one user's rows, over the bundle's article-side tables. A request then calls the pipeline's own functions
+for one user:
 `CandidateIndex.candidate_columns` (sources, fusion, read-article exclusion),
 `pipelines.features.feature_columns` (feature assembly) and the ranker, and, when the service has seen
 clicks since the bundle's cutoff, `pipelines.features.fit_user_tables` / `user_profiles` to refit
@@ -26,6 +28,7 @@ from pipelines import diversity
 from pipelines.features import CONTEXT_FEATURES, feature_columns, fit_user_tables, user_profiles
 from pipelines.sources.base import names as source_names
 from serving.state import Click
+from serving.users import FileUserStore, UserRows, UserStore
 
 log = logging.getLogger("newsrec.serving")
 
@@ -58,11 +61,13 @@ class Result:
     article_ids: list[int]
     cold_start: bool
     warnings: list[str] = dataclasses.field(default_factory=list)
+    read: np.ndarray | None = None  # the articles the user read (before the cutoff and since): never explored
 
 
 @dataclass
 class Prepared:
-    """A serving bundle plus the lookup structures that keep per-request work small."""
+    """A serving bundle plus the lookup structures that keep per-request work small; `users` is where each
+    request reads its user's state (the bundle's tables serve the article side only)."""
 
     bundle: Any  # pipelines.bundle.ServingBundle
     cutoff_ms: int
@@ -72,17 +77,14 @@ class Prepared:
     category: np.ndarray
     created: np.ndarray
     words: np.ndarray
-    # History: clicks sorted by user; user u's rows are [start[i], end[i]) where users[i] == u.
-    hist_users: np.ndarray
-    hist_start: np.ndarray
-    hist_end: np.ndarray
-    hist: dict[str, np.ndarray]
+    users: UserStore
     context_default: dict[str, int]
     context_codes: dict[str, frozenset[int]]  # the codes each context parameter takes in the data
 
 
-def prepare(bundle: Any, compile_ranker: bool = True) -> Prepared:
-    """Precompute what requests need from `bundle` (a pipelines.bundle.ServingBundle).
+def prepare(bundle: Any, compile_ranker: bool = True, users: UserStore | None = None) -> Prepared:
+    """Precompute what requests need from `bundle` (a pipelines.bundle.ServingBundle); `users` is where its
+    users' state is read (default: the bundle's own history and tables, `FileUserStore`).
 
     `compile_ranker` compiles the ranker's trees (`Ranker.compile`, a few seconds); if that fails the
     bundle still serves, scored by LightGBM, and `bundle.ranker.predictor` says which one scores.
@@ -110,28 +112,12 @@ def prepare(bundle: Any, compile_ranker: bool = True) -> Prepared:
     created[ids] = meta[C.CREATED_AT_TS].to_numpy()
     words[ids] = meta[C.WORDS_COUNT].to_numpy()
 
-    from pipelines.serving_index import HISTORY_COLUMNS
-
-    history = bundle.history
-    if history is None:
-        raise ValueError("the serving bundle has no click history (built without validated_dir): rebuild it "
-                         "with `newsrec register`")
-    hist = {c: history[c].to_numpy(dtype=np.int64) for c in HISTORY_COLUMNS}
-    u, t = hist[C.USER_ID], hist[C.CLICK_TIMESTAMP]
-    if not (np.all(u[1:] >= u[:-1]) and np.all((u[1:] > u[:-1]) | (t[1:] >= t[:-1]))):
-        # bundles and indexes store it sorted already; sort anything else (stable: ties keep their order)
-        order = np.lexsort((t, u))
-        hist = {c: v[order] for c, v in hist.items()}
-    u = hist[C.USER_ID]
-    starts = np.flatnonzero(np.diff(u, prepend=u[:1] - 1))  # sorted: each user's first row (np.unique sorts again)
-    users, counts = u[starts], np.diff(np.append(starts, len(u)))
-
+    if users is None:
+        users = FileUserStore(bundle.history, bundle.tables)
     # A context code the request leaves out is filled with the commonest value in the data, so the
     # model never sees a missing value it was not trained with.
-    context_default = {}
-    for param, (_, column, _) in CONTEXT_PARAMS.items():
-        values = hist[column]
-        context_default[param] = int(np.bincount(values - values.min()).argmax() + values.min()) if len(values) else 0
+    context_default = {param: users.context_default[column] for param, (_, column, _) in CONTEXT_PARAMS.items()}
+    context_codes = {param: users.context_codes[column] for param, (_, column, _) in CONTEXT_PARAMS.items()}
 
     feature_params = bundle.meta.get("feature_params") or {}
     prepared = Prepared(
@@ -142,13 +128,9 @@ def prepare(bundle: Any, compile_ranker: bool = True) -> Prepared:
         category=category,
         created=created,
         words=words,
-        hist_users=users,
-        hist_start=starts,
-        hist_end=starts + counts,
-        hist=hist,
+        users=users,
         context_default=context_default,
-        context_codes={param: frozenset(np.unique(hist[column]).tolist()) for param, (_, column, _)
-                       in CONTEXT_PARAMS.items()},
+        context_codes=context_codes,
     )
     _warm_up(prepared)
     return prepared
@@ -158,13 +140,13 @@ def _warm_up(prepared: Prepared) -> None:
     """Serve a known user (with and without an online click), an unknown one and one article's similar
     list before any request does: lazy imports and caches built on first use (the co-click neighbour
     table, the article blocks) are paid at load time, and belong to what the holder freezes."""
-    cutoff = prepared.cutoff_ms
-    if len(prepared.hist_users):
-        user = int(prepared.hist_users[0])
+    cutoff, users = prepared.cutoff_ms, prepared.users
+    if users.n_users:
+        user = users.listing([0])[0][0]
         recommend(prepared, user, [], Context(), cutoff, 10)
-        recent = [Click(int(prepared.hist[C.CLICK_ARTICLE_ID][prepared.hist_start[0]]), cutoff)]
+        recent = [Click(int(users.rows(user).clicks[C.CLICK_ARTICLE_ID][0]), cutoff)]
         recommend(prepared, user, recent, Context(), cutoff, 10)  # the online-refit path
-    unknown = int(prepared.hist_users[-1]) + 1 if len(prepared.hist_users) else 0
+    unknown = users.listing([users.n_users - 1])[0][0] + 1 if users.n_users else 0
     recommend(prepared, unknown, [], Context(), cutoff, 10)
     articles = np.flatnonzero(prepared.exists)
     if len(articles):
@@ -193,21 +175,12 @@ def article_details(prepared: Prepared, article_ids: Sequence[int], as_of_ms: in
     ]
 
 
-def _history_slice(prepared: Prepared, user_id: int) -> slice | None:
-    i = np.searchsorted(prepared.hist_users, user_id)
-    if i < len(prepared.hist_users) and prepared.hist_users[i] == user_id:
-        return slice(int(prepared.hist_start[i]), int(prepared.hist_end[i]))
-    return None
-
-
 def user_clicks(
-    prepared: Prepared, user_id: int, recent: Sequence[Click], context: dict[str, int]
+    history: dict[str, np.ndarray], user_id: int, recent: Sequence[Click], context: dict[str, int]
 ) -> dict[str, np.ndarray]:
-    """The user's clicks before the cutoff plus those received since, HISTORY_COLUMNS as arrays, oldest first."""
-    sl = _history_slice(prepared, user_id)
-    cols: dict[str, np.ndarray] = {}
-    for col, values in prepared.hist.items():
-        cols[col] = values[sl] if sl is not None else values[:0]
+    """The user's clicks before the cutoff (`history`, as `UserRows.clicks`) plus those received since,
+    HISTORY_COLUMNS as arrays, oldest first."""
+    cols = dict(history)
     if recent:
         online = np.asarray(recent, dtype=np.int64)[::-1]  # the store keeps newest first
         n = len(online)
@@ -224,11 +197,11 @@ def user_clicks(
     return cols
 
 
-def resolve_context(prepared: Prepared, user_id: int, context: Context,
+def resolve_context(prepared: Prepared, tables: Any, user_id: int, context: Context,
                     warnings: list[str] | None = None) -> dict[str, int]:
-    """Request context with gaps filled: the user's habit when known, else the data's commonest value. A code
-    the data never holds (the model never saw it) is filled the same way, and said in `warnings`."""
-    tables = prepared.bundle.tables
+    """Request context with gaps filled: the user's habit (from `tables`, FeatureTables holding the user's
+    rows) when known, else the data's commonest value. A code the data never holds (the model never saw it)
+    is filled the same way, and said in `warnings`."""
     pos = tables.users.index.get_indexer([user_id])[0]
     habits = [h for _, _, h in CONTEXT_PARAMS.values() if h is not None]
     known = tables.matrix("users", habits, np.float64)[pos] if pos >= 0 else None
@@ -260,6 +233,18 @@ def _context_frame(user_id: int, context: dict[str, int], as_of_ms: int) -> pd.D
     return pd.DataFrame(values, index=pd.Index([user_id], name=C.USER_ID), columns=CONTEXT_FEATURES)
 
 
+def _article_cache(tables: Any) -> dict:
+    """The article-side caches of `tables` (they stay valid when only the user side is replaced)."""
+    return {k: v for k, v in tables._cache.items() if isinstance(k, tuple) and k[0] == "articles"}
+
+
+def _user_tables(prepared: Prepared, rows: UserRows):
+    """The bundle's article-side feature tables with the user side replaced by one user's rows."""
+    tables = prepared.bundle.tables
+    return dataclasses.replace(tables, users=rows.users, profiles=rows.profiles,
+                               user_categories=rows.user_categories, _cache=_article_cache(tables))
+
+
 def _tables_with_online(prepared: Prepared, columns: dict[str, np.ndarray], as_of_ms: int):
     """The bundle's feature tables with this user's rows refitted on history + online clicks."""
     tables = prepared.bundle.tables
@@ -271,10 +256,8 @@ def _tables_with_online(prepared: Prepared, columns: dict[str, np.ndarray], as_o
                          C.CREATED_AT_TS: prepared.created[ids], C.WORDS_COUNT: prepared.words[ids]})
     users, user_categories = fit_user_tables(clicks, meta, cut)
     _, profiles = user_profiles(clicks, tables.embeddings, cut, prepared.half_life_h)
-    # The article-side caches stay valid; everything derived from the user tables must be rebuilt.
-    cache = {k: v for k, v in tables._cache.items() if isinstance(k, tuple) and k[0] == "articles"}
     return dataclasses.replace(tables, users=users, profiles=profiles, user_categories=user_categories,
-                               _cache=cache)
+                               _cache=_article_cache(tables))
 
 
 def recommend(
@@ -284,15 +267,19 @@ def recommend(
     """Top-k articles for one user: candidates -> features -> ranker -> the diversity re-rank (`rank_params`,
     params.yaml `rank`, as the offline evaluation applies it; None = off), read articles excluded."""
     warnings: list[str] = []
-    ctx = resolve_context(prepared, user_id, context, warnings)
-    clicks = user_clicks(prepared, user_id, recent, ctx)
+    rows = prepared.users.rows(user_id)
+    tables = _user_tables(prepared, rows)
+    ctx = resolve_context(prepared, tables, user_id, context, warnings)
+    clicks = user_clicks(rows.clicks, user_id, recent, ctx)
     cold = len(clicks[C.USER_ID]) == 0
+    read = clicks[C.CLICK_ARTICLE_ID]
     index = prepared.bundle.index
     # Columns rather than a frame, and scoring without `score_candidates`' slicing: one request is small.
     cands = index.candidate_columns(clicks, users=[user_id])  # reads the query columns it needs
     if len(cands[C.ARTICLE_ID]) == 0:
-        return Result(items=[], article_ids=[], cold_start=cold, warnings=warnings)
-    tables = _tables_with_online(prepared, clicks, as_of_ms) if recent else prepared.bundle.tables
+        return Result(items=[], article_ids=[], cold_start=cold, warnings=warnings, read=read)
+    if recent:
+        tables = _tables_with_online(prepared, clicks, as_of_ms)
     scores = prepared.bundle.ranker.predict(feature_columns(cands, tables, _context_frame(user_id, ctx, as_of_ms)))
     order = np.lexsort((cands[C.rank_col(C.FUSED)], -scores))
     if diversity.active(rank_params):
@@ -308,7 +295,7 @@ def recommend(
         item["rank"] = i + 1
         item["score"] = float(scores[order[i]])
         item["sources"] = [s for s, r in ranks.items() if r[i] > 0]
-    return Result(items=items, article_ids=[int(a) for a in ids], cold_start=cold, warnings=warnings)
+    return Result(items=items, article_ids=[int(a) for a in ids], cold_start=cold, warnings=warnings, read=read)
 
 
 def explore(prepared: Prepared, result: Result, explorer: Any, user_id: int, recent: Sequence[Click], k: int,
@@ -319,9 +306,8 @@ def explore(prepared: Prepared, result: Result, explorer: Any, user_id: int, rec
     n = min(explorer.slots(k), len(result.article_ids))
     if n == 0:
         return []
-    sl = _history_slice(prepared, user_id)
-    exclude = set(prepared.hist[C.CLICK_ARTICLE_ID][sl].tolist()) if sl is not None else set()
-    exclude |= {c.article_id for c in recent} | set(result.article_ids)
+    read = result.read if result.read is not None else prepared.users.rows(user_id).clicks[C.CLICK_ARTICLE_ID]
+    exclude = set(read.tolist()) | {c.article_id for c in recent} | set(result.article_ids)
     chosen = explorer.choose(prepared, exclude, n, as_of_ms)
     if not chosen:
         return []
@@ -356,9 +342,9 @@ def user_history(
 ) -> tuple[bool, list[dict[str, Any]]]:
     """(known: the model's data or the service's online clicks hold reads of the user; the n latest reads,
     newest first, with when and whether online)."""
-    sl = _history_slice(prepared, user_id)
-    past_ids = prepared.hist[C.CLICK_ARTICLE_ID][sl][::-1][:n] if sl is not None else np.zeros(0, np.int64)
-    past_ts = prepared.hist[C.CLICK_TIMESTAMP][sl][::-1][:n] if sl is not None else np.zeros(0, np.int64)
+    history = prepared.users.rows(user_id).clicks
+    past_ids = history[C.CLICK_ARTICLE_ID][::-1][:n]
+    past_ts = history[C.CLICK_TIMESTAMP][::-1][:n]
     reads = [(c.article_id, c.timestamp_ms, True) for c in recent] + [
         (int(a), int(t), False) for a, t in zip(past_ids, past_ts, strict=True)
     ]
@@ -367,15 +353,15 @@ def user_history(
     for item, (_, ts, online) in zip(items, reads, strict=True):
         item["clicked_at"] = pd.Timestamp(ts, unit="ms", tz="UTC")
         item["online"] = online
-    return sl is not None or bool(recent), items
+    return len(history[C.USER_ID]) > 0 or bool(recent), items
 
 
 def known_users(prepared: Prepared, n: int, order: str, seed: int = 0) -> list[dict[str, int]]:
     """Users the bundle has history for: the n most active, or a random sample of n (seeded)."""
-    counts = prepared.hist_end - prepared.hist_start
+    users = prepared.users
     if order == "active":
-        pick = np.argsort(-counts, kind="stable")[:n]
+        pick = users.most_active(n)
     else:
         rng = np.random.default_rng(seed)
-        pick = rng.choice(len(counts), size=min(n, len(counts)), replace=False)
-    return [{"user_id": int(prepared.hist_users[i]), "clicks": int(counts[i])} for i in pick]
+        pick = rng.choice(users.n_users, size=min(n, users.n_users), replace=False)
+    return [{"user_id": u, "clicks": c} for u, c in users.listing(pick)]

@@ -15,9 +15,13 @@ _INFO_METRICS = ("ndcg", "recall", "mrr", "hr", "coverage")
 
 
 class MlflowBundleSource:
-    """Resolves `models:/<name>@<alias>` and loads the version's pyfunc, whose python model holds the bundle."""
+    """Resolves `models:/<name>@<alias>` and loads the version's pyfunc, whose python model holds the bundle.
 
-    def __init__(self, tracking_uri: str, model_name: str, compile_ranker: bool = True) -> None:
+    `own_state=False` (users read from Redis, serve.user_store_url): a loaded version keeps only its ranker and
+    serves nothing until it is combined with an hourly index whose users are in Redis; the state it was
+    registered with (every reader's history and feature rows) is never prepared."""
+
+    def __init__(self, tracking_uri: str, model_name: str, compile_ranker: bool = True, own_state: bool = True) -> None:
         import os
 
         from mlflow import MlflowClient
@@ -27,6 +31,7 @@ class MlflowBundleSource:
         self.tracking_uri = tracking_uri
         self.model_name = model_name
         self.compile_ranker = compile_ranker
+        self.own_state = own_state
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._reports: dict[str, str] = {}  # run id -> evaluation report
 
@@ -55,6 +60,9 @@ class MlflowBundleSource:
         from serving.index_source import index_info
         from serving.recommend import prepare
 
+        if not self.own_state:
+            return ServedModel(ref=ref, bundle=None, loaded_at=time.time(), info=self._info(ref),
+                               base=bundle.ranker_only())
         prepared = prepare(bundle, self.compile_ranker)
         info = {**self._info(ref), "predictor": bundle.ranker.predictor,
                 "index": index_info(None, bundle.cutoff_ms, "model bundle")}

@@ -45,6 +45,10 @@ class Settings:
     auth: bool
     api_keys_env: str
     rate_limit_per_minute: int
+    # Per-user state of the hourly index in Redis (pipelines.user_store) instead of the index files; None = files.
+    user_store_url: str | None
+    user_store_prefix: str
+    user_store_ttl_hours: float
     index_dir: Path | None = None  # where hourly serving indexes are published (params paths.data + refresh)
     # The final list's diversity re-rank (params `rank`, shared with the offline evaluation); None = off.
     rank: dict | None = None
@@ -70,6 +74,19 @@ class Settings:
         from pipelines.diversity import check_params
 
         check_params(self.rank)
+        if self.user_store is not None and not self.hourly_index:
+            raise ValueError("serve.user_store_url needs serve.hourly_index: true (the user state in Redis is the "
+                             "hourly index's; the model's own state is only in its files)")
+
+    @property
+    def user_store(self):
+        """Where the hourly index's per-user state is read (a pipelines.user_store.UserStoreConfig), or None
+        for the index files; a malformed setting raises with the key's name."""
+        from pipelines.user_store import UserStoreConfig
+
+        return UserStoreConfig.from_serve({"user_store_url": self.user_store_url,
+                                           "user_store_prefix": self.user_store_prefix,
+                                           "user_store_ttl_hours": self.user_store_ttl_hours})
 
     @classmethod
     def from_params(cls, path: str | Path = DEFAULT_PARAMS, **overrides: Any) -> Settings:

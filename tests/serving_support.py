@@ -70,7 +70,7 @@ class EarlierChampion:
     """A BundleSource serving the registered bundle at `bundle_dir` as champion v1, as if it had been registered
     at the start of `hour` (its own state older than any hourly serving index published after that)."""
 
-    def __init__(self, bundle_dir: Path, hour: int, compile_ranker: bool = False) -> None:
+    def __init__(self, bundle_dir: Path, hour: int, compile_ranker: bool = False, own_state: bool = True) -> None:
         import dataclasses
 
         from pipelines.bundle import ServingBundle
@@ -80,6 +80,7 @@ class EarlierChampion:
         early = dataclasses.replace(bundle.tables, cutoff_ms=epoch_ms + hour * C.HOUR_MS)
         self.bundle = dataclasses.replace(bundle, tables=early)
         self.compile_ranker = compile_ranker
+        self.own_state = own_state  # as MlflowBundleSource's: False = the ranker only, served over an index
 
     def resolve(self, alias: str):
         from serving.models import VersionRef
@@ -92,6 +93,8 @@ class EarlierChampion:
         from serving.models import ServedModel
         from serving.recommend import prepare
 
+        if not self.own_state:
+            return ServedModel(ref=ref, bundle=None, loaded_at=time.time(), info={}, base=self.bundle.ranker_only())
         return ServedModel(ref=ref, bundle=prepare(self.bundle, self.compile_ranker), loaded_at=time.time(),
                            info={}, base=self.bundle)
 

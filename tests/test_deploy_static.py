@@ -26,7 +26,7 @@ COMPOSE = DOCKER / "compose.yaml"
 pytestmark = pytest.mark.unit
 
 EXPECTED_SERVICES = {
-    "postgres", "redis", "redis-state", "s3", "s3-buckets", "mailpit", "mlflow",
+    "postgres", "redis", "redis-state", "redis-users", "s3", "s3-buckets", "mailpit", "mlflow",
     "airflow-init", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
     "airflow-triggerer", "airflow-worker", "api", "dashboard", "dask-scheduler", "dask-worker",
 }
@@ -416,6 +416,11 @@ def test_environment_matches_what_the_code_reads(service):
             pytest.fail(f"{where}: no part of the stack reads this variable")
 
 
+def worker_env_user_store(services) -> str | None:
+    """The user store the Airflow workers' refresh_index writes to."""
+    return _service_env(services["airflow-worker"]).get("NEWSREC__SERVE__USER_STORE_URL")
+
+
 def test_services_get_the_settings_their_code_needs():
     services = compose()["services"]
     api = _service_env(services["api"])
@@ -428,6 +433,10 @@ def test_services_get_the_settings_their_code_needs():
     assert state[state.index("--maxmemory-policy") + 1] == "allkeys-lru" and "--maxmemory" in state
     broker = services["redis"]["command"]
     assert broker[broker.index("--maxmemory-policy") + 1] == "noeviction"
+    # the hourly index's users: written by refresh_index, read by every API replica; never evicted
+    users = services["redis-users"]["command"]
+    assert users[users.index("--maxmemory-policy") + 1] == "noeviction"
+    assert api["NEWSREC__SERVE__USER_STORE_URL"] == worker_env_user_store(services) == "redis://redis-users:6379/0"
     assert api["NEWSREC__MLFLOW__TRACKING_URI"] == "http://mlflow:5000"
     worker = _service_env(services["airflow-worker"])
     assert worker["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"

@@ -76,7 +76,7 @@ def test_the_served_list_goes_through_the_same_rerank(serving_bundle):
 
     p = rec.prepare(ServingBundle.load(serving_bundle), compile_ranker=False)
     vectors = index_vectors(p.bundle.index)
-    users = [int(u) for u in p.hist_users[:: max(1, len(p.hist_users) // 12)]]
+    users = [u for u, _ in p.users.listing(range(0, p.users.n_users, max(1, p.users.n_users // 12)))]
     plain_ild, diverse_ild = [], []
     for user in users:
         plain = rec.recommend(p, user, [], rec.Context(), p.cutoff_ms, 10)

@@ -112,7 +112,8 @@ def test_compiled_ranker_recommends_what_lightgbm_would(serving_bundle, monkeypa
     compiled = rec.prepare(ServingBundle.load(serving_bundle))
     plain = rec.prepare(ServingBundle.load(serving_bundle), compile_ranker=False)
     assert (compiled.bundle.ranker.predictor, plain.bundle.ranker.predictor) == ("compiled", "lightgbm")
-    users = [int(u) for u in compiled.hist_users[:: max(1, len(compiled.hist_users) // 15)]] + [10**12]
+    n = compiled.users.n_users
+    users = [u for u, _ in compiled.users.listing(range(0, n, max(1, n // 15)))] + [10**12]
     for user in users:
         a, b = (rec.recommend(p, user, [], rec.Context(), p.cutoff_ms, 20) for p in (compiled, plain))
         assert a.article_ids == b.article_ids

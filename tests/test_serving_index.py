@@ -114,8 +114,8 @@ def test_api_holder_swaps_to_a_newer_index_and_refuses_an_incompatible_one(servi
     assert served.index_hour == 15 and served.ref == own.ref
     assert rec.cutoff_ms(served.bundle) == EPOCH_MS + 15 * C.HOUR_MS
     assert own.bundle is not served.bundle  # a request holding the old pair keeps it whole
-    users = served.bundle.hist_users
-    got = rec.recommend(served.bundle, int(users[0]), [], rec.Context(), rec.cutoff_ms(served.bundle), 10)
+    user = served.bundle.users.listing([0])[0][0]
+    got = rec.recommend(served.bundle, user, [], rec.Context(), rec.cutoff_ms(served.bundle), 10)
     assert len(got.article_ids) == 10 and set(got.article_ids) <= set(served.bundle.bundle.index.pool_ids)
     # the hourly index carries no model: the ranker's own learned model embeds its pool at the swap
     index = served.bundle.bundle.index

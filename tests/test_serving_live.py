@@ -65,7 +65,7 @@ def test_live_clicks_lift_an_article_in_the_trend_source_and_its_features(prepar
     assert 30 < pool[quiet] <= 40 + prepared.bundle.index.pool.set_index(C.ARTICLE_ID)[TREND][quiet]
 
     # a user with no history (cold start) now gets it from the trend source, and the ranker sees it
-    cold = int(prepared.hist_users.max()) + 12345
+    cold = prepared.users.listing([prepared.users.n_users - 1])[0][0] + 12345
     got = rec.recommend(fresh, cold, [], rec.Context(), now, 10)
     assert quiet in got.article_ids
     assert quiet not in rec.recommend(prepared, cold, [], rec.Context(), now, 10).article_ids
