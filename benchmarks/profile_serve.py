@@ -43,7 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     from serving.state import Click
 
     t = time.perf_counter()
-    prepared = prepare(ServingBundle.load(args.bundle), compile_ranker=not args.lightgbm)
+    if args.index_root:
+        from pipelines.user_store import UserStoreConfig
+
+        store = UserStoreConfig(args.user_store_url, args.user_store_prefix, 3600) if args.user_store_url else None
+        prepared = served_over_index(args.bundle, args.index_root, store, not args.lightgbm)
+    else:
+        prepared = prepare(ServingBundle.load(args.bundle), compile_ranker=not args.lightgbm)
     load_s = time.perf_counter() - t
     rng = np.random.default_rng(0)
     users = rng.choice([u for u, _ in prepared.users.listing(range(prepared.users.n_users))], args.requests)

@@ -128,38 +128,58 @@ class FeatureTables:
     embeddings: np.ndarray = field(repr=False)
     context: pd.DataFrame | None = None
     # Column blocks as arrays and the category-share hash index, built on first use: the API assembles one
-    # user's rows per request, which must not copy or re-hash whole tables each time.
+    # user's rows per request, which must not copy or re-hash whole tables each time. `_cache` holds the user
+    # side's; `_article_cache` the article side's, built for the frame it names under "frame": a copy with
+    # only its user side replaced (`dataclasses.replace`, one per request) shares it, so the article blocks
+    # are built once per article table, not once per request, and a copy with another article table does
+    # not use them.
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    _article_cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def _blocks(self, table: str) -> dict:
+        if table != "articles":
+            return self._cache
+        if self._article_cache.get("frame") is not self.articles:
+            self._article_cache = {"frame": self.articles}  # this copy's own: never clears a shared one
+        return self._article_cache
 
     def matrix(self, table: str, columns: list[str], dtype=np.float32) -> np.ndarray:
         """`getattr(self, table)[columns]` as a cached array (tables are not modified after fit/load)."""
-        key = (table, tuple(columns), np.dtype(dtype).str)
-        if key not in self._cache:
+        cache, key = self._blocks(table), (table, tuple(columns), np.dtype(dtype).str)
+        if key not in cache:
             # The whole frame as one array, then its columns by position: selecting columns by name on the
             # frame cost ~10x more, which an online refit (a fresh one-user table per request) pays.
             frame = getattr(self, table)
             positions = [frame.columns.get_loc(c) for c in columns]
-            self._cache[key] = frame.to_numpy(dtype=dtype)[:, positions]
-        return self._cache[key]
+            cache[key] = frame.to_numpy(dtype=dtype)[:, positions]
+        return cache[key]
 
     def article_positions(self, article_ids: np.ndarray) -> np.ndarray:
         """`articles.index.get_indexer(article_ids)` through a cached id -> row array (ids are small ints)."""
-        key = ("articles", "rows")  # keyed by its table like `matrix`'s blocks: it goes when that table changes
-        if key not in self._cache:
+        cache = self._blocks("articles")
+        if "rows" not in cache:
             ids = self.articles.index.to_numpy(dtype=np.int64)
             rows = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, dtype=np.intp)
             rows[ids] = np.arange(len(ids))
-            self._cache[key] = rows
-        rows = self._cache[key]
+            cache["rows"] = rows
+        rows = cache["rows"]
         inside = (article_ids >= 0) & (article_ids < len(rows))
         return np.where(inside, rows[np.where(inside, article_ids, 0)] if len(rows) else -1, -1)
 
     def max_article_category(self) -> int:
         """The largest category id of the article table (0 when empty), cached with the article blocks."""
-        key = ("articles", "max_category")
-        if key not in self._cache:
-            self._cache[key] = int(self.articles["a_category"].max()) if len(self.articles) else 0
-        return self._cache[key]
+        cache = self._blocks("articles")
+        if "max_category" not in cache:
+            cache["max_category"] = int(self.articles["a_category"].max()) if len(self.articles) else 0
+        return cache["max_category"]
+
+    def build_article_blocks(self) -> None:
+        """Build every article-side block `feature_columns` reads, now (a new article table is prepared off
+        the request path; the requests' per-user copies then share them)."""
+        self.matrix("articles", ARTICLE_FEATURES)
+        self.matrix("articles", ["a_category"])
+        self.article_positions(np.zeros(1, dtype=np.int64))
+        self.max_article_category()
 
     def save(self, out_dir: str | Path) -> Path:
         """Write the tables as parquet, the profiles as one .npy matrix (row i = users.index[i]), plus meta.json.
@@ -534,15 +554,33 @@ def fit_tables(
     )
 
 
-def _rowwise_dot(a: np.ndarray, a_rows: np.ndarray, b: np.ndarray, b_rows: np.ndarray) -> np.ndarray:
-    """a[a_rows[i]] . b[b_rows[i]] for every i, in chunks so memory stays bounded; NaN where a row is -1."""
-    out = np.full(len(a_rows), np.nan, dtype=np.float32)
-    ok = np.flatnonzero((a_rows >= 0) & (b_rows >= 0))
+def _rowwise_dots(b: np.ndarray, b_rows: np.ndarray, others: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """For each (a, a_rows) of `others`: a[a_rows[i]] . b[b_rows[i]] for every i, NaN where a row is -1.
+
+    b's rows (the candidates' embeddings) are gathered once for all of them, in chunks so memory stays
+    bounded; a side whose row is the same on every row of a chunk (one request: one user's profile, its
+    last clicks) is broadcast rather than gathered. Each dot is the same einsum over the same two rows
+    whichever way they were fetched."""
+    # Memory-mapped matrices as plain arrays over the same pages: np.memmap's indexing costs a request more
+    # than the gather itself.
+    b = np.asarray(b)
+    outs = [np.full(len(b_rows), np.nan, dtype=np.float32) for _ in others]
     step = 100_000
-    for start in range(0, len(ok), step):
-        idx = ok[start : start + step]
-        out[idx] = np.einsum("ij,ij->i", a[a_rows[idx]], b[b_rows[idx]])
-    return out
+    for start in range(0, len(b_rows), step):
+        chunk = slice(start, start + step)
+        b_ok = b_rows[chunk] >= 0
+        if not b_ok.any():
+            continue
+        rows_b = b[np.where(b_ok, b_rows[chunk], 0)]
+        for out, (a, a_rows) in zip(outs, others, strict=True):
+            a, rows = np.asarray(a), a_rows[chunk]
+            ok = b_ok & (rows >= 0)
+            if not ok.any():
+                continue
+            rows_a = (np.broadcast_to(a[rows[0]], rows_b.shape) if (rows == rows[0]).all()
+                      else a[np.where(ok, rows, 0)])
+            out[chunk][ok] = np.einsum("ij,ij->i", rows_a, rows_b)[ok]
+    return outs
 
 
 def _positions(index: pd.Index, ids: np.ndarray) -> np.ndarray:
@@ -551,9 +589,25 @@ def _positions(index: pd.Index, ids: np.ndarray) -> np.ndarray:
     if len(ids) == 0:
         return np.zeros(0, dtype=np.intp)
     heads = _runs(ids)
-    if len(heads) == len(ids):
-        return index.get_indexer(ids)
-    return np.repeat(index.get_indexer(ids[heads]), np.diff(np.r_[heads, len(ids)]))
+    found = _small_indexer(index, ids[heads]) if len(index) <= _SMALL_INDEX else None
+    if found is None:
+        found = index.get_indexer(ids[heads])
+    return found if len(heads) == len(ids) else np.repeat(found, np.diff(np.r_[heads, len(ids)]))
+
+
+# A request's user tables hold one user: comparing with its few ids beats building pandas' hash table for them.
+_SMALL_INDEX = 16
+
+
+def _small_indexer(index: pd.Index, keys: np.ndarray) -> np.ndarray | None:
+    """`index.get_indexer(keys)` by comparison for a small unique integer index (None: not that case)."""
+    values = index.to_numpy()
+    if values.dtype.kind not in "iu" or np.asarray(keys).dtype.kind not in "iu" or not index.is_unique:
+        return None
+    if len(values) == 0:
+        return np.full(len(keys), -1, dtype=np.intp)
+    equal = np.asarray(keys)[:, None] == values[None, :]
+    return np.where(equal.any(axis=1), equal.argmax(axis=1), -1).astype(np.intp)
 
 
 def _take(frame: pd.DataFrame | np.ndarray, columns: list[str], pos: np.ndarray, dtype=np.float32) -> dict[str, np.ndarray]:
@@ -607,22 +661,28 @@ def feature_columns(
 
     n_articles = tables.embeddings.shape[0]
     art_rows = np.where((article_ids >= 0) & (article_ids < n_articles), article_ids, -1)
-    X["ua_emb_sim"] = _rowwise_dot(tables.profiles, user_pos, tables.embeddings, art_rows)
-    last_rows = np.nan_to_num(keys["u_last_article"], nan=-1).astype(np.int64)
-    X["ua_last_sim"] = _rowwise_dot(tables.embeddings, last_rows, tables.embeddings, art_rows)
+    # The candidate against the user's profile and each of the user's last RECENT_CLICKS clicks.
+    recent = [np.nan_to_num(keys["u_last_article"], nan=-1).astype(np.int64)] + [
+        np.nan_to_num(keys[f"u_prev_article_{i}"], nan=-1).astype(np.int64) for i in range(1, RECENT_CLICKS)]
+    emb = tables.embeddings
+    X["ua_emb_sim"], *sims = _rowwise_dots(emb, art_rows, [(tables.profiles, user_pos)] + [(emb, r) for r in recent])
+    X["ua_last_sim"] = sims[0]
 
     # Category share of the user for the article's category: a hash join on one int64 key.
     category = X["a_category"]
     uc = tables.user_categories
     if "share_keys" not in tables._cache:
         # Sized by the catalogue's categories too, so the key stays valid for any candidate article.
-        n_cat = 1 + max(tables.max_article_category(), int(uc[C.CATEGORY_ID].max()) if len(uc) else 0)
-        keys_uc = uc[C.USER_ID].to_numpy(np.int64) * n_cat + uc[C.CATEGORY_ID].to_numpy(np.int64)
-        tables._cache["share_keys"] = (n_cat, pd.Index(keys_uc), uc["share"].to_numpy(np.float32))
+        categories = uc[C.CATEGORY_ID].to_numpy(np.int64)
+        n_cat = 1 + max(tables.max_article_category(), int(categories.max()) if len(uc) else 0)
+        keys_uc = uc[C.USER_ID].to_numpy(np.int64) * n_cat + categories
+        order = np.argsort(keys_uc, kind="stable")  # (user, category) pairs are unique: a sorted search finds each
+        tables._cache["share_keys"] = (n_cat, keys_uc[order], uc["share"].to_numpy(np.float32)[order])
     n_cat, share_keys, share_values = tables._cache["share_keys"]
     in_range = np.isfinite(category) & (np.nan_to_num(category, nan=0) < n_cat)
     row_keys = user_ids.astype(np.int64) * n_cat + np.nan_to_num(category, nan=0).astype(np.int64)
-    hit = np.where(in_range, share_keys.get_indexer(row_keys), -1)
+    at = np.minimum(np.searchsorted(share_keys, row_keys), max(len(share_keys) - 1, 0))
+    hit = np.where(in_range & (share_keys[at] == row_keys if len(share_keys) else False), at, -1)
     share = np.where(hit >= 0, share_values[np.maximum(hit, 0)], 0.0) if len(share_values) else np.zeros(len(hit))
     X["ua_cat_share"] = np.where(known_user, share, np.nan).astype(np.float32)
     X["ua_last_cat_match"] = np.where(known_user, (keys["u_last_category"] == category), np.nan).astype(np.float32)
@@ -635,7 +695,7 @@ def feature_columns(
     X["c_device_habit"] = np.where(
         known_user & ~np.isnan(X["c_device"]), X["c_device"] == X["u_device"], np.nan
     ).astype(np.float32)
-    _recent_click_features(X, keys, last_rows, art_rows, tables)
+    _recent_click_features(X, recent, np.column_stack(sims), tables)
 
     for col in SOURCE_FEATURES:
         X[col] = (np.asarray(candidates[col], dtype=np.float32) if col in candidates
@@ -643,17 +703,12 @@ def feature_columns(
     return X
 
 
-def _recent_click_features(
-    X: dict[str, np.ndarray], keys: dict[str, np.ndarray], last_rows: np.ndarray, art_rows: np.ndarray,
-    tables: FeatureTables,
-) -> None:
-    """Candidate vs each of the user's last RECENT_CLICKS clicks: max and mean cosine, share of them in the
-    candidate's category; and the article's age minus the hours since the user's last click (< 0: published
-    since the user was last here). NaN for unknown users."""
-    recent = [last_rows] + [np.nan_to_num(keys[f"u_prev_article_{i}"], nan=-1).astype(np.int64)
-                            for i in range(1, RECENT_CLICKS)]
-    sims = np.column_stack([X["ua_last_sim"]] + [_rowwise_dot(tables.embeddings, r, tables.embeddings, art_rows)
-                                                 for r in recent[1:]])
+def _recent_click_features(X: dict[str, np.ndarray], recent: list[np.ndarray], sims: np.ndarray,
+                           tables: FeatureTables) -> None:
+    """Candidate vs each of the user's last RECENT_CLICKS clicks (`recent`: their article ids per row, -1 for
+    none; `sims`: the cosine with each, NaN for none): max and mean cosine, share of them in the candidate's
+    category; and the article's age minus the hours since the user's last click (< 0: published since the
+    user was last here). NaN for unknown users."""
     has = ~np.isnan(sims)
     n = has.sum(axis=1)
     filled = np.where(has, sims, 0.0)
@@ -661,8 +716,8 @@ def _recent_click_features(
     X["ua_recent_sim_mean"] = np.where(n > 0, filled.sum(axis=1) / np.maximum(n, 1), np.nan).astype(np.float32)
     # The clicked articles' categories, read from the article table (every clicked article is in it).
     category = tables.matrix("articles", ["a_category"])[:, 0]
-    same = np.zeros(len(last_rows), dtype=np.float32)
-    seen = np.zeros(len(last_rows), dtype=np.int64)
+    same = np.zeros(len(sims), dtype=np.float32)
+    seen = np.zeros(len(sims), dtype=np.int64)
     for rows in recent:
         pos = tables.article_positions(rows)
         ok = (rows >= 0) & (pos >= 0)

@@ -161,9 +161,8 @@ def with_live(prepared: Any, live: LiveCounts, now_ms: int | None = None) -> Any
     since_last = table["a_hours_since_last_click"].to_numpy(np.float64) + age_h
     since_last[rows[found]] = (now - last[found]) / C.HOUR_MS
     table["a_hours_since_last_click"] = since_last
-    # The user-side caches stay valid; the article blocks are rebuilt from the new table on first use.
-    cache = {k: v for k, v in tables._cache.items() if not (isinstance(k, tuple) and k[0] == "articles")}
-    new_tables = dataclasses.replace(tables, articles=table, _cache=cache)
-    new_tables.matrix("articles", list(table.columns))  # built here, off the request path
-    new_tables.article_positions(np.zeros(1, dtype=np.int64))
+    # The user-side caches stay valid; the article blocks are rebuilt from the new table, here, off the
+    # request path (the requests' per-user copies share them).
+    new_tables = dataclasses.replace(tables, articles=table, _article_cache={})
+    new_tables.build_article_blocks()
     return dataclasses.replace(prepared, bundle=dataclasses.replace(bundle, index=new_index, tables=new_tables))

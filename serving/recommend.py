@@ -101,7 +101,8 @@ def prepare(bundle: Any, compile_ranker: bool = True, users: UserStore | None = 
     pool_rows = bundle.tables.articles.index.isin(bundle.index.pool_ids)
     if not pool_rows.all():
         bundle = dataclasses.replace(bundle, tables=dataclasses.replace(
-            bundle.tables, articles=bundle.tables.articles[pool_rows], _cache={}))
+            bundle.tables, articles=bundle.tables.articles[pool_rows], _cache={}, _article_cache={}))
+    bundle.tables.build_article_blocks()  # once per article table: each request's copy of the tables shares them
     meta = bundle.articles
     size = int(meta[C.ARTICLE_ID].max()) + 1 if len(meta) else 0
     ids = meta[C.ARTICLE_ID].to_numpy()
@@ -233,16 +234,12 @@ def _context_frame(user_id: int, context: dict[str, int], as_of_ms: int) -> pd.D
     return pd.DataFrame(values, index=pd.Index([user_id], name=C.USER_ID), columns=CONTEXT_FEATURES)
 
 
-def _article_cache(tables: Any) -> dict:
-    """The article-side caches of `tables` (they stay valid when only the user side is replaced)."""
-    return {k: v for k, v in tables._cache.items() if isinstance(k, tuple) and k[0] == "articles"}
-
-
 def _user_tables(prepared: Prepared, rows: UserRows):
-    """The bundle's article-side feature tables with the user side replaced by one user's rows."""
+    """The bundle's article-side feature tables with the user side replaced by one user's rows (the copy
+    shares the article side's cached blocks, `FeatureTables._article_cache`)."""
     tables = prepared.bundle.tables
     return dataclasses.replace(tables, users=rows.users, profiles=rows.profiles,
-                               user_categories=rows.user_categories, _cache=_article_cache(tables))
+                               user_categories=rows.user_categories, _cache={})
 
 
 def _tables_with_online(prepared: Prepared, columns: dict[str, np.ndarray], as_of_ms: int):
@@ -257,7 +254,7 @@ def _tables_with_online(prepared: Prepared, columns: dict[str, np.ndarray], as_o
     users, user_categories = fit_user_tables(clicks, meta, cut)
     _, profiles = user_profiles(clicks, tables.embeddings, cut, prepared.half_life_h)
     return dataclasses.replace(tables, users=users, profiles=profiles, user_categories=user_categories,
-                               _cache=_article_cache(tables))
+                               _cache={})
 
 
 def recommend(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -212,6 +214,44 @@ def test_rows_do_not_depend_on_their_neighbours_or_on_frame_vs_columns(history, 
         pd.testing.assert_frame_equal(alone, together.iloc[[i]])
         np.testing.assert_array_equal([as_columns[f][i] for f in F.FEATURES], together.iloc[i].to_numpy())
     assert together.iloc[2][["a_clicks_6h", "a_category", "ua_emb_sim"]].isna().all()  # not in the catalogue
+
+
+@pytest.mark.unit
+def test_a_copy_with_one_users_rows_shares_the_article_blocks_and_one_with_other_articles_does_not(
+        history, articles, embeddings):
+    """The API replaces the user side per request (`dataclasses.replace`): the article blocks are built once
+    and shared by those copies, and a copy with another article table never reads the old blocks."""
+    tables = F.fit_tables(history, articles, embeddings, 6 * H, PARAMS)
+    tables.build_article_blocks()
+    block = tables.matrix("articles", F.ARTICLE_FEATURES)
+    pos = tables.users.index.get_loc(1)
+    one_user = dataclasses.replace(
+        tables, users=tables.users.iloc[[pos]], profiles=tables.profiles[[pos]],
+        user_categories=tables.user_categories[tables.user_categories[C.USER_ID] == 1], _cache={})
+    cands = {C.USER_ID: np.array([1, 1, 1, 1]), C.ARTICLE_ID: np.array([4, 2, 0, 10**6])}
+    alone, full = F.feature_columns(cands, one_user), F.feature_columns(cands, tables)
+    for name in F.FEATURES:
+        np.testing.assert_array_equal(alone[name], full[name], err_msg=name)
+    assert one_user.matrix("articles", F.ARTICLE_FEATURES) is block
+
+    changed = tables.articles.copy()
+    changed["a_clicks_1h"] += 7
+    other = dataclasses.replace(tables, articles=changed)  # the cache is not reset by hand
+    column = F.ARTICLE_FEATURES.index("a_clicks_1h")
+    np.testing.assert_array_equal(other.matrix("articles", F.ARTICLE_FEATURES)[:, column], block[:, column] + 7)
+    assert tables.matrix("articles", F.ARTICLE_FEATURES) is block
+
+
+@pytest.mark.unit
+def test_row_positions_are_the_indexers_for_small_and_large_tables():
+    """A request's one-user table is matched by comparison, a snapshot's by pandas' hash index: the same."""
+    rng = np.random.default_rng(3)
+    for size in (0, 1, 5, F._SMALL_INDEX, 200):
+        index = pd.Index(rng.permutation(1000)[:size].astype(np.int64), name=C.USER_ID)
+        ids = np.repeat(rng.integers(0, 1000, 40), rng.integers(1, 4, 40)).astype(np.int64)
+        if size:
+            ids[:5] = index[0]
+        np.testing.assert_array_equal(F._positions(index, ids), index.get_indexer(ids))
 
 
 @pytest.mark.unit
