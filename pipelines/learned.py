@@ -476,32 +476,109 @@ def model_for(models_dir: str | Path, cutoff_hour: int) -> LearnedModel | None:
     return LearnedModel.load(model_dir(models_dir, usable[-1])) if usable else None
 
 
+def fit_keys_dir(out_dir: str | Path) -> Path:
+    """Where `fit_daily` notes what each daily model was fitted from: beside the models' folder, not in it, so
+    the folder's content (a DVC output) is the models alone, whatever code wrote them."""
+    out = Path(out_dir)
+    return out.with_name(out.name + ".fits")
+
+
+def _model_digest(folder: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in (_WEIGHTS, _META):
+        h.update((folder / name).read_bytes())
+    return h.hexdigest()
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.data)
+    return h.hexdigest()
+
+
+def _code_digest() -> str:
+    """The package's source and the torch release: a fit made by other code is never taken for this one's."""
+    import hashlib
+    from importlib.metadata import version
+
+    h = hashlib.sha256(version("torch").encode())
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def fit_daily(data_root: str | Path, snapshots: Sequence, out_dir: str | Path, params: dict, epoch_ms: int,
               trend_half_life_hours: float) -> dict[str, dict]:
     """Fit and save one model per `fit_hours` cutoff under `<out_dir>/hour=NNN/`; returns what each fit saw.
 
+    A model already under `out_dir` is kept, not refitted, when its note in `fit_keys_dir` says it was
+    fitted from the same inputs and the model's files are still the ones then written. The key digests all a
+    fit reads (the clicks before its cutoff in their order, the catalogue known at it, the embeddings, the
+    params, the package's code and the torch release) and a fit is deterministic on one machine, so a kept
+    model is the one a refit would write. A daily run then fits the new day's model only: the earlier days'
+    clicks did not change (a late drop or an erasure changes them, and their models are refitted). Model
+    folders of hours this run does not fit are removed, so `model_for` never picks a stale one.
+
     With params `warm_start`, only the earliest is fitted from scratch; each later one is the one before it
     updated on the clicks in between (`fit_learned`'s `init`), as a daily retrain that keeps its model would
-    leave it."""
+    leave it (its key then includes the earlier model's)."""
+    import shutil
+
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
     from pipelines.split import hour_start_ms, load_clicks
 
-    root = Path(data_root)
+    root, out = Path(data_root), Path(out_dir)
+    notes = fit_keys_dir(out)
+    notes.mkdir(parents=True, exist_ok=True)
     catalogue, embeddings = read_catalogue(root)
     delivered = delivered_hours(root, catalogue)
     clicks = load_clicks(lake.validated_dir(root), None, None,
                          columns=[C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP])
-    report, model = {}, None
-    for hour in fit_hours(snapshots, int(params["refit_hours"])):
+    hours = fit_hours(snapshots, int(params["refit_hours"]))
+    for stale in out.glob(f"{C.HOUR}=*"):
+        if stale.is_dir() and stale.name not in {model_dir(out, h).name for h in hours}:
+            shutil.rmtree(stale)
+    ts = clicks[C.CLICK_TIMESTAMP].to_numpy()
+    base = json.dumps({"params": {k: params[k] for k in sorted(params)}, "epoch_ms": int(epoch_ms),
+                       "trend_half_life_hours": float(trend_half_life_hours), "code": _code_digest(),
+                       "embeddings": _digest(np.asarray(embeddings))}, sort_keys=True, default=str)
+    report, model, key = {}, None, ""
+    for hour in hours:
         cutoff_ms = hour_start_ms(hour, epoch_ms)
         articles = known_at(catalogue, delivered, hour)
         init = model if params.get("warm_start") else None
-        model = fit_learned(clicks, articles, embeddings, cutoff_ms, params, trend_half_life_hours, init=init)
-        model.save(model_dir(out_dir, hour))
+        before = clicks[ts < cutoff_ms]
+        key = _digest(np.frombuffer((base + (key if init is not None else "")).encode(), dtype=np.uint8),
+                      *(before[c].to_numpy() for c in before.columns),
+                      *(articles[c].to_numpy() for c in articles.columns))
+        where, note = model_dir(out, hour), notes / f"{model_dir(out, hour).name}.json"
+        try:
+            noted = json.loads(note.read_text())
+            reused = noted["inputs"] == key and noted["model"] == _model_digest(where)
+        except (OSError, ValueError, KeyError):
+            reused = False
+        if reused:
+            model = LearnedModel.load(where)
+        else:
+            model = fit_learned(clicks, articles, embeddings, cutoff_ms, params, trend_half_life_hours, init=init)
+            if where.exists():
+                shutil.rmtree(where)
+            model.save(where)
+            note.write_text(json.dumps({"inputs": key, "model": _model_digest(where)}) + "\n")
         report[f"{C.HOUR}={hour:03d}"] = {"examples": model.meta["examples"], "final_loss": model.meta["losses"][-1],
                                           "warm_start": init is not None}
         print(f"{C.HOUR}={hour:03d}  {model.meta['examples']} examples  loss {model.meta['losses'][-1]:.4f}  "
-              f"{model.meta['fit_seconds']:.1f} s", flush=True)
+              + ("kept: fitted from the same inputs before" if reused else f"{model.meta['fit_seconds']:.1f} s"),
+              flush=True)
     return report
 
 

@@ -265,3 +265,66 @@ def test_stage_fits_daily_models_that_the_candidate_indexes_carry(tiny_validated
     served = CandidateIndex.load(tmp_path / "idx" / "serve")
     assert served.learned is not None and served.learned.meta["cutoff_ms"] == snaps[-1].cutoff_ms
     assert len(served.sources["learned"].pool_vectors) == len(served.pool)
+
+
+@pytest.mark.integration
+def test_a_rerun_keeps_the_daily_models_fitted_from_unchanged_inputs_and_refits_the_rest(
+        tiny_validated, tmp_path, monkeypatch):
+    """The daily retrain fits the new day's model only: an earlier day's model whose inputs did not change is
+    kept (byte for byte what a refit writes); a model whose clicks changed, whose files were altered, or
+    whose params changed is refitted; a folder of an hour no longer fitted goes."""
+    import shutil
+
+    from pipelines import learned as L
+    from pipelines.config import load_params
+    from pipelines.lake import landed_hours, partition_file
+    from pipelines.split import hour_start_ms, plan_snapshots
+
+    epoch = load_params("data")["epoch_ms"]
+    work = tmp_path / "root"
+    work.mkdir()
+    (work / "raw").symlink_to(tiny_validated / "raw")
+    shutil.copytree(tiny_validated / "validated", work / "validated")
+    snaps = plan_snapshots(landed_hours(work / "validated" / "clicks"), epoch, test_hours=4, val_hours=4,
+                           label_hours=4, train_snapshots=1, min_history_hours=8)
+    params = load_params("learned") | {"epochs": 1, "dim": 16, "hidden": 32}
+    half_life = load_params("candidates")["trend_half_life_hours"]
+    out = tmp_path / "learned"
+    hours = fit_hours(snaps, 24)
+    assert len(hours) >= 3
+    fitted = []
+    real_fit = L.fit_learned
+
+    def counting_fit(clicks, articles, embeddings, cutoff_ms, *args, **kwargs):
+        fitted.append(int(cutoff_ms))
+        return real_fit(clicks, articles, embeddings, cutoff_ms, *args, **kwargs)
+
+    monkeypatch.setattr(L, "fit_learned", counting_fit)
+
+    def run(p=params) -> dict[str, bytes]:
+        fitted.clear()
+        L.fit_daily(work, snaps, out, p, epoch, half_life)
+        return {str(f.relative_to(out)): f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()}
+
+    first = run()
+    assert len(fitted) == len(hours)
+    shutil.rmtree(L.fit_keys_dir(out))  # without its notes every model is refitted: the same bytes
+    assert run() == first and len(fitted) == len(hours)
+    (out / "hour=999").mkdir()  # a model of an hour the flow no longer fits
+    assert run() == first and fitted == []
+    assert not (out / "hour=999").exists()
+
+    # clicks of an hour between the second and third cutoff change: the models from the third on are refitted
+    changed_hour = hours[1] + 1
+    part = partition_file(work, changed_hour)
+    frame = pd.read_parquet(part)
+    frame.iloc[: len(frame) // 2].to_parquet(part, index=False)
+    run()
+    assert fitted == [hour_start_ms(h, epoch) for h in hours[2:]]
+
+    # a model file altered since its fit is refitted, and the params are part of the key
+    (out / f"hour={hours[0]:03d}" / "weights.npz").write_bytes(b"not the fitted weights")
+    run()
+    assert len(fitted) == 1
+    run(params | {"seed": int(params["seed"]) + 1})
+    assert len(fitted) == len(hours)
