@@ -497,7 +497,8 @@ def _digest(*arrays: np.ndarray) -> str:
 
     h = hashlib.sha256()
     for a in arrays:
-        a = np.ascontiguousarray(a)
+        a = np.asarray(a)
+        a = np.ascontiguousarray(a.astype(str) if a.dtype == object else a)  # the values, never their addresses
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(a.data)
     return h.hexdigest()
