@@ -545,9 +545,13 @@ def fit_daily(data_root: str | Path, snapshots: Sequence, out_dir: str | Path, p
     clicks = load_clicks(lake.validated_dir(root), None, None,
                          columns=[C.USER_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP])
     hours = fit_hours(snapshots, int(params["refit_hours"]))
+    fitted_now = {model_dir(out, h).name for h in hours}
     for stale in out.glob(f"{C.HOUR}=*"):
-        if stale.is_dir() and stale.name not in {model_dir(out, h).name for h in hours}:
+        if stale.is_dir() and stale.name not in fitted_now:
             shutil.rmtree(stale)
+    for stale in notes.glob(f"{C.HOUR}=*.json"):
+        if stale.stem not in fitted_now:
+            stale.unlink()
     ts = clicks[C.CLICK_TIMESTAMP].to_numpy()
     base = json.dumps({"params": {k: params[k] for k in sorted(params)}, "epoch_ms": int(epoch_ms),
                        "trend_half_life_hours": float(trend_half_life_hours), "code": _code_digest(),

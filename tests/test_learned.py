@@ -310,9 +310,11 @@ def test_a_rerun_keeps_the_daily_models_fitted_from_unchanged_inputs_and_refits_
     assert len(fitted) == len(hours)
     shutil.rmtree(L.fit_keys_dir(out))  # without its notes every model is refitted: the same bytes
     assert run() == first and len(fitted) == len(hours)
-    (out / "hour=999").mkdir()  # a model of an hour the flow no longer fits
+    (out / "hour=999").mkdir()  # a model of an hour the flow no longer fits, and its note
+    (L.fit_keys_dir(out) / "hour=999.json").write_text("{}")
     assert run() == first and fitted == []
-    assert not (out / "hour=999").exists()
+    assert not (out / "hour=999").exists() and not (L.fit_keys_dir(out) / "hour=999.json").exists()
+    assert sorted(p.stem for p in L.fit_keys_dir(out).glob("*.json")) == [f"hour={h:03d}" for h in hours]
 
     # clicks of an hour between the second and third cutoff change: the models from the third on are refitted
     changed_hour = hours[1] + 1
