@@ -668,7 +668,7 @@ def feature_columns(
     X["ua_emb_sim"], *sims = _rowwise_dots(emb, art_rows, [(tables.profiles, user_pos)] + [(emb, r) for r in recent])
     X["ua_last_sim"] = sims[0]
 
-    # Category share of the user for the article's category: a hash join on one int64 key.
+    # Category share of the user for the article's category: a sorted search on one int64 key.
     category = X["a_category"]
     uc = tables.user_categories
     if "share_keys" not in tables._cache:

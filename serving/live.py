@@ -161,8 +161,8 @@ def with_live(prepared: Any, live: LiveCounts, now_ms: int | None = None) -> Any
     since_last = table["a_hours_since_last_click"].to_numpy(np.float64) + age_h
     since_last[rows[found]] = (now - last[found]) / C.HOUR_MS
     table["a_hours_since_last_click"] = since_last
-    # The user-side caches stay valid; the article blocks are rebuilt from the new table, here, off the
-    # request path (the requests' per-user copies share them).
-    new_tables = dataclasses.replace(tables, articles=table, _article_cache={})
+    # The user-side caches stay valid; the article blocks are rebuilt from the new table (a copy with another
+    # article table never reads the old ones), here, off the request path (the requests' copies share them).
+    new_tables = dataclasses.replace(tables, articles=table)
     new_tables.build_article_blocks()
     return dataclasses.replace(prepared, bundle=dataclasses.replace(bundle, index=new_index, tables=new_tables))

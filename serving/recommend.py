@@ -101,7 +101,7 @@ def prepare(bundle: Any, compile_ranker: bool = True, users: UserStore | None = 
     pool_rows = bundle.tables.articles.index.isin(bundle.index.pool_ids)
     if not pool_rows.all():
         bundle = dataclasses.replace(bundle, tables=dataclasses.replace(
-            bundle.tables, articles=bundle.tables.articles[pool_rows], _cache={}, _article_cache={}))
+            bundle.tables, articles=bundle.tables.articles[pool_rows], _cache={}))
     bundle.tables.build_article_blocks()  # once per article table: each request's copy of the tables shares them
     meta = bundle.articles
     size = int(meta[C.ARTICLE_ID].max()) + 1 if len(meta) else 0
