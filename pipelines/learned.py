@@ -492,13 +492,14 @@ def _model_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _digest(*arrays: np.ndarray) -> str:
+def _digest(*parts: np.ndarray | pd.DataFrame) -> str:
+    """sha256 of arrays (their bytes) and frames (pandas' per-row hashes of their values, in row order)."""
     import hashlib
 
     h = hashlib.sha256()
-    for a in arrays:
-        a = np.asarray(a)
-        a = np.ascontiguousarray(a.astype(str) if a.dtype == object else a)  # the values, never their addresses
+    for part in parts:
+        a = pd.util.hash_pandas_object(part, index=False).to_numpy() if isinstance(part, pd.DataFrame) else part
+        a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(a.data)
     return h.hexdigest()
@@ -563,8 +564,7 @@ def fit_daily(data_root: str | Path, snapshots: Sequence, out_dir: str | Path, p
         init = model if params.get("warm_start") else None
         before = clicks[ts < cutoff_ms]
         key = _digest(np.frombuffer((base + (key if init is not None else "")).encode(), dtype=np.uint8),
-                      *(before[c].to_numpy() for c in before.columns),
-                      *(articles[c].to_numpy() for c in articles.columns))
+                      before, articles)
         where, note = model_dir(out, hour), notes / f"{model_dir(out, hour).name}.json"
         try:
             noted = json.loads(note.read_text())
