@@ -99,6 +99,14 @@ def baseline_methods(candidates: pd.DataFrame) -> list[str]:
             if src not in OPTIONAL_SOURCES or (candidates.get(rank_col(src), pd.Series(dtype=int)) > 0).any()]
 
 
+def index_methods(index) -> list[str]:
+    """The baselines an index (candidates.CandidateIndex) can propose: every source's, less an optional source it
+    does not carry. The as-served replay ranks these in every hour, so an hour whose users got nothing from an
+    optional source (all of them new readers, say) still has that method's lists, the trending order every
+    method falls back to, instead of no list (which would score its queries 0)."""
+    return [m for m, src in BASELINES.items() if src not in OPTIONAL_SOURCES or index.given(src) is not None]
+
+
 def method_scores(
     candidates: pd.DataFrame, scorers: Mapping[str, Scorer], chunk_rows: int = SCORE_CHUNK_ROWS,
     methods: Collection[str] | None = None,
@@ -344,12 +352,14 @@ class ClusterRanking:
         scorers: Mapping[str, Scorer] | None = None,
         rank_params: Mapping | None = None,
         vectors: Callable[[np.ndarray], np.ndarray] | None = None,
+        methods: Collection[str] | None = None,
     ) -> dict[str, pd.DataFrame]:
         """`rank_methods` over the partitions: a RerankerScorer travels with its partition's users' tables only."""
         from pipelines.cluster import user_partition
 
         scorers = dict(scorers or {})
-        methods = baseline_methods(candidates)  # the whole list's: a partition's users may lack a source
+        if methods is None:
+            methods = baseline_methods(candidates)  # the whole list's: a partition's users may lack a source
         part = user_partition(candidates[USER_ID].to_numpy(), self.partitions)
         embeddings = {n: self._shared_embeddings(s.tables.embeddings) for n, s in scorers.items()
                       if isinstance(s, RerankerScorer)}
@@ -591,7 +601,7 @@ def evaluate_as_served(
             scorers[RERANKER] = RerankerScorer(ranker, tables)
         trend = index.pool.set_index(ARTICLE_ID)[TREND]
         rank = rank_methods if cluster is None else cluster.rank
-        recs = rank(cands, trend, depth, scorers, rank_params, index_vectors(index))
+        recs = rank(cands, trend, depth, scorers, rank_params, index_vectors(index), index_methods(index))
         own = recent_popular_lists(data_root, articles, hour, cutoff, recent_hours, users, mine, depth)
         recs[RECENT_POPULAR] = own[own[RANK] <= depth]
         own_reach = {RECENT_POPULAR: own}
@@ -646,7 +656,7 @@ def _impression_hour(
         tables = fit_tables(history, articles, normalised, cutoff, feature_params, requests=target,
                             only_users=users)
         scorers[RERANKER] = RerankerScorer(ranker, tables)
-    scores = method_scores(cands, scorers)
+    scores = method_scores(cands, scorers, methods=index_methods(index))
     ids, recent = recent_popular_order(data_root, articles, hour, cutoff, recent_hours)
     scores[RECENT_POPULAR] = pd.Series(recent, index=ids).reindex(cands[ARTICLE_ID]).to_numpy()
     if peer is not None:

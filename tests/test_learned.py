@@ -330,3 +330,37 @@ def test_a_rerun_keeps_the_daily_models_fitted_from_unchanged_inputs_and_refits_
     assert len(fitted) == 1
     run(params | {"seed": int(params["seed"]) + 1})
     assert len(fitted) == len(hours)
+
+
+@pytest.mark.unit
+def test_the_as_served_replay_keeps_the_learned_lists_in_an_hour_whose_readers_are_all_new(world, tmp_path):
+    """Hour 24's readers have never clicked, so the learned source proposes nothing to any of them; its method
+    must still rank them, by the trending order every method falls back to, not drop out of that hour (its
+    queries then scored 0 and the learned baseline read lower than it is)."""
+    from pipelines.evaluate import evaluate_as_served
+    from pipelines.split import Snapshot
+
+    top = int(_index(world, CUTOFF_H).trending()[C.ARTICLE_ID].iloc[0])
+    new_readers = [(1000 + u, 1000 + u, top, CUTOFF_H + 0.1 + 0.01 * u) for u in range(6)]
+    returning = [(u, 2000 + u, a, CUTOFF_H + 1.2 + 0.01 * u) for u in range(6) for a in (u % TOPICS * PER_TOPIC,)]
+    frame = clicks(sorted(list(zip(world["clicks"][C.USER_ID], world["clicks"][C.SESSION_ID],
+                                   world["clicks"][C.CLICK_ARTICLE_ID],
+                                   (world["clicks"][C.CLICK_TIMESTAMP] - EPOCH) / C.HOUR_MS, strict=True))
+                          + new_readers + returning, key=lambda r: r[3]))
+    write_validated(tmp_path, frame)
+    write_raw(tmp_path, world["meta"], _world_embeddings())
+    aggregate_all(tmp_path, EPOCH, 5)
+    snap = Snapshot("test", "test", CUTOFF_H, CUTOFF_H + 2, at(CUTOFF_H), at(CUTOFF_H + 2))
+    res = evaluate_as_served(tmp_path, snap, frame, (world["meta"], np.full(len(world["meta"]), -1)),
+                             _world_embeddings(), INDEX_PARAMS, {"profile_half_life_h": 24}, EPOCH, 3, 6,
+                             learned=world["model"])
+    assert res["users"]["cold"] == 6 and res["users"]["warm"] > 0
+    learned, trending = res["methods"]["learned"], res["methods"]["trending"]
+    assert trending["cold"]["ndcg@3"] == 1.0  # each new reader read the top trending article
+    def ranked(segment: dict) -> dict:  # what the lists scored (candidate_recall is what the source reached)
+        return {k: v for k, v in segment.items() if k != "candidate_recall"}
+
+    assert ranked(learned["cold"]) == ranked(trending["cold"])
+    assert learned["cold"]["candidate_recall"] == 0.0
+    # the rows keep the frozen protocol's order (each source's, then fusion), whichever hour a method came in
+    assert list(res["methods"]).index("learned") < list(res["methods"]).index("fusion")
