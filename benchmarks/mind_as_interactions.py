@@ -20,32 +20,30 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.errors import NewsrecError
+from pipelines.importers import MindSource, read_mind
 
-def timed_clicks(behaviors: Path) -> pd.DataFrame:
-    """user, item, timestamp (ISO 8601, UTC as MIND gives it) of every clicked article of every impression."""
-    frame = pd.read_csv(behaviors, sep="\t", header=None, usecols=[1, 2, 4], names=["user", "time", "impressions"],
-                        dtype=str, keep_default_na=False)
-    shown = frame.assign(shown=frame["impressions"].str.split()).explode("shown").dropna(subset=["shown"])
-    parts = shown["shown"].str.rsplit("-", n=1, expand=True)
-    item, clicked = parts[0], parts[1].fillna("")
-    if not clicked.isin(["0", "1"]).all():
-        bad = shown.loc[~clicked.isin(["0", "1"]), "shown"].iloc[0]
-        raise SystemExit(f"{behaviors}: an impression entry {bad!r} is not <news id>-<0|1>")
-    out = shown.assign(item=item)[clicked == "1"]
-    stamp = pd.to_datetime(out["time"], format="%m/%d/%Y %I:%M:%S %p")
-    return pd.DataFrame({"user": out["user"].to_numpy(), "item": out["item"].to_numpy(),
-                         "timestamp": stamp.dt.strftime("%Y-%m-%dT%H:%M:%S").to_numpy()})
+
+def timed_clicks(source: MindSource) -> pd.DataFrame:
+    """user, item, timestamp (ISO 8601 without a zone, as MIND gives it; the importer reads it as UTC) of every
+    clicked article of every impression, in the file's order."""
+    b = source.behaviors
+    shown = b[["user", "time"]].assign(entry=b.impressions.str.split()).explode("entry")
+    clicked = shown[shown.entry.str.endswith("-1")]  # read_mind checked every entry is N<digits>-0 or -1
+    return pd.DataFrame({"user": clicked.user.to_numpy(), "item": clicked.entry.str[:-2].to_numpy(),
+                         "timestamp": clicked.time.dt.strftime("%Y-%m-%dT%H:%M:%S").to_numpy()})
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--in", dest="src", type=Path, required=True, help="the MIND folder (behaviors.tsv)")
+    parser.add_argument("--in", dest="src", type=Path, required=True, help="the MIND folder (behaviors.tsv, news.tsv)")
     parser.add_argument("--out", type=Path, required=True, help="the CSV to write")
     args = parser.parse_args(argv)
-    behaviors = args.src / "behaviors.tsv"
-    if not behaviors.exists():
-        raise SystemExit(f"no behaviors.tsv in {args.src}")
-    rows = timed_clicks(behaviors)
+    try:
+        source = read_mind(args.src)  # the importer's reader: the same checks, errors naming the file's line
+    except NewsrecError as exc:
+        raise SystemExit(str(exc)) from None
+    rows = timed_clicks(source)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows.to_csv(args.out, index=False)
     print(f"{len(rows):,} clicks of {rows['user'].nunique():,} users on {rows['item'].nunique():,} articles "
