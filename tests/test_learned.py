@@ -342,7 +342,7 @@ def test_the_as_served_replay_keeps_the_learned_lists_in_an_hour_whose_readers_a
 
     top = int(_index(world, CUTOFF_H).trending()[C.ARTICLE_ID].iloc[0])
     new_readers = [(1000 + u, 1000 + u, top, CUTOFF_H + 0.1 + 0.01 * u) for u in range(6)]
-    returning = [(u, 2000 + u, a, CUTOFF_H + 1.2 + 0.01 * u) for u in range(6) for a in (u % TOPICS * PER_TOPIC,)]
+    returning = [(u, 2000 + u, u % TOPICS * PER_TOPIC, CUTOFF_H + 1.2 + 0.01 * u) for u in range(6)]
     frame = clicks(sorted(list(zip(world["clicks"][C.USER_ID], world["clicks"][C.SESSION_ID],
                                    world["clicks"][C.CLICK_ARTICLE_ID],
                                    (world["clicks"][C.CLICK_TIMESTAMP] - EPOCH) / C.HOUR_MS, strict=True))
