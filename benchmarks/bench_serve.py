@@ -241,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table-prefix", default="", help="the runs --markdown shows: labels starting so")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    from machine_speed import reference_ms
 
+    speed_ms = reference_ms()  # before the server starts: the machine's speed, nothing else of ours running
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as logdir:
@@ -279,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"label": args.label, "model_version": models["champion"]["version"], "workers": args.workers,
               "index_hour_after": (models_after.get("index") or {}).get("cutoff_hour"),
               "cold_share": args.cold_share, "online_users": online, "online_clicks": args.online_clicks, "k": args.k, "startup_s": round(ready_s, 1),
-              "user_store": "redis" if args.user_store_url else "files", "memory": memory, **result}
+              "user_store": "redis" if args.user_store_url else "files", "memory": memory,
+              "machine_reference_ms": speed_ms, **result}
     print(f"{'label':<10}{'rps target':>11}{'rps got':>9}{'ok':>7}{'err':>5}{'p50 ms':>8}{'p95 ms':>8}"
           f"{'p99 ms':>8}{'max ms':>8}")
     print(f"{result['label']:<10}{result['target_rps']:>11.0f}{result['achieved_rps']:>9.1f}{result['ok']:>7}"
