@@ -41,5 +41,10 @@ def reference_ms(repeats: int = 5) -> float:
     return round(statistics.median(times), 1)
 
 
+def reference_line() -> str:
+    """`reference_ms()` as the benchmarks print it."""
+    return f"machine speed reference: {reference_ms()} ms (benchmarks/machine_speed.py, median of 5; lower is faster)"
+
+
 if __name__ == "__main__":
-    print(f"machine speed reference: {reference_ms()} ms (median of 5; lower is faster)")
+    print(reference_line())

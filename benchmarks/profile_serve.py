@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from machine_speed import reference_ms
+from machine_speed import reference_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run()  # warm caches (faiss index, lazy imports)
     times = run()
-    print(f"machine speed reference: {reference_ms()} ms (benchmarks/machine_speed.py; lower is faster)")
+    print(reference_line())
     print(f"bundle {args.bundle}: loaded and prepared in {load_s:.1f} s; {prepared.users.n_users:,} users with "
           f"history, pool {len(pool):,} articles, scored by {prepared.bundle.ranker.predictor}")
     print(f"recommend() x{args.requests} (cold share {args.cold_share}, {args.online_clicks} online clicks): "
@@ -121,7 +121,7 @@ def compare(args) -> int:
                 started = time.perf_counter()
                 recommend(prepared, int(user), [], Context(), prepared.cutoff_ms, args.k)
                 times[name].append(time.perf_counter() - started)
-    print(f"machine speed reference: {reference_ms()} ms (benchmarks/machine_speed.py; lower is faster)")
+    print(reference_line())
     for name, values in times.items():
         ms = np.array(values[len(users):]) * 1000  # the first round warms caches
         print(f"{name:<6} recommend() x{len(ms)}: mean {ms.mean():.2f} ms, p50 {np.percentile(ms, 50):.2f}, "
