@@ -16,6 +16,14 @@ version's bytes per user (`MEMORY USAGE` over a sample of user keys, key overhea
 payload. `--json-out` appends the rows; `--markdown` rewrites a table of them (docs, tools/render_docs.py).
 
     .venv/bin/python benchmarks/bench_refresh.py --data-root DIR --hours 383 --user-store-url redis://127.0.0.1:6379/14
+
+With --publish-uri (params `refresh.publish_uri`: s3://bucket/prefix, or a folder), each refresh also mirrors
+its version there, and the figures add what an API replica on another machine then pays: copying that
+version to a local folder of its own (`serving_index.fetch`; without the per-user files when a user store is
+given), its wall time and megabytes. The mirror's own cost is the refresh's wall time against a run without it.
+
+    AWS_ENDPOINT_URL_S3=http://127.0.0.1:5055 .venv/bin/python benchmarks/bench_refresh.py --data-root DIR \
+        --publish-uri s3://bench-index/serving_index
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ def main() -> int:
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--hours", type=int, nargs="+", help="landed hours to refresh after (default: the last 3)")
     parser.add_argument("--user-store-url", help="also materialise each version's users in this Redis")
+    parser.add_argument("--publish-uri", help="also mirror each version there and time a replica's copy of it")
     parser.add_argument("--label", default="")
     parser.add_argument("--json-out", type=Path, help="append the rows (JSON lines) here")
     parser.add_argument("--markdown", type=Path, help="rewrite this file as a table of the --json-out rows")
@@ -57,6 +66,12 @@ def main() -> int:
             params["serve"]["user_store_url"] = args.user_store_url
             params["serve"]["user_store_prefix"] = f"newsrec-bench:{os.getpid()}:users:"
             client = redis.Redis.from_url(args.user_store_url)
+        if args.publish_uri:
+            from pipelines import storage
+
+            params["refresh"]["publish_uri"] = args.publish_uri
+            if storage.parse(args.publish_uri).is_s3:
+                storage.make_buckets([storage.parse(args.publish_uri).bucket])
         params_path = Path(tmp) / "params.yaml"
         params_path.write_text(yaml.safe_dump(params))
         rows = []
@@ -78,6 +93,8 @@ def main() -> int:
             rows.append({"label": args.label, "hour": hour, "wall_s": round(wall, 2),
                          "peak_rss_mb": round(usage.ru_maxrss / 1024), "pool": meta["pool_size"],
                          "users": meta["users"], "clicks": meta["clicks"], "size_mb": round(size / 2**20, 1)})
+            if args.publish_uri:
+                rows[-1] |= replica_copy(args.publish_uri, Path(tmp) / "replica", user_side=client is None)
             if client:
                 rows[-1] |= redis_cost(client, params["serve"]["user_store_prefix"], meta["user_store"], redis_before)
                 rows[-1]["materialise_s"] = materialise_seconds(out)
@@ -95,6 +112,17 @@ def main() -> int:
         if args.markdown:
             args.markdown.write_text(user_store_table(args.json_out))
     return 0
+
+
+def replica_copy(uri: str, local: Path, user_side: bool) -> dict:
+    """What a replica on another machine pays to take the mirror's live version: `fetch` into `local`."""
+    from pipelines.serving_index import fetch, remote_current
+
+    started = time.perf_counter()
+    version = fetch(uri, remote_current(uri), local, user_side=user_side)
+    wall = time.perf_counter() - started
+    size = sum(f.stat().st_size for f in version.rglob("*") if f.is_file())
+    return {"publish_uri": uri, "replica_fetch_s": round(wall, 2), "replica_mb": round(size / 2**20, 1)}
 
 
 def materialise_seconds(output: str) -> float | None:

@@ -107,6 +107,8 @@ _FILES = {
     "context": "context.parquet",
     "profiles": "profiles.npy",
 }
+# What `FeatureTables.load(user_side=False)` never reads (an API replica whose users are in Redis).
+USER_ONLY_FILES = (_FILES["profiles"], _FILES["context"])
 # Tables written before profiles had their own file held them as this fixed-size list column of users.
 _LEGACY_PROFILE = "profile"
 

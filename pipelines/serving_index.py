@@ -23,7 +23,11 @@ With a user store configured (params.yaml `serve.user_store_url`), the per-user 
 side of the files.
 
 A version is built in a temporary folder and renamed into place, then CURRENT.json is replaced, so a
-reader sees the old version or the whole new one. A model and an index are compatible by contract: the
+reader sees the old version or the whole new one. API replicas on other machines than the publisher (ECS
+tasks, while the hourly DAG runs on Airflow's workers) read a mirror: with params.yaml `refresh.publish_uri`
+(`s3://bucket/prefix`, or a shared folder) each version's files are copied there, then the mirror's
+CURRENT.json, so the same rule holds there (`mirror`); a replica copies the version the mirror's pointer names
+into its local folder, whole, before it loads it (`fetch`, serving.index_source.MirroredIndexSource). A model and an index are compatible by contract: the
 index's format number is the one this code reads and it provides every feature the ranker uses
 (`check_compatible`); the API refuses an incompatible pair and keeps serving the old one.
 """
@@ -266,7 +270,136 @@ def refresh(
     articles, embeddings = read_catalogue(root, until_hour=int(hour))
     serving = fit_serving_index(root, int(hour) + 1, articles, embeddings, index_params, feature_params, epoch_ms)
     serving.meta["catalogue"] = catalogue_key(root, int(hour))
-    return publish(serving, root / params["index_dir"], int(params["keep"]), user_store)
+    out = publish(serving, root / params["index_dir"], int(params["keep"]), user_store)
+    if params.get("publish_uri"):
+        mirror(out, params["publish_uri"], int(params["keep"]))
+    return out
+
+
+def _catalogue(meta_text: str | bytes | None) -> str | None:
+    """The `catalogue` key of an index.json's text (None: none, or no text)."""
+    return json.loads(meta_text).get("catalogue") if meta_text else None
+
+
+def mirror(version: str | Path, uri: str, keep: int, client=None) -> str | None:
+    """Copy the published local `version` folder to `uri` (params `refresh.publish_uri`), then, when it is the
+    live one of its index root, the mirror's CURRENT.json: a replica that reads that pointer finds the whole
+    version. Embeddings whose catalogue the mirror's live version already holds are copied there (server-side
+    on S3), not sent again. Versions beyond the `keep` newest are removed from the mirror, never the live one.
+    Returns the version's location in the mirror; None for a replayed old version that `publish` did not
+    keep (nor would the mirror)."""
+    from pipelines import storage
+
+    local = Path(version)
+    if not (local / META).exists():
+        return None
+    live = current(local.parent)
+    target = storage.join(uri, local.name)
+    names = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    before = remote_current(uri, client)
+    source_meta = None
+    if before is not None and before["path"] != local.name:
+        try:
+            source_meta = storage.read_bytes(storage.join(uri, before["path"], META), client)
+        except storage.NotLandedError:
+            source_meta = None
+    same_catalogue = _catalogue(source_meta) is not None and \
+        _catalogue(source_meta) == _catalogue((local / META).read_text())
+    stale = set(storage.list_files(target, client)) - set(names)
+    for name in [n for n in names if n != META] + [META]:  # index.json last: a version is whole once it is there
+        if name == PARTS["embeddings"] and same_catalogue:
+            storage.copy(storage.join(uri, before["path"], name), storage.join(target, name), client)
+        else:
+            storage.upload(local / name, storage.join(target, name), client)
+    for name in stale:  # a replayed version is replaced whole
+        storage.delete(storage.join(target, name), client)
+    if live is not None and live["path"] == local.name:
+        storage.write_bytes(storage.join(uri, CURRENT), (json.dumps(live, indent=2) + "\n").encode(), client)
+    pointer = remote_current(uri, client)
+    files = storage.list_files(uri, client)
+    versions = sorted({n.split("/", 1)[0] for n in files if n.startswith(f"{C.HOUR}=") and "/" in n})
+    for old in versions[: max(0, len(versions) - max(int(keep), 1))]:
+        if pointer is None or old != pointer["path"]:
+            for name in (n for n in files if n.startswith(f"{old}/")):
+                storage.delete(storage.join(uri, name), client)
+    return target
+
+
+def remote_current(uri: str, client=None) -> dict | None:
+    """The live version's pointer in the mirror at `uri` (params `refresh.publish_uri`, see `mirror`); None when
+    none is published there yet. A missing bucket raises storage.NotLandedError: a misconfigured URI must not
+    look like "nothing published yet"."""
+    from pipelines import storage
+
+    try:
+        return json.loads(storage.read_bytes(storage.join(uri, CURRENT), client))
+    except storage.NotLandedError:
+        storage.list_files(uri, client)  # raises, naming the bucket, when it is missing
+        return None
+
+
+def user_only_files() -> set[str]:
+    """What a replica reading its users from Redis never reads of a version (ServingIndex.load(user_side=False))."""
+    from pipelines.features import USER_ONLY_FILES
+
+    return {PARTS["history"], *(f"{PARTS['features']}/{name}" for name in USER_ONLY_FILES)}
+
+
+def fetch(uri: str, pointer: dict, index_root: str | Path, user_side: bool = True, keep: int = 2,
+          client=None) -> Path:
+    """Copy the version `pointer` names from the mirror at `uri` into the local `index_root` (a replica's own
+    disk) and return its folder there. Built under a temporary name and renamed, so a process never loads a
+    part-copied version; one that is already there with the mirror's index.json is not copied again, and
+    embeddings of the same catalogue are hard-linked from a local version that holds them. Without the
+    `user_side` (users in Redis) the per-user files are not copied. Local versions beyond the `keep` newest
+    are removed (a process that still maps one keeps its pages until it swaps)."""
+    import uuid
+
+    from pipelines import storage
+
+    root = Path(index_root)
+    root.mkdir(parents=True, exist_ok=True)
+    name = pointer["path"]
+    source = storage.join(uri, name)
+    meta_text = storage.read_bytes(storage.join(source, META), client).decode()
+    final = root / name
+    if (final / META).exists() and (final / META).read_text() == meta_text:
+        return final
+    names = [n for n in storage.list_files(source, client) if n != META]
+    if not user_side:
+        names = [n for n in names if n not in user_only_files()]
+    linkable = next((p / PARTS["embeddings"] for p in sorted(root.glob(f"{C.HOUR}=*"), reverse=True)
+                     if (p / META).exists() and (p / PARTS["embeddings"]).exists()
+                     and _catalogue(meta_text) is not None and _catalogue((p / META).read_text()) == _catalogue(meta_text)),
+                    None)
+    tmp = root / f".{name}.fetch-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        for part in names:
+            dest = tmp / part
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if part == PARTS["embeddings"] and linkable is not None:
+                os.link(linkable, dest)
+            else:
+                storage.download(storage.join(source, part), dest, client)
+        (tmp / META).write_text(meta_text)
+        if final.exists():  # a replayed hour, or another worker of this host was first
+            if (final / META).exists() and (final / META).read_text() == meta_text:
+                return final
+            old = root / f".{name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            final.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            tmp.rename(final)
+        except OSError:  # another worker of this host renamed the same version in between
+            if not ((final / META).exists() and (final / META).read_text() == meta_text):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    versions = sorted(root.glob(f"{C.HOUR}=*"), key=lambda p: p.name)
+    for stale in versions[: max(0, len(versions) - max(int(keep), 1))]:
+        if stale.name != name:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
 
 
 def catalogue_key(data_root: str | Path, until_hour: int) -> str:

@@ -285,7 +285,12 @@ def create_app(
             metrics.swaps.labels(slot).inc()
             log.info("serving %s as %s over index hour %s", ref.uri, slot, model.index_hour or "of the model")
 
-    if index_source is None and settings.hourly_index and settings.index_dir is not None:
+    if index_source is None and settings.hourly_index and settings.index_uri:
+        from serving.index_source import MirroredIndexSource
+
+        index_source = MirroredIndexSource(settings.index_uri, settings.index_dir, settings.compile_ranker,
+                                           settings.user_store)
+    elif index_source is None and settings.hourly_index and settings.index_dir is not None:
         from serving.index_source import FolderIndexSource
 
         index_source = FolderIndexSource(settings.index_dir, settings.compile_ranker, settings.user_store)

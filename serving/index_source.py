@@ -1,4 +1,5 @@
-"""Hourly serving indexes from the folder `newsrec refresh` publishes to (pipelines.serving_index)."""
+"""Hourly serving indexes from the folder `newsrec refresh` publishes to, or from its mirror on S3
+(pipelines.serving_index)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,33 @@ class FolderIndexSource:
         # The model's own fitted state is not served again: only its ranker stays.
         return dataclasses.replace(model, bundle=prepared, index_hour=index.cutoff_hour, loaded_at=time.time(),
                                    info=info, live_base=None, base=model.base.ranker_only())
+
+
+class MirroredIndexSource(FolderIndexSource):
+    """Reads the versions `newsrec refresh` mirrors to params.yaml `refresh.publish_uri` (S3, or a shared
+    folder): a replica on another machine than the publisher, as the API tasks on AWS are. Each poll reads
+    the mirror's CURRENT.json; a version it has not loaded yet is first copied whole into the local
+    `index_root` (pipelines.serving_index.fetch: without the per-user files when the users are in Redis), then
+    read as FolderIndexSource reads it, so a swap never serves a part-copied version."""
+
+    def __init__(self, uri: str, index_root: str | Path, compile_ranker: bool = True,
+                 user_store: UserStoreConfig | None = None, client: Any = None, s3: Any = None,
+                 keep: int = 2) -> None:
+        super().__init__(index_root, compile_ranker, user_store, client)
+        self.uri = uri
+        self.s3 = s3  # None: pipelines.storage's client (boto3's own configuration)
+        self.keep = keep
+
+    def current(self) -> dict | None:
+        from pipelines.serving_index import remote_current
+
+        return remote_current(self.uri, self.s3)
+
+    def load(self, pointer: dict) -> Any:
+        from pipelines.serving_index import fetch
+
+        fetch(self.uri, pointer, self.root, user_side=self.user_store is None, keep=self.keep, client=self.s3)
+        return super().load(pointer)
 
 
 def index_info(cutoff_hour: int | None, cutoff_ms: int, source: str) -> dict[str, Any]:

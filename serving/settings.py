@@ -50,6 +50,9 @@ class Settings:
     user_store_prefix: str
     user_store_ttl_hours: float
     index_dir: Path | None = None  # where hourly serving indexes are published (params paths.data + refresh)
+    # Where they are mirrored for replicas on other machines (params refresh.publish_uri): with it, index_dir is
+    # this replica's local copy of the versions it reads there. None: read index_dir as published.
+    index_uri: str | None = None
     # The final list's diversity re-rank (params `rank`, shared with the offline evaluation); None = off.
     rank: dict | None = None
 
@@ -103,6 +106,7 @@ class Settings:
             "champion_alias": CHAMPION,
             "challenger_alias": CHALLENGER,
             "index_dir": Path(config["paths"]["data"]) / config["refresh"]["index_dir"],
+            "index_uri": config["refresh"]["publish_uri"],
             "impression_log": config["paths"]["impression_log"],
             "click_log": config["paths"]["click_log"],
             "rank": config["rank"],

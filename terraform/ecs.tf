@@ -5,6 +5,8 @@ locals {
   image = { for name, repo in aws_ecr_repository.images : name => "${repo.repository_url}:${var.image_tag}" }
 
   mlflow_url = "http://mlflow.${aws_service_discovery_private_dns_namespace.main.name}:5000"
+  # where refresh_index mirrors the hourly serving index and the API tasks read it (params refresh.publish_uri)
+  serving_index_uri = "s3://${local.bucket["artifacts"].id}/serving_index"
 
   log_groups = ["api", "dashboard", "mlflow", "dask-scheduler", "dask-worker"]
 
@@ -128,9 +130,13 @@ resource "aws_ecs_task_definition" "api" {
         # facing the internet: keys for personal data and writes, and a per-client rate limit
         { name = "NEWSREC__SERVE__AUTH", value = "true" },
         { name = "NEWSREC__SERVE__RATE_LIMIT_PER_MINUTE", value = "6000" },
+        # the hourly serving index, as refresh_index mirrors it; copied to the task's own disk (paths.data)
+        { name = "NEWSREC__REFRESH__PUBLISH_URI", value = local.serving_index_uri },
+        { name = "NEWSREC__PATHS__DATA", value = "/tmp/newsrec-data" },
       ]
       secrets = [
         { name = "NEWSREC__SERVE__REDIS_URL", valueFrom = aws_secretsmanager_secret.redis_url.arn },
+        { name = "NEWSREC__SERVE__USER_STORE_URL", valueFrom = aws_secretsmanager_secret.users_store_url.arn },
         { name = "NEWSREC_API_KEYS", valueFrom = aws_secretsmanager_secret.api_keys.arn },
       ]
       mountPoints = [

@@ -34,6 +34,7 @@ data "aws_iam_policy_document" "task_execution_secrets" {
     actions = ["secretsmanager:GetSecretValue"]
     resources = [
       aws_secretsmanager_secret.redis_url.arn,
+      aws_secretsmanager_secret.users_store_url.arn,
       aws_db_instance.mlflow.master_user_secret[0].secret_arn,
     ]
   }
@@ -60,6 +61,42 @@ resource "aws_iam_role_policy" "task_execution_secrets" {
 resource "aws_iam_role" "api" {
   name               = "${local.name}-api"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+}
+
+# The API reads the hourly serving index that refresh_index mirrors to the artifacts bucket (params
+# refresh.publish_uri): get and list under its prefix, nothing else there.
+data "aws_iam_policy_document" "api" {
+  statement {
+    sid       = "ServingIndexObjects"
+    actions   = ["s3:GetObject"]
+    resources = ["${local.bucket["artifacts"].arn}/serving_index/*"]
+  }
+  statement {
+    sid       = "ServingIndexListing"
+    actions   = ["s3:ListBucket"]
+    resources = [local.bucket["artifacts"].arn]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["serving_index/*", "serving_index"]
+    }
+  }
+  statement {
+    sid       = "ServingIndexDecryption"
+    actions   = ["kms:Decrypt"]
+    resources = [aws_kms_key.main.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${var.region}.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "api" {
+  name   = "serving-index"
+  role   = aws_iam_role.api.id
+  policy = data.aws_iam_policy_document.api.json
 }
 
 resource "aws_iam_role" "dashboard" {
@@ -175,6 +212,22 @@ data "aws_iam_policy_document" "mwaa" {
     sid       = "ListRawAndDvc"
     actions   = ["s3:ListBucket"]
     resources = [local.bucket["raw"].arn, local.bucket["dvc"].arn]
+  }
+  # refresh_index mirrors every hourly serving index there for the API tasks (params refresh.publish_uri).
+  statement {
+    sid       = "ServingIndexMirror"
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    resources = ["${local.bucket["artifacts"].arn}/serving_index/*"]
+  }
+  statement {
+    sid       = "ServingIndexListing"
+    actions   = ["s3:ListBucket"]
+    resources = [local.bucket["artifacts"].arn]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["serving_index/*", "serving_index"]
+    }
   }
   statement {
     sid = "Logs"

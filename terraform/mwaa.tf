@@ -61,6 +61,25 @@ resource "aws_vpc_security_group_ingress_rule" "services_mlflow_from_mwaa" {
   ip_protocol                  = "tcp"
 }
 
+# refresh_index writes each hourly index's readers to the users' Redis (elasticache.tf) before publishing it.
+resource "aws_vpc_security_group_egress_rule" "mwaa_users_redis" {
+  security_group_id            = aws_security_group.mwaa.id
+  description                  = "Users' state Redis (refresh_index)"
+  referenced_security_group_id = aws_security_group.data.id
+  from_port                    = 6379
+  to_port                      = 6379
+  ip_protocol                  = "tcp"
+}
+
+resource "aws_vpc_security_group_ingress_rule" "data_redis_from_mwaa" {
+  security_group_id            = aws_security_group.data.id
+  description                  = "Redis from the Airflow workers (refresh_index writes the users' state)"
+  referenced_security_group_id = aws_security_group.mwaa.id
+  from_port                    = 6379
+  to_port                      = 6379
+  ip_protocol                  = "tcp"
+}
+
 resource "aws_s3_object" "mwaa_startup" {
   bucket = local.bucket["dags"].id
   key    = "startup/startup.sh"
@@ -71,6 +90,8 @@ resource "aws_s3_object" "mwaa_startup" {
     alerts_from        = "newsrec-alerts@${var.domain_name}"
     alerts_to          = join(",", var.drift_alert_recipients)
     erasure_key_secret = aws_secretsmanager_secret.erasure_key.name
+    index_uri          = local.serving_index_uri
+    user_store_secret  = aws_secretsmanager_secret.users_store_url.name
   })
   kms_key_id = aws_kms_key.main.arn
 }

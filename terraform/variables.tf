@@ -165,3 +165,9 @@ variable "dask_dashboard_cidrs" {
   type        = list(string)
   default     = []
 }
+
+variable "users_store_node_type" {
+  description = "Node of the users' state Redis (never evicts): ~1.6 GB per million readers per index version, two versions at a time (docs/deployment.md). cache.t4g.medium (3 GiB) holds Globo's 323k readers."
+  type        = string
+  default     = "cache.t4g.medium"
+}

@@ -127,6 +127,27 @@ def test_data_stores_are_encrypted_and_redundant():
     assert "enable_key_rotation     = true" in block('resource "aws_kms_key" "main"')
 
 
+def test_the_hourly_index_and_its_users_reach_the_api_tasks():
+    """On AWS the hourly DAG and the API run on different machines: the index goes through S3, the users'
+    state through a Redis that never evicts, and both sides are configured with the same settings."""
+    users = block('resource "aws_elasticache_replication_group" "users"')
+    assert "aws_elasticache_parameter_group.users.name" in users
+    assert re.search(r'name\s*=\s*"maxmemory-policy"\s*value\s*=\s*"noeviction"',
+                     block('resource "aws_elasticache_parameter_group" "users"'))
+    for key in ("at_rest_encryption_enabled", "transit_encryption_enabled", "automatic_failover_enabled"):
+        assert re.search(rf"{key}\s*=\s*true", users), key
+    api = block('resource "aws_ecs_task_definition" "api"')
+    startup = (TF / "mwaa" / "startup.sh").read_text()
+    for name in ("NEWSREC__REFRESH__PUBLISH_URI", "NEWSREC__SERVE__USER_STORE_URL"):
+        assert name in api and name in startup, name
+    assert "aws_secretsmanager_secret.users_store_url.arn" in api
+    assert 'serving_index_uri = "s3://${local.bucket["artifacts"].id}/serving_index"' in hcl()
+    # the API role reads that prefix and nothing else in the bucket
+    api_policy = block('data "aws_iam_policy_document" "api"')
+    assert re.findall(r'actions\s*=\s*\[([^\]]*)\]', api_policy) == ['"s3:GetObject"', '"s3:ListBucket"', '"kms:Decrypt"']
+    assert '"${local.bucket["artifacts"].arn}/serving_index/*"' in api_policy
+
+
 def test_raw_drops_expire():
     assert re.search(r"expire_days\s*=\s*var\.raw_retention_days", block('module "raw_bucket"'))
 

@@ -170,3 +170,100 @@ def test_unchanged_catalogue_embeddings_are_linked_not_written_again(data_root, 
     assert (a / "embeddings.npy").stat().st_ino == (b / "embeddings.npy").stat().st_ino
     assert json.loads((a / "index.json").read_text())["catalogue"] == json.loads((b / "index.json").read_text())[
         "catalogue"]
+
+
+@pytest.mark.integration
+def test_replicas_on_other_machines_read_the_versions_mirrored_to_s3(serving_bundle, data_root, tmp_path, s3_env):
+    """The hourly DAG's worker publishes to its disk and mirrors to S3; an API replica elsewhere reads only S3."""
+    import boto3
+
+    from pipelines import storage
+    from pipelines.serving_index import fetch, remote_current
+    from serving import recommend as rec
+    from serving.index_source import MirroredIndexSource
+
+    s3 = boto3.client("s3")
+    storage.make_buckets(["idx-mirror"], s3)
+    uri = "s3://idx-mirror/serving_index"
+    publisher, replica = tmp_path / "worker" / "idx", tmp_path / "replica" / "idx"
+    params = {"index_dir": str(publisher), "keep": 2, "publish_uri": uri}
+
+    def refresh_hour(hour):
+        return refresh(data_root, hour, params, load_params("candidates"), load_params("features"), EPOCH_MS)
+
+    source = MirroredIndexSource(uri, replica, compile_ranker=False)
+    assert source.current() is None  # nothing published yet: the model's own state serves
+    holder = ModelHolder(EarlierChampion(serving_bundle, 10), "champion", "challenger", index_source=source)
+    holder.refresh()
+    assert holder.slots.champion.index_hour is None
+
+    refresh_hour(12)
+    assert remote_current(uri) == current(publisher)
+    assert holder.refresh() is True and holder.slots.champion.index_hour == 13
+    local = replica / "hour=013"
+    assert sorted(storage.list_files(str(local))) == sorted(storage.list_files(str(publisher / "hour=013")))
+    served = holder.slots.champion.bundle
+    user = served.users.listing([0])[0][0]
+    got = rec.recommend(served, user, [], rec.Context(), rec.cutoff_ms(served), 10)
+    assert len(got.article_ids) == 10
+
+    # the next hours: the mirror holds the `keep` newest versions, the replica swaps and prunes its copies;
+    # the unchanged catalogue's embeddings are linked, not downloaded again
+    for hour in (13, 14):
+        refresh_hour(hour)
+        assert holder.refresh() is True
+    assert holder.slots.champion.index_hour == 15
+    assert sorted({n.split("/")[0] for n in storage.list_files(uri)} - {CURRENT}) == ["hour=014", "hour=015"]
+    assert sorted(p.name for p in replica.glob("hour=*")) == ["hour=014", "hour=015"]
+    assert not list(replica.glob(".*"))
+    assert (replica / "hour=014" / "embeddings.npy").stat().st_ino == \
+        (replica / "hour=015" / "embeddings.npy").stat().st_ino
+    mirrored = ServingIndex.load(replica / "hour=015")
+    published = ServingIndex.load(publisher / "hour=015")
+    assert mirrored.meta == published.meta and mirrored.index.pool.equals(published.index.pool)
+    assert np.array_equal(mirrored.tables.profiles, published.tables.profiles)
+    assert holder.refresh() is False  # same pointer: nothing copied or rebuilt
+
+    # a replayed old hour never moves the pointer there either
+    refresh_hour(12)
+    assert remote_current(uri)["cutoff_hour"] == 15
+
+    # a replica whose users are in Redis copies no per-user file
+    lean = fetch(uri, remote_current(uri), tmp_path / "lean", user_side=False)
+    names = set(storage.list_files(str(lean)))
+    assert {"history.npy", "features/profiles.npy"}.isdisjoint(names) and "features/users.parquet" in names
+    assert ServingIndex.load(lean, user_side=False).index.pool.equals(published.index.pool)
+
+    # a URI naming a bucket that does not exist is an error, not "nothing published"
+    with pytest.raises(storage.NotLandedError, match="no-such-bucket"):
+        MirroredIndexSource("s3://no-such-bucket/idx", tmp_path / "x").current()
+
+
+def test_the_api_serves_the_mirror_when_publish_uri_is_set_and_lists_the_same_as_the_publishers_folder(
+        serving_bundle, data_root, tmp_path):
+    """params `refresh.publish_uri` (here a shared folder) reaches the API as `index_uri`: it reads the
+    mirror's pointer and answers exactly as a replica that reads the publisher's own folder."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.index_source import MirroredIndexSource
+    from serving.settings import Settings
+
+    publisher, shared = tmp_path / "worker" / "idx", tmp_path / "shared" / "idx"
+    refresh(data_root, 14, {"index_dir": str(publisher), "keep": 2, "publish_uri": str(shared)},
+            load_params("candidates"), load_params("features"), EPOCH_MS)
+    base = Settings.from_params(impression_log=tmp_path / "imp.jsonl", click_log=tmp_path / "clk.jsonl",
+                                compile_ranker=False, explore_share=0.0, clock="cutoff")
+    assert base.index_uri == load_params("refresh")["publish_uri"]
+    local = base.with_(index_dir=publisher)
+    mirrored = base.with_(index_dir=tmp_path / "replica" / "idx", index_uri=str(shared))
+    apps = {name: create_app(s, source=EarlierChampion(serving_bundle, 10), poll=False)
+            for name, s in (("local", local), ("mirrored", mirrored))}
+    assert isinstance(apps["mirrored"].state.holder.index_source, MirroredIndexSource)
+    with TestClient(apps["local"]) as one, TestClient(apps["mirrored"]) as other:
+        assert other.get("/v1/models").json()["champion"]["index"]["cutoff_hour"] == 15
+        users = [u["user_id"] for u in one.get("/v1/users", params={"n": 5}).json()]
+        for user in users + [10**12]:
+            lists = [c.get(f"/v1/users/{user}/recommendations", params={"k": 10}).json() for c in (one, other)]
+            assert [i["article_id"] for i in lists[0]["items"]] == [i["article_id"] for i in lists[1]["items"]]
+    assert (tmp_path / "replica" / "idx" / "hour=015" / "index.json").exists()
