@@ -135,8 +135,8 @@ resource "aws_ecs_task_definition" "api" {
         { name = "NEWSREC__PATHS__DATA", value = "/tmp/newsrec-data" },
       ]
       secrets = [
-        { name = "NEWSREC__SERVE__REDIS_URL", valueFrom = aws_secretsmanager_secret.redis_url.arn },
-        { name = "NEWSREC__SERVE__USER_STORE_URL", valueFrom = aws_secretsmanager_secret.users_store_url.arn },
+        { name = "NEWSREC__SERVE__REDIS_URL", valueFrom = module.state_redis.secret_arn },
+        { name = "NEWSREC__SERVE__USER_STORE_URL", valueFrom = module.users_redis.secret_arn },
         { name = "NEWSREC_API_KEYS", valueFrom = aws_secretsmanager_secret.api_keys.arn },
       ]
       mountPoints = [

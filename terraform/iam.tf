@@ -33,8 +33,8 @@ data "aws_iam_policy_document" "task_execution_secrets" {
     sid     = "InjectedSecrets"
     actions = ["secretsmanager:GetSecretValue"]
     resources = [
-      aws_secretsmanager_secret.redis_url.arn,
-      aws_secretsmanager_secret.users_store_url.arn,
+      module.state_redis.secret_arn,
+      module.users_redis.secret_arn,
       aws_db_instance.mlflow.master_user_secret[0].secret_arn,
     ]
   }

@@ -223,7 +223,23 @@ resource "aws_cloudwatch_metric_alarm" "redis_memory" {
   evaluation_periods  = 2
   threshold           = 80
   comparison_operator = "GreaterThanThreshold"
-  dimensions          = { ReplicationGroupId = aws_elasticache_replication_group.state.id }
+  dimensions          = { ReplicationGroupId = module.state_redis.id }
+  alarm_actions       = local.alarm_actions
+}
+
+# The users' state never evicts: a full store makes refresh_index fail (the API keeps the version it has), and a
+# new version needs room beside the one served, hence the lower threshold.
+resource "aws_cloudwatch_metric_alarm" "users_redis_memory" {
+  alarm_name          = "${local.name}-users-redis-memory"
+  alarm_description   = "Users' state uses over 60% of its Redis memory: the next version may not fit (runbook: Redis)"
+  namespace           = "AWS/ElastiCache"
+  metric_name         = "DatabaseMemoryUsagePercentage"
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 1
+  threshold           = 60
+  comparison_operator = "GreaterThanThreshold"
+  dimensions          = { ReplicationGroupId = module.users_redis.id }
   alarm_actions       = local.alarm_actions
 }
 

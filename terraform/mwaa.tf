@@ -91,7 +91,7 @@ resource "aws_s3_object" "mwaa_startup" {
     alerts_to          = join(",", var.drift_alert_recipients)
     erasure_key_secret = aws_secretsmanager_secret.erasure_key.name
     index_uri          = local.serving_index_uri
-    user_store_secret  = aws_secretsmanager_secret.users_store_url.name
+    user_store_secret  = module.users_redis.secret_name
   })
   kms_key_id = aws_kms_key.main.arn
 }

@@ -114,7 +114,8 @@ def test_data_stores_are_encrypted_and_redundant():
                        ("publicly_accessible", "false"), ("iam_database_authentication_enabled", "true")):
         assert re.search(rf"\b{key}\s*=\s*{value}\b", rds), key
     assert int(re.search(r"backup_retention_period\s*=\s*(\d+)", rds).group(1)) >= 7
-    redis = block('resource "aws_elasticache_replication_group" "state"')
+    redis = (TF / "modules" / "redis_group" / "main.tf").read_text()
+    assert len(re.findall(r'source\s*=\s*"\./modules/redis_group"', hcl())) == 2  # the online state, the users
     for key in ("at_rest_encryption_enabled", "transit_encryption_enabled", "automatic_failover_enabled",
                 "multi_az_enabled"):
         assert re.search(rf"{key}\s*=\s*true", redis), key
@@ -130,17 +131,16 @@ def test_data_stores_are_encrypted_and_redundant():
 def test_the_hourly_index_and_its_users_reach_the_api_tasks():
     """On AWS the hourly DAG and the API run on different machines: the index goes through S3, the users'
     state through a Redis that never evicts, and both sides are configured with the same settings."""
-    users = block('resource "aws_elasticache_replication_group" "users"')
-    assert "aws_elasticache_parameter_group.users.name" in users
+    users = block('module "users_redis"')
+    assert re.search(r"parameter_group_name\s*=\s*aws_elasticache_parameter_group\.users\.name", users)
     assert re.search(r'name\s*=\s*"maxmemory-policy"\s*value\s*=\s*"noeviction"',
                      block('resource "aws_elasticache_parameter_group" "users"'))
-    for key in ("at_rest_encryption_enabled", "transit_encryption_enabled", "automatic_failover_enabled"):
-        assert re.search(rf"{key}\s*=\s*true", users), key
+    assert "module.users_redis.id" in block('resource "aws_cloudwatch_metric_alarm" "users_redis_memory"')
     api = block('resource "aws_ecs_task_definition" "api"')
     startup = (TF / "mwaa" / "startup.sh").read_text()
     for name in ("NEWSREC__REFRESH__PUBLISH_URI", "NEWSREC__SERVE__USER_STORE_URL"):
         assert name in api and name in startup, name
-    assert "aws_secretsmanager_secret.users_store_url.arn" in api
+    assert "module.users_redis.secret_arn" in api
     assert 'serving_index_uri = "s3://${local.bucket["artifacts"].id}/serving_index"' in hcl()
     # the API role reads that prefix and nothing else in the bucket
     api_policy = block('data "aws_iam_policy_document" "api"')
