@@ -63,9 +63,9 @@ resource "aws_iam_role" "api" {
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
 }
 
-# The API reads the hourly serving index that refresh_index mirrors to the artifacts bucket (params
-# refresh.publish_uri): get and list under its prefix, nothing else there.
-data "aws_iam_policy_document" "api" {
+# The hourly serving index that refresh_index mirrors to the artifacts bucket (params refresh.publish_uri): the
+# API tasks get and list under its prefix and nothing else there; the MWAA workers also write it.
+data "aws_iam_policy_document" "serving_index_read" {
   statement {
     sid       = "ServingIndexObjects"
     actions   = ["s3:GetObject"]
@@ -81,6 +81,10 @@ data "aws_iam_policy_document" "api" {
       values   = ["serving_index/*", "serving_index"]
     }
   }
+}
+
+data "aws_iam_policy_document" "api" {
+  source_policy_documents = [data.aws_iam_policy_document.serving_index_read.json]
   statement {
     sid       = "ServingIndexDecryption"
     actions   = ["kms:Decrypt"]
@@ -192,6 +196,7 @@ resource "aws_iam_role" "mwaa" {
 }
 
 data "aws_iam_policy_document" "mwaa" {
+  source_policy_documents = [data.aws_iam_policy_document.serving_index_read.json]
   statement {
     sid       = "PublishMetrics"
     actions   = ["airflow:PublishMetrics"]
@@ -216,18 +221,8 @@ data "aws_iam_policy_document" "mwaa" {
   # refresh_index mirrors every hourly serving index there for the API tasks (params refresh.publish_uri).
   statement {
     sid       = "ServingIndexMirror"
-    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    actions   = ["s3:PutObject", "s3:DeleteObject"]
     resources = ["${local.bucket["artifacts"].arn}/serving_index/*"]
-  }
-  statement {
-    sid       = "ServingIndexListing"
-    actions   = ["s3:ListBucket"]
-    resources = [local.bucket["artifacts"].arn]
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["serving_index/*", "serving_index"]
-    }
   }
   statement {
     sid = "Logs"

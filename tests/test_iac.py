@@ -143,9 +143,13 @@ def test_the_hourly_index_and_its_users_reach_the_api_tasks():
     assert "module.users_redis.secret_arn" in api
     assert 'serving_index_uri = "s3://${local.bucket["artifacts"].id}/serving_index"' in hcl()
     # the API role reads that prefix and nothing else in the bucket
+    read = block('data "aws_iam_policy_document" "serving_index_read"')
     api_policy = block('data "aws_iam_policy_document" "api"')
-    assert re.findall(r'actions\s*=\s*\[([^\]]*)\]', api_policy) == ['"s3:GetObject"', '"s3:ListBucket"', '"kms:Decrypt"']
-    assert '"${local.bucket["artifacts"].arn}/serving_index/*"' in api_policy
+    assert re.findall(r'actions\s*=\s*\[([^\]]*)\]', read + api_policy) == \
+        ['"s3:GetObject"', '"s3:ListBucket"', '"kms:Decrypt"']
+    assert '"${local.bucket["artifacts"].arn}/serving_index/*"' in read
+    for policy in (api_policy, block('data "aws_iam_policy_document" "mwaa"')):
+        assert "source_policy_documents = [data.aws_iam_policy_document.serving_index_read.json]" in policy
 
 
 def test_raw_drops_expire():
