@@ -271,8 +271,8 @@ def refresh(
     serving = fit_serving_index(root, int(hour) + 1, articles, embeddings, index_params, feature_params, epoch_ms)
     serving.meta["catalogue"] = catalogue_key(root, int(hour))
     out = publish(serving, root / params["index_dir"], int(params["keep"]), user_store)
-    if params.get("publish_uri"):
-        mirror(out, params["publish_uri"], int(params["keep"]))
+    if params.get("publish_uri"):  # replicas that read the users from Redis never read their files
+        mirror(out, params["publish_uri"], int(params["keep"]), user_side=user_store is None)
     return out
 
 
@@ -281,11 +281,12 @@ def _catalogue(meta_text: str | bytes | None) -> str | None:
     return json.loads(meta_text).get("catalogue") if meta_text else None
 
 
-def mirror(version: str | Path, uri: str, keep: int, client=None) -> str | None:
+def mirror(version: str | Path, uri: str, keep: int, user_side: bool = True, client=None) -> str | None:
     """Copy the published local `version` folder to `uri` (params `refresh.publish_uri`), then, when it is the
     live one of its index root, the mirror's CURRENT.json: a replica that reads that pointer finds the whole
     version. Embeddings whose catalogue the mirror's live version already holds are copied there (server-side
-    on S3), not sent again. Versions beyond the `keep` newest are removed from the mirror, never the live one.
+    on S3), not sent again; without the `user_side` (the version's users are in Redis) its per-user files are
+    not sent at all. Versions beyond the `keep` newest are removed from the mirror, never the live one.
     Returns the version's location in the mirror; None for a replayed old version that `publish` did not
     keep (nor would the mirror)."""
     from pipelines import storage
@@ -296,6 +297,8 @@ def mirror(version: str | Path, uri: str, keep: int, client=None) -> str | None:
     live = current(local.parent)
     target = storage.join(uri, local.name)
     names = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    if not user_side:
+        names = [n for n in names if n not in user_only_files()]
     before = remote_current(uri, client)
     source_meta = None
     if before is not None and before["path"] != local.name:
@@ -368,6 +371,9 @@ def fetch(uri: str, pointer: dict, index_root: str | Path, user_side: bool = Tru
     names = [n for n in storage.list_files(source, client) if n != META]
     if not user_side:
         names = [n for n in names if n not in user_only_files()]
+    elif PARTS["history"] not in names and json.loads(meta_text).get("user_store"):
+        raise InputError(f"{source} was mirrored without its per-user files (its users are in Redis): this "
+                         "replica needs serve.user_store_url set as the publisher's is")
     linkable = next((p / PARTS["embeddings"] for p in sorted(root.glob(f"{C.HOUR}=*"), reverse=True)
                      if (p / META).exists() and (p / PARTS["embeddings"]).exists()
                      and _catalogue(meta_text) is not None and _catalogue((p / META).read_text()) == _catalogue(meta_text)),

@@ -303,3 +303,34 @@ def test_a_refresh_whose_redis_does_not_answer_publishes_nothing(data_root, tmp_
     with pytest.raises(NewsrecError, match=r"serve.user_store_url\) failed.*nothing was published"):
         _refresh(data_root, index_root, 14, dead)
     assert current(index_root)["cutoff_hour"] == 14 and not (index_root / "hour=015").exists()
+
+
+def test_a_mirror_of_versions_whose_users_are_in_redis_carries_no_user_files(serving_bundle, data_root, tmp_path,
+                                                                              store_config):
+    """With a user store the mirror (refresh.publish_uri, a shared folder here) sends only what Redis replicas
+    read; such a replica serves from it, and one configured without Redis is told why it cannot."""
+    from pipelines import storage
+    from pipelines.serving_index import fetch, remote_current
+    from serving.index_source import MirroredIndexSource
+
+    mirror_uri = str(tmp_path / "shared")
+    params = {"index_dir": str(tmp_path / "idx"), "keep": 2, "publish_uri": mirror_uri}
+    refresh(data_root, 14, params, load_params("candidates"), load_params("features"), EPOCH_MS, store_config)
+    mirrored = set(storage.list_files(mirror_uri))
+    assert "hour=015/index.json" in mirrored and "CURRENT.json" in mirrored
+    assert not {"hour=015/history.npy", "hour=015/features/profiles.npy"} & mirrored
+    assert "hour=015/history.npy" in {f"hour=015/{n}" for n in storage.list_files(str(tmp_path / "idx" / "hour=015"))}
+
+    holder = ModelHolder(EarlierChampion(serving_bundle, 10, own_state=False), "champion", "challenger",
+                         index_source=MirroredIndexSource(mirror_uri, tmp_path / "replica", compile_ranker=False,
+                                                          user_store=store_config))
+    holder.refresh()
+    served = holder.slots.champion
+    assert served is not None and served.index_hour == 15 and served.info["index"]["users"] == "redis"
+    local = _served(serving_bundle, tmp_path / "idx").slots.champion.bundle  # the publisher's own files
+    user = local.users.listing([0])[0][0]
+    lists = [rec.recommend(b, user, [], rec.Context(), rec.cutoff_ms(b), 10).article_ids for b in (local, served.bundle)]
+    assert len(lists[0]) == 10 and list(lists[0]) == list(lists[1])
+
+    with pytest.raises(InputError, match="needs serve.user_store_url"):
+        fetch(mirror_uri, remote_current(mirror_uri), tmp_path / "files-replica", user_side=True)
