@@ -284,11 +284,10 @@ def _catalogue(meta_text: str | bytes | None) -> str | None:
 def mirror(version: str | Path, uri: str, keep: int, user_side: bool = True, client=None) -> str | None:
     """Copy the published local `version` folder to `uri` (params `refresh.publish_uri`), then, when it is the
     live one of its index root, the mirror's CURRENT.json: a replica that reads that pointer finds the whole
-    version. Embeddings whose catalogue the mirror's live version already holds are copied there (server-side
-    on S3), not sent again; without the `user_side` (the version's users are in Redis) its per-user files are
-    not sent at all. Versions beyond the `keep` newest are removed from the mirror, never the live one.
-    Returns the version's location in the mirror; None for a replayed old version that `publish` did not
-    keep (nor would the mirror)."""
+    version. Without the `user_side` (the version's users are in Redis) its per-user files are not sent.
+    Versions beyond the `keep` newest are removed from the mirror, never the live one. Returns the version's
+    location in the mirror; None for a replayed old version that `publish` did not keep (nor would the mirror).
+    A missing bucket raises storage.NotLandedError before anything is sent."""
     from pipelines import storage
 
     local = Path(version)
@@ -299,21 +298,9 @@ def mirror(version: str | Path, uri: str, keep: int, user_side: bool = True, cli
     names = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
     if not user_side:
         names = [n for n in names if n not in user_only_files()]
-    before = remote_current(uri, client)
-    source_meta = None
-    if before is not None and before["path"] != local.name:
-        try:
-            source_meta = storage.read_bytes(storage.join(uri, before["path"], META), client)
-        except storage.NotLandedError:
-            source_meta = None
-    same_catalogue = _catalogue(source_meta) is not None and \
-        _catalogue(source_meta) == _catalogue((local / META).read_text())
     stale = set(storage.list_files(target, client)) - set(names)
     for name in [n for n in names if n != META] + [META]:  # index.json last: a version is whole once it is there
-        if name == PARTS["embeddings"] and same_catalogue:
-            storage.copy(storage.join(uri, before["path"], name), storage.join(target, name), client)
-        else:
-            storage.upload(local / name, storage.join(target, name), client)
+        storage.upload(local / name, storage.join(target, name), client)
     for name in stale:  # a replayed version is replaced whole
         storage.delete(storage.join(target, name), client)
     if live is not None and live["path"] == local.name:

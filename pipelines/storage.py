@@ -167,28 +167,6 @@ def upload(src: Path, uri: str, client: Any | None = None) -> str:
     return uri
 
 
-def copy(src_uri: str, uri: str, client: Any | None = None) -> str:
-    """Copy the file at `src_uri` to `uri` in the same kind of storage: server-side on S3 (nothing passes
-    through this machine), by rename of a temporary copy in a folder."""
-    src, loc = parse(src_uri), parse(uri)
-    if src.is_s3 != loc.is_s3:
-        raise StorageError(f"copy {src_uri} -> {uri}: both must be S3 or both local")
-    if not loc.is_s3:
-        import shutil
-
-        if not src.path.is_file():
-            raise NotLandedError(f"no such file: {src.path}")
-        atomic_write(loc.path, lambda tmp: shutil.copyfile(src.path, tmp))
-        return uri
-    try:
-        _client(client).copy({"Bucket": src.bucket, "Key": src.key}, loc.bucket, loc.key)
-    except Exception as error:
-        if _is_missing(error):
-            raise NotLandedError(f"no such object: {src_uri}") from error
-        raise
-    return uri
-
-
 def write_bytes(uri: str, data: bytes, client: Any | None = None) -> str:
     """Replace the file at `uri` with `data`."""
     loc = parse(uri)
