@@ -23,7 +23,7 @@ version to a local folder of its own (`serving_index.fetch`; without the per-use
 given), its wall time and megabytes. The mirror's own cost is the refresh's wall time against a run without it.
 
     AWS_ENDPOINT_URL_S3=http://127.0.0.1:5055 .venv/bin/python benchmarks/bench_refresh.py --data-root DIR \
-        --publish-uri s3://bench-index/serving_index
+        --publish-uri s3://bench-index/serving_index --json-out R.jsonl --markdown R.md --table mirror
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def main() -> int:
     parser.add_argument("--label", default="")
     parser.add_argument("--json-out", type=Path, help="append the rows (JSON lines) here")
     parser.add_argument("--markdown", type=Path, help="rewrite this file as a table of the --json-out rows")
+    parser.add_argument("--table", choices=["user-store", "mirror"], default="user-store",
+                        help="which table --markdown writes: the user store's cost, or the mirror's (every row)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from pipelines.lake import landed_hours, validated_dir
@@ -110,7 +112,7 @@ def main() -> int:
         with args.json_out.open("a") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in rows)
         if args.markdown:
-            args.markdown.write_text(user_store_table(args.json_out))
+            args.markdown.write_text((mirror_table if args.table == "mirror" else user_store_table)(args.json_out))
     return 0
 
 
@@ -164,6 +166,17 @@ def user_store_table(results: Path) -> str:
               f"| {r['materialise_s']} | {r['peak_rss_mb']:,} | {r['payload_bytes_per_user']:,} "
               f"| {r['redis_bytes_per_user']:,} | {r['redis_used_memory_growth_mb']:,} "
               f"| {r['redis_gb_per_million_users']} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def mirror_table(results: Path) -> str:
+    """Every row of `results` as a markdown table: the refresh with and without the mirror, a replica's copy."""
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    lines = ["| run | hour | users in | mirror | refresh wall s | peak MB | index MB | replica copy s | replica MB |",
+             "|---|---:|---|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['label']} | {r['hour']} | {'Redis' if 'redis_users' in r else 'files'} "
+              f"| {r.get('publish_uri', '-')} | {r['wall_s']} | {r['peak_rss_mb']:,} | {r['size_mb']} "
+              f"| {r.get('replica_fetch_s', '-')} | {r.get('replica_mb', '-')} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -25,9 +25,10 @@ side of the files.
 A version is built in a temporary folder and renamed into place, then CURRENT.json is replaced, so a
 reader sees the old version or the whole new one. API replicas on other machines than the publisher (ECS
 tasks, while the hourly DAG runs on Airflow's workers) read a mirror: with params.yaml `refresh.publish_uri`
-(`s3://bucket/prefix`, or a shared folder) each version's files are copied there, then the mirror's
-CURRENT.json, so the same rule holds there (`mirror`); a replica copies the version the mirror's pointer names
-into its local folder, whole, before it loads it (`fetch`, serving.index_source.MirroredIndexSource). A model and an index are compatible by contract: the
+(`s3://bucket/prefix`, or a shared folder) each version is copied there as a new folder that is never
+rewritten, then the mirror's CURRENT.json names it, so the same rule holds there (`mirror`); a replica copies
+the version the mirror's pointer names into its local folder, whole, before it loads it (`fetch`,
+serving.index_source.MirroredIndexSource). A model and an index are compatible by contract: the
 index's format number is the one this code reads and it provides every feature the ranker uses
 (`check_compatible`); the API refuses an incompatible pair and keeps serving the old one.
 """
@@ -283,32 +284,36 @@ def _catalogue(meta_text: str | bytes | None) -> str | None:
 
 def mirror(version: str | Path, uri: str, keep: int, user_side: bool = True, client=None) -> str | None:
     """Copy the published local `version` folder to `uri` (params `refresh.publish_uri`), then, when it is the
-    live one of its index root, the mirror's CURRENT.json: a replica that reads that pointer finds the whole
-    version. Without the `user_side` (the version's users are in Redis) its per-user files are not sent.
-    Versions beyond the `keep` newest are removed from the mirror, never the live one. Returns the version's
-    location in the mirror; None for a replayed old version that `publish` did not keep (nor would the mirror).
-    A missing bucket raises storage.NotLandedError before anything is sent."""
+    live one of its index root, point the mirror's CURRENT.json at it: a replica that reads that pointer finds
+    the whole version. Every copy is a new folder there, `hour=NNN.<publish time ns>`, never rewritten: a
+    republished hour (a retried refresh, a late drop) cannot mix with the copy a replica is reading. Without
+    the `user_side` (the version's users are in Redis) its per-user files are not sent. Copies beyond the
+    `keep` newest are removed from the mirror, never the live one. Returns the copy's location; None for a
+    replayed old version that `publish` did not keep (nor would the mirror). A missing bucket raises
+    storage.NotLandedError before anything is sent."""
+    import time
+
     from pipelines import storage
 
     local = Path(version)
     if not (local / META).exists():
         return None
     live = current(local.parent)
-    target = storage.join(uri, local.name)
+    copy_name = f"{local.name}.{time.time_ns()}"
+    target = storage.join(uri, copy_name)
+    storage.list_files(target, client)  # raises for a missing bucket
     names = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
     if not user_side:
         names = [n for n in names if n not in user_only_files()]
-    stale = set(storage.list_files(target, client)) - set(names)
-    for name in [n for n in names if n != META] + [META]:  # index.json last: a version is whole once it is there
+    for name in [n for n in names if n != META] + [META]:
         storage.upload(local / name, storage.join(target, name), client)
-    for name in stale:  # a replayed version is replaced whole
-        storage.delete(storage.join(target, name), client)
     if live is not None and live["path"] == local.name:
-        storage.write_bytes(storage.join(uri, CURRENT), (json.dumps(live, indent=2) + "\n").encode(), client)
+        pointer = {**live, "path": copy_name}
+        storage.write_bytes(storage.join(uri, CURRENT), (json.dumps(pointer, indent=2) + "\n").encode(), client)
     pointer = remote_current(uri, client)
     files = storage.list_files(uri, client)
-    versions = sorted({n.split("/", 1)[0] for n in files if n.startswith(f"{C.HOUR}=") and "/" in n})
-    for old in versions[: max(0, len(versions) - max(int(keep), 1))]:
+    copies = sorted({n.split("/", 1)[0] for n in files if n.startswith(f"{C.HOUR}=") and "/" in n})
+    for old in copies[: max(0, len(copies) - max(int(keep), 1))]:
         if pointer is None or old != pointer["path"]:
             for name in (n for n in files if n.startswith(f"{old}/")):
                 storage.delete(storage.join(uri, name), client)
@@ -337,12 +342,13 @@ def user_only_files() -> set[str]:
 
 def fetch(uri: str, pointer: dict, index_root: str | Path, user_side: bool = True, keep: int = 2,
           client=None) -> Path:
-    """Copy the version `pointer` names from the mirror at `uri` into the local `index_root` (a replica's own
-    disk) and return its folder there. Built under a temporary name and renamed, so a process never loads a
-    part-copied version; one that is already there with the mirror's index.json is not copied again, and
-    embeddings of the same catalogue are hard-linked from a local version that holds them. Without the
-    `user_side` (users in Redis) the per-user files are not copied. Local versions beyond the `keep` newest
-    are removed (a process that still maps one keeps its pages until it swaps)."""
+    """Copy the version `pointer` names from the mirror at `uri` (a copy `mirror` never rewrites) into the
+    local `index_root` (a replica's own disk) under the same name, and return its folder there. Built under a
+    temporary name and renamed, so a process never loads a part-copied version; one already there (another
+    worker of the host was first) is not copied again, and embeddings of the same catalogue are hard-linked
+    from a local version that holds them. Without the `user_side` (users in Redis) the per-user files are
+    not copied. Local versions beyond the `keep` newest are removed (a process that still maps one keeps its
+    pages until it swaps)."""
     import uuid
 
     from pipelines import storage
@@ -353,7 +359,7 @@ def fetch(uri: str, pointer: dict, index_root: str | Path, user_side: bool = Tru
     source = storage.join(uri, name)
     meta_text = storage.read_bytes(storage.join(source, META), client).decode()
     final = root / name
-    if (final / META).exists() and (final / META).read_text() == meta_text:
+    if (final / META).exists():
         return final
     names = [n for n in storage.list_files(source, client) if n != META]
     if not user_side:
@@ -375,21 +381,15 @@ def fetch(uri: str, pointer: dict, index_root: str | Path, user_side: bool = Tru
             else:
                 storage.download(storage.join(source, part), dest, client)
         (tmp / META).write_text(meta_text)
-        if final.exists():  # a replayed hour, or another worker of this host was first
-            if (final / META).exists() and (final / META).read_text() == meta_text:
-                return final
-            old = root / f".{name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            final.rename(old)
-            shutil.rmtree(old, ignore_errors=True)
         try:
             tmp.rename(final)
-        except OSError:  # another worker of this host renamed the same version in between
-            if not ((final / META).exists() and (final / META).read_text() == meta_text):
+        except OSError:  # another worker of this host renamed the same copy in between
+            if not (final / META).exists():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    versions = sorted(root.glob(f"{C.HOUR}=*"), key=lambda p: p.name)
-    for stale in versions[: max(0, len(versions) - max(int(keep), 1))]:
+    copies = sorted(root.glob(f"{C.HOUR}=*"), key=lambda p: p.name)
+    for stale in copies[: max(0, len(copies) - max(int(keep), 1))]:
         if stale.name != name:
             shutil.rmtree(stale, ignore_errors=True)
     return final

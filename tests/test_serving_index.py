@@ -198,35 +198,49 @@ def test_replicas_on_other_machines_read_the_versions_mirrored_to_s3(serving_bun
     assert holder.slots.champion.index_hour is None
 
     refresh_hour(12)
-    assert remote_current(uri) == current(publisher)
+    pointer = remote_current(uri)
+    assert pointer["cutoff_hour"] == 13 and pointer["path"].startswith("hour=013.")
+    assert {k: v for k, v in pointer.items() if k != "path"} == {k: v for k, v in current(publisher).items() if k != "path"}
     assert holder.refresh() is True and holder.slots.champion.index_hour == 13
-    local = replica / "hour=013"
+    local = replica / pointer["path"]
     assert sorted(storage.list_files(str(local))) == sorted(storage.list_files(str(publisher / "hour=013")))
     served = holder.slots.champion.bundle
     user = served.users.listing([0])[0][0]
     got = rec.recommend(served, user, [], rec.Context(), rec.cutoff_ms(served), 10)
     assert len(got.article_ids) == 10
 
-    # the next hours: the mirror holds the `keep` newest versions, the replica swaps and prunes its copies;
+    # the next hours: the mirror holds the `keep` newest copies, the replica swaps and prunes its own;
     # the unchanged catalogue's embeddings are linked, not downloaded again
     for hour in (13, 14):
         refresh_hour(hour)
         assert holder.refresh() is True
     assert holder.slots.champion.index_hour == 15
-    assert sorted({n.split("/")[0] for n in storage.list_files(uri)} - {CURRENT}) == ["hour=014", "hour=015"]
-    assert sorted(p.name for p in replica.glob("hour=*")) == ["hour=014", "hour=015"]
+
+    def hours(names):
+        return sorted({n.split("/")[0].split(".")[0] for n in names if n.startswith("hour=")})
+
+    assert hours(storage.list_files(uri)) == ["hour=014", "hour=015"]
+    assert hours(p.name for p in replica.glob("hour=*")) == ["hour=014", "hour=015"]
     assert not list(replica.glob(".*"))
-    assert (replica / "hour=014" / "embeddings.npy").stat().st_ino == \
-        (replica / "hour=015" / "embeddings.npy").stat().st_ino
-    mirrored = ServingIndex.load(replica / "hour=015")
+    h14, h15 = sorted(replica.glob("hour=*"))
+    assert (h14 / "embeddings.npy").stat().st_ino == (h15 / "embeddings.npy").stat().st_ino
+    mirrored = ServingIndex.load(h15)
     published = ServingIndex.load(publisher / "hour=015")
     assert mirrored.meta == published.meta and mirrored.index.pool.equals(published.index.pool)
     assert np.array_equal(mirrored.tables.profiles, published.tables.profiles)
     assert holder.refresh() is False  # same pointer: nothing copied or rebuilt
 
+    # a copy in the mirror is never rewritten: republishing the live hour (a retried task) makes a new copy
+    # and moves the pointer to it, while the one a replica may be reading stays whole
+    before = remote_current(uri)["path"]
+    refresh_hour(14)
+    after = remote_current(uri)["path"]
+    assert after != before and after.startswith("hour=015.") and storage.exists(f"{uri}/{before}/index.json")
+    assert holder.refresh() is True and holder.slots.champion.index_hour == 15
+
     # a replayed old hour never moves the pointer there either
     refresh_hour(12)
-    assert remote_current(uri)["cutoff_hour"] == 15
+    assert remote_current(uri)["path"] == after
 
     # a replica whose users are in Redis copies no per-user file
     lean = fetch(uri, remote_current(uri), tmp_path / "lean", user_side=False)
@@ -266,4 +280,4 @@ def test_the_api_serves_the_mirror_when_publish_uri_is_set_and_lists_the_same_as
         for user in users + [10**12]:
             lists = [c.get(f"/v1/users/{user}/recommendations", params={"k": 10}).json() for c in (one, other)]
             assert [i["article_id"] for i in lists[0]["items"]] == [i["article_id"] for i in lists[1]["items"]]
-    assert (tmp_path / "replica" / "idx" / "hour=015" / "index.json").exists()
+    assert [(p / "index.json").exists() for p in (tmp_path / "replica" / "idx").glob("hour=015.*")] == [True]
