@@ -75,6 +75,13 @@ def load_history(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(np.load(path, mmap_mode="r").T, columns=HISTORY_COLUMNS, copy=False)
 
 
+def version_order(name: str) -> tuple[int, int]:
+    """Sort key of a version folder, `hour=NNN` or a mirror's copy `hour=NNN.<publish ns>`: by hour, then by
+    publish time (names alone would put hour=1000 before hour=999)."""
+    hour, _, stamp = name.partition("=")[2].partition(".")
+    return int(hour), int(stamp or 0)
+
+
 def version_dir(index_root: str | Path, cutoff_hour: int) -> Path:
     return Path(index_root) / f"{C.HOUR}={int(cutoff_hour):03d}"
 
@@ -227,7 +234,7 @@ def publish(serving: ServingIndex, index_root: str | Path, keep: int, user_store
             pointer["user_store"] = serving.meta["user_store"]["namespace"]
         atomic_write(root / CURRENT, lambda p: p.write_text(json.dumps(pointer, indent=2) + "\n"))
     live = current(root)
-    versions = sorted(root.glob(f"{C.HOUR}=*"), key=lambda p: p.name)
+    versions = sorted(root.glob(f"{C.HOUR}=*"), key=lambda p: version_order(p.name))
     for stale in versions[: max(0, len(versions) - max(int(keep), 1))]:
         if live is None or stale.name != live["path"]:
             shutil.rmtree(stale, ignore_errors=True)
@@ -312,7 +319,8 @@ def mirror(version: str | Path, uri: str, keep: int, user_side: bool = True, cli
         storage.write_bytes(storage.join(uri, CURRENT), (json.dumps(pointer, indent=2) + "\n").encode(), client)
     pointer = remote_current(uri, client)
     files = storage.list_files(uri, client)
-    copies = sorted({n.split("/", 1)[0] for n in files if n.startswith(f"{C.HOUR}=") and "/" in n})
+    copies = sorted({n.split("/", 1)[0] for n in files if n.startswith(f"{C.HOUR}=") and "/" in n},
+                    key=version_order)
     for old in copies[: max(0, len(copies) - max(int(keep), 1))]:
         if pointer is None or old != pointer["path"]:
             for name in (n for n in files if n.startswith(f"{old}/")):
@@ -367,10 +375,12 @@ def fetch(uri: str, pointer: dict, index_root: str | Path, user_side: bool = Tru
     elif PARTS["history"] not in names and json.loads(meta_text).get("user_store"):
         raise InputError(f"{source} was mirrored without its per-user files (its users are in Redis): this "
                          "replica needs serve.user_store_url set as the publisher's is")
-    linkable = next((p / PARTS["embeddings"] for p in sorted(root.glob(f"{C.HOUR}=*"), reverse=True)
-                     if (p / META).exists() and (p / PARTS["embeddings"]).exists()
-                     and _catalogue(meta_text) is not None and _catalogue((p / META).read_text()) == _catalogue(meta_text)),
-                    None)
+    catalogue, linkable = _catalogue(meta_text), None
+    for held in sorted(root.glob(f"{C.HOUR}=*"), key=lambda p: version_order(p.name), reverse=True):
+        if catalogue is not None and (held / PARTS["embeddings"]).exists() and (held / META).exists() \
+                and _catalogue((held / META).read_text()) == catalogue:
+            linkable = held / PARTS["embeddings"]
+            break
     tmp = root / f".{name}.fetch-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         for part in names:
@@ -388,7 +398,7 @@ def fetch(uri: str, pointer: dict, index_root: str | Path, user_side: bool = Tru
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    copies = sorted(root.glob(f"{C.HOUR}=*"), key=lambda p: p.name)
+    copies = sorted(root.glob(f"{C.HOUR}=*"), key=lambda p: version_order(p.name))
     for stale in copies[: max(0, len(copies) - max(int(keep), 1))]:
         if stale.name != name:
             shutil.rmtree(stale, ignore_errors=True)

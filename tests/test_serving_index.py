@@ -19,6 +19,7 @@ from pipelines.serving_index import (
     fit_serving_index,
     publish,
     refresh,
+    version_order,
 )
 from serving.index_source import FolderIndexSource
 from serving.models import ModelHolder
@@ -281,3 +282,8 @@ def test_the_api_serves_the_mirror_when_publish_uri_is_set_and_lists_the_same_as
             lists = [c.get(f"/v1/users/{user}/recommendations", params={"k": 10}).json() for c in (one, other)]
             assert [i["article_id"] for i in lists[0]["items"]] == [i["article_id"] for i in lists[1]["items"]]
     assert [(p / "index.json").exists() for p in (tmp_path / "replica" / "idx").glob("hour=015.*")] == [True]
+
+
+def test_versions_and_mirror_copies_are_ordered_by_hour_then_publish_time():
+    names = ["hour=1000", "hour=999.12", "hour=999", "hour=999.5", "hour=014"]
+    assert sorted(names, key=version_order) == ["hour=014", "hour=999", "hour=999.5", "hour=999.12", "hour=1000"]
