@@ -347,6 +347,33 @@ def _part_sizes(part: RankingSet) -> tuple[int, int, int]:
     return len(part.y), part.n_queries, int(part.y.sum())
 
 
+def _free_port() -> int:
+    """A TCP port that is free on this host now (the OS picks it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def lightgbm_machines(client, workers: list[str], attempts: int = 5) -> str:
+    """LightGBM's `machines` network setting for these Dask workers: `host:port,...`, one port each, found free
+    on the worker's own host (`client.run`: no task, no result moves between workers).
+
+    Given explicitly because LightGBM's own search (lightgbm.dask `_assign_open_ports_to_workers`) returns
+    (socket, port) from a task pinned to each worker and reads the port with a second, unpinned task; when the
+    scheduler places that one on the other worker, the socket cannot be sent there and training waits forever
+    (seen on this 2-core machine under load: the test suite hung in `DaskLGBMRanker.fit`)."""
+    from urllib.parse import urlparse
+
+    for _ in range(attempts):
+        ports = client.run(_free_port, workers=list(workers))
+        entries = [f"{urlparse(w).hostname}:{ports[w]}" for w in workers]
+        if len(set(entries)) == len(entries):  # two workers of one host were handed the same port: ask again
+            return ",".join(entries)
+    raise RuntimeError(f"no distinct free ports for LightGBM on workers {workers} after {attempts} attempts")
+
+
 def fit_ranker_dask(client, train_parts: list, val, params: dict) -> Ranker:
     """`fit_ranker` with LightGBM's Dask ranker: `train_parts` are futures of RankingSets (whole queries each:
     a query never straddles partitions), `val` the future of the early-stopping set.
@@ -400,7 +427,10 @@ def fit_ranker_dask(client, train_parts: list, val, params: dict) -> Ranker:
     eval_y = da.concatenate([p["val_y"] for p in pieces])
     eval_groups = da.concatenate([p["val_groups"] for p in pieces])
 
-    model = lgb.DaskLGBMRanker(client=client, **_estimator_args(lgb_params, params["num_boost_round"]))
+    # the workers LightGBM will train on: the ones the pieces are pinned to
+    machines = lightgbm_machines(client, sorted({min(holders[part.key]) for part in train_parts}))
+    model = lgb.DaskLGBMRanker(client=client, machines=machines,
+                               **_estimator_args(lgb_params, params["num_boost_round"]))
     # LightGBM waits on its parts through distributed's current client: ours, for this block only.
     with client.as_current(), warnings.catch_warnings():
         # The estimator's n_jobs=None default, which the Dask interface replaces by each worker's threads.

@@ -125,6 +125,20 @@ def test_training_on_one_dask_worker_is_the_single_process_model(client, work, t
 
 
 @pytest.mark.integration
+def test_lightgbm_gets_one_distinct_free_port_per_worker_from_the_worker_itself(client):
+    import socket
+
+    workers = sorted(client.scheduler_info()["workers"])
+    machines = T.lightgbm_machines(client, workers).split(",")
+    assert len(machines) == len(set(machines)) == len(workers) == 2
+    for entry in machines:
+        host, port = entry.rsplit(":", 1)
+        assert host == "127.0.0.1"
+        with socket.socket() as s:  # free: LightGBM can bind it
+            s.bind((host, int(port)))
+
+
+@pytest.mark.integration
 def test_training_on_two_dask_workers_is_within_tolerance(client, work, train_params, single, tmp_path):
     ranker = T.train(work / "split.json", work / "candidates", work / "features", work / "data", train_params,
                      client=client, partitions=2)
