@@ -1,20 +1,25 @@
-"""Wall time and peak memory per process of `newsrec features` and `newsrec train`: one process vs a Dask cluster.
+"""Wall time and peak memory per process of `newsrec learned`, `newsrec features` and `newsrec train`: one process
+vs a Dask cluster.
 
 Each step runs as the command the DVC stage and the Airflow task run, in its own process, measured from
 outside (wall time) and inside (its peak resident memory, VmHWM, written when it exits). For the Dask rows a fresh
-`distributed.LocalCluster` of 1 or 2 worker processes is started first and the command is pointed at it with
+`distributed.LocalCluster` of 1 or 2 worker processes (`cluster.local_cluster`: the workers' environment as
+deployed) is started first and the command is pointed at it with
 `NEWSREC__DASK__SCHEDULER` (as a deployment sets it); each worker's peak resident memory is read on the worker
-before the cluster closes. Every configuration gets the same cores: the single process and the one worker use
-2 threads, the two workers 1 thread each. The scheduler runs in this script's process (not counted).
+before the cluster closes. Every configuration gets the same cores: the one worker has 2 threads, the two workers
+1 thread each; the single process trains with 2 threads. The learned models are fitted with params
+`learned.threads` (1) everywhere, as the product runs them: the single process fits them one after another, a
+cluster as many at once as it has worker processes (a process fits one at a time). The scheduler runs in this script's process (not counted).
 
-The work folder must hold a dataset through `newsrec features` (benchmarks/champion.sh's steps):
+The work folder must hold a dataset through `newsrec features` (benchmarks/champion.sh's steps; `--steps learned`
+needs only the split):
 
     .venv/bin/newsrec synth --profile demo --out DIR/data/raw && .venv/bin/newsrec validate --data-root DIR/data --all
     ... split, aggregates, candidates, features (as champion.sh) ...
-    .venv/bin/python benchmarks/bench_dask.py --data-root DIR/data [--out benchmarks/results/dask_demo.md]
+    .venv/bin/python benchmarks/bench_dask.py --data-root DIR/data [--steps learned features train] [--out FILE.md]
 
-Features of every configuration must equal the single process's bit for bit (checked); training reports the
-val NDCG@10 of each model and its difference from the single process's.
+Features and learned models of every configuration must equal the single process's bit for bit (checked);
+training reports the val NDCG@10 of each model and its difference from the single process's.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CORES = 2
+STEPS = ("learned", "features", "train")
 
 
 def _peak_mb() -> float:
@@ -77,10 +83,11 @@ def _measure(step: list[str], workers: int, params: Path) -> dict:
     if workers == 0:
         wall, peak = _run(cmd, env)
         return {"wall_s": wall, "client_mb": peak, "worker_mb": []}
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    with LocalCluster(n_workers=workers, threads_per_worker=CORES // workers, processes=True,
-                      dashboard_address=None, silence_logs=50) as cluster, Client(cluster) as client:
+    from pipelines.cluster import local_cluster
+
+    with local_cluster(workers, CORES // workers, silence_logs=50) as cluster, Client(cluster) as client:
         env["NEWSREC__DASK__SCHEDULER"] = cluster.scheduler_address
         wall, peak = _run(cmd, env)
         worker_mb = sorted(client.run(_peak_mb).values())
@@ -100,10 +107,18 @@ def _same_features(a: Path, b: Path) -> bool:
     return True
 
 
+def _same_files(a: Path, b: Path) -> bool:
+    """The same files under both folders, byte for byte."""
+    names = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    return names == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()) and all(
+        (a / n).read_bytes() == (b / n).read_bytes() for n in names)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", type=Path, required=True, help="a data root through `newsrec features`")
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="steps to measure")
     args = parser.parse_args()
     root = args.data_root.resolve()
     configs = [("one process", 0), ("Dask, 1 worker", 1), ("Dask, 2 workers", 2)]
@@ -118,25 +133,33 @@ def main() -> int:
             out = tmp / str(workers)
             features = ["features", "--data-root", str(root), "--split", str(root / "split.json"),
                         "--out", str(out / "features")]
+            learned = ["learned", "--data-root", str(root), "--split", str(root / "split.json"),
+                       "--out", str(out / "learned")]
             # Training reads the dataset's own feature tables, so every configuration trains on the same input.
             train = ["train", "--split", str(root / "split.json"), "--candidates", str(root / "candidates"),
                      "--features", str(root / "features"), "--data-root", str(root), "--out", str(out / "ranker"),
                      "--no-mlflow"]
-            for step, cmd in (("features", features), ("train", train)):
+            for step, cmd in (("learned", learned), ("features", features), ("train", train)):
+                if step not in args.steps:
+                    continue
                 m = _measure(cmd, workers, params_path)
                 rows.append((step, label, m))
                 print(f"{step:<9} {label:<16} {m['wall_s']:7.1f} s  client {m['client_mb']:6.0f} MB  "
                       f"workers {[round(w) for w in m['worker_mb']]} MB", file=sys.stderr)
-            meta = json.loads((out / "ranker" / "ranker.json").read_text())
-            ndcg[label] = (meta["val_ndcg_at_10"], meta["best_iteration"])
-            equal[label] = _same_features(tmp / "0" / "features", out / "features")
-    base = ndcg["one process"][0]
+            if "train" in args.steps:
+                meta = json.loads((out / "ranker" / "ranker.json").read_text())
+                ndcg[label] = (meta["val_ndcg_at_10"], meta["best_iteration"])
+            if "features" in args.steps:
+                equal[("features", label)] = _same_features(tmp / "0" / "features", out / "features")
+            if "learned" in args.steps:
+                equal[("learned", label)] = _same_files(tmp / "0" / "learned", out / "learned")
+    base = ndcg.get("one process", (0.0, 0))[0]
     header = f"| step | configuration ({CORES} cores in all) | wall time | peak RSS, command | peak RSS per worker | result |"
     lines = [header, "|---|---|---|---|---|---|"]
     for step, label, m in rows:
         workers = ", ".join(f"{w:.0f} MB" for w in m["worker_mb"]) or "-"
-        if step == "features":
-            result = "equal bit for bit" if equal[label] else "DIFFERS"
+        if step in ("features", "learned"):
+            result = "equal bit for bit" if equal[(step, label)] else "DIFFERS"
         else:
             value, best = ndcg[label]
             result = f"val NDCG@10 {value:.4f} ({value - base:+.4f}), {best} trees"

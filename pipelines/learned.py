@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -72,17 +73,25 @@ def _torch():
     return torch
 
 
+_FIT_LOCK = threading.Lock()
+
+
 @contextmanager
-def _threads(n: int):
-    """torch's intra-op threads set to `n` while fitting: on a busy machine more threads than free cores make
+def _fitting(threads: int, seed: int):
+    """One fit at a time in a process, torch seeded with `seed` and its intra-op threads set to `threads` for it.
+    torch's random generator (weight init, dropout) and its thread count are the process's: two fits side by side
+    in one process (a Dask worker with several threads) would draw from one generator and change each other's
+    thread count, so their models would depend on timing. On a busy machine more threads than free cores make
     torch's small ops spin-wait (2 threads on 2 shared cores fitted 10x slower than 1)."""
     torch = _torch()
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield torch
-    finally:
-        torch.set_num_threads(before)
+    with _FIT_LOCK:
+        before = torch.get_num_threads()
+        torch.manual_seed(int(seed))
+        torch.set_num_threads(int(threads))
+        try:
+            yield torch
+        finally:
+            torch.set_num_threads(before)
 
 
 def _build_network(emb_dim: int, n_categories: int, p: dict):
@@ -373,8 +382,7 @@ def fit_learned(clicks: pd.DataFrame, articles: pd.DataFrame, embeddings: np.nda
     example_hour = (ts - int(cutoff_ms)) // C.HOUR_MS - first_hour
 
     seed = int(p["seed"])
-    torch.manual_seed(seed)
-    with _threads(p["threads"]):
+    with _fitting(p["threads"], seed):
         net = _build_network(cat.emb.shape[1], len(categories), p)
         if init is not None:
             net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in init.weights.items()})
@@ -518,8 +526,33 @@ def _code_digest() -> str:
     return h.hexdigest()
 
 
+def _fit_at(clicks: pd.DataFrame, data_root: str, hour: int, params: dict, epoch_ms: int,
+            trend_half_life_hours: float, init: LearnedModel | None = None) -> LearnedModel:
+    """The model fitted at the start of `hour`. The same call runs in this process or as a Dask task: the article
+    side (catalogue, embeddings, delivered drops) is read from `data_root` where it runs, the clicks come with the
+    call, and the model goes back to the caller, which saves it (workers only read the data root)."""
+    from pipelines.catalogue import delivered_hours, known_at, read_catalogue
+    from pipelines.split import hour_start_ms
+
+    catalogue, embeddings = read_catalogue(data_root)
+    articles = known_at(catalogue, delivered_hours(data_root, catalogue), hour)
+    return fit_learned(clicks, articles, embeddings, hour_start_ms(hour, epoch_ms), params, trend_half_life_hours,
+                       init=init)
+
+
+def _save_fit(model: LearnedModel, where: Path, note: Path, inputs: str) -> dict:
+    """Write a fitted model to `where` (replacing what is there), then its note; the model's meta."""
+    import shutil
+
+    if where.exists():
+        shutil.rmtree(where)
+    model.save(where)
+    note.write_text(json.dumps({"inputs": inputs, "model": _model_digest(where)}) + "\n")
+    return model.meta
+
+
 def fit_daily(data_root: str | Path, snapshots: Sequence, out_dir: str | Path, params: dict, epoch_ms: int,
-              trend_half_life_hours: float) -> dict[str, dict]:
+              trend_half_life_hours: float, client=None) -> dict[str, dict]:
     """Fit and save one model per `fit_hours` cutoff under `<out_dir>/hour=NNN/`; returns what each fit saw.
 
     A model already under `out_dir` is kept, not refitted, when its note in `fit_keys_dir` says it was
@@ -530,9 +563,15 @@ def fit_daily(data_root: str | Path, snapshots: Sequence, out_dir: str | Path, p
     clicks did not change (a late drop or an erasure changes them, and their models are refitted). Model
     folders of hours this run does not fit are removed, so `model_for` never picks a stale one.
 
+    The fits are independent of each other, so with a Dask `client` each one left to fit is a task on the
+    cluster (the clicks sent to the workers once, the article side read from `data_root`, which they share), and
+    this process saves the models they send back: as many fits at once as the cluster has worker processes (a
+    process fits one model at a time, see `_fitting`). Each is the same call with the same seed and thread count,
+    so a worker on the same machine fits the same bytes.
+
     With params `warm_start`, only the earliest is fitted from scratch; each later one is the one before it
     updated on the clicks in between (`fit_learned`'s `init`), as a daily retrain that keeps its model would
-    leave it (its key then includes the earlier model's)."""
+    leave it (its key then includes the earlier model's). That chain runs in this process, one fit after another."""
     import shutil
 
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
@@ -557,32 +596,45 @@ def fit_daily(data_root: str | Path, snapshots: Sequence, out_dir: str | Path, p
     base = json.dumps({"params": {k: params[k] for k in sorted(params)}, "epoch_ms": int(epoch_ms),
                        "trend_half_life_hours": float(trend_half_life_hours), "code": _code_digest(),
                        "embeddings": _digest(np.asarray(embeddings))}, sort_keys=True, default=str)
-    report, model, key = {}, None, ""
+    warm = bool(params.get("warm_start"))
+    on_cluster = client is not None and not warm
+    metas, reused, pending, model, key = {}, set(), {}, None, ""
     for hour in hours:
-        cutoff_ms = hour_start_ms(hour, epoch_ms)
-        articles = known_at(catalogue, delivered, hour)
-        init = model if params.get("warm_start") else None
-        before = clicks[ts < cutoff_ms]
+        init = model if warm else None
         key = _digest(np.frombuffer((base + (key if init is not None else "")).encode(), dtype=np.uint8),
-                      before, articles)
+                      clicks[ts < hour_start_ms(hour, epoch_ms)], known_at(catalogue, delivered, hour))
         where, note = model_dir(out, hour), notes / f"{model_dir(out, hour).name}.json"
         try:
             noted = json.loads(note.read_text())
-            reused = noted["inputs"] == key and noted["model"] == _model_digest(where)
+            kept = noted["inputs"] == key and noted["model"] == _model_digest(where)
         except (OSError, ValueError, KeyError):
-            reused = False
-        if reused:
+            kept = False
+        if kept:
+            reused.add(hour)
             model = LearnedModel.load(where)
-        else:
-            model = fit_learned(clicks, articles, embeddings, cutoff_ms, params, trend_half_life_hours, init=init)
-            if where.exists():
-                shutil.rmtree(where)
-            model.save(where)
-            note.write_text(json.dumps({"inputs": key, "model": _model_digest(where)}) + "\n")
-        report[f"{C.HOUR}={hour:03d}"] = {"examples": model.meta["examples"], "final_loss": model.meta["losses"][-1],
-                                          "warm_start": init is not None}
-        print(f"{C.HOUR}={hour:03d}  {model.meta['examples']} examples  loss {model.meta['losses'][-1]:.4f}  "
-              + ("kept: fitted from the same inputs before" if reused else f"{model.meta['fit_seconds']:.1f} s"),
+            metas[hour] = model.meta
+            continue
+        note.unlink(missing_ok=True)  # a fit that fails leaves no note claiming the old model
+        args = (str(root), hour, params, int(epoch_ms), float(trend_half_life_hours))
+        if on_cluster:
+            pending[hour] = args, key
+            continue
+        model = _fit_at(clicks, *args, init=init)
+        metas[hour] = _save_fit(model, where, note, key)
+    # The clicks to every worker once; the latest cutoff (the most clicks, the longest fit) first.
+    shared = client.scatter(clicks, broadcast=True, hash=False) if pending else None
+    futures = {hour: client.submit(_fit_at, shared, *pending[hour][0], pure=False)
+               for hour in sorted(pending, reverse=True)}
+    for hour, future in futures.items():
+        where = model_dir(out, hour)
+        metas[hour] = _save_fit(future.result(), where, notes / f"{where.name}.json", pending[hour][1])
+    report = {}
+    for hour in hours:
+        meta = metas[hour]
+        report[f"{C.HOUR}={hour:03d}"] = {"examples": meta["examples"], "final_loss": meta["losses"][-1],
+                                          "warm_start": meta.get("warm_start_from_ms") is not None}
+        print(f"{C.HOUR}={hour:03d}  {meta['examples']} examples  loss {meta['losses'][-1]:.4f}  "
+              + ("kept: fitted from the same inputs before" if hour in reused else f"{meta['fit_seconds']:.1f} s"),
               flush=True)
     return report
 
@@ -595,8 +647,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", type=Path, required=True, help="snapshot file written by `newsrec split`")
     parser.add_argument("--out", type=Path, required=True, help="folder for hour=NNN/ models")
     args, config = parse_step(parser, argv)
-    report = fit_daily(args.data_root, read_snapshots(args.split), args.out, config["learned"],
-                       int(config["data"]["epoch_ms"]), float(config["candidates"]["trend_half_life_hours"]))
+    from pipelines.cluster import connect
+
+    with connect(config["dask"]) as client:
+        report = fit_daily(args.data_root, read_snapshots(args.split), args.out, config["learned"],
+                           int(config["data"]["epoch_ms"]), float(config["candidates"]["trend_half_life_hours"]),
+                           client=client)
     (args.out / "fits.json").write_text(json.dumps(report, indent=2) + "\n")
     return 0
 

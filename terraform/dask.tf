@@ -298,7 +298,12 @@ resource "aws_ecs_task_definition" "dask_worker" {
       { containerPort = 8788, protocol = "tcp" },
       { containerPort = 8789, protocol = "tcp" },
     ]
-    environment = [{ name = "HOME", value = "/tmp" }]
+    # pipelines/cluster.py WORKER_ENVIRON: without it glibc maps every allocation over 128 KiB afresh in the
+    # worker processes the nanny starts.
+    environment = [
+      { name = "HOME", value = "/tmp" },
+      { name = "MALLOC_MMAP_THRESHOLD_", value = "33554432" },
+    ]
     mountPoints = [
       { sourceVolume = "tmp", containerPath = "/tmp" },
       # The client's data root at the client's path; the per-partition work only reads it.

@@ -6,6 +6,7 @@ and worker processes are what a cluster has (pickling, scattering, LightGBM's so
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,11 @@ NDCG_TOLERANCE = 0.05
 
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster, set_as_default=False) as c:
+    from pipelines.cluster import local_cluster
+
+    with local_cluster(2, 1) as cluster, Client(cluster, set_as_default=False) as c:
         yield c
 
 
@@ -270,3 +272,39 @@ def test_evaluate_cli_on_a_scheduler_writes_the_same_eval_json(client, work, tmp
     # figure is equal: a difference confined to learned-derived figures would be that rounding.
     for name in ("eval.json", "summary.json", "eval_table.md"):
         assert (tmp_path / "dask" / name).read_text() == (tmp_path / "one" / name).read_text()
+
+
+def test_learned_cli_on_a_scheduler_fits_the_daily_models_on_the_workers_byte_for_byte(client, work, tmp_path,
+                                                                                      monkeypatch):
+    """`newsrec learned` with `dask.scheduler` set: each daily model is a task on the workers, the files they
+    write are the single process's byte for byte (the serving fixture's models, fitted in this process with the
+    same params), and a rerun keeps them all without a task."""
+    import yaml
+    from distributed import get_task_stream
+
+    from pipelines import learned as L
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["learned"]["epochs"] = 2  # as serving_support fitted work/learned
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("NEWSREC__DASK__SCHEDULER", client.scheduler.address)
+    args = ["--data-root", str(work / "data"), "--split", str(work / "split.json"), "--out", str(tmp_path / "learned"),
+            "--params", str(tmp_path / "params.yaml")]
+
+    def fit_tasks(stream: list[dict]) -> set[str]:
+        return {str(t["key"]) for t in stream if "_fit_at" in str(t["key"])}
+
+    with get_task_stream(client) as stream:
+        assert L.main(args) == 0
+    single = sorted(p.relative_to(work / "learned") for p in (work / "learned").rglob("*") if p.is_file())
+    models = [p for p in single if p.parts[0].startswith(f"{C.HOUR}=")]
+    assert len({p.parts[0] for p in models}) >= 2
+    assert len(fit_tasks(stream.data)) == len({p.parts[0] for p in models})
+    for name in models:
+        assert (tmp_path / "learned" / name).read_bytes() == (work / "learned" / name).read_bytes(), name
+
+    with get_task_stream(client) as again:
+        assert L.main(args) == 0
+    assert not fit_tasks(again.data)
+    report = json.loads((tmp_path / "learned" / "fits.json").read_text())
+    assert set(report) == {p.parts[0] for p in models}

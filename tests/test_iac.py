@@ -266,6 +266,10 @@ def test_the_dask_cluster_is_private_and_reads_the_data_root():
     assert '"dask", "worker", local.dask_scheduler_address' in worker_task
     for flag in ("--nworkers", "--nthreads", "--memory-limit"):
         assert f'"{flag}"' in worker_task, flag
+    from pipelines.cluster import WORKER_ENVIRON
+
+    for name, value in WORKER_ENVIRON.items():  # the worker processes' environment, as the tests' clusters have it
+        assert f'{{ name = "{name}", value = "{value}" }}' in worker_task, name
     # The pipelines image (the code the steps run), private subnets, no public address, the cluster's own group.
     for name in ("dask_scheduler", "dask_worker"):
         assert 'local.image["pipelines"]' in block(f'resource "aws_ecs_task_definition" "{name}"'), name
