@@ -37,9 +37,10 @@ quickstart: setup  ## set up, reproduce the pipeline (dvc repro) on the syntheti
 # sessions, signal handlers, cached settings), so the tests that run DAGs get a process of their own.
 AIRFLOW_TESTS := tests/test_dags.py tests/test_airflow_postgres.py
 
+# --durations: the slowest tests close each run's output, so a test that grows the suite's time is seen.
 test:  ## the whole test suite
-	$(BIN)/pytest -q $(addprefix --ignore=,$(AIRFLOW_TESTS))
-	$(BIN)/pytest -q $(AIRFLOW_TESTS)
+	$(BIN)/pytest -q --durations=20 $(addprefix --ignore=,$(AIRFLOW_TESTS))
+	$(BIN)/pytest -q --durations=5 $(AIRFLOW_TESTS)
 
 lint:
 	$(BIN)/ruff check pipelines dags tests benchmarks serving dashboard
