@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -60,8 +61,8 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _run(cmd: list[str], env: dict) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of `newsrec <cmd>`; raises with its output when it fails."""
+def _run(cmd: list[str], env: dict) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MB, output) of `newsrec <cmd>`; raises with its output when it fails."""
     with tempfile.TemporaryDirectory() as tmp:
         peak_file = Path(tmp) / "peak"
         wrapper = [sys.executable, "-c", _WRAPPER.format(bench=str(Path(__file__).resolve().parent))]
@@ -70,10 +71,11 @@ def _run(cmd: list[str], env: dict) -> tuple[float, float]:
         proc = subprocess.run([*wrapper, *cmd], cwd=ROOT, env={**env, "BENCH_PEAK_FILE": str(peak_file)},
                               stdout=log, stderr=subprocess.STDOUT, check=False)
         wall = time.perf_counter() - started
+        log.seek(0)
+        output = log.read()
         if proc.returncode != 0:
-            log.seek(0)
-            raise RuntimeError(f"newsrec {' '.join(cmd)} failed:\n{log.read()}")
-        return wall, float(peak_file.read_text())
+            raise RuntimeError(f"newsrec {' '.join(cmd)} failed:\n{output}")
+        return wall, float(peak_file.read_text()), output
 
 
 def _measure(step: list[str], workers: int, params: Path) -> dict:
@@ -81,17 +83,17 @@ def _measure(step: list[str], workers: int, params: Path) -> dict:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cmd = [*step, "--params", str(params)]
     if workers == 0:
-        wall, peak = _run(cmd, env)
-        return {"wall_s": wall, "client_mb": peak, "worker_mb": []}
+        wall, peak, output = _run(cmd, env)
+        return {"wall_s": wall, "client_mb": peak, "worker_mb": [], "output": output}
     from distributed import Client
 
     from pipelines.cluster import local_cluster
 
     with local_cluster(workers, CORES // workers, silence_logs=50) as cluster, Client(cluster) as client:
         env["NEWSREC__DASK__SCHEDULER"] = cluster.scheduler_address
-        wall, peak = _run(cmd, env)
+        wall, peak, output = _run(cmd, env)
         worker_mb = sorted(client.run(_peak_mb).values())
-    return {"wall_s": wall, "client_mb": peak, "worker_mb": worker_mb}
+    return {"wall_s": wall, "client_mb": peak, "worker_mb": worker_mb, "output": output}
 
 
 def _same_features(a: Path, b: Path) -> bool:
@@ -119,9 +121,14 @@ def main() -> int:
     parser.add_argument("--data-root", type=Path, required=True, help="a data root through `newsrec features`")
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
     parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="steps to measure")
+    parser.add_argument("--workers", nargs="+", type=int, choices=(0, 1, 2), default=[0, 1, 2],
+                        help="configurations: 0 = the single process, 1 or 2 Dask workers (results are compared "
+                             "with the single process's only when it runs)")
     args = parser.parse_args()
     root = args.data_root.resolve()
-    configs = [("one process", 0), ("Dask, 1 worker", 1), ("Dask, 2 workers", 2)]
+    labels = {0: "one process", 1: "Dask, 1 worker", 2: "Dask, 2 workers"}
+    configs = [(labels[w], w) for w in sorted(set(args.workers))]
+    compared = 0 in args.workers
     rows, ndcg, equal = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -149,9 +156,9 @@ def main() -> int:
             if "train" in args.steps:
                 meta = json.loads((out / "ranker" / "ranker.json").read_text())
                 ndcg[label] = (meta["val_ndcg_at_10"], meta["best_iteration"])
-            if "features" in args.steps:
+            if "features" in args.steps and compared:
                 equal[("features", label)] = _same_features(tmp / "0" / "features", out / "features")
-            if "learned" in args.steps:
+            if "learned" in args.steps and compared:
                 equal[("learned", label)] = _same_files(tmp / "0" / "learned", out / "learned")
     base = ndcg.get("one process", (0.0, 0))[0]
     header = f"| step | configuration ({CORES} cores in all) | wall time | peak RSS, command | peak RSS per worker | result |"
@@ -159,7 +166,10 @@ def main() -> int:
     for step, label, m in rows:
         workers = ", ".join(f"{w:.0f} MB" for w in m["worker_mb"]) or "-"
         if step in ("features", "learned"):
-            result = "equal bit for bit" if equal[(step, label)] else "DIFFERS"
+            result = ("equal bit for bit" if equal[(step, label)] else "DIFFERS") if compared else "not compared"
+            if step == "learned":  # each daily model's own fit time, where it ran
+                fits = re.findall(r"^hour=\d+\s+\d+ examples\s+loss \S+\s+([\d.]+) s$", m["output"], re.MULTILINE)
+                result += f"; fits {', '.join(fits)} s"
         else:
             value, best = ndcg[label]
             result = f"val NDCG@10 {value:.4f} ({value - base:+.4f}), {best} trees"
