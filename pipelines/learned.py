@@ -527,17 +527,21 @@ def _code_digest() -> str:
 
 
 def _fit_at(clicks: pd.DataFrame, data_root: str, hour: int, params: dict, epoch_ms: int,
-            trend_half_life_hours: float, init: LearnedModel | None = None) -> LearnedModel:
+            trend_half_life_hours: float, init: LearnedModel | None = None,
+            article_side: tuple | None = None) -> LearnedModel:
     """The model fitted at the start of `hour`. The same call runs in this process or as a Dask task: the article
-    side (catalogue, embeddings, delivered drops) is read from `data_root` where it runs, the clicks come with the
-    call, and the model goes back to the caller, which saves it (workers only read the data root)."""
+    side (catalogue, embeddings, delivered drops) is `article_side` as the caller read it, or, on a worker, read
+    from `data_root` there; the clicks come with the call, and the model goes back to the caller, which saves it
+    (workers only read the data root)."""
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
     from pipelines.split import hour_start_ms
 
-    catalogue, embeddings = read_catalogue(data_root)
-    articles = known_at(catalogue, delivered_hours(data_root, catalogue), hour)
-    return fit_learned(clicks, articles, embeddings, hour_start_ms(hour, epoch_ms), params, trend_half_life_hours,
-                       init=init)
+    if article_side is None:
+        catalogue, embeddings = read_catalogue(data_root)
+        article_side = catalogue, embeddings, delivered_hours(data_root, catalogue)
+    catalogue, embeddings, delivered = article_side
+    return fit_learned(clicks, known_at(catalogue, delivered, hour), embeddings, hour_start_ms(hour, epoch_ms),
+                       params, trend_half_life_hours, init=init)
 
 
 def _save_fit(model: LearnedModel, where: Path, note: Path, inputs: str) -> dict:
@@ -619,7 +623,7 @@ def fit_daily(data_root: str | Path, snapshots: Sequence, out_dir: str | Path, p
         if on_cluster:
             pending[hour] = args, key
             continue
-        model = _fit_at(clicks, *args, init=init)
+        model = _fit_at(clicks, *args, init=init, article_side=(catalogue, embeddings, delivered))
         metas[hour] = _save_fit(model, where, note, key)
     # The clicks to every worker once; the latest cutoff (the most clicks, the longest fit) first.
     shared = client.scatter(clicks, broadcast=True, hash=False) if pending else None
