@@ -619,7 +619,7 @@ def fit_daily(data_root: str | Path, snapshots: Sequence, out_dir: str | Path, p
             metas[hour] = model.meta
             continue
         note.unlink(missing_ok=True)  # a fit that fails leaves no note claiming the old model
-        args = (str(root), hour, params, int(epoch_ms), float(trend_half_life_hours))
+        args = (str(root.resolve()), hour, params, int(epoch_ms), float(trend_half_life_hours))  # workers' cwd differs
         if on_cluster:
             pending[hour] = args, key
             continue

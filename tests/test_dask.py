@@ -288,7 +288,9 @@ def test_learned_cli_on_a_scheduler_fits_the_daily_models_on_the_workers_byte_fo
     params["learned"]["epochs"] = 2  # as serving_support fitted work/learned
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.setenv("NEWSREC__DASK__SCHEDULER", client.scheduler.address)
-    args = ["--data-root", str(work / "data"), "--split", str(work / "split.json"), "--out", str(tmp_path / "learned"),
+    # The data root relative to this process's folder, as dvc.yaml passes it: the workers run elsewhere.
+    monkeypatch.chdir(work)
+    args = ["--data-root", "data", "--split", str(work / "split.json"), "--out", str(tmp_path / "learned"),
             "--params", str(tmp_path / "params.yaml")]
 
     def fit_tasks(stream: list[dict]) -> set[str]:
