@@ -511,6 +511,8 @@ def train(
             ranker = refit_ranker(ranker, concat_sets([train_set, val_train]), params)
     else:
         shared = client.scatter(embeddings, broadcast=True, hash=False)
+        # The workers read these folders from their own working folder: absolute, whatever the caller gave.
+        candidates_dir, features_dir = Path(candidates_dir).resolve(), Path(features_dir).resolve()
 
         def built(names: list[str], **kwargs) -> list:
             return [client.submit(load_ranking_set, candidates_dir, features_dir, n, shared, **kwargs, pure=False)

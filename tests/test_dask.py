@@ -112,10 +112,12 @@ def test_features_cli_on_a_scheduler_writes_the_same_tables(client, work, tmp_pa
 
 
 @pytest.mark.integration
-def test_training_on_one_dask_worker_is_the_single_process_model(client, work, train_params, single):
+def test_training_on_one_dask_worker_is_the_single_process_model(client, work, train_params, single, monkeypatch):
     """One partition trains on one worker: LightGBM is then serial, and every tree and setting is the single
-    process's (only the network settings differ), which also checks the params' mapping onto the estimator."""
-    ranker = T.train(work / "split.json", work / "candidates", work / "features", work / "data", train_params,
+    process's (only the network settings differ), which also checks the params' mapping onto the estimator. The
+    folders are given relative to this process's, as dvc.yaml gives them: the workers run elsewhere."""
+    monkeypatch.chdir(work)
+    ranker = T.train(Path("split.json"), Path("candidates"), Path("features"), Path("data"), train_params,
                      client=client, partitions=1)
 
     def model(r: T.Ranker) -> list[str]:
