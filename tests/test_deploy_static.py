@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.cluster import WORKER_ENVIRON
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
@@ -410,8 +412,8 @@ def test_environment_matches_what_the_code_reads(service):
             pass  # serving/access.py reads the keys from the variable params names
         elif service == "dashboard" and name == API_KEY_ENV:
             pass
-        elif service == "dask-worker" and name == "MALLOC_MMAP_THRESHOLD_":
-            pass  # glibc's malloc reads it when the worker process starts (pipelines/cluster.py WORKER_ENVIRON)
+        elif service == "dask-worker" and name in WORKER_ENVIRON:
+            pass  # glibc's malloc reads these when the worker process starts (pipelines/cluster.py)
         elif service == "postgres":
             assert _read_by_script(DOCKER / "postgres" / "create-databases.sh", name), f"{where}: nothing reads it"
         else:
@@ -486,8 +488,6 @@ def test_the_dask_cluster_runs_beside_the_airflow_worker():
     data = next(v for v in airflow["volumes"] if v.startswith("newsrec-data:"))
     assert f"{data}:ro" in worker["volumes"]
     # The workers' processes start with the environment the tests' and benchmarks' clusters have.
-    from pipelines.cluster import WORKER_ENVIRON
-
     assert WORKER_ENVIRON.items() <= _service_env(worker).items()
     # Every worker setting explicit, and the container leaves room above the nanny's limit.
     argv = worker["command"]
