@@ -197,10 +197,10 @@ def holder_swaps(bundle_dir: Path, index_root: Path, n: int, label: str) -> list
     holder = ModelHolder(Registered(), "champion", "challenger", index_source=EveryPollNew(index_root))
     rows = []
     for i in range(n + 1):
-        started = time.perf_counter()
-        holder.refresh()
+        _, wall, cpu, gap = timed(holder.refresh)
         row = {"label": label, "holder_swap": i, "what": "model + index" if i == 0 else "index swap",
-               "s": round(time.perf_counter() - started, 2), **memory_mb(), "last_error": holder.last_error}
+               "s": round(wall, 2), "cpu_s": round(cpu, 2), "max_stall_ms": round(gap, 1), **memory_mb(),
+               "last_error": holder.last_error}
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

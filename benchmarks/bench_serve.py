@@ -3,7 +3,10 @@
 Starts `newsrec serve` on loopback against a registry (its champion is what gets measured), then an
 open-loop async load generator sends requests at a fixed rate (default 200/s) for a bounded time and
 count. Latency is measured from each request's *scheduled* send time, so a server that falls behind
-shows it (no coordinated omission). Prints throughput and p50/p95/p99, optionally appends JSON.
+shows it (no coordinated omission). The warm-up's requests go through the same connections as the measured
+ones, so the window does not start by opening `--concurrency` connections at once. Prints throughput and
+p50/p95/p99, optionally appends JSON; `--timeline FILE` writes each second's p99 and max (and whether the index
+pointer moved in it), to see what a slow tail lines up with.
 
     benchmarks/champion.sh demo /tmp/bench/demo        # a champion on the demo profile
     .venv/bin/python benchmarks/bench_serve.py --tracking-uri sqlite:////tmp/bench/demo/mlflow.db --label demo
@@ -137,9 +140,11 @@ def point_at(index_root: Path, version: Path) -> None:
     atomic_write(index_root / "CURRENT.json", lambda p: p.write_text(json.dumps(pointer)))
 
 
-async def swapper(index_root: Path, every: float, stop: asyncio.Event) -> int:
-    """Move the live pointer to the next version every `every` seconds until `stop`; returns the swaps."""
+async def swapper(index_root: Path, every: float, stop: asyncio.Event, moved: list[float]) -> int:
+    """Move the live pointer to the next version every `every` seconds until `stop`, appending each move's
+    loop time to `moved`; returns the swaps."""
     versions = sorted(index_root.glob("hour=*"))
+    loop = asyncio.get_running_loop()
     swaps = 0
     while not stop.is_set():
         try:
@@ -147,12 +152,21 @@ async def swapper(index_root: Path, every: float, stop: asyncio.Event) -> int:
         except TimeoutError:
             swaps += 1
             point_at(index_root, versions[swaps % len(versions)])
+            moved.append(loop.time())
     return swaps
 
 
 async def open_loop(url: str, paths: list[str], rate: float, duration: float, max_requests: int,
-                    concurrency: int, index_root: Path | None = None, swap_every: float = 0.0) -> dict:
+                    concurrency: int, index_root: Path | None = None, swap_every: float = 0.0,
+                    timeline: Path | None = None, warmup: float = 0.0) -> dict:
     """Send paths[i % len] at t0 + i/rate until duration or max_requests; latency from scheduled time.
+
+    The first `warmup` seconds of load go through the same connections and are not measured (a measured
+    window that began by opening `concurrency` new connections at once would time the generator's ramp, not
+    the service's steady state); index swaps start after them.
+
+    `timeline`: also write each second's request count, p99 and max latency there (CSV), and the seconds at
+    which the live index pointer moved, to see what a slow tail lines up with.
 
     aiohttp rather than httpx: the generator shares the machine with the server, and aiohttp spends a
     fraction of httpx's CPU per request. The generator's own CPU time is reported with the result.
@@ -160,6 +174,7 @@ async def open_loop(url: str, paths: list[str], rate: float, duration: float, ma
     import aiohttp
 
     n = min(max_requests, int(rate * duration))
+    warm = int(rate * warmup)
     latencies = np.full(n, np.nan)
     service = np.full(n, np.nan)
     statuses = np.zeros(n, dtype=np.int32)
@@ -168,27 +183,36 @@ async def open_loop(url: str, paths: list[str], rate: float, duration: float, ma
     async with aiohttp.ClientSession(base_url=url, connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=30)) as session:
         loop = asyncio.get_running_loop()
-        t0 = loop.time() + 0.05
+        t0 = loop.time() + 0.05 + warm / rate  # the measured window's start
 
-        async def one(i: int) -> None:
+        async def one(i: int) -> None:  # i < 0: a warm-up request
             scheduled = t0 + i / rate
             delay = scheduled - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             sent = loop.time()
+            status = -1
             try:
                 async with session.get(paths[i % len(paths)]) as r:
                     await r.read()
-                    statuses[i] = r.status
+                    status = r.status
             except (TimeoutError, aiohttp.ClientError):
-                statuses[i] = -1
+                pass
+            if i < 0:
+                return
             done = loop.time()
+            statuses[i] = status
             latencies[i] = done - scheduled
             service[i] = done - sent
 
         stop = asyncio.Event()
-        swapping = asyncio.create_task(swapper(index_root, swap_every, stop)) if index_root and swap_every else None
-        await asyncio.gather(*(one(i) for i in range(n)))
+        moved: list[float] = []
+        async def swaps_after_warmup() -> int:
+            await asyncio.sleep(max(0.0, t0 - loop.time()))
+            return await swapper(index_root, swap_every, stop, moved)
+
+        swapping = asyncio.create_task(swaps_after_warmup()) if index_root and swap_every else None
+        await asyncio.gather(*(one(i) for i in range(-warm, n)))
         stop.set()
         swaps = await swapping if swapping else 0
         elapsed = loop.time() - t0
@@ -196,6 +220,8 @@ async def open_loop(url: str, paths: list[str], rate: float, duration: float, ma
     ok = statuses == 200
     lat = latencies[ok] * 1000
     svc = service[ok] * 1000
+    if timeline is not None:
+        write_timeline(timeline, np.arange(n)[ok] / rate, lat, svc, [m - t0 for m in moved])
     return {
         "requests": int(n),
         "ok": int(ok.sum()),
@@ -208,9 +234,23 @@ async def open_loop(url: str, paths: list[str], rate: float, duration: float, ma
         "max_ms": round(float(lat.max()), 2),
         "service_p50_ms": round(float(np.percentile(svc, 50)), 2),
         "service_p99_ms": round(float(np.percentile(svc, 99)), 2),
-        "generator_cpu_share": round(cpu / elapsed, 2),  # cores the load generator itself kept busy
+        "generator_cpu_share": round(cpu / (elapsed + warm / rate), 2),  # cores the generator itself kept busy
         "index_swaps": swaps,
     }
+
+
+def write_timeline(path: Path, offsets: np.ndarray, latency_ms: np.ndarray, service_ms: np.ndarray,
+                   moves: list[float]) -> None:
+    """One CSV row per second of load: requests scheduled in it, their p99 and max latency and p99 service time
+    (ms, from the actual send), and whether the index pointer moved in it."""
+    second = offsets.astype(np.int64)
+    moved = {int(m) for m in moves}
+    rows = ["second,requests,p99_ms,max_ms,service_p99_ms,pointer_moved"]
+    for s in np.unique(second):
+        lat, svc = latency_ms[second == s], service_ms[second == s]
+        rows.append(f"{s},{len(lat)},{np.percentile(lat, 99):.1f},{lat.max():.1f},{np.percentile(svc, 99):.1f},"
+                    f"{int(s in moved)}")
+    path.write_text("\n".join(rows) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,8 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-seconds", type=float, default=5.0, help="the server's poll interval (--index-root)")
     parser.add_argument("--user-store-url", help="users' state from this Redis (versions published with it)")
     parser.add_argument("--user-store-prefix", help="its key prefix (serve.user_store_prefix by default)")
+    parser.add_argument("--timeline", type=Path, help="write each second's p99 and max latency here (CSV)")
     parser.add_argument("--markdown", type=Path, help="rewrite this file as a table of the --json runs")
     parser.add_argument("--table-prefix", default="", help="the runs --markdown shows: labels starting so")
+    parser.add_argument("--latency-markdown", type=Path,
+                        help="rewrite this file as a latency table of the --json runs (labels from --table-prefix)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from machine_speed import reference_ms
@@ -264,9 +307,9 @@ def main(argv: list[str] | None = None) -> int:
             cold = rng.random(n_paths) < args.cold_share
             users = np.where(cold, 10**12 + np.arange(n_paths), rng.choice(ids, n_paths))
             paths = [f"/v1/users/{int(u)}/recommendations?k={args.k}" for u in users]
-            asyncio.run(open_loop(url, paths, args.rate, args.warmup, args.max_requests, args.concurrency))
             result = asyncio.run(open_loop(url, paths[::-1], args.rate, args.duration, args.max_requests,
-                                           args.concurrency, args.index_root, args.swap_every))
+                                           args.concurrency, args.index_root, args.swap_every, args.timeline,
+                                           args.warmup))
             models_after = httpx.get(f"{url}/v1/models", timeout=60).json()
             memory = process_memory(proc.pid)
         finally:
@@ -295,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             fh.write(json.dumps(result) + "\n")
         if args.markdown:
             args.markdown.write_text(user_store_table(args.json, args.table_prefix))
+        if args.latency_markdown:
+            args.latency_markdown.write_text(latency_table(args.json, args.table_prefix))
     return 0
 
 
@@ -315,6 +360,19 @@ def user_store_table(results: Path, prefix: str) -> str:
         lines.append(f"| {r['label'][len(prefix):] or r['label']} | {r['user_store']} | {r['workers']} "
                      f"| {r['startup_s']} | {span('rss_mb')} | {span('anon_mb')} | {span('file_mb')} "
                      f"| {r['achieved_rps']} | {r['p50_ms']} | {r['p99_ms']} |")
+    return "\n".join(lines) + "\n"
+
+
+def latency_table(results: Path, prefix: str) -> str:
+    """The runs of `results` labelled `prefix...` as a markdown table: index swaps, the machine's speed, latency."""
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("label", "").startswith(prefix)]
+    lines = ["| run | measured s | index swaps | machine reference ms | req/s | p50 ms | p95 ms | p99 ms | max ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['label'][len(prefix):] or r['label']} | {r['requests'] / r['target_rps']:.0f} "
+                     f"| {r['index_swaps']} | {r.get('machine_reference_ms', '')} | {r['achieved_rps']} "
+                     f"| {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['max_ms']} |")
     return "\n".join(lines) + "\n"
 
 
