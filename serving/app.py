@@ -310,7 +310,7 @@ def create_app(
         if poll:
             now = (lambda: int(wall() * 1000)) if settings.clock == "wall" else (lambda: None)
             holder.start(settings.poll_seconds, live=lambda p: with_live(p, live, now()),
-                         live_seconds=settings.live_refresh_seconds)
+                         live_seconds=settings.live_refresh_seconds, nice=settings.background_nice)
         try:
             yield
         finally:

@@ -255,13 +255,15 @@ class ModelHolder:
             self.slots = Slots(**new)
 
     def start(self, poll_seconds: float, live: Callable[[Any], Any] | None = None,
-              live_seconds: float | None = None) -> None:
-        """Poll in a daemon thread until `stop()`."""
+              live_seconds: float | None = None, nice: int = 0) -> None:
+        """Poll in a daemon thread until `stop()`. `nice`: the poller's and the live overlay's CPU priority below
+        the requests' (`background_priority`)."""
         if self._thread is not None:
             return
         self._stop.clear()
 
         def run() -> None:
+            background_priority(nice)
             while not self._stop.wait(poll_seconds):
                 self.refresh()
 
@@ -269,6 +271,7 @@ class ModelHolder:
         self._thread.start()
         if live is not None and live_seconds:
             def run_live() -> None:
+                background_priority(nice)
                 while not self._stop.wait(live_seconds):
                     try:
                         self.apply_live(live)
@@ -285,6 +288,26 @@ class ModelHolder:
                 thread.join(timeout=10)
         self._thread = self._live_thread = None
         gc.unfreeze()
+
+
+def background_priority(nice: int) -> None:
+    """Lower the calling thread's CPU priority by `nice` (0: unchanged).
+
+    An index swap loads and prepares a version in the poller thread while the worker's event loop serves
+    requests on the same cores; at the same priority the swap's CPU queued the requests behind it. Niced, the
+    kernel runs requests first and the swap in the cores' spare time (docs/serving.md, measured). On Linux a
+    thread is its own task, so this changes the calling thread alone; elsewhere `setpriority` would renice
+    the whole process, so it is left alone there.
+    """
+    import os
+    import sys
+
+    if not nice or sys.platform != "linux":
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+    except OSError as exc:  # e.g. a sandbox that forbids it: serve on, at the same priority
+        log.warning("background thread priority not lowered (%s)", exc)
 
 
 def _refs(slots: Slots) -> tuple[VersionRef | None, VersionRef | None]:

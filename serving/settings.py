@@ -36,6 +36,7 @@ class Settings:
     similar_k_max: int
     clock: str
     compile_ranker: bool
+    background_nice: int
     hourly_index: bool
     live_refresh_seconds: float
     explore_share: float
@@ -70,6 +71,8 @@ class Settings:
         if self.max_body_bytes < 1024:
             raise ValueError(f"serve.max_body_bytes must be >= 1024 (a click event is ~150 bytes), got "
                              f"{self.max_body_bytes}")
+        if not 0 <= self.background_nice <= 19:
+            raise ValueError(f"serve.background_nice must be in [0, 19], got {self.background_nice}")
         if self.log_keep_days < 1:
             raise ValueError(f"serve.log_keep_days must be >= 1, got {self.log_keep_days}")
         if self.clock not in {"wall", "cutoff"}:

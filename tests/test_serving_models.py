@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import gc
+import os
+import sys
+import threading
+import time
 import weakref
 
 import pytest
@@ -103,3 +107,42 @@ def test_swaps_freeze_the_heap_yet_free_the_bundle_they_replace():
     finally:
         holder.stop()
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.unit
+@pytest.mark.skipif(sys.platform != "linux", reason="thread priorities are set per thread on Linux only")
+def test_the_poller_and_the_live_overlay_run_below_the_requests_priority():
+    """An index swap's CPU must not queue the requests the worker serves meanwhile: the background threads run
+    `nice` lower than the thread that started them, which keeps its own priority."""
+    reg = RegistryFake()
+    reg.aliases = {"champion": "1"}
+    seen: dict[str, int] = {}
+    done = threading.Event()
+
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    class Recording(RegistryFake):
+        def resolve(self, alias):
+            if threading.current_thread().name == "model-poller":
+                seen.setdefault("poller", priority())
+            return reg.resolve(alias)
+
+    def overlay(bundle):
+        seen.setdefault("live", priority())
+        done.set()
+        return bundle
+
+    own = priority()
+    holder = ModelHolder(Recording(), "champion", "challenger")
+    holder.refresh()
+    holder.start(0.01, live=overlay, live_seconds=0.01, nice=5)
+    try:
+        assert done.wait(10)
+        deadline = time.monotonic() + 10
+        while "poller" not in seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        holder.stop()
+    assert seen == {"poller": min(own + 5, 19), "live": min(own + 5, 19)}
+    assert priority() == own
