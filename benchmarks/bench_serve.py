@@ -343,10 +343,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def labelled_runs(results: Path, prefix: str) -> list[dict]:
+    """The runs appended to `results` (--json) whose label starts with `prefix`, in order."""
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("label", "").startswith(prefix)]
+
+
 def user_store_table(results: Path, prefix: str) -> str:
     """The runs of `results` labelled `prefix...` as a markdown table: user store, cold start, memory, latency."""
-    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r.get("label", "").startswith(prefix) and r.get("memory")]
+    rows = [r for r in labelled_runs(results, prefix) if r.get("memory")]
     header = ("| run | user state | workers | cold start s | RSS per worker MB | of it private MB "
               "| of it file-backed MB | req/s | p50 ms | p99 ms |")
     lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -365,8 +370,7 @@ def user_store_table(results: Path, prefix: str) -> str:
 
 def latency_table(results: Path, prefix: str) -> str:
     """The runs of `results` labelled `prefix...` as a markdown table: index swaps, the machine's speed, latency."""
-    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r.get("label", "").startswith(prefix)]
+    rows = labelled_runs(results, prefix)
     lines = ["| run | measured s | index swaps | machine reference ms | req/s | p50 ms | p95 ms | p99 ms | max ms |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -299,9 +301,6 @@ def background_priority(nice: int) -> None:
     thread is its own task, so this changes the calling thread alone; elsewhere `setpriority` would renice
     the whole process, so it is left alone there.
     """
-    import os
-    import sys
-
     if not nice or sys.platform != "linux":
         return
     try:

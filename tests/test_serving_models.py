@@ -114,8 +114,6 @@ def test_swaps_freeze_the_heap_yet_free_the_bundle_they_replace():
 def test_the_poller_and_the_live_overlay_run_below_the_requests_priority():
     """An index swap's CPU must not queue the requests the worker serves meanwhile: the background threads run
     `nice` lower than the thread that started them, which keeps its own priority."""
-    reg = RegistryFake()
-    reg.aliases = {"champion": "1"}
     seen: dict[str, int] = {}
     done = threading.Event()
 
@@ -126,7 +124,10 @@ def test_the_poller_and_the_live_overlay_run_below_the_requests_priority():
         def resolve(self, alias):
             if threading.current_thread().name == "model-poller":
                 seen.setdefault("poller", priority())
-            return reg.resolve(alias)
+            return super().resolve(alias)
+
+    reg = Recording()
+    reg.aliases = {"champion": "1"}
 
     def overlay(bundle):
         seen.setdefault("live", priority())
@@ -134,7 +135,7 @@ def test_the_poller_and_the_live_overlay_run_below_the_requests_priority():
         return bundle
 
     own = priority()
-    holder = ModelHolder(Recording(), "champion", "challenger")
+    holder = ModelHolder(reg, "champion", "challenger")
     holder.refresh()
     holder.start(0.01, live=overlay, live_seconds=0.01, nice=5)
     try:
