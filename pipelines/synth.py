@@ -29,6 +29,7 @@ Every random draw comes from one SeedSequence, so the same seed writes the same 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pickle
 import shutil
@@ -354,6 +355,45 @@ class _Offer:
         idx = self.in_range(cat * self.sub_stride, (cat + 1) * self.sub_stride, u)
         return np.where(idx >= 0, idx, self.anywhere(u))
 
+    def favourite_accept(self, p: Profile) -> np.ndarray:
+        """Per category, the chance a jump towards it as a favourite is taken: a favourite category pulls in
+        proportion to what it has on offer now, so a reader of a category with nothing fresh reads the
+        front page instead of digging up old articles."""
+        mass = np.bincount(self.keys // self.sub_stride, weights=self.weight, minlength=p.categories) / self.total
+        pull = p.favourite_boost * mass
+        return pull / (1.0 + pull)
+
+
+class _Offers:
+    """Each hour's `_Offer`: the fresh articles published in the `max_age_h` before the hour (each pulling by
+    its popularity and its age at the middle of the hour) and the evergreen back catalogue, scaled to
+    `back_catalogue_click_share` of the clicks."""
+
+    def __init__(self, p: Profile, arts: Articles, epoch_ms: int):
+        self.p, self.arts, self.epoch_ms = p, arts, epoch_ms
+        fresh_ids = np.flatnonzero(arts.fresh)
+        self.fresh_ids = fresh_ids[np.argsort(arts.created_at[fresh_ids], kind="stable")]
+        self.fresh_created = arts.created_at[self.fresh_ids]
+        self.evergreen = np.flatnonzero(~arts.fresh & (arts.popularity > 0))
+        # Key that orders the active set by category, then sub-topic, so both are index ranges.
+        self.sub_stride = int(arts.subtopic.max()) + 1
+        self.key_all = arts.category * self.sub_stride + arts.subtopic
+
+    def at(self, h: int) -> _Offer:
+        p, arts = self.p, self.arts
+        start = self.epoch_ms + h * C.HOUR_MS
+        lo_i = np.searchsorted(self.fresh_created, start - p.max_age_h * C.HOUR_MS, side="left")
+        hi_i = np.searchsorted(self.fresh_created, start, side="left")  # published before the hour starts
+        fresh_now = self.fresh_ids[lo_i:hi_i]
+        age_h = (start + C.HOUR_MS / 2 - arts.created_at[fresh_now]) / C.HOUR_MS
+        w_fresh = arts.popularity[fresh_now] * np.exp(-((age_h / p.freshness_tau_h) ** p.freshness_beta))
+        w_ever = arts.popularity[self.evergreen]
+        share = p.back_catalogue_click_share
+        if w_ever.sum() > 0 and w_fresh.sum() > 0:
+            w_ever = w_ever * (share / (1 - share)) * w_fresh.sum() / w_ever.sum()
+        return _Offer(np.concatenate([fresh_now, self.evergreen]), np.concatenate([w_fresh, w_ever]), self.key_all,
+                      self.sub_stride)
+
 
 def _choose_articles(rng: np.random.Generator, p: Profile, arts: Articles, sess: Sessions,
                      click_sess: np.ndarray, click_pos: np.ndarray, epoch_ms: int,
@@ -362,13 +402,8 @@ def _choose_articles(rng: np.random.Generator, p: Profile, arts: Articles, sess:
     n_clicks = len(click_sess)
     article = np.full(n_clicks, -1, dtype=np.int64)
     click_hour = sess.hour[click_sess]
-    fresh_ids = np.flatnonzero(arts.fresh)
-    fresh_ids = fresh_ids[np.argsort(arts.created_at[fresh_ids], kind="stable")]
-    fresh_created = arts.created_at[fresh_ids]
-    evergreen = np.flatnonzero(~arts.fresh & (arts.popularity > 0))
-    # Key that orders the active set by category, then sub-topic, so both are index ranges.
-    sub_stride = int(arts.subtopic.max()) + 1
-    key_all = arts.category * sub_stride + arts.subtopic
+    offers = _Offers(p, arts, epoch_ms)
+    sub_stride = offers.sub_stride
 
     jump = (click_pos == 0) | (rng.random(n_clicks) < p.p_jump)
     favourite = rng.random(n_clicks) < p.p_favourite
@@ -390,29 +425,14 @@ def _choose_articles(rng: np.random.Generator, p: Profile, arts: Articles, sess:
         a, b = bounds[h], bounds[h + 1]
         if a == b:
             continue
-        start = epoch_ms + h * C.HOUR_MS
-        lo_i = np.searchsorted(fresh_created, start - p.max_age_h * C.HOUR_MS, side="left")
-        hi_i = np.searchsorted(fresh_created, start, side="left")  # published before the hour starts
-        fresh_now = fresh_ids[lo_i:hi_i]
-        age_h = (start + C.HOUR_MS / 2 - arts.created_at[fresh_now]) / C.HOUR_MS
-        w_fresh = arts.popularity[fresh_now] * np.exp(-((age_h / p.freshness_tau_h) ** p.freshness_beta))
-        w_ever = arts.popularity[evergreen]
-        share = p.back_catalogue_click_share
-        if w_ever.sum() > 0 and w_fresh.sum() > 0:
-            w_ever = w_ever * (share / (1 - share)) * w_fresh.sum() / w_ever.sum()
-        offer = _Offer(np.concatenate([fresh_now, evergreen]), np.concatenate([w_fresh, w_ever]), key_all,
-                       sub_stride)
+        offer = offers.at(h)
         if offer.total <= 0:
             raise InputError(f"hour {h}: no article is readable (catalogue too small for the profile)")
         keys = offer.keys
 
         sl = slice(a, b)
         jmp, fav, cat = jump[sl], favourite[sl], target_cat[sl]
-        # A favourite category pulls in proportion to what it has on offer now: a reader of a
-        # category with nothing fresh reads the front page instead of digging up old articles.
-        mass = np.bincount(keys // sub_stride, weights=offer.weight, minlength=p.categories) / offer.total
-        pull = p.favourite_boost * mass[cat]
-        fav = fav & ((u_accept[sl] < pull / (1.0 + pull)) | surge[sl])
+        fav = fav & ((u_accept[sl] < offer.favourite_accept(p)[cat]) | surge[sl])
         pick = np.empty(b - a, dtype=np.int64)
         fj = jmp & fav
         gj = jmp & ~fav
@@ -444,7 +464,32 @@ def make_clicks(rng: np.random.Generator, p: Profile, arts: Articles, sess: Sess
                 surge_cat: int | None, surge_from: int | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every click of the kept sessions as contract columns (int64 arrays) and each click's hour file,
     sorted by hour file."""
-    # Sessions sorted by hour so every hour's clicks are one slice.
+    sess, click_sess, click_pos, ts, start, sid, user = _placed_sessions(rng, p, sess, epoch_ms)
+    article = _choose_articles(rng, p, arts, sess, click_sess, click_pos, epoch_ms, surge_cat, surge_from)
+
+    # Rows of a file ordered like the real ones: by session start, a session's clicks together.
+    order = np.lexsort((ts, sid[click_sess], start[click_sess], sess.hour[click_sess]))
+    cs = click_sess[order]
+    cols = {
+        C.USER_ID: user[cs],
+        C.SESSION_ID: sid[cs],
+        C.SESSION_START: start[cs],
+        C.SESSION_SIZE: sess.size[cs],
+        C.CLICK_ARTICLE_ID: article[order],
+        C.CLICK_TIMESTAMP: ts[order],
+        C.CLICK_ENVIRONMENT: sess.environment[cs],
+        C.CLICK_DEVICE_GROUP: sess.device[cs],
+        C.CLICK_OS: sess.os[cs],
+        C.CLICK_COUNTRY: sess.country[cs],
+        C.CLICK_REGION: sess.region[cs],
+        C.CLICK_REFERRER_TYPE: sess.referrer[cs],
+    }
+    return {k: v.astype(np.int64, copy=False) for k, v in cols.items()}, sess.hour[cs]
+
+
+def _placed_sessions(rng: np.random.Generator, p: Profile, sess: Sessions, epoch_ms: int) -> tuple:
+    """Sessions sorted by hour, each click's session and position in it, click times, session starts and ids,
+    and each session's user id as the files write it (in order of first appearance)."""
     o = np.argsort(sess.hour, kind="stable")
     sess = Sessions(**{f.name: getattr(sess, f.name)[o] for f in fields(Sessions)})
     n_sess = len(sess.hour)
@@ -485,27 +530,73 @@ def make_clicks(rng: np.random.Generator, p: Profile, arts: Articles, sess: Sess
     first_seen = pd.DataFrame({"u": sess.user, "t": start}).groupby("u")["t"].min()
     rank = first_seen.rank(method="first").astype(np.int64) - 1
     user = rank.reindex(sess.user).to_numpy()
+    return sess, click_sess, click_pos, ts, start, sid, user
 
-    article = _choose_articles(rng, p, arts, sess, click_sess, click_pos, epoch_ms, surge_cat, surge_from)
 
-    # Rows of a file ordered like the real ones: by session start, a session's clicks together.
-    order = np.lexsort((ts, sid[click_sess], start[click_sess], sess.hour[click_sess]))
-    cs = click_sess[order]
-    cols = {
-        C.USER_ID: user[cs],
-        C.SESSION_ID: sid[cs],
-        C.SESSION_START: start[cs],
-        C.SESSION_SIZE: sess.size[cs],
-        C.CLICK_ARTICLE_ID: article[order],
-        C.CLICK_TIMESTAMP: ts[order],
-        C.CLICK_ENVIRONMENT: sess.environment[cs],
-        C.CLICK_DEVICE_GROUP: sess.device[cs],
-        C.CLICK_OS: sess.os[cs],
-        C.CLICK_COUNTRY: sess.country[cs],
-        C.CLICK_REGION: sess.region[cs],
-        C.CLICK_REFERRER_TYPE: sess.referrer[cs],
-    }
-    return {k: v.astype(np.int64, copy=False) for k, v in cols.items()}, sess.hour[cs]
+# --------------------------------------------------------------------------------------------- ground truth
+
+
+@dataclass
+class GroundTruth:
+    """What the generator knew and no model sees: every article's popularity and sub-topic, every user's
+    favourite categories (by the user ids the files hold). `odds` turns it into each article's expected clicks
+    by a user in an hour, so a benchmark can rank by it: the best any ranking of this world could do."""
+
+    profile: Profile
+    articles: Articles
+    epoch_ms: int
+    fav_cat: np.ndarray  # int64 [users, 3]
+    fav_weight: np.ndarray  # float64 [users, 3], each row sums to 1 (0 for a user's unused slots)
+
+    def odds(self, hour: int, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the articles readable in `hour`, float64 [len(users), len(articles)]): each one's expected clicks by
+        each user's session started in that hour, following the generative story: a jump goes to a favourite
+        category (taken with the category's pull) or the front page, by pull; every other click stays in the
+        sub-topic of the session's latest jump, by pull. (Re-reads are redrawn in the generator and counted
+        here: at news click rates they are rare.)"""
+        p, arts = self.profile, self.articles
+        offer = _Offers(p, arts, self.epoch_ms).at(hour)
+        w = offer.weight / offer.total if offer.total > 0 else offer.weight
+        cat = offer.keys // offer.sub_stride
+        cat_mass = np.bincount(cat, weights=w, minlength=p.categories)
+        fav = self.fav_weight[users] * p.p_favourite * offer.favourite_accept(p)[self.fav_cat[users]]
+        to_cat = np.zeros((len(users), p.categories))
+        np.add.at(to_cat, (np.repeat(np.arange(len(users)), 3), self.fav_cat[users].ravel()), fav.ravel())
+        # The offer is ordered by (category, sub-topic): each sub-topic is one run of equal keys.
+        bounds = np.flatnonzero(np.diff(offer.keys, prepend=-1))
+        sub = np.cumsum(np.diff(offer.keys, prepend=-1) != 0) - 1
+        sub_mass = np.add.reduceat(w, bounds)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            in_cat = np.where(cat_mass[cat] > 0, w / cat_mass[cat], 0.0)
+            in_sub = np.where(sub_mass[sub] > 0, w / sub_mass[sub], 0.0)
+        jump = to_cat[:, cat] * in_cat + (1.0 - fav.sum(axis=1))[:, None] * w
+        stay = np.add.reduceat(jump, bounds, axis=1)[:, sub] * in_sub
+        sizes = np.arange(2, p.max_session_size + 1, dtype=np.float64)
+        share = sizes ** -p.session_size_exponent
+        jumps = float((share * (1 + p.p_jump * (sizes - 1))).sum())
+        stays = float((share * (1 - p.p_jump) * (sizes - 1)).sum())
+        return offer.articles, jump * jumps / share.sum() + stay * stays / share.sum()
+
+    def with_favourites(self, fav_cat: np.ndarray, fav_weight: np.ndarray) -> GroundTruth:
+        """The same world with other favourites (e.g. estimated from each user's reads)."""
+        return dataclasses.replace(self, fav_cat=fav_cat, fav_weight=fav_weight)
+
+
+def ground_truth(profile: Profile, seed: int, epoch_ms: int, hours: int | None = None) -> GroundTruth:
+    """The world `synthesize(out, profile, seed, epoch_ms, hours)` wrote, drawn again from the same seed (no
+    drift: a drifted dataset equals the plain one only before its drift hour)."""
+    hours = profile.hours if hours is None else int(hours)
+    total_hours = max(hours, profile.hours)
+    r_art, _, r_sess, r_click, _ = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
+    arts = make_articles(r_art, profile, total_hours, epoch_ms)
+    sess = make_sessions(r_sess, profile, arts, total_hours, hours, None, None)
+    sess, *_, user = _placed_sessions(r_click, profile, sess, epoch_ms)
+    n_users = int(user.max()) + 1 if len(user) else 0
+    fav_cat = np.zeros((n_users, 3), dtype=np.int64)
+    fav_cum = np.zeros((n_users, 3))
+    fav_cat[user], fav_cum[user] = sess.fav_cat, sess.fav_cum
+    fav_weight = np.diff(fav_cum, axis=1, prepend=0.0)
+    return GroundTruth(profile, arts, epoch_ms, fav_cat, fav_weight)
 
 
 # --------------------------------------------------------------------------------------------- writing

@@ -393,3 +393,54 @@ def test_cli_article_drops_flag_and_its_default(tmp_path, capsys):
     # the world's later hours publish too: their articles are drops of those hours, beyond the 2 click hours
     assert out["article_drops"] == tiny().hours
     assert (tmp_path / C.ARTICLES_DIR / C.hour_file_name(23, C.ARTICLES_DIR)).exists()
+
+
+# ------------------------------------------------------------------------------------------- ground truth
+
+
+@pytest.mark.data
+def test_ground_truth_is_the_world_the_files_were_drawn_from(clicks, meta):
+    from pipelines.synth import ground_truth
+
+    truth = ground_truth(tiny(), 7, EPOCH)
+    assert np.array_equal(truth.articles.category, meta[C.CATEGORY_ID].to_numpy())
+    assert np.array_equal(truth.articles.created_at, meta[C.CREATED_AT_TS].to_numpy())
+    # Every session's first click is a jump: mostly to one of its user's favourite categories (by the ids the
+    # files hold); with the users' favourites shuffled among them, far fewer.
+    first = clicks.sort_values(C.CLICK_TIMESTAMP).groupby(C.SESSION_ID).first()
+    cat = meta[C.CATEGORY_ID].to_numpy()[first[C.CLICK_ARTICLE_ID]]
+    users = first[C.USER_ID].to_numpy()
+
+    def in_favourites(fav_cat: np.ndarray, fav_weight: np.ndarray) -> float:
+        return float(((fav_cat[users] == cat[:, None]) & (fav_weight[users] > 0)).any(axis=1).mean())
+
+    shuffled = np.random.default_rng(0).permutation(len(truth.fav_cat))
+    assert in_favourites(truth.fav_cat, truth.fav_weight) > 0.6
+    assert in_favourites(truth.fav_cat[shuffled], truth.fav_weight[shuffled]) < 0.3
+    assert np.allclose(truth.fav_weight.sum(axis=1), 1.0)
+
+
+@pytest.mark.data
+def test_ground_truth_odds_are_each_articles_expected_clicks_in_a_session(clicks):
+    from pipelines.synth import ground_truth
+
+    p = tiny()
+    truth = ground_truth(p, 7, EPOCH)
+    hour = 12
+    in_hour = clicks[(clicks["hour"] == hour)]
+    users = np.unique(in_hour[C.USER_ID].to_numpy())
+    articles, odds = truth.odds(hour, users)
+    # Every click of the hour is on an article the hour offered, and each row adds up to a session's mean size.
+    assert in_hour[C.CLICK_ARTICLE_ID].isin(articles).all()
+    sizes = np.arange(2, p.max_session_size + 1, dtype=np.float64)
+    share = sizes ** -p.session_size_exponent
+    assert np.allclose(odds.sum(axis=1), (sizes * share).sum() / share.sum())
+    # The clicked articles are far likelier under their own reader's odds than under another reader's.
+    col = np.searchsorted(articles, in_hour[C.CLICK_ARTICLE_ID].to_numpy(), sorter=np.argsort(articles))
+    col = np.argsort(articles)[col]
+    row = np.searchsorted(users, in_hour[C.USER_ID].to_numpy())
+    other = (row + 1) % len(users)
+    assert np.log(odds[row, col]).mean() > np.log(odds[other, col]).mean() + 1.0
+    # A user without favourites reads by pull alone: the same odds for everyone.
+    nobody = truth.with_favourites(truth.fav_cat, np.zeros_like(truth.fav_weight)).odds(hour, users)[1]
+    assert np.allclose(nobody, nobody[:1])

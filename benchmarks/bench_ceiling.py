@@ -1,0 +1,175 @@
+"""How high NDCG@10 can go on a synthetic dataset: the as-served queries ranked by what the generator knew.
+
+A synthetic dataset is drawn from a known story (pipelines/synth.py): each article's popularity and its age
+curve, each user's favourite categories, sessions that stay in a sub-topic. `synth.ground_truth` draws that
+world again from the seed, and each as-served query (one user in one hour of the test window, judged on the
+articles clicked in that hour, read articles excluded: `pipelines.evaluate.evaluate_as_served`'s queries) is
+ranked by its expected clicks under the story (`GroundTruth.odds`). No model can know the favourites and the
+popularities exactly, so this is a ceiling, not a target; against it stand the methods of the same window in
+the evaluation's eval.json. Two rankings:
+
+- `generator`: the user's favourite categories and every article's pull (popularity x age curve);
+- `generator, no user`: the pull alone, the same list for everyone (the best a popularity list could do).
+
+    .venv/bin/python benchmarks/bench_ceiling.py --data-root /tmp/bench/demo/data \
+        --split /tmp/bench/demo/data/split.json --eval /tmp/bench/demo/metrics/eval.json \
+        --markdown benchmarks/results/ceiling_demo.md
+
+The data root must be `newsrec synth`'s output for `--profile`/`--seed` (params.yaml `synth`), validated
+unchanged (the benchmark checks the target clicks against the generator's offer of their hour).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines import columns as C
+from pipelines import lake
+from pipelines.config import load_config
+from pipelines.errors import InputError
+from pipelines.metrics import per_user_metrics
+from pipelines.split import eval_targets, get_snapshot, hour_start_ms, load_clicks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+K = 10
+SEGMENTS = ("all", "warm", "cold")
+SHOWN = ("recent_popular", "trending", "learned", "fusion", "reranker")
+
+
+def ceiling(data_root: Path, split_file: Path, truth, epoch_ms: int, snapshot: str = "test") -> dict:
+    """NDCG@10 per segment of the two generator rankings over the snapshot's as-served queries."""
+    from pipelines.catalogue import delivered_hours, known_at, read_catalogue
+
+    snap = get_snapshot(split_file, snapshot)
+    catalogue, _ = read_catalogue(data_root)
+    delivered = delivered_hours(data_root, catalogue)
+    clicks = load_clicks(lake.validated_dir(data_root), None, snap.end_ms)
+    ts = clicks[C.CLICK_TIMESTAMP].to_numpy()
+    category = catalogue.set_index(C.ARTICLE_ID)[C.CATEGORY_ID]
+    recs: dict[str, list[pd.DataFrame]] = {"generator": [], "generator, favourites from reads": [],
+                                           "generator, no user": []}
+    truths, offset, outside = [], 0, 0
+    for hour in range(snap.cutoff_hour, snap.end_hour):
+        cutoff = hour_start_ms(hour, epoch_ms)
+        start, end = np.searchsorted(ts, [cutoff, cutoff + C.HOUR_MS])
+        history, target = clicks.iloc[:start], clicks.iloc[start:end]
+        targets = eval_targets(history, target, known_at(catalogue, delivered, hour), cutoff)
+        if targets.empty:
+            continue
+        users = np.unique(targets[C.USER_ID].to_numpy())
+        articles, odds = truth.odds(hour, users)
+        outside += int((~targets[C.ARTICLE_ID].isin(articles)).sum())
+        read = history[history[C.USER_ID].isin(users)]
+        order = np.argsort(articles)
+        read_articles = read[C.CLICK_ARTICLE_ID].to_numpy()
+        pos = np.clip(np.searchsorted(articles[order], read_articles), 0, len(articles) - 1)
+        hit = articles[order][pos] == read_articles
+        read_at = (np.searchsorted(users, read[C.USER_ID].to_numpy())[hit], order[pos[hit]])
+        estimated = truth.with_favourites(*_favourites(read, users, category)).odds(hour, np.arange(len(users)))[1]
+        rankings = (("generator", odds), ("generator, favourites from reads", estimated),
+                    ("generator, no user", np.tile(_pull(truth, hour), (len(users), 1))))
+        for name, scores in rankings:
+            scores[read_at] = -np.inf  # read before the hour: never proposed
+            top = np.argsort(-scores, axis=1, kind="stable")[:, :K]
+            recs[name].append(pd.DataFrame({C.USER_ID: offset + np.repeat(np.arange(len(users)), K),
+                                            C.ARTICLE_ID: articles[top].ravel(),
+                                            C.RANK: np.tile(np.arange(1, K + 1), len(users))}))
+        truths.append(targets.assign(**{C.USER_ID: offset + np.searchsorted(users, targets[C.USER_ID].to_numpy())}))
+        offset += len(users)
+    if not truths:
+        raise InputError(f"snapshot {snapshot!r}: no hour of its window has a query")
+    truth_frame = pd.concat(truths, ignore_index=True)
+    if outside > 0.01 * len(truth_frame):
+        raise InputError(f"{outside} of {len(truth_frame)} target clicks are on articles the generator did not offer "
+                         "in their hour: the data root is not this profile and seed's synth output")
+    warm = truth_frame.groupby(C.USER_ID)[C.WARM].first()
+    out = {"queries": {"all": len(warm), "warm": int(warm.sum()), "cold": int((~warm).sum())}, "ndcg@10": {}}
+    for name, parts in recs.items():
+        per_user = per_user_metrics(pd.concat(parts, ignore_index=True), truth_frame, K)["ndcg"]
+        out["ndcg@10"][name] = {"all": float(per_user.mean()), "warm": float(per_user[warm[per_user.index]].mean()),
+                                "cold": float(per_user[~warm[per_user.index]].mean())}
+    return out
+
+
+def _favourites(read: pd.DataFrame, users: np.ndarray, category: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's three most read categories (rows in `users` order) weighted by their share of the reads:
+    the favourites a model could estimate. A user without reads gets none (the front page only)."""
+    counts = (pd.DataFrame({C.USER_ID: read[C.USER_ID].to_numpy(),
+                            C.CATEGORY_ID: category.reindex(read[C.CLICK_ARTICLE_ID]).to_numpy()})
+              .value_counts().rename("n").reset_index()
+              .sort_values([C.USER_ID, "n", C.CATEGORY_ID], ascending=[True, False, True]))
+    counts["total"] = counts.groupby(C.USER_ID)["n"].transform("sum")
+    counts["slot"] = counts.groupby(C.USER_ID).cumcount()
+    top = counts[counts["slot"] < 3]
+    fav_cat = np.zeros((len(users), 3), dtype=np.int64)
+    fav_weight = np.zeros((len(users), 3))
+    rows = np.searchsorted(users, top[C.USER_ID].to_numpy())
+    fav_cat[rows, top["slot"]] = top[C.CATEGORY_ID].to_numpy()
+    fav_weight[rows, top["slot"]] = (top["n"] / top["total"]).to_numpy()
+    return fav_cat, fav_weight
+
+
+def _pull(truth, hour: int) -> np.ndarray:
+    """Every readable article's share of the hour's pull (the `odds` of a user without favourites)."""
+    nobody = truth.with_favourites(truth.fav_cat[:1], np.zeros_like(truth.fav_weight[:1]))
+    return nobody.odds(hour, np.zeros(1, dtype=np.int64))[1][0]
+
+
+def markdown(result: dict, evaluation: dict | None, title: str) -> str:
+    rows = dict(result["ndcg@10"])
+    if evaluation is not None:
+        served = evaluation["as_served"]
+        rows.update({m: {s: served["methods"][m][s]["ndcg@10"] for s in SEGMENTS}
+                     for m in SHOWN if m in served["methods"]})
+    q = result["queries"]
+    lines = [f"{title}: {q['all']} as-served queries ({q['warm']} warm, {q['cold']} cold), NDCG@10.", "",
+             "| ranking | all | warm | cold | all, x fusion |", "|---|---:|---:|---:|---:|"]
+    fusion = rows.get("fusion", {}).get("all")
+    for name, v in rows.items():
+        ratio = f"{v['all'] / fusion:.3f}" if fusion else ""
+        lines.append(f"| {name} | {v['all']:.4f} | {v['warm']:.4f} | {v['cold']:.4f} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-root", type=Path, required=True, help="a synthetic data root, validated")
+    ap.add_argument("--split", type=Path, required=True, help="the split file of the evaluation")
+    ap.add_argument("--eval", type=Path, help="eval.json of the same data and split (methods to compare)")
+    ap.add_argument("--profile", help="synth profile (default: params.yaml synth.profile)")
+    ap.add_argument("--seed", type=int, help="synth seed (default: params.yaml synth.seed)")
+    ap.add_argument("--hours", type=int, help="synth --hours, when the data was written with it")
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    ap.add_argument("--markdown", type=Path, help="write the table here")
+    ap.add_argument("--json", type=Path, help="write the figures here")
+    args = ap.parse_args(argv)
+    from pipelines.synth import Profile, ground_truth
+
+    params = load_config(args.params)
+    name = args.profile or params["synth"]["profile"]
+    seed = params["synth"]["seed"] if args.seed is None else args.seed
+    epoch_ms = int(params["data"]["epoch_ms"])
+    truth = ground_truth(Profile.from_params(params["synth"], name), seed, epoch_ms, args.hours)
+    result = ceiling(args.data_root, args.split, truth, epoch_ms)
+    evaluation = json.loads(args.eval.read_text()) if args.eval else None
+    if evaluation is not None and evaluation["as_served"]["users"]["all"] != result["queries"]["all"]:
+        raise InputError(f"{args.eval} judged {evaluation['as_served']['users']['all']} as-served queries, this "
+                         f"window has {result['queries']['all']}: not the same data and split")
+    table = markdown(result, evaluation, f"{name} profile (seed {seed}), test window")
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table)
+    if args.json:
+        args.json.write_text(json.dumps({"profile": name, "seed": seed, **result}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
