@@ -122,19 +122,53 @@ def _pull(truth, hour: int) -> np.ndarray:
     return nobody.odds(hour, np.zeros(1, dtype=np.int64))[1][0]
 
 
-def markdown(result: dict, evaluation: dict | None, title: str) -> str:
+def record(result: dict, evaluation: dict | None, profile: str, seed: int) -> dict:
+    """One run: the generator rankings' and (from eval.json) the evaluation methods' NDCG@10 by segment."""
     rows = dict(result["ndcg@10"])
     if evaluation is not None:
         served = evaluation["as_served"]
         rows.update({m: {s: served["methods"][m][s]["ndcg@10"] for s in SEGMENTS}
                      for m in SHOWN if m in served["methods"]})
-    q = result["queries"]
-    lines = [f"{title}: {q['all']} as-served queries ({q['warm']} warm, {q['cold']} cold), NDCG@10.", "",
-             "| ranking | all | warm | cold | all, x fusion |", "|---|---:|---:|---:|---:|"]
-    fusion = rows.get("fusion", {}).get("all")
+    return {"profile": profile, "seed": seed, "queries": result["queries"], "ndcg@10": rows}
+
+
+def _best_baseline(rows: dict, segment: str = "all") -> tuple[str, float] | None:
+    """The best method of the evaluation other than the reranker on `segment` (None without eval.json)."""
+    baselines = {m: v[segment] for m, v in rows.items() if m in SHOWN and m != "reranker"}
+    return max(baselines.items(), key=lambda kv: kv[1]) if baselines else None
+
+
+def markdown(run: dict) -> str:
+    """One run's table."""
+    rows, q = run["ndcg@10"], run["queries"]
+    best = _best_baseline(rows)
+    title = (f"{run['profile']} profile (seed {run['seed']}), test window: {q['all']} as-served queries "
+             f"({q['warm']} warm, {q['cold']} cold), NDCG@10.")
+    lines = [title, "",
+             "| ranking | all | warm | cold |" + (f" all, x {best[0]} |" if best else ""),
+             "|---|---:|---:|---:|" + ("---:|" if best else "")]
     for name, v in rows.items():
-        ratio = f"{v['all'] / fusion:.3f}" if fusion else ""
-        lines.append(f"| {name} | {v['all']:.4f} | {v['warm']:.4f} | {v['cold']:.4f} | {ratio} |")
+        ratio = f" {v['all'] / best[1]:.3f} |" if best else ""
+        lines.append(f"| {name} | {v['all']:.4f} | {v['warm']:.4f} | {v['cold']:.4f} |{ratio}")
+    return "\n".join(lines) + "\n"
+
+
+def seeds_markdown(runs: list[dict]) -> str:
+    """One line per world (the last run of each profile and seed): the reranker (all and warm queries), the
+    generator's odds with the favourites estimated from the reads and with the true ones, each against the best
+    baseline of its segment."""
+    latest = {(r["profile"], r["seed"]): r for r in runs if _best_baseline(r["ndcg@10"])}
+    header = ("| profile | seed | queries | reranker, all | reranker, warm | generator, favourites from reads, all | "
+              "generator, all |")
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
+    for (profile, seed), run in sorted(latest.items()):
+        rows = run["ndcg@10"]
+        cells = []
+        for ranking, segment in (("reranker", "all"), ("reranker", "warm"), ("generator, favourites from reads", "all"),
+                                 ("generator", "all")):
+            name, best = _best_baseline(rows, segment)
+            cells.append(f"{rows[ranking][segment]:.4f} = {rows[ranking][segment] / best:.3f}x {name}")
+        lines.append(f"| {profile} | {seed} | {run['queries']['all']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -147,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, help="synth seed (default: params.yaml synth.seed)")
     ap.add_argument("--hours", type=int, help="synth --hours, when the data was written with it")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    ap.add_argument("--markdown", type=Path, help="write the table here")
-    ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--markdown", type=Path, help="write this run's table here")
+    ap.add_argument("--jsonl", type=Path, help="append this run here as one JSON line")
+    ap.add_argument("--seeds-markdown", type=Path, help="rewrite this file as a table of the --jsonl runs, one line "
+                    "per profile and seed")
     args = ap.parse_args(argv)
     from pipelines.synth import Profile, ground_truth
 
@@ -162,12 +198,20 @@ def main(argv: list[str] | None = None) -> int:
     if evaluation is not None and evaluation["as_served"]["users"]["all"] != result["queries"]["all"]:
         raise InputError(f"{args.eval} judged {evaluation['as_served']['users']['all']} as-served queries, this "
                          f"window has {result['queries']['all']}: not the same data and split")
-    table = markdown(result, evaluation, f"{name} profile (seed {seed}), test window")
+    run = record(result, evaluation, name, seed)
+    table = markdown(run)
     print(table)
     if args.markdown:
         args.markdown.write_text(table)
-    if args.json:
-        args.json.write_text(json.dumps({"profile": name, "seed": seed, **result}, indent=2) + "\n")
+    if args.jsonl:
+        with args.jsonl.open("a") as f:
+            f.write(json.dumps(run) + "\n")
+    if args.seeds_markdown:
+        if not args.jsonl:
+            raise InputError("--seeds-markdown tabulates the --jsonl runs: give --jsonl")
+        runs = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line.strip()]
+        args.seeds_markdown.write_text(seeds_markdown(runs))
+        print(seeds_markdown(runs))
     return 0
 
 
