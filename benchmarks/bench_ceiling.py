@@ -44,7 +44,7 @@ SHOWN = ("recent_popular", "trending", "learned", "fusion", "reranker")
 
 
 def ceiling(data_root: Path, split_file: Path, truth, epoch_ms: int, snapshot: str = "test") -> dict:
-    """NDCG@10 per segment of the two generator rankings over the snapshot's as-served queries."""
+    """NDCG@10 per segment of the three generator rankings over the snapshot's as-served queries."""
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
 
     snap = get_snapshot(split_file, snapshot)
@@ -52,7 +52,6 @@ def ceiling(data_root: Path, split_file: Path, truth, epoch_ms: int, snapshot: s
     delivered = delivered_hours(data_root, catalogue)
     clicks = load_clicks(lake.validated_dir(data_root), None, snap.end_ms)
     ts = clicks[C.CLICK_TIMESTAMP].to_numpy()
-    category = catalogue.set_index(C.ARTICLE_ID)[C.CATEGORY_ID]
     recs: dict[str, list[pd.DataFrame]] = {"generator": [], "generator, favourites from reads": [],
                                            "generator, no user": []}
     truths, offset, outside = [], 0, 0
@@ -72,7 +71,8 @@ def ceiling(data_root: Path, split_file: Path, truth, epoch_ms: int, snapshot: s
         pos = np.clip(np.searchsorted(articles[order], read_articles), 0, len(articles) - 1)
         hit = articles[order][pos] == read_articles
         read_at = (np.searchsorted(users, read[C.USER_ID].to_numpy())[hit], order[pos[hit]])
-        estimated = truth.with_favourites(*_favourites(read, users, category)).odds(hour, np.arange(len(users)))[1]
+        favourites = _favourites(read, users, catalogue, cutoff)
+        estimated = truth.with_favourites(*favourites).odds(hour, np.arange(len(users)))[1]
         rankings = (("generator", odds), ("generator, favourites from reads", estimated),
                     ("generator, no user", np.tile(_pull(truth, hour), (len(users), 1))))
         for name, scores in rankings:
@@ -98,26 +98,29 @@ def ceiling(data_root: Path, split_file: Path, truth, epoch_ms: int, snapshot: s
     return out
 
 
-def _favourites(read: pd.DataFrame, users: np.ndarray, category: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's three most read categories (rows in `users` order) weighted by their share of the reads:
-    the favourites a model could estimate. A user without reads gets none (the front page only)."""
-    counts = (pd.DataFrame({C.USER_ID: read[C.USER_ID].to_numpy(),
-                            C.CATEGORY_ID: category.reindex(read[C.CLICK_ARTICLE_ID]).to_numpy()})
-              .value_counts().rename("n").reset_index()
-              .sort_values([C.USER_ID, "n", C.CATEGORY_ID], ascending=[True, False, True]))
-    counts["total"] = counts.groupby(C.USER_ID)["n"].transform("sum")
-    counts["slot"] = counts.groupby(C.USER_ID).cumcount()
-    top = counts[counts["slot"] < 3]
+def _favourites(read: pd.DataFrame, users: np.ndarray, catalogue: pd.DataFrame,
+                cutoff_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's three most read categories (rows in `users` order) weighted by their share of the reads,
+    the user x category shares the ranker reads (`features.fit_user_tables`): the favourites a model could
+    estimate. A user without reads gets none (the front page only)."""
+    from pipelines.features import fit_user_tables
+
     fav_cat = np.zeros((len(users), 3), dtype=np.int64)
     fav_weight = np.zeros((len(users), 3))
-    rows = np.searchsorted(users, top[C.USER_ID].to_numpy())
-    fav_cat[rows, top["slot"]] = top[C.CATEGORY_ID].to_numpy()
-    fav_weight[rows, top["slot"]] = (top["n"] / top["total"]).to_numpy()
+    if read.empty:
+        return fav_cat, fav_weight
+    shares = fit_user_tables(read, catalogue, cutoff_ms)[1].sort_values(
+        [C.USER_ID, "share", C.CATEGORY_ID], ascending=[True, False, True])
+    slot = shares.groupby(C.USER_ID).cumcount().to_numpy()
+    top = shares[slot < 3]
+    rows, slot = np.searchsorted(users, top[C.USER_ID].to_numpy()), slot[slot < 3]
+    fav_cat[rows, slot] = top[C.CATEGORY_ID].to_numpy()
+    fav_weight[rows, slot] = top["share"].to_numpy()
     return fav_cat, fav_weight
 
 
 def _pull(truth, hour: int) -> np.ndarray:
-    """Every readable article's share of the hour's pull (the `odds` of a user without favourites)."""
+    """Every readable article's odds for a reader without favourites: its pull, the same list for everyone."""
     nobody = truth.with_favourites(truth.fav_cat[:1], np.zeros_like(truth.fav_weight[:1]))
     return nobody.odds(hour, np.zeros(1, dtype=np.int64))[1][0]
 

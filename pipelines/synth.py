@@ -563,8 +563,8 @@ class GroundTruth:
         to_cat = np.zeros((len(users), p.categories))
         np.add.at(to_cat, (np.repeat(np.arange(len(users)), 3), self.fav_cat[users].ravel()), fav.ravel())
         # The offer is ordered by (category, sub-topic): each sub-topic is one run of equal keys.
-        bounds = np.flatnonzero(np.diff(offer.keys, prepend=-1))
-        sub = np.cumsum(np.diff(offer.keys, prepend=-1) != 0) - 1
+        new_sub = np.diff(offer.keys, prepend=-1) != 0
+        bounds, sub = np.flatnonzero(new_sub), np.cumsum(new_sub) - 1
         sub_mass = np.add.reduceat(w, bounds)
         with np.errstate(divide="ignore", invalid="ignore"):
             in_cat = np.where(cat_mass[cat] > 0, w / cat_mass[cat], 0.0)
