@@ -9,6 +9,12 @@ popularities exactly, so this is a ceiling, not a target; against it stand the m
 the evaluation's eval.json. Two rankings:
 
 - `generator`: the user's favourite categories and every article's pull (popularity x age curve);
+- `generator, favourites from reads`: the same odds with each user's three most read categories, weighted by
+  their share of the reads, standing in for the favourites (a plug-in estimate, what the ranker's user x
+  category shares hold);
+- `generator, favourites inferred`: the odds averaged over the favourites the user's reads make likely (Bayes'
+  rule with the generator's own prior and click story, by importance sampling): the best use of the reads that
+  knowing the whole story allows, so the ceiling for any ranking that learns users from their reads;
 - `generator, no user`: the pull alone, the same list for everyone (the best a popularity list could do).
 
     .venv/bin/python benchmarks/bench_ceiling.py --data-root /tmp/bench/demo/data \
@@ -53,7 +59,9 @@ def ceiling(data_root: Path, split_file: Path, truth, epoch_ms: int, snapshot: s
     clicks = load_clicks(lake.validated_dir(data_root), None, snap.end_ms)
     ts = clicks[C.CLICK_TIMESTAMP].to_numpy()
     recs: dict[str, list[pd.DataFrame]] = {"generator": [], "generator, favourites from reads": [],
-                                           "generator, no user": []}
+                                           "generator, favourites inferred": [], "generator, no user": []}
+    jumps = _jump_reads(clicks, truth)
+    rng = np.random.default_rng(0)
     truths, offset, outside = [], 0, 0
     for hour in range(snap.cutoff_hour, snap.end_hour):
         cutoff = hour_start_ms(hour, epoch_ms)
@@ -73,7 +81,10 @@ def ceiling(data_root: Path, split_file: Path, truth, epoch_ms: int, snapshot: s
         read_at = (np.searchsorted(users, read[C.USER_ID].to_numpy())[hit], order[pos[hit]])
         favourites = _favourites(read, users, catalogue, cutoff)
         estimated = truth.with_favourites(*favourites).odds(hour, np.arange(len(users)))[1]
+        inferred = truth.with_favourites(*_inferred_favourites(jumps.iloc[:np.searchsorted(
+            jumps[C.CLICK_TIMESTAMP].to_numpy(), cutoff)], users, truth, rng)).odds(hour, np.arange(len(users)))[1]
         rankings = (("generator", odds), ("generator, favourites from reads", estimated),
+                    ("generator, favourites inferred", inferred),
                     ("generator, no user", np.tile(_pull(truth, hour), (len(users), 1))))
         for name, scores in rankings:
             scores[read_at] = -np.inf  # read before the hour: never proposed
@@ -119,6 +130,85 @@ def _favourites(read: pd.DataFrame, users: np.ndarray, catalogue: pd.DataFrame,
     return fav_cat, fav_weight
 
 
+def _jump_reads(clicks: pd.DataFrame, truth) -> pd.DataFrame:
+    """The clicks that left the session's sub-topic (a session's first click, or one in another sub-topic than
+    the click before it: in the generator's story, a jump to a favourite category or to the front page), in
+    time order, each with what its likelihood needs under favourites v (a vector over categories):
+    P(article | v) = fav * v[category] + front * (1 - sum_c g[hour, c] * v[c]), g[hour] = `g_hour` row.
+    The other clicks follow the sub-topic and say nothing more about the favourites."""
+    from pipelines.synth import _Offers
+
+    p, arts = truth.profile, truth.articles
+    c = clicks[[C.USER_ID, C.SESSION_ID, C.CLICK_ARTICLE_ID, C.CLICK_TIMESTAMP]].sort_values(
+        [C.SESSION_ID, C.CLICK_TIMESTAMP], kind="stable")
+    article = c[C.CLICK_ARTICLE_ID].to_numpy()
+    sub = arts.subtopic[article]
+    same_session = np.r_[False, c[C.SESSION_ID].to_numpy()[1:] == c[C.SESSION_ID].to_numpy()[:-1]]
+    jump = ~same_session | np.r_[True, sub[1:] != sub[:-1]]
+    first_ts = c.groupby(C.SESSION_ID)[C.CLICK_TIMESTAMP].transform("min").to_numpy()
+    hour = (first_ts - truth.epoch_ms) // C.HOUR_MS  # the session's hour: its offer
+    c = c.assign(hour=hour)[jump]
+    offers = _Offers(p, arts, truth.epoch_ms)
+    hours = np.unique(c["hour"].to_numpy())
+    g = np.zeros((int(hours.max(initial=0)) + 1, p.categories))
+    fav = np.zeros(len(c))
+    front = np.zeros(len(c))
+    art, hr = c[C.CLICK_ARTICLE_ID].to_numpy(), c["hour"].to_numpy()
+    for h in hours:
+        offer = offers.at(int(h))
+        w = np.zeros(len(arts.category))
+        w[offer.articles] = offer.weight / offer.total
+        cat_mass = np.bincount(arts.category[offer.articles], weights=w[offer.articles], minlength=p.categories)
+        g[h] = p.p_favourite * offer.favourite_accept(p)
+        rows = np.flatnonzero(hr == h)
+        a = art[rows]
+        cat = arts.category[a]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fav[rows] = np.where(cat_mass[cat] > 0, g[h][cat] * w[a] / cat_mass[cat], 0.0)
+        front[rows] = w[a]
+    c = c.assign(fav=fav, front=front, category=arts.category[art])
+    c = c[(c["fav"] > 0) | (c["front"] > 0)]  # off the hour's offer (a late click, a redraw): no evidence
+    c.attrs["g_hour"] = g
+    return c.sort_values(C.CLICK_TIMESTAMP, kind="stable").reset_index(drop=True)
+
+
+def _inferred_favourites(jumps: pd.DataFrame, users: np.ndarray, truth, rng: np.random.Generator,
+                         samples: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's favourites averaged over their posterior given the jump reads (`_jump_reads` before the hour),
+    as `samples` x 3 weighted favourite slots (rows in `users` order): drawn from the generator's prior (three
+    categories by their share of production, one to three of them used, Dirichlet weights) with the read
+    categories' shares mixed into the proposal, and weighted by prior / proposal x likelihood."""
+    p, prior = truth.profile, truth.articles.category_weight
+    g = jumps.attrs["g_hour"]
+    mine = jumps[jumps[C.USER_ID].isin(users)]
+    by_user = dict(tuple(mine.groupby(C.USER_ID)))
+    out_cat = np.zeros((len(users), samples * 3), dtype=np.int64)
+    out_weight = np.zeros((len(users), samples * 3))
+    for i, user in enumerate(users):
+        reads = by_user.get(user)
+        if reads is None:
+            proposal = prior
+        else:
+            shares = np.bincount(reads["category"].to_numpy(), minlength=p.categories) / len(reads)
+            proposal = 0.2 * prior + 0.8 * shares
+        cats = rng.choice(p.categories, size=(samples, 3), p=proposal)
+        n_fav = rng.choice([1, 2, 3], size=samples, p=[0.45, 0.35, 0.20])
+        w = rng.dirichlet([1.5, 1.0, 0.7], size=samples)
+        w[np.arange(3)[None, :] >= n_fav[:, None]] = 0.0
+        w /= w.sum(axis=1, keepdims=True)
+        log_w = np.log(prior[cats] / proposal[cats]).sum(axis=1)
+        if reads is not None:
+            cat, hour = reads["category"].to_numpy(), reads["hour"].to_numpy()
+            on_fav = (w[None] * (cats[None] == cat[:, None, None])).sum(axis=2)
+            taken = (w[None] * g[hour[:, None, None], cats[None]]).sum(axis=2)
+            like = reads["fav"].to_numpy()[:, None] * on_fav + reads["front"].to_numpy()[:, None] * (1.0 - taken)
+            log_w += np.log(np.maximum(like, 1e-300)).sum(axis=0)
+        post = np.exp(log_w - log_w.max())
+        post /= post.sum()
+        out_cat[i], out_weight[i] = cats.ravel(), (w * post[:, None]).ravel()
+    return out_cat, out_weight
+
+
 def _pull(truth, hour: int) -> np.ndarray:
     """Every readable article's odds for a reader without favourites: its pull, the same list for everyone."""
     nobody = truth.with_favourites(truth.fav_cat[:1], np.zeros_like(truth.fav_weight[:1]))
@@ -156,22 +246,38 @@ def markdown(run: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def worlds(runs: list[dict]) -> dict[tuple[str, int], dict]:
+    """Each world's (profile, seed) figures: its runs merged in order, a later figure of a ranking replacing an
+    earlier one, so a run without eval.json adds generator rankings beside the methods an earlier run recorded.
+    Runs that judged other queries than the world's latest (other data or split) are left out."""
+    out: dict[tuple[str, int], dict] = {}
+    for run in reversed(runs):
+        world = out.setdefault((run["profile"], run["seed"]), {"queries": run["queries"], "ndcg@10": {}})
+        if run["queries"] == world["queries"]:
+            world["ndcg@10"] = {**run["ndcg@10"], **world["ndcg@10"]}
+    return out
+
+
+COLUMNS = (("reranker", "all"), ("reranker", "warm"), ("generator, favourites from reads", "all"),
+           ("generator, favourites inferred", "all"), ("generator", "all"))
+
+
 def seeds_markdown(runs: list[dict]) -> str:
-    """One line per world (the last run of each profile and seed): the reranker (all and warm queries), the
-    generator's odds with the favourites estimated from the reads and with the true ones, each against the best
-    baseline of its segment."""
-    latest = {(r["profile"], r["seed"]): r for r in runs if _best_baseline(r["ndcg@10"])}
-    header = ("| profile | seed | queries | reranker, all | reranker, warm | generator, favourites from reads, all | "
-              "generator, all |")
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
-    for (profile, seed), run in sorted(latest.items()):
-        rows = run["ndcg@10"]
+    """One line per world: the reranker (all and warm queries), the generator's odds with the favourites
+    estimated from the reads, inferred from them, and the true ones, each against the best baseline of its
+    segment ("-" where no run recorded it)."""
+    header = "| profile | seed | queries | " + " | ".join(f"{r}, {s}" for r, s in COLUMNS) + " |"
+    lines = [header, "|---|---:|---:|" + "---:|" * len(COLUMNS)]
+    for (profile, seed), world in sorted(worlds(runs).items()):
+        rows = world["ndcg@10"]
+        if not _best_baseline(rows):
+            continue
         cells = []
-        for ranking, segment in (("reranker", "all"), ("reranker", "warm"), ("generator, favourites from reads", "all"),
-                                 ("generator", "all")):
+        for ranking, segment in COLUMNS:
             name, best = _best_baseline(rows, segment)
-            cells.append(f"{rows[ranking][segment]:.4f} = {rows[ranking][segment] / best:.3f}x {name}")
-        lines.append(f"| {profile} | {seed} | {run['queries']['all']} | " + " | ".join(cells) + " |")
+            cells.append(f"{rows[ranking][segment]:.4f} = {rows[ranking][segment] / best:.3f}x {name}"
+                         if ranking in rows else "-")
+        lines.append(f"| {profile} | {seed} | {world['queries']['all']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -545,8 +545,8 @@ class GroundTruth:
     profile: Profile
     articles: Articles
     epoch_ms: int
-    fav_cat: np.ndarray  # int64 [users, 3]
-    fav_weight: np.ndarray  # float64 [users, 3], each row sums to 1 (0 for a user's unused slots)
+    fav_cat: np.ndarray  # int64 [users, slots]: 3 slots in the generator, more for a mixture of favourites
+    fav_weight: np.ndarray  # float64 [users, slots], each row sums to 1 (0 for a user's unused slots)
 
     def odds(self, hour: int, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the articles readable in `hour`, float64 [len(users), len(articles)]): each one's expected clicks by
@@ -561,7 +561,7 @@ class GroundTruth:
         cat_mass = np.bincount(cat, weights=w, minlength=p.categories)
         fav = self.fav_weight[users] * p.p_favourite * offer.favourite_accept(p)[self.fav_cat[users]]
         to_cat = np.zeros((len(users), p.categories))
-        np.add.at(to_cat, (np.repeat(np.arange(len(users)), 3), self.fav_cat[users].ravel()), fav.ravel())
+        np.add.at(to_cat, (np.repeat(np.arange(len(users)), self.fav_cat.shape[1]), self.fav_cat[users].ravel()), fav.ravel())
         # The offer is ordered by (category, sub-topic): each sub-topic is one run of equal keys.
         new_sub = np.diff(offer.keys, prepend=-1) != 0
         bounds, sub = np.flatnonzero(new_sub), np.cumsum(new_sub) - 1

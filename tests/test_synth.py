@@ -444,3 +444,9 @@ def test_ground_truth_odds_are_each_articles_expected_clicks_in_a_session(clicks
     # A user without favourites reads by pull alone: the same odds for everyone.
     nobody = truth.with_favourites(truth.fav_cat, np.zeros_like(truth.fav_weight)).odds(hour, users)[1]
     assert np.allclose(nobody, nobody[:1])
+    # Favourites given as a mixture (more slots than the generator's three) score the mixture of the odds.
+    roll = np.roll(np.arange(len(truth.fav_cat)), 1)
+    other = truth.with_favourites(truth.fav_cat[roll], truth.fav_weight[roll])
+    mixed = truth.with_favourites(np.hstack([truth.fav_cat, truth.fav_cat[roll]]),
+                                  np.hstack([0.3 * truth.fav_weight, 0.7 * truth.fav_weight[roll]]))
+    assert np.allclose(mixed.odds(hour, users)[1], 0.3 * odds + 0.7 * other.odds(hour, users)[1])
