@@ -6,7 +6,7 @@ world again from the seed, and each as-served query (one user in one hour of the
 articles clicked in that hour, read articles excluded: `pipelines.evaluate.evaluate_as_served`'s queries) is
 ranked by its expected clicks under the story (`GroundTruth.odds`). No model can know the favourites and the
 popularities exactly, so this is a ceiling, not a target; against it stand the methods of the same window in
-the evaluation's eval.json. Two rankings:
+the evaluation's eval.json. Four rankings:
 
 - `generator`: the user's favourite categories and every article's pull (popularity x age curve);
 - `generator, favourites from reads`: the same odds with each user's three most read categories, weighted by
@@ -22,7 +22,9 @@ the evaluation's eval.json. Two rankings:
         --markdown benchmarks/results/ceiling_demo.md
 
 The data root must be `newsrec synth`'s output for `--profile`/`--seed` (params.yaml `synth`), validated
-unchanged (the benchmark checks the target clicks against the generator's offer of their hour).
+unchanged (the benchmark checks the target clicks against the generator's offer of their hour). Without
+`--eval` (the seed's data alone: synth, validate, split) a `--jsonl` run adds the generator rankings to the
+rows an earlier run of the same world recorded (`worlds`).
 """
 
 from __future__ import annotations
