@@ -52,7 +52,7 @@ SHOWN = ("recent_popular", "trending", "learned", "fusion", "reranker")
 
 
 def ceiling(data_root: Path, split_file: Path, truth, epoch_ms: int, snapshot: str = "test") -> dict:
-    """NDCG@10 per segment of the three generator rankings over the snapshot's as-served queries."""
+    """NDCG@10 per segment of the four generator rankings over the snapshot's as-served queries."""
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
 
     snap = get_snapshot(split_file, snapshot)
@@ -180,6 +180,8 @@ def _inferred_favourites(jumps: pd.DataFrame, users: np.ndarray, truth, rng: np.
     as `samples` x 3 weighted favourite slots (rows in `users` order): drawn from the generator's prior (three
     categories by their share of production, one to three of them used, Dirichlet weights) with the read
     categories' shares mixed into the proposal, and weighted by prior / proposal x likelihood."""
+    from pipelines.synth import favourite_weights
+
     p, prior = truth.profile, truth.articles.category_weight
     g = jumps.attrs["g_hour"]
     mine = jumps[jumps[C.USER_ID].isin(users)]
@@ -194,10 +196,7 @@ def _inferred_favourites(jumps: pd.DataFrame, users: np.ndarray, truth, rng: np.
             shares = np.bincount(reads["category"].to_numpy(), minlength=p.categories) / len(reads)
             proposal = 0.2 * prior + 0.8 * shares
         cats = rng.choice(p.categories, size=(samples, 3), p=proposal)
-        n_fav = rng.choice([1, 2, 3], size=samples, p=[0.45, 0.35, 0.20])
-        w = rng.dirichlet([1.5, 1.0, 0.7], size=samples)
-        w[np.arange(3)[None, :] >= n_fav[:, None]] = 0.0
-        w /= w.sum(axis=1, keepdims=True)
+        w = favourite_weights(rng, samples)
         log_w = np.log(prior[cats] / proposal[cats]).sum(axis=1)
         if reads is not None:
             cat, hour = reads["category"].to_numpy(), reads["hour"].to_numpy()

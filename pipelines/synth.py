@@ -259,6 +259,15 @@ class Sessions:
     fav_cum: np.ndarray  # float64 [s, 3]: their cumulative weights
 
 
+def favourite_weights(rng: np.random.Generator, size: int) -> np.ndarray:
+    """float64 [size, 3]: the weights of a user's three favourite slots, drawn from the prior `make_sessions`
+    gives every user: one to three favourites used (the rest weigh 0), Dirichlet weights, each row summing to 1."""
+    n_fav = rng.choice([1, 2, 3], size=size, p=[0.45, 0.35, 0.20])
+    fw = rng.dirichlet([1.5, 1.0, 0.7], size=size)
+    fw[np.arange(3)[None, :] >= n_fav[:, None]] = 0.0
+    return fw / fw.sum(axis=1, keepdims=True)
+
+
 def make_sessions(rng: np.random.Generator, p: Profile, arts: Articles, total_hours: int, hours: int,
                   drift_from: int | None, drift_kind: str | None) -> Sessions:
     """Users with heavy-tailed activity, their sessions placed in hours, and each session's context."""
@@ -289,10 +298,7 @@ def make_sessions(rng: np.random.Generator, p: Profile, arts: Articles, total_ho
 
     # Favourite categories, drawn by how much each category publishes.
     fav = rng.choice(p.categories, size=(n_users, 3), p=arts.category_weight)
-    n_fav = rng.choice([1, 2, 3], size=n_users, p=[0.45, 0.35, 0.20])
-    fw = rng.dirichlet([1.5, 1.0, 0.7], size=n_users)
-    fw[np.arange(3)[None, :] >= n_fav[:, None]] = 0.0
-    fav_cum = np.cumsum(fw / fw.sum(axis=1, keepdims=True), axis=1)
+    fav_cum = np.cumsum(favourite_weights(rng, n_users), axis=1)
 
     second = has_second[user] & (rng.random(n_sess) < 0.3)
     device = np.where(second, dev2_u[user], dev_u[user])
