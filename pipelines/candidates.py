@@ -474,21 +474,24 @@ class CandidateIndex:
         user_clicks: pd.DataFrame,
         users: Sequence[int] | None = None,
         n: int | dict[str, int] | None = None,
+        at_ms: int | None = None,
     ) -> pd.DataFrame:
         """One row per (user, proposed article) for `users` (default: every user in `user_clicks`).
 
         `user_clicks` (user_id, click_article_id, click_timestamp) is each user's history: it drives emb
         and cocl and every clicked article is excluded. `n` is the list length per source (an int for all,
-        or a dict; default params `per_source`). Columns: OUTPUT_COLUMNS (score NaN / rank 0 where a
-        source did not propose the article), sorted by user then fused rank.
+        or a dict; default params `per_source`). `at_ms` is the request time (default: the index's cutoff,
+        as every offline list is asked at its index's hour). Columns: OUTPUT_COLUMNS (score NaN / rank 0
+        where a source did not propose the article), sorted by user then fused rank.
         """
-        return pd.DataFrame(self.candidate_columns(user_clicks, users, n))
+        return pd.DataFrame(self.candidate_columns(user_clicks, users, n, at_ms))
 
     def candidate_columns(
         self,
         user_clicks: pd.DataFrame | Mapping[str, np.ndarray],
         users: Sequence[int] | None = None,
         n: int | dict[str, int] | None = None,
+        at_ms: int | None = None,
     ) -> dict[str, np.ndarray]:
         """`candidates` as arrays by column name (OUTPUT_COLUMNS order), without building the frame."""
         clicks = self._click_arrays(user_clicks)
@@ -511,7 +514,8 @@ class CandidateIndex:
         clicked_any = len(clicks[0]) > 0
         bound = int(max(clicks[1].max() if clicked_any else 0, self.emb_ids.max() if len(self.emb_ids) else 0))
         user_ids, (users_arr, click_users) = dense_users(users_arr, clicks[0])
-        query = Query(users_arr, (click_users, clicks[1], clicks[2]), PairKeys(click_users, clicks[1], bound))
+        query = Query(users_arr, (click_users, clicks[1], clicks[2]), PairKeys(click_users, clicks[1], bound),
+                      self.cutoff_ms if at_ms is None else int(at_ms))
 
         # What each source computes once per call, for its list and its row columns alike (a model's user pass).
         prepared = {name: source.prepare(self, query) for name, source in self.sources.items()}

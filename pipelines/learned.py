@@ -8,15 +8,18 @@ vector the first time an index holds it, before anyone has clicked it; nothing i
 article id.
 
 The user tower reads the user's last `history` clicks, newest first: each clicked article through the
-same content MLP, plus a learned vector for its position and one for how long before the user's newest
-click it was read (hour buckets, relative, so no clock is needed online). Attention pooling over them,
-joined with the newest click, then an MLP gives the user's unit vector (times a learned scale) and their
-preference over article states. The score of an article for a user is one inner product:
+same content MLP, plus a learned vector for its position, one for how long before the user's newest click
+it was read (hour buckets), and one for how long before the request the newest click was (its staleness:
+minutes mean the reader is still in the session that click belongs to, hours mean a new visit, which
+starts from the reader's standing interests rather than from the last story). Attention pooling over
+them, joined with the newest click, then an MLP gives the user's unit vector (times a learned scale) and
+their preference over article states. The score of an article for a user is one inner product:
 
     [scale * u, w_u] . [v_a, age(t - created_a) + trend(trend_a(t))]
 
 Training: every click with at least one earlier click of the same user (within the fit window) is one
-example; a batch's other clicked articles are its negatives (in-batch sampled softmax), each in its state
+example, its request time the click's own (so the staleness runs from seconds, inside a session, to days,
+a reader's next visit); a batch's other clicked articles are its negatives (in-batch sampled softmax), each in its state
 at the example's time (age, trend), minus those not yet published then and copies of the positive; with `logq_correction` each logit is
 lowered by the log of its article's share of the examples, the usual correction for in-batch sampling.
 
@@ -48,11 +51,14 @@ from pipelines.errors import InputError, MissingInputError
 # bucket i holds [EDGES[i-1], EDGES[i]) hours (a news story's life is hours, its tail days).
 AGE_EDGES_H = np.array([1, 2, 4, 8, 12, 16, 20, 24, 36, 48, 72, 168], dtype=np.float64)
 N_AGE = len(AGE_EDGES_H) + 1
+# Staleness buckets (hours from the user's newest click to the request): fine within a session, then hours.
+STALE_EDGES_H = np.array([1 / 60, 5 / 60, 15 / 60, 0.5, 1, 2, 4, 8, 12, 24, 48, 168], dtype=np.float64)
+N_STALE = len(STALE_EDGES_H) + 1
 N_TREND = 24  # trend bucket: floor(2 * log2(1 + trend)), capped (a scale that does not depend on traffic)
 CATEGORY_DIM = 16
 _WEIGHTS = "weights.npz"
 _META = "learned.json"
-LEARNED_FORMAT = 1
+LEARNED_FORMAT = 2  # 2: the user tower reads the staleness of the user's newest click
 PARAM_KEYS = ("dim", "hidden", "state_dim", "history", "dropout", "epochs", "batch", "lr", "weight_decay",
               "logq_correction", "max_examples", "seed", "threads", "warm_start", "incremental_epochs")
 
@@ -60,6 +66,12 @@ PARAM_KEYS = ("dim", "hidden", "state_dim", "history", "dropout", "epochs", "bat
 def age_bucket(hours: np.ndarray) -> np.ndarray:
     """Bucket of each age in hours (negative ages, not yet published, fall in bucket 0)."""
     return np.searchsorted(AGE_EDGES_H, np.asarray(hours, dtype=np.float64), side="right").astype(np.int64)
+
+
+def staleness_bucket(hours: np.ndarray) -> np.ndarray:
+    """Bucket of each staleness in hours (the request before the newest click, a clock skew, counts as 0)."""
+    hours = np.maximum(np.asarray(hours, dtype=np.float64), 0.0)
+    return np.searchsorted(STALE_EDGES_H, hours, side="right").astype(np.int64)
 
 
 def trend_bucket(trend: np.ndarray) -> np.ndarray:
@@ -110,6 +122,8 @@ def _build_network(emb_dim: int, n_categories: int, p: dict):
             self.trend = nn.Embedding(N_TREND, state_dim)
             self.position = nn.Embedding(history, dim)
             self.gap = nn.Embedding(N_AGE, dim)
+            self.staleness = nn.Embedding(N_STALE, dim)
+            nn.init.zeros_(self.staleness.weight)  # a staleness no example had leaves the tower as if blind to it
             self.attention = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
             self.user = nn.Sequential(nn.Linear(2 * dim, hidden), nn.ReLU(), nn.Linear(hidden, dim + state_dim))
             self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
@@ -125,13 +139,14 @@ def _build_network(emb_dim: int, n_categories: int, p: dict):
             """Unit content vectors [n, dim]; the state part is `age.weight[a] + trend.weight[t]`."""
             return nn.functional.normalize(self.items(emb, category, words), dim=-1)
 
-        def users(self, emb, category, words, gap, mask):
-            """[B, dim + state_dim] user vectors from [B, N] histories (newest first; mask: a click is there)."""
-            return self.users_of_items(self.items(emb, category, words), gap, mask)
+        def users(self, emb, category, words, gap, mask, stale):
+            """[B, dim + state_dim] user vectors from [B, N] histories (newest first; mask: a click is there) and
+            [B] staleness buckets."""
+            return self.users_of_items(self.items(emb, category, words), gap, mask, stale)
 
-        def users_of_items(self, items, gap, mask):
+        def users_of_items(self, items, gap, mask, stale):
             """`users` from the clicked articles' content vectors [B, N, dim]."""
-            x = items + self.position.weight[: items.shape[1]] + self.gap(gap)
+            x = items + self.position.weight[: items.shape[1]] + self.gap(gap) + self.staleness(stale).unsqueeze(1)
             logits = self.attention(x).squeeze(-1).masked_fill(~mask, float("-inf"))
             pooled = (torch.softmax(logits, dim=-1).unsqueeze(-1) * x).sum(dim=1)
             out = self.user(torch.cat([pooled, x[:, 0]], dim=-1))
@@ -206,15 +221,18 @@ class LearnedModel:
         return np.ascontiguousarray(np.hstack([content, state]), dtype=np.float32)
 
     def user_vectors(self, emb: np.ndarray, category_ids: np.ndarray, words: np.ndarray, ts: np.ndarray,
-                     mask: np.ndarray) -> np.ndarray:
+                     mask: np.ndarray, at_ms: int | np.ndarray) -> np.ndarray:
         """float32 [B, dim] from histories [B, N] (newest click first, `mask` where a click is; `emb` is
-        [B, N, emb_dim] normalised embeddings, `ts` click times in ms). N is cut to params `history`."""
+        [B, N, emb_dim] normalised embeddings, `ts` click times in ms) as of the request time `at_ms` (one for
+        all, or one per user). N is cut to params `history`."""
         n = int(self.params["history"])
         emb, category_ids, words, ts, mask = (np.asarray(a)[:, :n] for a in (emb, category_ids, words, ts, mask))
         gap = np.where(mask, age_bucket((ts[:, :1] - ts) / C.HOUR_MS), 0)
+        stale = staleness_bucket((np.asarray(at_ms, dtype=np.int64) - ts[:, 0]) / C.HOUR_MS)
         codes = self.category_codes(category_ids.ravel()).reshape(category_ids.shape)
         x = self._items(emb.astype(np.float32, copy=False), codes, _scaled_words(words.ravel()).reshape(words.shape))
-        x = x + self.weights["position.weight"][: x.shape[1]] + self.weights["gap.weight"][gap]
+        x = (x + self.weights["position.weight"][: x.shape[1]] + self.weights["gap.weight"][gap]
+             + self.weights["staleness.weight"][stale][:, None, :])
         logits = self._linear(np.tanh(self._linear(x, "attention.0")), "attention.2")[..., 0]
         logits = np.where(mask, logits, -np.inf)
         attention = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -395,6 +413,7 @@ def fit_learned(clicks: pd.DataFrame, articles: pd.DataFrame, embeddings: np.nda
         hist_ts = np.where(hist >= 0, art_ts[np.maximum(hist, 0)], 0)
         mask = hist >= 0
         gap = np.where(mask, age_bucket((hist_ts[:, :1] - hist_ts) / C.HOUR_MS), 0)
+        stale = staleness_bucket((ts - hist_ts[:, 0]) / C.HOUR_MS)  # each example's request: its click
         rng = np.random.default_rng(seed)
         batch = int(p["batch"])
         started, losses = time.perf_counter(), []
@@ -414,7 +433,7 @@ def fit_learned(clicks: pd.DataFrame, articles: pd.DataFrame, embeddings: np.nda
                 inv = torch.from_numpy(inv)
                 n_h = hist_art[b].size
                 u = net.users_of_items(items[inv[:n_h]].reshape(len(b), n_hist, -1), torch.from_numpy(gap[b]),
-                                       torch.from_numpy(mask[b]))
+                                       torch.from_numpy(mask[b]), torch.from_numpy(stale[b]))
                 v = torch.nn.functional.normalize(items[inv[n_h:]], dim=-1)
                 d = int(p["dim"])
                 # Every article's state at every example's time: its age then, its trend at that hour's start.

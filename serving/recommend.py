@@ -272,7 +272,7 @@ def recommend(
     read = clicks[C.CLICK_ARTICLE_ID]
     index = prepared.bundle.index
     # Columns rather than a frame, and scoring without `score_candidates`' slicing: one request is small.
-    cands = index.candidate_columns(clicks, users=[user_id])  # reads the query columns it needs
+    cands = index.candidate_columns(clicks, users=[user_id], at_ms=as_of_ms)  # reads the query columns it needs
     if len(cands[C.ARTICLE_ID]) == 0:
         return Result(items=[], article_ids=[], cold_start=cold, warnings=warnings, read=read)
     if recent:

@@ -122,6 +122,56 @@ def test_the_user_tower_reads_the_order_of_clicks(world):
 
 
 @pytest.mark.unit
+def test_the_user_tower_reads_how_long_ago_the_newest_click_was():
+    """Readers who each have a home topic: every visit starts with two reads there, then two or three reads a
+    minute apart in the next topic (a detour). After two detour reads, the next read is a third one a minute
+    later, or home at the next visit hours later: one history, two answers, told apart by the time since its
+    newest click alone (a tower blind to it can favour one of the topics, not both)."""
+    rng = np.random.default_rng(5)
+    created = [0.5] * NEW
+    rows, session = [], 0
+    for user in range(90):
+        home, detour = user % TOPICS, (user + 1) % TOPICS
+        for visit, start in enumerate((2.0, 8.0, 14.0, 20.0)):
+            start += rng.uniform(0, 2)
+            reads = [home * PER_TOPIC + int(a) for a in rng.choice(PER_TOPIC, 2, replace=False)]
+            reads += [detour * PER_TOPIC + int(a) for a in rng.choice(PER_TOPIC, rng.integers(2, 4), replace=False)]
+            rows += [(user, session, a, start + i / 60) for i, a in enumerate(reads)]
+            session += 1
+    rows.sort(key=lambda r: r[3])
+    frame, meta, emb = clicks(rows), articles(created, categories=[i // PER_TOPIC for i in range(NEW)]), \
+        _world_embeddings()[:NEW]
+    model = fit_learned(frame, meta, emb, at(CUTOFF_H), PARAMS, 1.0, log=lambda _: None)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    vectors = model.article_vectors(unit, meta[C.CATEGORY_ID].to_numpy(), meta[C.WORDS_COUNT].to_numpy(),
+                                    meta[C.CREATED_AT_TS].to_numpy(), np.zeros(NEW), at(CUTOFF_H))
+    topic = np.arange(NEW) // PER_TOPIC
+    wins = {"minute": 0, "hours": 0}
+    for user in range(TOPICS):  # a history that ends with a detour click, read at hour 22
+        home, detour = user % TOPICS, (user + 1) % TOPICS
+        hist = np.array([detour * PER_TOPIC + 1, detour * PER_TOPIC, home * PER_TOPIC + 1, home * PER_TOPIC])
+        ts = np.array([at(22 - i / 60) for i in range(4)])
+        args = (unit[hist][None], topic[hist][None], np.full((1, 4), 300), ts[None], np.ones((1, 4), bool))
+        for name, later in (("minute", 1 / 60), ("hours", 6.0)):
+            score = vectors @ model.user_vectors(*args, at(22 + later))[0]
+            wins[name] += int(score[topic == (detour if name == "minute" else home)].mean()
+                              > score[topic == (home if name == "minute" else detour)].mean())
+    assert wins == {"minute": TOPICS, "hours": TOPICS}
+
+
+@pytest.mark.unit
+def test_the_request_time_reaches_the_user_tower(world):
+    index = _index(world, CUTOFF_H)
+    frame = world["clicks"][world["clicks"][C.USER_ID] < 6]
+
+    def learned_sim(**at):
+        return index.candidates(frame, users=range(6), **at)[C.LEARNED_SIM].to_numpy()
+
+    np.testing.assert_array_equal(learned_sim(), learned_sim(at_ms=at(CUTOFF_H)))  # default: the index's hour
+    assert not np.allclose(learned_sim(), learned_sim(at_ms=int(frame[C.CLICK_TIMESTAMP].max()) + 60_000))
+
+
+@pytest.mark.unit
 def test_save_load_round_trip_gives_identical_scores(world, tmp_path):
     model = world["model"]
     loaded = LearnedModel.load(model.save(tmp_path / "model"))
@@ -144,7 +194,7 @@ def test_save_load_round_trip_gives_identical_scores(world, tmp_path):
 def test_scoring_in_numpy_is_the_trained_network(world):
     import torch
 
-    from pipelines.learned import _build_network, _scaled_words, age_bucket
+    from pipelines.learned import _build_network, _scaled_words, age_bucket, staleness_bucket
 
     model = world["model"]
     net = _build_network(model.emb_dim, len(model.categories), model.params)
@@ -156,12 +206,16 @@ def test_scoring_in_numpy_is_the_trained_network(world):
     ts = np.sort(rng.integers(0, 50 * C.HOUR_MS, size=(6, 5)), axis=1)[:, ::-1].copy()
     mask = np.arange(5)[None, :] < np.array([1, 2, 3, 4, 5, 5])[:, None]
     gap = np.where(mask, age_bucket((ts[:, :1] - ts) / C.HOUR_MS), 0)
+    request = ts[:, 0] + np.array([0, 90_000, 20 * 60_000, 3 * C.HOUR_MS, 30 * C.HOUR_MS, -5_000])  # -: a skew
+    stale = staleness_bucket((request - ts[:, 0]) / C.HOUR_MS)
+    assert len(set(stale.tolist())) == 5 and stale[-1] == 0
     codes = model.category_codes(cats.ravel()).reshape(cats.shape)
     scaled = _scaled_words(words.ravel()).reshape(words.shape)
     with torch.no_grad():
-        users = net.users(*(torch.from_numpy(a) for a in (emb, codes, scaled, gap, mask))).numpy()
+        users = net.users(*(torch.from_numpy(a) for a in (emb, codes, scaled, gap, mask, stale))).numpy()
         items = net.articles(*(torch.from_numpy(a) for a in (emb[:, 0], codes[:, 0], scaled[:, 0]))).numpy()
-    np.testing.assert_allclose(model.user_vectors(emb, cats, words, ts, mask), users, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.user_vectors(emb, cats, words, ts, mask, request), users, rtol=1e-5,
+                               atol=1e-5)
     vectors = model.article_vectors(emb[:, 0], cats[:, 0], words[:, 0], ts[:, 0], np.zeros(6), int(ts.max()))
     np.testing.assert_allclose(vectors[:, : model.params["dim"]], items, rtol=1e-5, atol=1e-6)
 

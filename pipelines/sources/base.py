@@ -135,6 +135,7 @@ class Query(NamedTuple):
     users: np.ndarray  # the users asked for
     clicks: tuple[np.ndarray, np.ndarray, np.ndarray]  # their history: (user, article, timestamp)
     read: PairKeys  # (user, article) pairs never to propose
+    at_ms: int  # the request time (ms): how long ago the users' newest clicks were
 
 
 class CandidateSource:

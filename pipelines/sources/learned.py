@@ -83,12 +83,14 @@ class Learned(CandidateSource):
         """One user-tower pass for the learned list and the learned score of every candidate."""
         if not len(query.clicks[0]) or not len(index.pool):
             return None
-        return self.user_vectors(index, *query.clicks)
+        return self.user_vectors(index, *query.clicks, query.at_ms)
 
-    def user_vectors(self, index, users: np.ndarray, articles: np.ndarray,
-                     ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def user_vectors(self, index, users: np.ndarray, articles: np.ndarray, ts: np.ndarray,
+                     at_ms: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The user tower on click arrays: (sorted user ids, vectors [users, model dim]), one pass per block of
-        users. Each user's latest `history` clicks with an embedding in the index, newest first."""
+        users. Each user's latest `history` clicks with an embedding in the index, newest first, as of the
+        request time `at_ms` (default: the index's cutoff)."""
+        at_ms = index.cutoff_ms if at_ms is None else int(at_ms)
         model = self.model
         n = int(model.params["history"])
         order = np.lexsort((-ts, users))  # by user, newest click first (stable: ties keep their order)
@@ -110,7 +112,7 @@ class Learned(CandidateSource):
             times = np.zeros((hi - lo, width), dtype=np.int64)
             grid[u, p], mask[u, p], times[u, p] = r, True, ts[sel]
             out[lo:hi] = model.user_vectors(index.emb[grid], index.emb_meta[0][grid], index.emb_meta[1][grid],
-                                            times, mask)
+                                            times, mask, at_ms)
         return uniq, out
 
     def propose(self, index, query, n, prepared) -> Ranked | None:
