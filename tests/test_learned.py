@@ -418,3 +418,38 @@ def test_the_as_served_replay_keeps_the_learned_lists_in_an_hour_whose_readers_a
     assert learned["cold"]["candidate_recall"] == 0.0
     # the rows keep the frozen protocol's order (each source's, then fusion), whichever hour a method came in
     assert list(res["methods"]).index("learned") < list(res["methods"]).index("fusion")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("max_examples, since", [(None, None), (7, None), (None, 40_000), (3, 40_000)])
+def test_training_examples_match_each_users_reads_taken_one_by_one(max_examples, since):
+    """The vectorised examples equal a per-user walk: a click is an example when the same user read something
+    before it and it is not a re-read of one of their `history` previous clicks; its history is those clicks,
+    newest first, -1 padded; `since` keeps clicks from then on, `max_examples` the newest."""
+    from pipelines.learned import training_examples
+
+    rng = np.random.default_rng(5)
+    n, history = 60, 3
+    frame = pd.DataFrame({C.USER_ID: rng.integers(0, 6, n), C.CLICK_ARTICLE_ID: rng.integers(0, 9, n),
+                          C.CLICK_TIMESTAMP: rng.permutation(n) * 1_000})
+    hist, pos, ts, art, art_ts = training_examples(frame, history, max_examples, since)
+    ordered = frame.sort_values([C.USER_ID, C.CLICK_TIMESTAMP], kind="stable").reset_index(drop=True)
+    np.testing.assert_array_equal(art, ordered[C.CLICK_ARTICLE_ID].to_numpy())
+    np.testing.assert_array_equal(art_ts, ordered[C.CLICK_TIMESTAMP].to_numpy())
+    expected = []
+    for _, reads in ordered.groupby(C.USER_ID, sort=True):
+        rows = reads.index.to_list()
+        for i, row in enumerate(rows):
+            before = rows[max(0, i - history): i][::-1]
+            if not before or ordered.loc[row, C.CLICK_ARTICLE_ID] in ordered.loc[before, C.CLICK_ARTICLE_ID].to_list():
+                continue
+            if since is not None and ordered.loc[row, C.CLICK_TIMESTAMP] < since:
+                continue
+            expected.append((row, before + [-1] * (history - len(before))))
+    if max_examples is not None:
+        newest = sorted(expected, key=lambda e: ordered.loc[e[0], C.CLICK_TIMESTAMP])[-max_examples:]
+        expected = sorted(newest)
+    assert len(expected) > (0 if max_examples is None else max_examples - 1)
+    np.testing.assert_array_equal(hist, np.array([h for _, h in expected], dtype=np.int64).reshape(-1, history))
+    np.testing.assert_array_equal(pos, ordered.loc[[r for r, _ in expected], C.CLICK_ARTICLE_ID].to_numpy())
+    np.testing.assert_array_equal(ts, ordered.loc[[r for r, _ in expected], C.CLICK_TIMESTAMP].to_numpy())
