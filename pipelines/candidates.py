@@ -76,6 +76,7 @@ _SOURCE_COLUMNS = [*sources.source_columns(), score_col(FUSED), rank_col(FUSED)]
 _MERGED_COLUMNS = [USER_ID, ARTICLE_ID, *_SOURCE_COLUMNS]
 OUTPUT_COLUMNS = [*_MERGED_COLUMNS, *sources.row_columns()]
 PROFILE_CHUNK_USERS = 4096
+LIST_BLOCK_USERS = 4096  # users whose labelled candidate lists the stage makes and writes at once
 LAST_CLICK_HOUR = "last_click_hour"
 _FILES = {
     "pool": "pool.parquet",
@@ -584,26 +585,33 @@ def label_candidates(candidates: pd.DataFrame, targets: pd.DataFrame) -> pd.Data
     return out
 
 
-def candidate_report(candidates: pd.DataFrame, targets: pd.DataFrame, recall_at: Sequence[int]) -> dict:
-    """Candidate recall per source, for the union of all sources and for the fused list cut at each N,
-    for all / warm / cold users of `targets` (with its `warm` column); also the mean list length."""
+def candidate_recalls(candidates: pd.DataFrame, targets: pd.DataFrame, recall_at: Sequence[int]) -> pd.DataFrame:
+    """Per user of `targets` (sorted by user id): candidate recall per source, of the union of all sources and
+    of the fused list cut at each N, the list's length, and `warm` (targets' column). A user's figures read
+    their own rows only, so the tables of disjoint groups of users concatenate; `candidate_report` averages."""
     from pipelines.metrics import candidate_recall
 
-    segments = {"all": targets, "warm": targets[targets[WARM]], "cold": targets[~targets[WARM]]}
+    users = np.unique(targets[USER_ID].to_numpy())
+    out = {WARM: targets.groupby(USER_ID)[WARM].first().reindex(users).to_numpy(bool)}
+    for s in sources.names():
+        out[s] = candidate_recall(candidates[candidates[rank_col(s)] > 0], targets).reindex(users).to_numpy()
+    out["union"] = candidate_recall(candidates, targets).reindex(users).to_numpy()
+    for k in recall_at:
+        out[f"fused@{int(k)}"] = candidate_recall(
+            candidates[candidates[rank_col(FUSED)] <= int(k)], targets).reindex(users).to_numpy()
+    out["list_length"] = candidates.groupby(USER_ID).size().reindex(users, fill_value=0).to_numpy()
+    return pd.DataFrame(out, index=pd.Index(users, name=USER_ID))
+
+
+def candidate_report(recalls: pd.DataFrame) -> dict:
+    """`candidate_recalls` averaged over all / warm / cold users: the recall of each source, of the union and
+    of the fused list at each N, and the mean list length."""
     report = {}
-    for seg, truth in segments.items():
-        users = truth[USER_ID].unique()
-        cands = candidates[candidates[USER_ID].isin(users)]
-        row: dict[str, float] = {"users": len(users)}
-        if len(users):
-            for s in sources.names():
-                row[f"{s}"] = float(candidate_recall(cands[cands[rank_col(s)] > 0], truth).mean())
-            row["union"] = float(candidate_recall(cands, truth).mean())
-            for k in recall_at:
-                row[f"fused@{int(k)}"] = float(
-                    candidate_recall(cands[cands[rank_col(FUSED)] <= int(k)], truth).mean()
-                )
-            row["mean_list_length"] = float(cands.groupby(USER_ID).size().reindex(users, fill_value=0).mean())
+    for seg, rows in {"all": recalls, "warm": recalls[recalls[WARM]], "cold": recalls[~recalls[WARM]]}.items():
+        row: dict[str, float] = {"users": len(rows)}
+        if len(rows):
+            row |= {col: float(rows[col].mean()) for col in recalls.columns if col not in (WARM, "list_length")}
+            row["mean_list_length"] = float(rows["list_length"].mean())
         report[seg] = row
     return report
 
@@ -674,6 +682,9 @@ def build_candidates(
     fitted newest at or before its cutoff (`learned.model_for`), as the daily retrain would have left it.
     With a Dask `client`, the lists are made on the cluster in `partitions` user partitions
     (candidates_on_cluster; the same lists)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
     from pipelines.learned import model_for
     from pipelines.split import eval_targets, snapshots_clicks
@@ -696,18 +707,32 @@ def build_candidates(
             continue
         targets = eval_targets(history, target, articles, snap.cutoff_ms)
         cap = (params.get("max_users") or {}).get(snap.role)
-        users = sample_users(targets[USER_ID].unique(), int(cap)) if cap else targets[USER_ID].unique()
+        users = np.unique(targets[USER_ID].to_numpy())
+        users = sample_users(users, int(cap)) if cap else users
         targets = targets[targets[USER_ID].isin(users)]
         asked = history[history[USER_ID].isin(users)]
-        if client is None:
-            cands = index.candidates(asked, users=users)
-        else:
-            cands = candidates_on_cluster(client, partitions, Path(index_dir) / snap.name, asked, users)
-        cands = label_candidates(cands, targets)
-        tmp = Path(out_dir) / f".{snap.name}.parquet.tmp"
-        cands.to_parquet(tmp, index=False)
+        # A block of users at a time, appended to the file in user order: the same rows as one call for all users
+        # (a user's list reads only their own clicks), at a bounded memory (Globo's test window: 33k users, 14M rows).
+        tmp, recalls, writer = Path(out_dir) / f".{snap.name}.parquet.tmp", [], None
+        try:
+            for block in np.array_split(users, max(1, -(-len(users) // LIST_BLOCK_USERS))):
+                mine, truth = asked[asked[USER_ID].isin(block)], targets[targets[USER_ID].isin(block)]
+                if client is None:
+                    cands = index.candidates(mine, users=block)
+                else:
+                    cands = candidates_on_cluster(client, partitions, Path(index_dir) / snap.name, mine, block)
+                cands = label_candidates(cands, truth)
+                table = pa.Table.from_pandas(cands, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+                recalls.append(candidate_recalls(cands, truth, params["recall_at"]))
+                del cands, table
+        finally:
+            if writer is not None:
+                writer.close()
         tmp.replace(Path(out_dir) / f"{snap.name}.parquet")
-        reports[snap.name] = candidate_report(cands, targets, params["recall_at"])
+        reports[snap.name] = candidate_report(pd.concat(recalls))
     return reports
 
 

@@ -13,6 +13,7 @@ from pipelines.candidates import (
     OUTPUT_COLUMNS,
     CandidateIndex,
     build_candidates,
+    candidate_recalls,
     candidate_report,
     label_candidates,
     sample_users,
@@ -226,13 +227,13 @@ def test_labels_and_report():
     targets = pd.DataFrame({C.USER_ID: [1, 1, 2], C.ARTICLE_ID: [12, 99, 10], C.WARM: [True, True, False]})
     labelled = label_candidates(cands, targets)
     assert labelled[C.LABEL].tolist() == [0, 0, 1, 1]
-    rep = candidate_report(labelled, targets, [1, 3])
+    rep = candidate_report(candidate_recalls(labelled, targets, [1, 3]))
     assert rep["warm"]["union"] == 0.5 and rep["warm"]["fused@1"] == 0.0 and rep["warm"]["fused@3"] == 0.5
     assert rep["cold"]["emb"] == 1.0 and rep["all"]["users"] == 2
 
 
 @pytest.mark.data
-def test_stage_writes_labelled_candidates_and_indexes(tiny_validated, tmp_path):
+def test_stage_writes_labelled_candidates_and_indexes(tiny_validated, tmp_path, monkeypatch):
     from pipelines.config import load_params
     from pipelines.split import eval_targets, plan_snapshots, snapshot_clicks
 
@@ -277,6 +278,17 @@ def test_stage_writes_labelled_candidates_and_indexes(tiny_validated, tmp_path):
     # every article proposed was published before the cutoff
     created = meta.set_index(C.ARTICLE_ID)[C.CREATED_AT_TS]
     assert (created.reindex(cands[C.ARTICLE_ID]).to_numpy() < test.cutoff_ms).all()
+
+    # made and written a few users at a time (the stage's memory bound): the same rows, in the same order
+    import pipelines.candidates as stage
+
+    monkeypatch.setattr(stage, "LIST_BLOCK_USERS", 3)
+    assert len(targets[C.USER_ID].unique()) > 3
+    blocked = build_candidates(work, snaps, tmp_path / "blocked", tmp_path / "idx2", params, epoch)
+    assert blocked == reports
+    for snap in reports:
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "blocked" / f"{snap}.parquet"),
+                                      pd.read_parquet(tmp_path / "cands" / f"{snap}.parquet"))
 
 
 @pytest.mark.integration
