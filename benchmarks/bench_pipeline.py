@@ -85,6 +85,9 @@ def main() -> int:
 
     work = args.work.resolve()
     root = work / "data"
+    # Params overridden for this run (NEWSREC__SECTION__KEY, pipelines/config.py): each stage's row keeps them, so a
+    # table never passes a cheaper setting off as the default flow's.
+    overrides = {k: v for k, v in sorted(os.environ.items()) if k.startswith("NEWSREC__")}
     # The register stage writes to a throwaway registry, never to the project's mlflow.db.
     os.environ["NEWSREC__MLFLOW__TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
     os.environ["NEWSREC__MLFLOW__ARTIFACT_ROOT"] = str(work / "mlartifacts")
@@ -101,7 +104,7 @@ def main() -> int:
     for name, argv in stages(root, work):
         if args.only and name not in args.only:
             continue
-        rows.append(measure(name, argv, logs))
+        rows.append({**measure(name, argv, logs), "overrides": overrides})
         print(f"{name:<11} {rows[-1]['wall_s']:>8.1f} s {rows[-1]['peak_rss_mib']:>9.1f} MiB", file=sys.stderr)
 
     import duckdb
@@ -139,6 +142,10 @@ def markdown(summary: dict) -> str:
     if {r["stage"] for r in flow} >= {"validate", "register"}:
         lines.append(f"| **flow, validate to register** | **{sum(r['wall_s'] for r in flow):.1f}** "
                      f"({sum(r['wall_s'] for r in flow) / 60:.1f} min) | **{max(r['peak_rss_mib'] for r in flow):.0f}** |")
+    changed = [(r["stage"], r["overrides"]) for r in rows if r.get("overrides")]
+    if changed:
+        lines += ["", "Run with params other than params.yaml's: " + "; ".join(
+            f"{stage} {', '.join(f'{k}={v}' for k, v in o.items())}" for stage, o in changed) + "."]
     return "\n".join(lines)
 
 
