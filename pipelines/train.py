@@ -233,6 +233,12 @@ def concat_sets(sets: list[RankingSet]) -> RankingSet:
     )
 
 
+def _matrix(X: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """`X`'s `features` columns, without a copy when they are all of its columns in that order (a Globo-scale
+    training matrix is gigabytes; LightGBM reads a frame of one float32 block in place)."""
+    return X if list(X.columns) == features else X[features]
+
+
 def _check_sets(train_queries: int, train_clicks: int, val_queries: int) -> None:
     if train_queries == 0 or train_clicks == 0:
         raise InputError("training set has no query with a clicked candidate: nothing to learn from")
@@ -274,9 +280,9 @@ def fit_ranker(train: RankingSet, val: RankingSet, params: dict) -> Ranker:
 
     _check_sets(train.n_queries, int(train.y.sum()), val.n_queries)
     features, categorical, eval_at, lgb_params = _lgb_setup(params)
-    dtrain = lgb.Dataset(train.X[features], train.y, group=train.groups, categorical_feature=categorical,
+    dtrain = lgb.Dataset(_matrix(train.X, features), train.y, group=train.groups, categorical_feature=categorical,
                          free_raw_data=False)
-    dval = lgb.Dataset(val.X[features], val.y, group=val.groups, reference=dtrain, categorical_feature=categorical)
+    dval = lgb.Dataset(_matrix(val.X, features), val.y, group=val.groups, reference=dtrain, categorical_feature=categorical)
     evals: dict = {}
     booster = lgb.train(
         lgb_params,
@@ -307,7 +313,7 @@ def refit_ranker(ranker: Ranker, data: RankingSet, params: dict) -> Ranker:
     if features != ranker.features:
         raise InputError(f"refit features {features} differ from the early-stopped ranker's {ranker.features}")
     rounds = int(ranker.meta["best_iteration"])
-    dtrain = lgb.Dataset(data.X[features], data.y, group=data.groups, categorical_feature=categorical)
+    dtrain = lgb.Dataset(_matrix(data.X, features), data.y, group=data.groups, categorical_feature=categorical)
     booster = lgb.train(lgb_params, dtrain, num_boost_round=rounds)
     meta = {**ranker.meta, "refit_queries": int(data.n_queries), "refit_rows": len(data.y)}
     return Ranker(booster=booster, features=features, meta=meta)
@@ -508,7 +514,9 @@ def train(
             # Every val query, sampled like the training ones (early stopping needed whole lists, a refit not).
             val_train = concat_sets([load_ranking_set(candidates_dir, features_dir, n, embeddings, **sampling)
                                      for n in val_names])
-            ranker = refit_ranker(ranker, concat_sets([train_set, val_train]), params)
+            refit_set = concat_sets([train_set, val_train])
+            del train_set, val_train, val_set  # the parts are copied into refit_set: drop them before LightGBM bins it
+            ranker = refit_ranker(ranker, refit_set, params)
     else:
         shared = client.scatter(embeddings, broadcast=True, hash=False)
         # The workers read these folders from their own working folder: absolute, whatever the caller gave.

@@ -206,3 +206,16 @@ def test_compile_probes_stay_out_of_lightgbms_zero_band_and_float32_range():
     assert not ((values != 0) & (np.abs(values) <= 1e-30)).any() and np.isfinite(values).all()
     ranker.compile()
     assert ranker.predictor == "compiled"
+
+
+@pytest.mark.unit
+def test_training_matrix_is_the_sets_own_frame_unless_features_are_excluded():
+    rng, articles, embeddings, history = _world(3)
+    s = T.concat_sets([T.ranking_set(*_snapshot(rng, articles, embeddings, history, c)) for c in (20 * H, 25 * H)])
+    features = list(s.X.columns)
+    assert T._matrix(s.X, features) is s.X  # no gigabyte copy at Globo scale
+    # LightGBM reads a frame of one float32 block in place: concat_sets keeps the matrix one block
+    assert set(s.X.dtypes) == {np.dtype(np.float32)}
+    assert np.shares_memory(s.X.to_numpy(dtype=np.float32, copy=False), s.X[features[0]].to_numpy())
+    fewer = T._matrix(s.X, features[1:])
+    assert list(fewer.columns) == features[1:] and fewer[features[1]].equals(s.X[features[1]])
