@@ -510,12 +510,13 @@ def train(
         print(f"training on {train_set.n_queries} queries ({len(train_set.y)} rows), early stopping on "
               f"{val_set.n_queries} ...", file=sys.stderr, flush=True)
         ranker = fit_ranker(train_set, val_set, params)
+        del val_set  # early stopping is over: its whole lists go before the refit's sets are read
         if params.get("refit_on_val"):
             # Every val query, sampled like the training ones (early stopping needed whole lists, a refit not).
             val_train = concat_sets([load_ranking_set(candidates_dir, features_dir, n, embeddings, **sampling)
                                      for n in val_names])
             refit_set = concat_sets([train_set, val_train])
-            del train_set, val_train, val_set  # the parts are copied into refit_set: drop them before LightGBM bins it
+            del train_set, val_train  # the parts are copied into refit_set: drop them before LightGBM bins it
             ranker = refit_ranker(ranker, refit_set, params)
     else:
         shared = client.scatter(embeddings, broadcast=True, hash=False)
