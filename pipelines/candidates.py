@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -616,6 +616,21 @@ def candidate_report(recalls: pd.DataFrame) -> dict:
     return report
 
 
+def user_blocks(users: np.ndarray, size: int) -> list[np.ndarray]:
+    """`users` (sorted ids) cut into consecutive blocks of at most `size` (one empty block for no users): how lists
+    are made, written and read."""
+    return np.array_split(users, max(1, -(-len(users) // size)))
+
+
+def read_candidate_blocks(path: str | Path, users: np.ndarray, size: int) -> Iterator[pd.DataFrame]:
+    """The candidate rows of `users` (sorted ids) from a candidates file, `size` whole users at a time
+    (`user_blocks`), each in the file's row order. The stage writes users in id order, so a block reads only the
+    Parquet row groups its id range touches: a Globo test window (14M rows) is never in memory at once."""
+    for block in (b for b in user_blocks(users, size) if len(b)):
+        rows = pd.read_parquet(path, filters=[(USER_ID, ">=", int(block[0])), (USER_ID, "<=", int(block[-1]))])
+        yield rows[rows[USER_ID].isin(block)].reset_index(drop=True)
+
+
 def sample_users(users: np.ndarray, max_users: int) -> np.ndarray:
     """At most `max_users` of `users`, chosen by a fixed hash of the id: deterministic, unbiased by activity,
     and the same user is kept in every snapshot that keeps them."""
@@ -715,7 +730,7 @@ def build_candidates(
         # (a user's list reads only their own clicks), at a bounded memory (Globo's test window: 33k users, 14M rows).
         tmp, recalls, writer = Path(out_dir) / f".{snap.name}.parquet.tmp", [], None
         try:
-            for block in np.array_split(users, max(1, -(-len(users) // LIST_BLOCK_USERS))):
+            for block in user_blocks(users, LIST_BLOCK_USERS):
                 mine, truth = asked[asked[USER_ID].isin(block)], targets[targets[USER_ID].isin(block)]
                 if client is None:
                     cands = index.candidates(mine, users=block)

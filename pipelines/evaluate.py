@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -398,12 +398,13 @@ def reach_of(candidates: pd.DataFrame, method: str, own_lists: Mapping[str, pd.D
     if method in own_lists:
         return own_lists[method]
     src = BASELINES.get(method)
-    return candidates if src in (None, FUSED) else candidates[candidates[rank_col(src)] > 0]
+    rows = slice(None) if src in (None, FUSED) else candidates[rank_col(src)].to_numpy() > 0
+    return candidates.loc[rows, [USER_ID, ARTICLE_ID]]
 
 
 def summarise_methods(
     recs: Mapping[str, pd.DataFrame],
-    reach: Mapping[str, pd.DataFrame],
+    reach: Mapping[str, pd.Series],
     targets: pd.DataFrame,
     catalogue: pd.Series,
     k: int,
@@ -413,6 +414,8 @@ def summarise_methods(
 ) -> dict:
     """Metrics of every method for all / warm / cold queries of `targets` (user_id, article_id, warm).
 
+    `reach`: per method, the candidate recall of each query (`candidate_recall` of what the method reaches at
+    all, `reach_of`); a query it has no figure for reached none of its articles.
     A query is a user_id of the frames (one user at one cutoff). Coverage@k is computed per cutoff group
     (`group`: query -> group key, default one group) against `catalogue` (group key -> articles available)
     and averaged over groups. With `curve_k`, also NDCG@j and Recall@j for j = 1..curve_k (all queries).
@@ -428,7 +431,7 @@ def summarise_methods(
         per_user = per_user_metrics(ranked, targets, k=k)
         div = list_diversity(ranked, *diversity_of, k=k) if diversity_of is not None else None
         ndcg_by_method[method] = per_user["ndcg"].reindex(segs["all"]).fillna(0.0).to_numpy()
-        reach_recall = candidate_recall(reach[method], targets)
+        reach_recall = reach[method]
         results["methods"][method] = {}
         for seg, users in segs.items():
             top = ranked[ranked[USER_ID].isin(users) & (ranked[RANK] <= k)]
@@ -482,7 +485,7 @@ def paired_bootstrap_ci(a: np.ndarray, b: np.ndarray, n: int = 1000, seed: int =
 
 
 def evaluate_snapshot(
-    candidates: pd.DataFrame,
+    blocks: Iterable[pd.DataFrame],
     targets: pd.DataFrame,
     trend: pd.Series,
     catalogue_size: int,
@@ -495,8 +498,13 @@ def evaluate_snapshot(
     vectors: Callable[[np.ndarray], np.ndarray] | None = None,
     diversity_of: tuple[Callable[[np.ndarray], np.ndarray], pd.Series] | None = None,
     cluster: ClusterRanking | None = None,
+    methods: Collection[str] | None = None,
 ) -> dict:
     """The frozen protocol: every method ranks one snapshot's candidates, all computed at its cutoff.
+
+    `blocks`: the candidate rows in blocks of whole users (`candidates.read_candidate_blocks`; one frame is one
+    block), ranked one block at a time, so only the top `depth` of each list outlives its block. `methods`: the
+    baselines ranked in every block (`index_methods`); default the first block's (`baseline_methods`).
 
     `own_lists` are methods ranked outside the candidates (recent_popular, the CF peer), as user_id,
     article_id, rank; `own_reach` what such a method reaches at all when that is not its list (default).
@@ -507,9 +515,20 @@ def evaluate_snapshot(
     own_lists = dict(own_lists or {})
     depth = max(k, curve_k or 0)
     rank = rank_methods if cluster is None else cluster.rank
-    recs = rank(candidates, trend, depth, scorers, rank_params, vectors)
-    recs.update({m: r[r[RANK] <= depth] for m, r in own_lists.items()})
-    reach = {m: reach_of(candidates, m, {**own_lists, **dict(own_reach or {})}) for m in recs}
+    parts: dict[str, list[pd.DataFrame]] = {}
+    reach_parts: dict[str, list[pd.Series]] = {}
+    for candidates in blocks:
+        methods = baseline_methods(candidates) if methods is None else methods
+        truth = targets[targets[USER_ID].isin(candidates[USER_ID].unique())]
+        for method, ranked in rank(candidates, trend, depth, scorers, rank_params, vectors, methods).items():
+            parts.setdefault(method, []).append(ranked)
+            reach_parts.setdefault(method, []).append(candidate_recall(reach_of(candidates, method, {}), truth))
+    recs = {m: pd.concat(v, ignore_index=True) for m, v in parts.items()}
+    reach = {m: pd.concat(v) for m, v in reach_parts.items()}
+    own_reach = {**own_lists, **dict(own_reach or {})}
+    for method, ranked in own_lists.items():
+        recs[method] = ranked[ranked[RANK] <= depth]
+        reach[method] = candidate_recall(own_reach[method], targets)
     return summarise_methods(recs, reach, targets, pd.Series({0: catalogue_size}), k, curve_k,
                              diversity_of=diversity_of)
 
@@ -564,7 +583,7 @@ def evaluate_as_served(
     ts = clicks["click_timestamp"].to_numpy()
     depth = max(k, curve_k or 0)
     parts: dict[str, list[pd.DataFrame]] = {}
-    reach_parts: dict[str, list[pd.DataFrame]] = {}
+    reach_parts: dict[str, list[pd.Series]] = {}
     target_parts, group_parts, sizes, offset = [], [], {}, 0
     shown_all, shown_total = None, 0
     if impressions is not None:
@@ -613,11 +632,12 @@ def evaluate_as_served(
         def to_query(frame: pd.DataFrame, offset: int = offset, users: np.ndarray = users) -> pd.DataFrame:
             return frame.assign(**{USER_ID: offset + np.searchsorted(users, frame[USER_ID].to_numpy())})
 
+        queries = to_query(targets)
         for method, ranked in recs.items():
             parts.setdefault(method, []).append(to_query(ranked))
             reach = reach_of(cands, method, own_reach)
-            reach_parts.setdefault(method, []).append(to_query(reach[[USER_ID, ARTICLE_ID]]))
-        target_parts.append(to_query(targets))
+            reach_parts.setdefault(method, []).append(candidate_recall(to_query(reach), queries))
+        target_parts.append(queries)
         group_parts.append(pd.Series(hour, index=offset + np.arange(len(users))))
         sizes[hour] = int((articles[CREATED_AT_TS] < cutoff).sum())
         offset += len(users)
@@ -625,7 +645,7 @@ def evaluate_as_served(
         raise InputError(f"snapshot {snap.name!r}: no hour of its window has a user with a click to judge")
     results = summarise_methods(
         {m: pd.concat(v, ignore_index=True) for m, v in parts.items()},
-        {m: pd.concat(v, ignore_index=True) for m, v in reach_parts.items()},
+        {m: pd.concat(v) for m, v in reach_parts.items()},
         pd.concat(target_parts, ignore_index=True),
         pd.Series(sizes),
         k,
@@ -812,7 +832,7 @@ def evaluate(
     diversity re-rank of the reranker's lists, as the API applies it; None = off. With a Dask `client`, the
     per-user ranking of both protocols (and the as-served candidate lists) runs in `partitions` user partitions
     on the cluster; the result is the single process's."""
-    from pipelines import diversity
+    from pipelines import candidates, diversity
     from pipelines.candidates import TREND, CandidateIndex
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
     from pipelines.features import normalise_embeddings
@@ -837,7 +857,6 @@ def evaluate(
         raise MissingInputError(
             f"no candidates for snapshot {snap.name!r}: {cand_path} (run `newsrec candidates`)"
         )
-    candidates = pd.read_parquet(cand_path)
     index = CandidateIndex.load(Path(index_dir) / snap.name)
     trend = index.pool.set_index(ARTICLE_ID)[TREND]
     k, curve_k, recent_hours = int(params["k"]), int(params["curve_k"]), int(params["recent_popular_hours"])
@@ -848,7 +867,7 @@ def evaluate(
             raise InputError("the reranker needs the feature tables folder (--features)")
         ranker = Ranker.load(model_dir)
         scorers[RERANKER] = reranker_scorer(ranker, Path(features_dir) / snap.name, embeddings)
-    users = targets[USER_ID].unique()
+    users = np.unique(targets[USER_ID].to_numpy())
     mine = history[history[USER_ID].isin(users)]
     own = recent_popular_lists(root, articles, snap.cutoff_hour, snap.cutoff_ms, recent_hours, users, mine,
                                max(k, curve_k))
@@ -866,9 +885,9 @@ def evaluate(
     cluster = ClusterRanking(client, partitions) if client is not None else None
     measure = (diversity.lookup(normalise_embeddings(embeddings)), catalogue.set_index(ARTICLE_ID)[CATEGORY_ID])
     results = evaluate_snapshot(
-        candidates, targets, trend, available, k, scorers, curve_k=curve_k, own_lists=own_lists,
-        own_reach=own_reach, rank_params=rank_params, vectors=diversity.index_vectors(index), diversity_of=measure,
-        cluster=cluster,
+        candidates.read_candidate_blocks(cand_path, users, candidates.LIST_BLOCK_USERS), targets, trend, available,
+        k, scorers, curve_k=curve_k, own_lists=own_lists, own_reach=own_reach, rank_params=rank_params,
+        vectors=diversity.index_vectors(index), diversity_of=measure, cluster=cluster, methods=index_methods(index),
     )
     results["rank"] = rank_params
     results["snapshot"] = snap.name

@@ -289,6 +289,15 @@ def test_stage_writes_labelled_candidates_and_indexes(tiny_validated, tmp_path, 
     for snap in reports:
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "blocked" / f"{snap}.parquet"),
                                       pd.read_parquet(tmp_path / "cands" / f"{snap}.parquet"))
+    # and read back a few whole users at a time: each block exactly its users' rows, in the file's order
+    whole = pd.read_parquet(tmp_path / "blocked" / "test.parquet")
+    users = np.unique(whole[C.USER_ID].to_numpy())
+    pd.testing.assert_frame_equal(pd.concat(stage.read_candidate_blocks(tmp_path / "blocked" / "test.parquet",
+                                                                        users, 2), ignore_index=True), whole)
+    some = users[1::2]
+    for block, mine in zip(stage.read_candidate_blocks(tmp_path / "blocked" / "test.parquet", some, 2),
+                           stage.user_blocks(some, 2), strict=True):
+        pd.testing.assert_frame_equal(block, whole[whole[C.USER_ID].isin(mine)].reset_index(drop=True))
 
 
 @pytest.mark.integration

@@ -54,7 +54,7 @@ def _oracle(frame: pd.DataFrame) -> np.ndarray:
 @pytest.mark.unit
 def test_baselines_and_an_oracle_reranker_on_hand_checkable_lists():
     res = evaluate_snapshot(
-        _candidates(), TARGETS, TREND, catalogue_size=20, k=3, scorers={RERANKER: _oracle}
+        [_candidates()], TARGETS, TREND, catalogue_size=20, k=3, scorers={RERANKER: _oracle}
     )
     m = res["methods"]
     assert set(m) == set(BASELINES) | {RERANKER}
@@ -79,7 +79,7 @@ def test_baselines_and_an_oracle_reranker_on_hand_checkable_lists():
     assert cmp["beats_every_baseline"] and cmp["best_baseline"] in BASELINES
     # an index without a learned model proposes nothing from it: no learned row, rather than a copy of trending
     unlearned = _candidates().assign(**{C.score_col("learned"): np.nan, C.rank_col("learned"): 0})
-    res = evaluate_snapshot(unlearned, TARGETS, TREND, catalogue_size=20, k=3, scorers={RERANKER: _oracle})
+    res = evaluate_snapshot([unlearned], TARGETS, TREND, catalogue_size=20, k=3, scorers={RERANKER: _oracle})
     assert set(res["methods"]) == (set(BASELINES) - {"learned"}) | {RERANKER}
     assert cmp["ratio"] == pytest.approx(1.0 / max(m[b]["all"]["ndcg@3"] for b in BASELINES))
 
@@ -104,20 +104,20 @@ def test_scorers_see_chunks_without_labels_and_scores_come_back_in_row_order():
 @pytest.mark.unit
 def test_a_scorer_with_the_wrong_length_is_an_error():
     with pytest.raises(ValueError, match="returned"):
-        evaluate_snapshot(_candidates(), TARGETS, TREND, 20, 3, scorers={RERANKER: lambda f: np.zeros(3)})
+        evaluate_snapshot([_candidates()], TARGETS, TREND, 20, 3, scorers={RERANKER: lambda f: np.zeros(3)})
 
 
 @pytest.mark.unit
 def test_users_without_candidates_count_as_misses():
     targets = pd.concat([TARGETS, pd.DataFrame({C.USER_ID: [3], C.ARTICLE_ID: [10], C.WARM: [False]})])
-    res = evaluate_snapshot(_candidates(), targets, TREND, 20, 3)
+    res = evaluate_snapshot([_candidates()], targets, TREND, 20, 3)
     assert res["users"]["cold"] == 2
     assert res["methods"]["trending"]["cold"]["ndcg@3"] == pytest.approx(0.25)  # (0.5 + 0) / 2
 
 
 @pytest.mark.unit
 def test_reports_hold_every_method_and_segment(tmp_path):
-    res = evaluate_snapshot(_candidates(), TARGETS, TREND, 20, 3, scorers={RERANKER: _oracle}, curve_k=4)
+    res = evaluate_snapshot([_candidates()], TARGETS, TREND, 20, 3, scorers={RERANKER: _oracle}, curve_k=4)
     paths = write_reports(res, tmp_path)
     saved = json.loads(paths["json"].read_text())
     assert saved["methods"][RERANKER]["cold"]["ndcg@3"] == 1.0 and "curves" not in saved
@@ -141,7 +141,7 @@ def test_reports_hold_every_method_and_segment(tmp_path):
 
 
 @pytest.mark.data
-def test_stage_evaluates_baselines_on_tiny_data(tiny_validated, tmp_path, capsys):
+def test_stage_evaluates_baselines_on_tiny_data(tiny_validated, tmp_path, capsys, monkeypatch):
     from pipelines.aggregates import aggregate_all
     from pipelines.candidates import build_candidates
     from pipelines.config import load_params
@@ -194,6 +194,13 @@ def test_stage_evaluates_baselines_on_tiny_data(tiny_validated, tmp_path, capsys
     assert res["methods"]["als"]["cold"] == {**res["methods"]["trending"]["cold"], "candidate_recall": 0.0}
     assert 0 < res["methods"]["als"]["warm"]["candidate_recall"] <= 1
     assert "reranker_vs_best_baseline" not in res
+    # ranked a few users' lists at a time (the stage's memory bound): the same figures
+    import pipelines.candidates as candidates_stage
+
+    monkeypatch.setattr(candidates_stage, "LIST_BLOCK_USERS", 2)
+    assert res["users"]["all"] > 2
+    assert main([*args[:-1], str(tmp_path / "blocked")]) == 0
+    assert json.loads((tmp_path / "blocked" / "eval.json").read_text()) == res
     assert cli(["evaluate", *args, "--model", str(tmp_path / "none")]) == 1  # a model needs its feature tables
     assert "--features" in capsys.readouterr().err
 
