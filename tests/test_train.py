@@ -109,7 +109,7 @@ def test_ranker_learns_the_planted_signal(trained):
 def test_refit_on_more_queries_keeps_the_chosen_rounds_and_the_signal(trained):
     ranker, val_cands, val_tables = trained
     more = T.ranking_set(val_cands, val_tables)
-    refit = T.refit_ranker(ranker, more, PARAMS)
+    refit = T.refit_ranker(ranker, [more], PARAMS)
     assert refit.booster.num_trees() == ranker.meta["best_iteration"]
     assert refit.meta["refit_queries"] == more.n_queries and refit.features == ranker.features
     assert T.feature_importance(refit).iloc[0]["feature"] == "ua_emb_sim"
@@ -117,8 +117,12 @@ def test_refit_on_more_queries_keeps_the_chosen_rounds_and_the_signal(trained):
     assert not np.allclose(scores, T.score_candidates(ranker, val_cands, val_tables))  # a new model
     labels = val_cands[C.LABEL].to_numpy()
     assert scores[labels == 1].mean() > scores[labels == 0].mean()
+    # several sets are read as a list, without their concatenation: the same model as from one concatenated set
+    parts = [T.ranking_set(val_cands.iloc[: len(val_cands) // 2], val_tables), more]
+    assert (T.refit_ranker(ranker, parts, PARAMS).booster.model_to_string()
+            == T.refit_ranker(ranker, [T.concat_sets(parts)], PARAMS).booster.model_to_string())
     with pytest.raises(ValueError, match="differ"):
-        T.refit_ranker(ranker, more, {**PARAMS, "exclude_features": ["ua_emb_sim"]})
+        T.refit_ranker(ranker, [more], {**PARAMS, "exclude_features": ["ua_emb_sim"]})
 
 
 @pytest.mark.unit
