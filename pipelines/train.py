@@ -233,10 +233,18 @@ def concat_sets(sets: list[RankingSet]) -> RankingSet:
     )
 
 
-def _matrix(X: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-    """`X`'s `features` columns, without a copy when they are all of its columns in that order (a Globo-scale
-    training matrix is gigabytes; LightGBM reads a frame of one float32 block in place)."""
-    return X if list(X.columns) == features else X[features]
+def _dataset(sets: Sequence[RankingSet], features: list[str], categorical: list[str], **kwargs):
+    """One LightGBM dataset of `sets`' rows in order (train / valid / refit), read as LightGBM's list of matrices:
+    the same dataset as their concatenation without the copy, and each set's own float32 block read in place when
+    its columns are `features` (a Globo-scale training set is gigabytes)."""
+    import lightgbm as lgb
+
+    if not sets:
+        raise InputError("no ranking sets to train on")
+    mats = [(s.X if list(s.X.columns) == features else s.X[features]).to_numpy(dtype=np.float32, copy=False)
+            for s in sets]
+    return lgb.Dataset(mats, np.concatenate([s.y for s in sets]), group=np.concatenate([s.groups for s in sets]),
+                       feature_name=features, categorical_feature=categorical, **kwargs)
 
 
 def _check_sets(train_queries: int, train_clicks: int, val_queries: int) -> None:
@@ -274,15 +282,15 @@ def _meta(curve: list[float], best: int, sizes: dict) -> dict:
     }
 
 
-def fit_ranker(train: RankingSet, val: RankingSet, params: dict) -> Ranker:
-    """Train LambdaRank on `train`, early-stopping on NDCG@eval_at of `val`."""
+def fit_ranker(train: Sequence[RankingSet], val: Sequence[RankingSet], params: dict) -> Ranker:
+    """Train LambdaRank on the `train` sets (one per snapshot), early-stopping on NDCG@eval_at of the `val` sets."""
     import lightgbm as lgb
 
-    _check_sets(train.n_queries, int(train.y.sum()), val.n_queries)
+    train_queries, val_queries = sum(s.n_queries for s in train), sum(s.n_queries for s in val)
+    _check_sets(train_queries, int(sum(s.y.sum() for s in train)), val_queries)
     features, categorical, eval_at, lgb_params = _lgb_setup(params)
-    dtrain = lgb.Dataset(_matrix(train.X, features), train.y, group=train.groups, categorical_feature=categorical,
-                         free_raw_data=False)
-    dval = lgb.Dataset(_matrix(val.X, features), val.y, group=val.groups, reference=dtrain, categorical_feature=categorical)
+    dtrain = _dataset(train, features, categorical, free_raw_data=False)
+    dval = _dataset(val, features, categorical, reference=dtrain)
     evals: dict = {}
     booster = lgb.train(
         lgb_params,
@@ -297,8 +305,8 @@ def fit_ranker(train: RankingSet, val: RankingSet, params: dict) -> Ranker:
             *([lgb.log_evaluation(int(params["log_every"]))] if params.get("log_every") else []),
         ],
     )
-    sizes = {"eval_at": eval_at, "train_queries": train.n_queries, "train_rows": len(train.y),
-             "val_queries": val.n_queries, "val_rows": len(val.y)}
+    sizes = {"eval_at": eval_at, "train_queries": train_queries, "train_rows": sum(len(s.y) for s in train),
+             "val_queries": val_queries, "val_rows": sum(len(s.y) for s in val)}
     meta = _meta(evals["val"][f"ndcg@{eval_at}"], booster.best_iteration, sizes)
     return Ranker(booster=booster, features=features, meta=meta)
 
@@ -306,20 +314,14 @@ def fit_ranker(train: RankingSet, val: RankingSet, params: dict) -> Ranker:
 def refit_ranker(ranker: Ranker, sets: Sequence[RankingSet], params: dict) -> Ranker:
     """`ranker`'s configuration trained again on `sets` (the train and val snapshots together) for the number
     of rounds early stopping chose: the val window is the newest data before the cutoff, and in news the
-    newest hours are the ones most like the next.
-
-    LightGBM reads the sets' matrices as a list, in order: the same dataset as their concatenation, without
-    the copy (at Globo scale the refit's rows are gigabytes)."""
+    newest hours are the ones most like the next."""
     import lightgbm as lgb
 
     features, categorical, _, lgb_params = _lgb_setup(params)
     if features != ranker.features:
         raise InputError(f"refit features {features} differ from the early-stopped ranker's {ranker.features}")
     rounds = int(ranker.meta["best_iteration"])
-    mats = [_matrix(s.X, features).to_numpy(dtype=np.float32, copy=False) for s in sets]
-    dtrain = lgb.Dataset(mats, np.concatenate([s.y for s in sets]), group=np.concatenate([s.groups for s in sets]),
-                         feature_name=features, categorical_feature=categorical)
-    booster = lgb.train(lgb_params, dtrain, num_boost_round=rounds)
+    booster = lgb.train(lgb_params, _dataset(sets, features, categorical), num_boost_round=rounds)
     meta = {**ranker.meta, "refit_queries": int(sum(s.n_queries for s in sets)),
             "refit_rows": int(sum(len(s.y) for s in sets))}
     return Ranker(booster=booster, features=features, meta=meta)
@@ -508,20 +510,17 @@ def train(
                     "seed": sampling["seed"]}
     print(f"reading {len(train_names)} train and {len(val_names)} val snapshots ...", file=sys.stderr, flush=True)
     if client is None:
-        train_set = concat_sets(
-            [load_ranking_set(candidates_dir, features_dir, n, embeddings, **sampling) for n in train_names]
-        )
-        val_set = concat_sets([load_ranking_set(candidates_dir, features_dir, n, embeddings, **val_sampling)
-                               for n in val_names])
-        print(f"training on {train_set.n_queries} queries ({len(train_set.y)} rows), early stopping on "
-              f"{val_set.n_queries} ...", file=sys.stderr, flush=True)
-        ranker = fit_ranker(train_set, val_set, params)
-        del val_set  # early stopping is over: its whole lists go before the refit's sets are read
+        # One set per snapshot, never concatenated: LightGBM reads them as a list (`_dataset`).
+        train_sets = [load_ranking_set(candidates_dir, features_dir, n, embeddings, **sampling) for n in train_names]
+        val_sets = [load_ranking_set(candidates_dir, features_dir, n, embeddings, **val_sampling) for n in val_names]
+        print(f"training on {sum(s.n_queries for s in train_sets)} queries ({sum(len(s.y) for s in train_sets)} "
+              f"rows), early stopping on {sum(s.n_queries for s in val_sets)} ...", file=sys.stderr, flush=True)
+        ranker = fit_ranker(train_sets, val_sets, params)
+        del val_sets  # early stopping is over: its whole lists go before the refit's sets are read
         if params.get("refit_on_val"):
             # Every val query, sampled like the training ones (early stopping needed whole lists, a refit not).
-            val_train = concat_sets([load_ranking_set(candidates_dir, features_dir, n, embeddings, **sampling)
-                                     for n in val_names])
-            ranker = refit_ranker(ranker, [train_set, val_train], params)
+            ranker = refit_ranker(ranker, train_sets + [
+                load_ranking_set(candidates_dir, features_dir, n, embeddings, **sampling) for n in val_names], params)
     else:
         shared = client.scatter(embeddings, broadcast=True, hash=False)
         # The workers read these folders from their own working folder: absolute, whatever the caller gave.

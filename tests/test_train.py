@@ -63,9 +63,8 @@ def _snapshot(rng, articles, embeddings, history, cutoff):
 def trained():
     rng, articles, embeddings, history = _world()
     snaps = [_snapshot(rng, articles, embeddings, history, c) for c in (20 * H, 25 * H, 30 * H)]
-    train_set = T.concat_sets([T.ranking_set(c, t) for c, t in snaps[:2]])
     val_cands, val_tables = snaps[2]
-    ranker = T.fit_ranker(train_set, T.ranking_set(val_cands, val_tables), PARAMS)
+    ranker = T.fit_ranker([T.ranking_set(c, t) for c, t in snaps[:2]], [T.ranking_set(val_cands, val_tables)], PARAMS)
     return ranker, val_cands, val_tables
 
 
@@ -149,7 +148,7 @@ def test_fit_refuses_a_training_set_without_clicks(trained):
     _, val_cands, val_tables = trained
     no_clicks = T.ranking_set(val_cands.assign(**{C.LABEL: 0}), val_tables, drop_no_positive=False)
     with pytest.raises(ValueError, match="nothing to learn"):
-        T.fit_ranker(no_clicks, no_clicks, PARAMS)
+        T.fit_ranker([no_clicks], [no_clicks], PARAMS)
 
 
 @pytest.mark.unit
@@ -213,13 +212,17 @@ def test_compile_probes_stay_out_of_lightgbms_zero_band_and_float32_range():
 
 
 @pytest.mark.unit
-def test_training_matrix_is_the_sets_own_frame_unless_features_are_excluded():
+def test_training_data_is_the_sets_own_matrices_unless_features_are_excluded():
     rng, articles, embeddings, history = _world(3)
-    s = T.concat_sets([T.ranking_set(*_snapshot(rng, articles, embeddings, history, c)) for c in (20 * H, 25 * H)])
-    features = list(s.X.columns)
-    assert T._matrix(s.X, features) is s.X  # no gigabyte copy at Globo scale
-    # LightGBM reads a frame of one float32 block in place: concat_sets keeps the matrix one block
-    assert set(s.X.dtypes) == {np.dtype(np.float32)}
-    assert np.shares_memory(s.X.to_numpy(dtype=np.float32, copy=False), s.X[features[0]].to_numpy())
-    fewer = T._matrix(s.X, features[1:])
-    assert list(fewer.columns) == features[1:] and fewer[features[1]].equals(s.X[features[1]])
+    sets = [T.ranking_set(*_snapshot(rng, articles, embeddings, history, c)) for c in (20 * H, 25 * H)]
+    features = list(sets[0].X.columns)
+    # LightGBM reads each snapshot's float32 block in place: no gigabyte copy or concatenation at Globo scale
+    assert all(set(s.X.dtypes) == {np.dtype(np.float32)} for s in sets)
+    data = T._dataset(sets, features, [])
+    assert all(np.shares_memory(m, s.X[features[0]].to_numpy()) for m, s in zip(data.data, sets, strict=True))
+    data.construct()
+    assert data.num_data() == sum(len(s.y) for s in sets) and data.feature_name == features
+    np.testing.assert_array_equal(data.get_label(), np.concatenate([s.y for s in sets]))
+    np.testing.assert_array_equal(np.diff(data.get_field("group")), np.concatenate([s.groups for s in sets]))
+    fewer = T._dataset(sets, features[1:], [])
+    np.testing.assert_array_equal(fewer.data[1], sets[1].X[features[1:]].to_numpy())
