@@ -243,8 +243,12 @@ def _dataset(sets: Sequence[RankingSet], features: list[str], categorical: list[
         raise InputError("no ranking sets to train on")
     mats = [(s.X if list(s.X.columns) == features else s.X[features]).to_numpy(dtype=np.float32, copy=False)
             for s in sets]
-    return lgb.Dataset(mats, np.concatenate([s.y for s in sets]), group=np.concatenate([s.groups for s in sets]),
+    data = lgb.Dataset(mats, np.concatenate([s.y for s in sets]), group=np.concatenate([s.groups for s in sets]),
                        feature_name=features, categorical_feature=categorical, **kwargs)
+    # The sets are frames without pandas category columns: the model records that as the Dask ranker's frames do
+    # (its file then reads the same on both paths, and as before the list form).
+    data.pandas_categorical = []
+    return data
 
 
 def _check_sets(train_queries: int, train_clicks: int, val_queries: int) -> None:
