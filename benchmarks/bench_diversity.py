@@ -78,7 +78,8 @@ def main() -> int:
         parser.error("--data-root and --ranker are needed (or --compare)")
     root = args.data_root
     catalogue, embeddings = read_catalogue(root)
-    measure = (lookup(normalise_embeddings(embeddings)), catalogue.set_index(C.ARTICLE_ID)[C.CATEGORY_ID])
+    normalised = normalise_embeddings(embeddings)
+    measure = (lookup(normalised), catalogue.set_index(C.ARTICLE_ID)[C.CATEGORY_ID])
     ranker = Ranker.load(args.ranker)
     acc: dict[float, dict[str, list]] = {lam: {"ndcg@10": [], "ild@10": [], "categories@10": []} for lam in args.lambdas}
     snaps = sorted(p.stem for p in (root / "candidates").glob("val_*.parquet"))[::3]
@@ -89,7 +90,7 @@ def main() -> int:
         targets = cands.loc[cands[C.LABEL] == 1, [C.USER_ID, C.ARTICLE_ID]]
         cands = cands[cands[C.USER_ID].isin(targets[C.USER_ID])]
         index = CandidateIndex.load(root / "indexes" / snap)
-        scores = reranker_scorer(ranker, root / "features" / snap, embeddings)(cands.drop(columns=[C.LABEL]))
+        scores = reranker_scorer(ranker, root / "features" / snap, normalised)(cands.drop(columns=[C.LABEL]))
         trend = index.pool.set_index(C.ARTICLE_ID)[TREND]
         for lam in args.lambdas:
             params = {"diversity": "mmr", "mmr_lambda": lam, "mmr_depth": args.depth}

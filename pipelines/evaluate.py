@@ -552,6 +552,7 @@ def evaluate_as_served(
     diversity_of: tuple[Callable[[np.ndarray], np.ndarray], pd.Series] | None = None,
     learned=None,
     cluster: ClusterRanking | None = None,
+    normalised: np.ndarray | None = None,
 ) -> dict:
     """The as-served protocol: the snapshot's target window replayed hour by hour.
 
@@ -571,6 +572,8 @@ def evaluate_as_served(
 
     With a `cluster`, each hour's candidate lists, user-side feature tables and rankings run in its user
     partitions; the index, the article-side tables, the CF peer and the metrics are fitted and computed here.
+    `normalised`: `embeddings` already L2-normalised, when the caller holds them (one copy of a Globo-sized
+    matrix instead of two); None normalises them here.
     """
     from pipelines.candidates import TREND, CandidateIndex
     from pipelines.catalogue import known_at
@@ -579,7 +582,8 @@ def evaluate_as_served(
     from pipelines.peers import CFPeer
     from pipelines.split import eval_targets, hour_start_ms
 
-    normalised = normalise_embeddings(embeddings) if ranker is not None else None
+    if normalised is None and ranker is not None:
+        normalised = normalise_embeddings(embeddings)
     ts = clicks["click_timestamp"].to_numpy()
     depth = max(k, curve_k or 0)
     parts: dict[str, list[pd.DataFrame]] = {}
@@ -804,11 +808,12 @@ def write_reports(results: dict, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-def reranker_scorer(ranker, features_dir: str | Path, embeddings: np.ndarray) -> Scorer:
-    """Scores from the trained ranker with the snapshot's feature tables (R's `score_candidates`)."""
-    from pipelines.features import FeatureTables, normalise_embeddings
+def reranker_scorer(ranker, features_dir: str | Path, normalised: np.ndarray) -> Scorer:
+    """Scores from the trained ranker with the snapshot's feature tables (R's `score_candidates`);
+    `normalised`: the article embeddings, L2-normalised (`features.normalise_embeddings`)."""
+    from pipelines.features import FeatureTables
 
-    return RerankerScorer(ranker, FeatureTables.load(features_dir, normalise_embeddings(embeddings)))
+    return RerankerScorer(ranker, FeatureTables.load(features_dir, normalised))
 
 
 def evaluate(
@@ -844,6 +849,9 @@ def evaluate(
     if snap.role == "serve":
         raise InputError(f"snapshot {snap.name!r} has no target window to evaluate on")
     catalogue, embeddings = read_catalogue(root)
+    # One normalised copy for the reranker's tables, the diversity measure and the replay (the index normalises
+    # its own rows from the raw matrix).
+    normalised = normalise_embeddings(embeddings)
     delivered = delivered_hours(root, catalogue)
     articles = known_at(catalogue, delivered, snap.cutoff_hour)
     clicks = load_clicks(lake.validated_dir(root), None, snap.end_ms)
@@ -866,7 +874,7 @@ def evaluate(
         if features_dir is None:
             raise InputError("the reranker needs the feature tables folder (--features)")
         ranker = Ranker.load(model_dir)
-        scorers[RERANKER] = reranker_scorer(ranker, Path(features_dir) / snap.name, embeddings)
+        scorers[RERANKER] = reranker_scorer(ranker, Path(features_dir) / snap.name, normalised)
     users = np.unique(targets[USER_ID].to_numpy())
     mine = history[history[USER_ID].isin(users)]
     own = recent_popular_lists(root, articles, snap.cutoff_hour, snap.cutoff_ms, recent_hours, users, mine,
@@ -883,7 +891,7 @@ def evaluate(
     available = len(available_ids)
     rank_params = diversity.check_params(rank_params)
     cluster = ClusterRanking(client, partitions) if client is not None else None
-    measure = (diversity.lookup(normalise_embeddings(embeddings)), catalogue.set_index(ARTICLE_ID)[CATEGORY_ID])
+    measure = (diversity.lookup(normalised), catalogue.set_index(ARTICLE_ID)[CATEGORY_ID])
     results = evaluate_snapshot(
         candidates.read_candidate_blocks(cand_path, users, candidates.LIST_BLOCK_USERS), targets, trend, available,
         k, scorers, curve_k=curve_k, own_lists=own_lists, own_reach=own_reach, rank_params=rank_params,
@@ -900,7 +908,7 @@ def evaluate(
             root, snap, clicks, (catalogue, delivered), embeddings, index_params, feature_params, int(epoch_ms), k,
             recent_hours, ranker=ranker, curve_k=curve_k, cf_params=cf_params,
             impressions=pd.read_parquet(shown) if shown.exists() else None, rank_params=rank_params,
-            diversity_of=measure, learned=index.learned, cluster=cluster,
+            diversity_of=measure, learned=index.learned, cluster=cluster, normalised=normalised,
         )
     return results
 

@@ -271,10 +271,16 @@ def read_embeddings(path: str | Path) -> np.ndarray:
     return matrix
 
 
-def normalise_embeddings(matrix: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero), so dot products are cosines."""
+def normalise_embeddings(matrix: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero), so dot products are cosines. `in_place` scales a
+    float32 `matrix` that the caller owns and no longer needs raw: the same values, without a second
+    matrix of its size (Globo's catalogue: 364 MB)."""
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return (matrix / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+    scale = np.where(norms == 0, 1.0, norms)
+    if in_place and matrix.dtype == np.float32:
+        matrix /= scale
+        return matrix
+    return (matrix / scale).astype(np.float32, copy=False)
 
 
 def _history_before(clicks: pd.DataFrame, cutoff_ms: int) -> pd.DataFrame:
@@ -302,7 +308,7 @@ def user_profiles(
         (weights, (pos, h[C.CLICK_ARTICLE_ID].to_numpy())), shape=(len(users), embeddings.shape[0])
     )
     profiles = np.asarray(mix @ embeddings, dtype=np.float32)
-    return pd.Index(users, name=C.USER_ID), normalise_embeddings(profiles)
+    return pd.Index(users, name=C.USER_ID), normalise_embeddings(profiles, in_place=True)
 
 
 def _runs(*keys: np.ndarray) -> np.ndarray:
@@ -741,9 +747,9 @@ def build_snapshot_features(
     from pipelines.split import snapshots_clicks
 
     root = Path(data_root)
-    catalogue, raw_embeddings = read_catalogue(root)
+    catalogue, embeddings = read_catalogue(root)
     delivered = delivered_hours(root, catalogue)
-    embeddings = normalise_embeddings(raw_embeddings)
+    embeddings = normalise_embeddings(embeddings, in_place=True)  # the raw rows are not read again
     written = {}
     for snap, history, target in snapshots_clicks(lake.validated_dir(root), snapshots):
         articles = known_at(catalogue, delivered, snap.cutoff_hour)

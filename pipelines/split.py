@@ -218,7 +218,9 @@ def snapshots_clicks(validated_dir: str | Path, snapshots: Sequence[Snapshot]
                      ) -> Iterator[tuple[Snapshot, pd.DataFrame, pd.DataFrame]]:
     """(snapshot, history, target) of each snapshot, equal to `snapshot_clicks`, from one read of the clicks up to
     the latest snapshot's end: dozens of hourly snapshots each slice it instead of each reading the whole
-    history again. Each history and target is the snapshot's own frame (a copy), free to change."""
+    history again. Each history and target is a slice of that one read (no copy: dozens of copies of a
+    Globo-sized history cost more than the rest of a snapshot), so read them and derive new frames from them;
+    do not modify them in place."""
     if not snapshots:
         return
     clicks = load_clicks(validated_dir, None, max(max(s.end_ms, s.cutoff_ms) for s in snapshots))
@@ -226,7 +228,7 @@ def snapshots_clicks(validated_dir: str | Path, snapshots: Sequence[Snapshot]
     for snap in snapshots:
         cut = int(np.searchsorted(ts, snap.cutoff_ms, side="left"))
         end = int(np.searchsorted(ts, snap.end_ms, side="left")) if snap.end_ms > snap.cutoff_ms else cut
-        yield snap, clicks.iloc[:cut].copy(), clicks.iloc[cut:end].reset_index(drop=True)
+        yield snap, clicks.iloc[:cut], clicks.iloc[cut:end].reset_index(drop=True)
 
 
 def eval_targets(
@@ -245,12 +247,13 @@ def eval_targets(
         .rename(columns={CLICK_ARTICLE_ID: ARTICLE_ID})
         .merge(avail, on=ARTICLE_ID, how="inner")
     )
-    read = (
-        history[[USER_ID, CLICK_ARTICLE_ID]].drop_duplicates().rename(columns={CLICK_ARTICLE_ID: ARTICLE_ID})
-    )
+    # Only these users' history can exclude a pair or make a user warm: an hour's few thousand readers, not the
+    # millions of history rows de-duplicated for every snapshot.
+    mine = history.loc[history[USER_ID].isin(pairs[USER_ID].unique()), [USER_ID, CLICK_ARTICLE_ID]]
+    read = mine.drop_duplicates().rename(columns={CLICK_ARTICLE_ID: ARTICLE_ID})
     pairs = pairs.merge(read, on=[USER_ID, ARTICLE_ID], how="left", indicator=True)
     pairs = pairs.loc[pairs["_merge"] == "left_only", [USER_ID, ARTICLE_ID]]
-    pairs[WARM] = pairs[USER_ID].isin(history[USER_ID].unique())
+    pairs[WARM] = pairs[USER_ID].isin(mine[USER_ID].unique())
     return pairs.sort_values([USER_ID, ARTICLE_ID]).reset_index(drop=True)
 
 

@@ -230,7 +230,8 @@ def test_evaluation_lists_on_dask_equal_the_single_process_bit_for_bit(client, w
     candidates = pd.read_parquet(work / "candidates" / "test.parquet").drop(columns=[C.LABEL])
     index = CandidateIndex.load(work / "index" / "test")
     _, embeddings = read_catalogue(work / "data")
-    scorers = {E.RERANKER: E.reranker_scorer(T.Ranker.load(work / "ranker"), work / "features" / "test", embeddings)}
+    scorers = {E.RERANKER: E.reranker_scorer(T.Ranker.load(work / "ranker"), work / "features" / "test",
+                                                 F.normalise_embeddings(embeddings))}
     args = (candidates, index.pool.set_index(C.ARTICLE_ID)[TREND], 20, scorers,
             diversity.check_params(load_params("rank", ROOT / "params.yaml")), diversity.index_vectors(index))
     one = E.rank_methods(*args)
