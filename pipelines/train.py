@@ -8,6 +8,7 @@ the API) turns a candidate frame into reranker scores.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import warnings
@@ -33,6 +34,7 @@ MODEL_FILE = "ranker.txt"
 _ZERO_BAND = 1e-30
 META_FILE = "ranker.json"
 SCORE_CHUNK_ROWS = 1_000_000
+BATCH_ROWS = 10_000  # score_candidates over more rows than this predicts on every core (`Ranker.predict`)
 
 
 @dataclass
@@ -91,6 +93,17 @@ class Ranker:
             raise InputError(f"compiled ranker disagrees with LightGBM by {worst:.3g} on probe rows: not used")
         self.compiled = model
 
+    def try_compile(self) -> str | None:
+        """`compile()`, LightGBM staying in charge where it cannot: None once compiled, else why not (the
+        compiled trees refused, or the compiler failing, which must not keep a good model from scoring)."""
+        try:
+            self.compile()
+        except ValueError as exc:
+            return str(exc)
+        except Exception as exc:  # noqa: BLE001 - any compiler problem: LightGBM scores instead
+            return f"compiler failed: {type(exc).__name__}: {exc}"
+        return None
+
     def _probe_rows(self) -> np.ndarray:
         """Rows around the model's splits: numeric values just below, on and above each threshold; the
         category codes of each categorical split plus one no split names; 5% missing."""
@@ -120,8 +133,12 @@ class Ranker:
         values[rng.random(values.shape) < 0.05] = np.nan
         return values
 
-    def predict(self, X: pd.DataFrame | Mapping[str, np.ndarray]) -> np.ndarray:
-        """Scores for a feature frame, or a mapping of feature name -> column (as `feature_columns` gives)."""
+    def predict(self, X: pd.DataFrame | Mapping[str, np.ndarray], threads: int = 1) -> np.ndarray:
+        """Scores for a feature frame, or a mapping of feature name -> column (as `feature_columns` gives).
+
+        `threads`: LightGBM's threads over the rows (0: one per core). One for a request, where starting
+        threads costs more than its few hundred rows; a batch of millions of rows (the evaluation, the
+        registry's pyfunc) uses every core. Each row's score is the same whatever the thread count."""
         columns = X.columns if isinstance(X, pd.DataFrame) else X.keys()
         missing = [f for f in self.features if f not in columns]
         if missing:
@@ -136,8 +153,8 @@ class Ranker:
             return np.zeros(0, dtype=np.float64)
         if self.compiled is not None:
             # The same float32-rounded values LightGBM would read, widened: identical comparisons.
-            return self.compiled.predict(values.astype(np.float64), n_jobs=1)
-        return np.asarray(self.booster.predict(values, num_threads=1), dtype=np.float64)
+            return self.compiled.predict(values.astype(np.float64), n_jobs=threads or os.cpu_count() or 1)
+        return np.asarray(self.booster.predict(values, num_threads=threads), dtype=np.float64)
 
 
 def score_candidates(
@@ -155,7 +172,8 @@ def score_candidates(
     ranker = model if isinstance(model, Ranker) else Ranker.load(model)
     # Slices keep the feature matrix small at Globo scale (rows are independent, see `assemble`).
     step = SCORE_CHUNK_ROWS
-    parts = [ranker.predict(feature_columns(candidates.iloc[i : i + step], feature_tables, context))
+    parts = [ranker.predict(feature_columns(candidates.iloc[i : i + step], feature_tables, context),
+                            threads=0 if len(candidates) > BATCH_ROWS else 1)
              for i in range(0, len(candidates), step)]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
 

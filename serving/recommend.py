@@ -90,12 +90,9 @@ def prepare(bundle: Any, compile_ranker: bool = True, users: UserStore | None = 
     bundle still serves, scored by LightGBM, and `bundle.ranker.predictor` says which one scores.
     """
     if compile_ranker and bundle.ranker.compiled is None:  # once per model: an index swap keeps its ranker
-        try:
-            bundle.ranker.compile()
-        except ValueError as exc:  # refused: the compiled trees do not reproduce LightGBM's scores
-            log.warning("ranker not compiled (%s); LightGBM scores requests", exc)
-        except Exception:  # a compiler problem must not keep a good model out of service
-            log.warning("ranker not compiled; LightGBM scores requests", exc_info=True)
+        why = bundle.ranker.try_compile()
+        if why is not None:
+            log.warning("ranker not compiled (%s); LightGBM scores requests", why)
     # Requests rank pool articles only: the article feature table of the rest of the catalogue (Globo: 364k
     # rows, the pool ~3k) would be copied and rewritten by every live popularity overlay (serving.live).
     pool_rows = bundle.tables.articles.index.isin(bundle.index.pool_ids)
