@@ -35,6 +35,9 @@ _ZERO_BAND = 1e-30
 META_FILE = "ranker.json"
 SCORE_CHUNK_ROWS = 1_000_000
 BATCH_ROWS = 10_000  # score_candidates over more rows than this predicts on every core (`Ranker.predict`)
+# Compiled trees accepted in this process, by the model text's digest: a ranker unpickled again and again (a Dask
+# worker's tasks) compiles once.
+_COMPILED: dict[str, Any] = {}
 
 
 @dataclass
@@ -78,11 +81,18 @@ class Ranker:
         LightGBM's scores on probe rows around every split threshold (and missing values) or it is refused
         with a ValueError, and LightGBM stays in charge.
         """
+        import hashlib
+
         import lleaves
 
+        text = self.booster.model_to_string()
+        key = hashlib.sha256(text.encode()).hexdigest()
+        if key in _COMPILED:
+            self.compiled = _COMPILED[key]
+            return
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / MODEL_FILE
-            path.write_text(self.booster.model_to_string())
+            path.write_text(text)
             model = lleaves.Model(model_file=str(path))
             model.compile(finline=False)
         probe = self._probe_rows()
@@ -91,7 +101,18 @@ class Ranker:
         worst = float(np.max(np.abs(got - expected)))
         if not worst <= COMPILE_TOLERANCE:
             raise InputError(f"compiled ranker disagrees with LightGBM by {worst:.3g} on probe rows: not used")
-        self.compiled = model
+        self.compiled = _COMPILED[key] = model
+
+    def __getstate__(self) -> dict:
+        # The compiled trees hold pointers into this process's LLVM code: a copy (a Dask task) carries whether it
+        # was compiled and compiles again where it lands (once per process, see _COMPILED).
+        return {**self.__dict__, "compiled": self.compiled is not None}
+
+    def __setstate__(self, state: dict) -> None:
+        compiled = state.pop("compiled")
+        self.__dict__.update(state, compiled=None)
+        if compiled:
+            self.try_compile()
 
     def try_compile(self) -> str | None:
         """`compile()`, LightGBM staying in charge where it cannot: None once compiled, else why not (the

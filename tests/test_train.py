@@ -212,6 +212,28 @@ def test_compile_probes_stay_out_of_lightgbms_zero_band_and_float32_range():
 
 
 @pytest.mark.unit
+def test_a_compiled_ranker_travels_by_pickle_and_is_compiled_where_it_lands():
+    """A Dask task carries the evaluation's compiled ranker: its LLVM code cannot be pickled, so the copy
+    compiles the same trees again (once per process) and scores as the original; an uncompiled one stays so."""
+    import pickle
+
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2000, 2))
+    y = (x[:, 0] + rng.normal(size=2000) > 0.5).astype(int)
+    booster = lgb.train({"objective": "lambdarank", "num_leaves": 4, "verbose": -1},
+                        lgb.Dataset(x, y, group=[20] * 100, feature_name=["a", "b"]), num_boost_round=10)
+    ranker = T.Ranker(booster=booster, features=["a", "b"], meta={})
+    assert pickle.loads(pickle.dumps(ranker)).predictor == "lightgbm"
+    assert ranker.try_compile() is None
+    copy = pickle.loads(pickle.dumps(ranker))
+    assert copy.predictor == "compiled" and copy.compiled is ranker.compiled  # compiled once in this process
+    frame = pd.DataFrame(x[:50].astype(np.float32), columns=["a", "b"])
+    np.testing.assert_array_equal(copy.predict(frame), ranker.predict(frame))
+
+
+@pytest.mark.unit
 def test_training_data_is_the_sets_own_matrices_unless_features_are_excluded():
     rng, articles, embeddings, history = _world(3)
     sets = [T.ranking_set(*_snapshot(rng, articles, embeddings, history, c)) for c in (20 * H, 25 * H)]
