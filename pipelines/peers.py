@@ -22,7 +22,7 @@ import pandas as pd
 from pipelines.columns import ARTICLE_ID, CLICK_ARTICLE_ID, CLICK_TIMESTAMP, HOUR_MS, RANK, SCORE, USER_ID
 from pipelines.errors import InputError
 
-CF_KEYS = ("factors", "regularization", "iterations", "alpha", "window_hours", "seed")
+CF_KEYS = ("factors", "regularization", "iterations", "alpha", "window_hours", "seed", "threads")
 
 
 def check_params(params: Mapping) -> dict:
@@ -38,6 +38,8 @@ def check_params(params: Mapping) -> dict:
                          f"{out['alpha']}")
     if out["window_hours"] is not None and float(out["window_hours"]) <= 0:
         raise InputError(f"evaluate.cf window_hours must be > 0 or null (all history), got {out['window_hours']}")
+    if int(out["threads"]) < 0:
+        raise InputError(f"evaluate.cf threads must be >= 0 (0: every core), got {out['threads']}")
     return out
 
 
@@ -70,11 +72,12 @@ class CFPeer:
             return cls(users, items, np.zeros((len(users), dim), np.float32), np.zeros((len(items), dim), np.float32))
         counts = sp.csr_matrix((np.ones(len(u), np.float32), (u, i)), shape=(len(users), len(items)))
         counts.sum_duplicates()
-        # implicit's own threads split the users; a BLAS thread pool under them only competes for the cores
+        # implicit's own threads split the users (then the articles); a BLAS thread pool under them only competes
+        # for the cores. Each row's solve reads only the other side's factors: the same factors on any thread count.
         with threadpool_limits(1, "blas"):
             model = AlternatingLeastSquares(
                 factors=dim, regularization=float(p["regularization"]), iterations=int(p["iterations"]),
-                alpha=float(p["alpha"]), random_state=int(p["seed"]), num_threads=1,
+                alpha=float(p["alpha"]), random_state=int(p["seed"]), num_threads=int(p["threads"]),
             )
             model.fit(counts, show_progress=False)
         return cls(users, items, np.asarray(model.user_factors, np.float32), np.asarray(model.item_factors, np.float32))

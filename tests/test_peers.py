@@ -9,7 +9,8 @@ import pytest
 from pipelines import columns as C
 from pipelines.peers import CFPeer
 
-PARAMS = {"factors": 8, "regularization": 0.01, "iterations": 30, "alpha": 40.0, "window_hours": None, "seed": 0}
+PARAMS = {"factors": 8, "regularization": 0.01, "iterations": 30, "alpha": 40.0, "window_hours": None, "seed": 0,
+          "threads": 1}
 CUTOFF = 100 * C.HOUR_MS
 
 
@@ -55,15 +56,22 @@ def test_the_peer_only_knows_what_was_clicked_before_its_cutoff_and_in_its_windo
 
 
 @pytest.mark.unit
-def test_the_peer_is_deterministic_for_a_seed():
+def test_the_peer_is_deterministic_for_a_seed_on_any_thread_count():
     a = CFPeer.fit(_toy(), CUTOFF, PARAMS)
     b = CFPeer.fit(_toy(), CUTOFF, PARAMS)
     np.testing.assert_array_equal(a.user_factors, b.user_factors)
+    rng = np.random.default_rng(3)  # enough readers for the threads to split them
+    many = _clicks({u: sorted(set(rng.integers(0, 300, 12).tolist())) for u in range(2000)})
+    one = CFPeer.fit(many, CUTOFF, PARAMS)
+    for threads in (2, 0):
+        other = CFPeer.fit(many, CUTOFF, {**PARAMS, "threads": threads})
+        np.testing.assert_array_equal(one.user_factors, other.user_factors)
+        np.testing.assert_array_equal(one.item_factors, other.item_factors)
 
 
 @pytest.mark.unit
 @pytest.mark.parametrize("bad, match", [({"factors": 0}, "factors"), ({"alpha": 0}, "alpha"),
-                                        ({"window_hours": -1}, "window_hours")])
+                                        ({"window_hours": -1}, "window_hours"), ({"threads": -1}, "threads")])
 def test_bad_peer_params_are_clear_errors(bad, match):
     with pytest.raises(ValueError, match=match):
         CFPeer.fit(_toy(), CUTOFF, {**PARAMS, **bad})
