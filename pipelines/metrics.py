@@ -149,14 +149,15 @@ def list_diversity(recs: pd.DataFrame, vectors, categories: pd.Series, k: int = 
     top = recs.loc[recs[RANK] <= k, [USER_ID, ARTICLE_ID, RANK]].sort_values([USER_ID, RANK], kind="mergesort")
     users, pos = np.unique(top[USER_ID].to_numpy(), return_inverse=True)
     slot = top.groupby(USER_ID, sort=True).cumcount().to_numpy()
-    emb = np.asarray(vectors(top[ARTICLE_ID].to_numpy()), dtype=np.float32)
-    cube = np.zeros((len(users), k, emb.shape[1]), dtype=np.float32)
-    cube[pos, slot] = emb
-    has = np.linalg.norm(cube, axis=2) > 0
+    ids = top[ARTICLE_ID].to_numpy()
     ild = np.full(len(users), np.nan)
-    step = 4096
+    step = 4096  # users at a time: a Globo replay's lists as one (users, k, dim) cube would be gigabytes
     for start in range(0, len(users), step):
-        c, h = cube[start : start + step], has[start : start + step]
+        lo, hi = np.searchsorted(pos, [start, start + step])  # this block's rows (`top` is sorted by user)
+        emb = np.asarray(vectors(ids[lo:hi]), dtype=np.float32)
+        c = np.zeros((min(step, len(users) - start), k, emb.shape[1]), dtype=np.float32)
+        c[pos[lo:hi] - start, slot[lo:hi]] = emb
+        h = np.linalg.norm(c, axis=2) > 0
         sims = np.einsum("ukd,ujd->ukj", c, c)
         pairs = h[:, :, None] & h[:, None, :] & ~np.eye(k, dtype=bool)[None]
         n = pairs.sum(axis=(1, 2))

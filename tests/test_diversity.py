@@ -60,6 +60,24 @@ def test_list_diversity_by_hand():
 
 
 @pytest.mark.unit
+def test_list_diversity_over_many_users_is_each_list_alone():
+    """Lists are measured in blocks of users (a Globo replay's lists at once would be gigabytes): a shuffled
+    frame of users across several blocks, some lists short, gives each user what their list gives alone."""
+    rng = np.random.default_rng(7)
+    users = np.repeat(np.arange(9000), 3)
+    recs = pd.DataFrame({C.USER_ID: users, C.ARTICLE_ID: rng.integers(0, 7, len(users)),
+                         C.RANK: np.tile([1, 2, 3], 9000)})
+    recs = recs[~((recs[C.USER_ID] % 5 == 0) & (recs[C.RANK] == 3))].sample(frac=1, random_state=3)
+    got = list_diversity(recs, lookup(VECTORS), pd.Series(dtype=float), k=3)
+    assert len(got) == 9000
+    for user in (0, 4095, 4096, 4097, 8191, 8192, 8999):
+        alone = recs[recs[C.USER_ID] == user]
+        want = list_diversity(alone, lookup(VECTORS), pd.Series(dtype=float), k=3).loc[user]
+        assert got.loc[user, "ild"] == pytest.approx(want["ild"], nan_ok=True)
+        assert got.loc[user, "categories"] == want["categories"]
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("bad, match", [({"diversity": "cap"}, "one of"),
                                         ({"diversity": "mmr", "mmr_lambda": 1.5, "mmr_depth": 50}, "mmr_lambda"),
                                         ({"diversity": "mmr", "mmr_lambda": 0.5}, "mmr_depth")])
