@@ -837,11 +837,11 @@ def evaluate(
     diversity re-rank of the reranker's lists, as the API applies it; None = off. With a Dask `client`, the
     per-user ranking of both protocols (and the as-served candidate lists) runs in `partitions` user partitions
     on the cluster; the result is the single process's."""
-    from pipelines import candidates, diversity
-    from pipelines.candidates import TREND, CandidateIndex
+    from pipelines import diversity
+    from pipelines.candidates import CandidateIndex
     from pipelines.catalogue import delivered_hours, known_at, read_catalogue
     from pipelines.features import normalise_embeddings
-    from pipelines.split import eval_targets, get_snapshot, load_clicks
+    from pipelines.split import get_snapshot, load_clicks
     from pipelines.train import Ranker
 
     root = Path(data_root)
@@ -853,23 +853,9 @@ def evaluate(
     # its own rows from the raw matrix).
     normalised = normalise_embeddings(embeddings)
     delivered = delivered_hours(root, catalogue)
-    articles = known_at(catalogue, delivered, snap.cutoff_hour)
     clicks = load_clicks(lake.validated_dir(root), None, snap.end_ms)
-    before = clicks["click_timestamp"].to_numpy() < snap.cutoff_ms
-    history, target = clicks[before], clicks[~before]
-    targets = eval_targets(history, target, articles, snap.cutoff_ms)
-    if targets.empty:
-        raise InputError(f"snapshot {snap.name!r} has no user with a target click on an available article")
-    cand_path = Path(candidates_dir) / f"{snap.name}.parquet"
-    if not cand_path.exists():
-        raise MissingInputError(
-            f"no candidates for snapshot {snap.name!r}: {cand_path} (run `newsrec candidates`)"
-        )
     index = CandidateIndex.load(Path(index_dir) / snap.name)
-    trend = index.pool.set_index(ARTICLE_ID)[TREND]
-    k, curve_k, recent_hours = int(params["k"]), int(params["curve_k"]), int(params["recent_popular_hours"])
     ranker = None
-    scorers: dict[str, Scorer] = {}
     if model_dir is not None:
         if features_dir is None:
             raise InputError("the reranker needs the feature tables folder (--features)")
@@ -879,6 +865,52 @@ def evaluate(
         why = ranker.try_compile()
         if why is not None:
             print(f"ranker not compiled ({why}); LightGBM scores the candidates", file=sys.stderr)
+    rank_params = diversity.check_params(rank_params)
+    cluster = ClusterRanking(client, partitions) if client is not None else None
+    measure = (diversity.lookup(normalised), catalogue.set_index(ARTICLE_ID)[CATEGORY_ID])
+    # The frozen protocol's state (the history's copy, every test user's feature tables, the CF peer) lives
+    # in its own call and is gone before the replay starts: at Globo scale that is over half a gigabyte.
+    results = _evaluate_frozen(
+        root, snap, clicks, known_at(catalogue, delivered, snap.cutoff_hour), normalised, Path(candidates_dir),
+        index, params, ranker, features_dir, rank_params, measure, cluster,
+    )
+    if params.get("as_served"):
+        if index_params is None or feature_params is None or epoch_ms is None:
+            raise InputError("the as-served protocol needs the candidates and features params and the epoch")
+        shown = lake.impressions_path(root)  # what an importer kept of the source's impressions (MIND)
+        results["as_served"] = evaluate_as_served(
+            root, snap, clicks, (catalogue, delivered), embeddings, index_params, feature_params, int(epoch_ms),
+            int(params["k"]), int(params["recent_popular_hours"]), ranker=ranker, curve_k=int(params["curve_k"]),
+            cf_params=params.get("cf"), impressions=pd.read_parquet(shown) if shown.exists() else None,
+            rank_params=rank_params, diversity_of=measure, learned=index.learned, cluster=cluster,
+            normalised=normalised,
+        )
+    return results
+
+
+def _evaluate_frozen(
+    root: Path, snap, clicks: pd.DataFrame, articles: pd.DataFrame, normalised: np.ndarray, candidates_dir: Path,
+    index, params: dict, ranker, features_dir, rank_params: dict, measure: tuple, cluster: ClusterRanking | None,
+) -> dict:
+    """`evaluate`'s frozen protocol at the snapshot's cutoff (`evaluate_snapshot` over the candidates on disk)."""
+    from pipelines import candidates, diversity
+    from pipelines.candidates import TREND
+    from pipelines.split import eval_targets
+
+    before = clicks["click_timestamp"].to_numpy() < snap.cutoff_ms
+    history, target = clicks[before], clicks[~before]
+    targets = eval_targets(history, target, articles, snap.cutoff_ms)
+    if targets.empty:
+        raise InputError(f"snapshot {snap.name!r} has no user with a target click on an available article")
+    cand_path = candidates_dir / f"{snap.name}.parquet"
+    if not cand_path.exists():
+        raise MissingInputError(
+            f"no candidates for snapshot {snap.name!r}: {cand_path} (run `newsrec candidates`)"
+        )
+    trend = index.pool.set_index(ARTICLE_ID)[TREND]
+    k, curve_k, recent_hours = int(params["k"]), int(params["curve_k"]), int(params["recent_popular_hours"])
+    scorers: dict[str, Scorer] = {}
+    if ranker is not None:
         scorers[RERANKER] = reranker_scorer(ranker, Path(features_dir) / snap.name, normalised)
     users = np.unique(targets[USER_ID].to_numpy())
     mine = history[history[USER_ID].isin(users)]
@@ -893,28 +925,15 @@ def evaluate(
         peer = CFPeer.fit(history, snap.cutoff_ms, cf_params)
         own_lists[CF_PEER], own_reach[CF_PEER] = cf_peer_lists(
             peer, users, mine, available_ids, index.trending()[[ARTICLE_ID, TREND]], max(k, curve_k))
-    available = len(available_ids)
-    rank_params = diversity.check_params(rank_params)
-    cluster = ClusterRanking(client, partitions) if client is not None else None
-    measure = (diversity.lookup(normalised), catalogue.set_index(ARTICLE_ID)[CATEGORY_ID])
     results = evaluate_snapshot(
-        candidates.read_candidate_blocks(cand_path, users, candidates.LIST_BLOCK_USERS), targets, trend, available,
-        k, scorers, curve_k=curve_k, own_lists=own_lists, own_reach=own_reach, rank_params=rank_params,
-        vectors=diversity.index_vectors(index), diversity_of=measure, cluster=cluster, methods=index_methods(index),
+        candidates.read_candidate_blocks(cand_path, users, candidates.LIST_BLOCK_USERS), targets, trend,
+        len(available_ids), k, scorers, curve_k=curve_k, own_lists=own_lists, own_reach=own_reach,
+        rank_params=rank_params, vectors=diversity.index_vectors(index), diversity_of=measure, cluster=cluster,
+        methods=index_methods(index),
     )
     results["rank"] = rank_params
     results["snapshot"] = snap.name
-    results["catalogue"] = available
-    if params.get("as_served"):
-        if index_params is None or feature_params is None or epoch_ms is None:
-            raise InputError("the as-served protocol needs the candidates and features params and the epoch")
-        shown = lake.impressions_path(root)  # what an importer kept of the source's impressions (MIND)
-        results["as_served"] = evaluate_as_served(
-            root, snap, clicks, (catalogue, delivered), embeddings, index_params, feature_params, int(epoch_ms), k,
-            recent_hours, ranker=ranker, curve_k=curve_k, cf_params=cf_params,
-            impressions=pd.read_parquet(shown) if shown.exists() else None, rank_params=rank_params,
-            diversity_of=measure, learned=index.learned, cluster=cluster, normalised=normalised,
-        )
+    results["catalogue"] = len(available_ids)
     return results
 
 
