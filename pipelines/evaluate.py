@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines import eval_report, lake
+from pipelines import eval_report, lake, memory
 from pipelines.columns import (
     ARTICLE_ID,
     CATEGORY_ID,
@@ -523,6 +523,7 @@ def evaluate_snapshot(
         for method, ranked in rank(candidates, trend, depth, scorers, rank_params, vectors, methods).items():
             parts.setdefault(method, []).append(ranked)
             reach_parts.setdefault(method, []).append(candidate_recall(reach_of(candidates, method, {}), truth))
+        memory.release()  # only the block's top lists live on: its candidates and scores go back to the system
     recs = {m: pd.concat(v, ignore_index=True) for m, v in parts.items()}
     reach = {m: pd.concat(v) for m, v in reach_parts.items()}
     own_reach = {**own_lists, **dict(own_reach or {})}
@@ -645,6 +646,7 @@ def evaluate_as_served(
         group_parts.append(pd.Series(hour, index=offset + np.arange(len(users))))
         sizes[hour] = int((articles[CREATED_AT_TS] < cutoff).sum())
         offset += len(users)
+        memory.release()  # the hour's index, tables and candidates are gone: hand their space back
     if not target_parts:
         raise InputError(f"snapshot {snap.name!r}: no hour of its window has a user with a click to judge")
     results = summarise_methods(
@@ -849,9 +851,10 @@ def evaluate(
     if snap.role == "serve":
         raise InputError(f"snapshot {snap.name!r} has no target window to evaluate on")
     catalogue, embeddings = read_catalogue(root)
-    # One normalised copy for the reranker's tables, the diversity measure and the replay (the index normalises
-    # its own rows from the raw matrix).
+    # One normalised copy for the reranker's tables, the diversity measure and the replay. The replay's hourly
+    # index normalises its own rows from the raw matrix: read again for it, not held through the frozen protocol.
     normalised = normalise_embeddings(embeddings)
+    del embeddings
     delivered = delivered_hours(root, catalogue)
     clicks = load_clicks(lake.validated_dir(root), None, snap.end_ms)
     index = CandidateIndex.load(Path(index_dir) / snap.name)
@@ -879,7 +882,7 @@ def evaluate(
             raise InputError("the as-served protocol needs the candidates and features params and the epoch")
         shown = lake.impressions_path(root)  # what an importer kept of the source's impressions (MIND)
         results["as_served"] = evaluate_as_served(
-            root, snap, clicks, (catalogue, delivered), embeddings, index_params, feature_params, int(epoch_ms),
+            root, snap, clicks, (catalogue, delivered), read_catalogue(root)[1], index_params, feature_params, int(epoch_ms),
             int(params["k"]), int(params["recent_popular_hours"]), ranker=ranker, curve_k=int(params["curve_k"]),
             cf_params=params.get("cf"), impressions=pd.read_parquet(shown) if shown.exists() else None,
             rank_params=rank_params, diversity_of=measure, learned=index.learned, cluster=cluster,
