@@ -365,7 +365,9 @@ def refit_ranker(ranker: Ranker, sets: Sequence[RankingSet], params: dict) -> Ra
     if features != ranker.features:
         raise InputError(f"refit features {features} differ from the early-stopped ranker's {ranker.features}")
     rounds = int(ranker.meta["best_iteration"])
-    booster = lgb.train(lgb_params, _dataset(sets, features, categorical), num_boost_round=rounds)
+    data = _dataset(sets, features, categorical, params=lgb_params).construct()
+    memory.release()  # what binning the rows used and freed, before the boosting rounds allocate theirs
+    booster = lgb.train(lgb_params, data, num_boost_round=rounds)
     meta = {**ranker.meta, "refit_queries": int(sum(s.n_queries for s in sets)),
             "refit_rows": int(sum(len(s.y) for s in sets))}
     return Ranker(booster=booster, features=features, meta=meta)
@@ -568,9 +570,12 @@ def train(
               f"rows), early stopping on {sum(s.n_queries for s in val_sets)} ...", file=sys.stderr, flush=True)
         ranker = fit_ranker(train_sets, val_sets, params)
         del val_sets  # early stopping is over: its whole lists go before the refit's sets are read
+        memory.release()  # and the space LightGBM's fit freed
         if params.get("refit_on_val"):
             # Every val query, sampled like the training ones (early stopping needed whole lists, a refit not).
-            ranker = refit_ranker(ranker, train_sets + sets(val_names, **sampling), params)
+            refit_sets = train_sets + sets(val_names, **sampling)
+            del embeddings  # every set is built: the catalogue's vectors (364 MB at Globo) go before the refit's data
+            ranker = refit_ranker(ranker, refit_sets, params)
     else:
         shared = client.scatter(embeddings, broadcast=True, hash=False)
         # The workers read these folders from their own working folder: absolute, whatever the caller gave.
