@@ -355,21 +355,24 @@ def fit_ranker(train: Sequence[RankingSet], val: Sequence[RankingSet], params: d
     return Ranker(booster=booster, features=features, meta=meta)
 
 
-def refit_ranker(ranker: Ranker, sets: Sequence[RankingSet], params: dict) -> Ranker:
+def refit_ranker(ranker: Ranker, sets: list[RankingSet], params: dict, consume: bool = False) -> Ranker:
     """`ranker`'s configuration trained again on `sets` (the train and val snapshots together) for the number
     of rounds early stopping chose: the val window is the newest data before the cutoff, and in news the
-    newest hours are the ones most like the next."""
+    newest hours are the ones most like the next. With `consume`, `sets` is emptied once LightGBM has binned
+    its rows, so the boosting rounds run without them (a Globo-scale refit's rows are 1.6 GB as float32)."""
     import lightgbm as lgb
 
     features, categorical, _, lgb_params = _lgb_setup(params)
     if features != ranker.features:
         raise InputError(f"refit features {features} differ from the early-stopped ranker's {ranker.features}")
     rounds = int(ranker.meta["best_iteration"])
-    data = _dataset(sets, features, categorical, params=lgb_params).construct()
-    memory.release()  # what binning the rows used and freed, before the boosting rounds allocate theirs
-    booster = lgb.train(lgb_params, data, num_boost_round=rounds)
     meta = {**ranker.meta, "refit_queries": int(sum(s.n_queries for s in sets)),
             "refit_rows": int(sum(len(s.y) for s in sets))}
+    data = _dataset(sets, features, categorical, params=lgb_params).construct()
+    if consume:
+        sets.clear()
+    memory.release()  # what binning the rows used and freed (and with `consume` the rows), before boosting
+    booster = lgb.train(lgb_params, data, num_boost_round=rounds)
     return Ranker(booster=booster, features=features, meta=meta)
 
 
@@ -544,7 +547,10 @@ def train(
     from pipelines.features import normalise_embeddings
     from pipelines.split import read_snapshots
 
-    embeddings = normalise_embeddings(read_catalogue(data_root)[1])
+    def catalogue_vectors() -> np.ndarray:
+        return normalise_embeddings(read_catalogue(data_root)[1])
+
+    embeddings = catalogue_vectors()
     train_names = [s.name for s in read_snapshots(split_path, roles=["train"])]
     val_names = [s.name for s in read_snapshots(split_path, roles=["val"])]
     if not train_names or not val_names:
@@ -566,16 +572,20 @@ def train(
             return out
 
         train_sets, val_sets = sets(train_names, **sampling), sets(val_names, **val_sampling)
+        del embeddings  # every set of the fit is built: the catalogue's vectors (364 MB at Globo) go meanwhile
+        memory.release()
         print(f"training on {sum(s.n_queries for s in train_sets)} queries ({sum(len(s.y) for s in train_sets)} "
               f"rows), early stopping on {sum(s.n_queries for s in val_sets)} ...", file=sys.stderr, flush=True)
         ranker = fit_ranker(train_sets, val_sets, params)
         del val_sets  # early stopping is over: its whole lists go before the refit's sets are read
         memory.release()  # and the space LightGBM's fit freed
         if params.get("refit_on_val"):
-            # Every val query, sampled like the training ones (early stopping needed whole lists, a refit not).
+            # Every val query, sampled like the training ones (early stopping needed whole lists, a refit not);
+            # the vectors read again for them (seconds) and dropped before the refit's rows are binned.
+            embeddings = catalogue_vectors()
             refit_sets = train_sets + sets(val_names, **sampling)
-            del embeddings  # every set is built: the catalogue's vectors (364 MB at Globo) go before the refit's data
-            ranker = refit_ranker(ranker, refit_sets, params)
+            del train_sets, embeddings  # the refit's list alone holds the sets: it empties once they are binned
+            ranker = refit_ranker(ranker, refit_sets, params, consume=True)
     else:
         shared = client.scatter(embeddings, broadcast=True, hash=False)
         # The workers read these folders from their own working folder: absolute, whatever the caller gave.

@@ -120,6 +120,12 @@ def test_refit_on_more_queries_keeps_the_chosen_rounds_and_the_signal(trained):
     parts = [T.ranking_set(val_cands.iloc[: len(val_cands) // 2], val_tables), more]
     assert (T.refit_ranker(ranker, parts, PARAMS).booster.model_to_string()
             == T.refit_ranker(ranker, [T.concat_sets(parts)], PARAMS).booster.model_to_string())
+    # a consuming refit lets go of the sets once they are binned, and trains the same model
+    owned = list(parts)
+    consumed = T.refit_ranker(ranker, owned, PARAMS, consume=True)
+    assert owned == [] and len(parts) == 2
+    assert consumed.booster.model_to_string() == T.refit_ranker(ranker, parts, PARAMS).booster.model_to_string()
+    assert consumed.meta["refit_rows"] == sum(len(s.y) for s in parts)
     with pytest.raises(ValueError, match="differ"):
         T.refit_ranker(ranker, [more], {**PARAMS, "exclude_features": ["ua_emb_sim"]})
 
