@@ -34,7 +34,7 @@ MODEL_FILE = "ranker.txt"
 # LightGBM reads |x| <= 1e-35 (its kZeroThreshold) as zero; probes stay out of that band.
 _ZERO_BAND = 1e-30
 META_FILE = "ranker.json"
-SCORE_CHUNK_ROWS = 1_000_000
+SCORE_CHUNK_ROWS = 250_000  # rows scored at a time: their feature matrix and its build space stay ~0.2 GB
 BATCH_ROWS = 10_000  # score_candidates over more rows than this predicts on every core (`Ranker.predict`)
 # Compiled trees accepted in this process, by the model text's digest: a ranker unpickled again and again (a Dask
 # worker's tasks) compiles once.

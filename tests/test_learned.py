@@ -453,3 +453,14 @@ def test_training_examples_match_each_users_reads_taken_one_by_one(max_examples,
     np.testing.assert_array_equal(hist, np.array([h for _, h in expected], dtype=np.int64).reshape(-1, history))
     np.testing.assert_array_equal(pos, ordered.loc[[r for r, _ in expected], C.CLICK_ARTICLE_ID].to_numpy())
     np.testing.assert_array_equal(ts, ordered.loc[[r for r, _ in expected], C.CLICK_TIMESTAMP].to_numpy())
+
+
+@pytest.mark.unit
+def test_learned_row_scores_are_the_same_a_block_at_a_time(world, monkeypatch):
+    from pipelines.sources import learned as source
+
+    index = _index(world, 26)
+    whole = index.candidates(world["clicks"], users=range(90))
+    assert whole[C.LEARNED_SIM].notna().sum() > 7  # more rows than the blocks below hold
+    monkeypatch.setattr(source, "ROW_CHUNK", 7)
+    pd.testing.assert_frame_equal(index.candidates(world["clicks"], users=range(90)), whole)
