@@ -877,6 +877,7 @@ def evaluate(
         root, snap, clicks, known_at(catalogue, delivered, snap.cutoff_hour), normalised, Path(candidates_dir),
         index, params, ranker, features_dir, rank_params, measure, cluster,
     )
+    memory.release()  # the frozen protocol's state is gone: its space goes back before the replay builds its own
     if params.get("as_served"):
         if index_params is None or feature_params is None or epoch_ms is None:
             raise InputError("the as-served protocol needs the candidates and features params and the epoch")
@@ -900,8 +901,9 @@ def _evaluate_frozen(
     from pipelines.candidates import TREND
     from pipelines.split import eval_targets
 
-    before = clicks["click_timestamp"].to_numpy() < snap.cutoff_ms
-    history, target = clicks[before], clicks[~before]
+    # Slices of the time-ordered clicks (`load_clicks`), not copies: the history is most of 3M rows at Globo.
+    cut = int(np.searchsorted(clicks["click_timestamp"].to_numpy(), snap.cutoff_ms, side="left"))
+    history, target = clicks.iloc[:cut], clicks.iloc[cut:]
     targets = eval_targets(history, target, articles, snap.cutoff_ms)
     if targets.empty:
         raise InputError(f"snapshot {snap.name!r} has no user with a target click on an available article")
