@@ -548,7 +548,7 @@ def train(
     from pipelines.split import read_snapshots
 
     def catalogue_vectors() -> np.ndarray:
-        return normalise_embeddings(read_catalogue(data_root)[1])
+        return normalise_embeddings(read_catalogue(data_root)[1], in_place=True)  # no second 364 MB at Globo
 
     embeddings = catalogue_vectors()
     train_names = [s.name for s in read_snapshots(split_path, roles=["train"])]
