@@ -587,19 +587,28 @@ def label_candidates(candidates: pd.DataFrame, targets: pd.DataFrame) -> pd.Data
 
 def candidate_recalls(candidates: pd.DataFrame, targets: pd.DataFrame, recall_at: Sequence[int]) -> pd.DataFrame:
     """Per user of `targets` (sorted by user id): candidate recall per source, of the union of all sources and
-    of the fused list cut at each N, the list's length, and `warm` (targets' column). A user's figures read
-    their own rows only, so the tables of disjoint groups of users concatenate; `candidate_report` averages."""
-    from pipelines.metrics import candidate_recall
+    of the fused list cut at each N, the list's length, and `warm` (targets' column). `candidates` are
+    `label_candidates`' rows (one per user and article), so a user's recall of a list is the labels among its
+    rows over the user's distinct target articles (`metrics.candidate_recall`, counted from the labels instead
+    of joined again for every list). A user's figures read their own rows only, so the tables of disjoint groups
+    of users concatenate; `candidate_report` averages."""
+    truth = targets[[USER_ID, ARTICLE_ID]].drop_duplicates()
+    users, relevant = np.unique(truth[USER_ID].to_numpy(), return_counts=True)
+    at = np.searchsorted(users, candidates[USER_ID].to_numpy())
+    mine = at < len(users)
+    mine[mine] = users[at[mine]] == candidates[USER_ID].to_numpy()[mine]
+    hit = mine & (candidates[LABEL].to_numpy() == 1)
 
-    users = np.unique(targets[USER_ID].to_numpy())
+    def recall(rows: np.ndarray) -> np.ndarray:
+        return np.bincount(at[hit & rows], minlength=len(users)) / relevant
+
     out = {WARM: targets.groupby(USER_ID)[WARM].first().reindex(users).to_numpy(bool)}
     for s in sources.names():
-        out[s] = candidate_recall(candidates[candidates[rank_col(s)] > 0], targets).reindex(users).to_numpy()
-    out["union"] = candidate_recall(candidates, targets).reindex(users).to_numpy()
+        out[s] = recall(candidates[rank_col(s)].to_numpy() > 0)
+    out["union"] = recall(np.ones(len(candidates), dtype=bool))
     for k in recall_at:
-        out[f"fused@{int(k)}"] = candidate_recall(
-            candidates[candidates[rank_col(FUSED)] <= int(k)], targets).reindex(users).to_numpy()
-    out["list_length"] = candidates.groupby(USER_ID).size().reindex(users, fill_value=0).to_numpy()
+        out[f"fused@{int(k)}"] = recall(candidates[rank_col(FUSED)].to_numpy() <= int(k))
+    out["list_length"] = np.bincount(at[mine], minlength=len(users))
     return pd.DataFrame(out, index=pd.Index(users, name=USER_ID))
 
 

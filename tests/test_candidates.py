@@ -232,6 +232,29 @@ def test_labels_and_report():
     assert rep["cold"]["emb"] == 1.0 and rep["all"]["users"] == 2
 
 
+@pytest.mark.unit
+def test_recalls_from_labels_are_the_joined_recalls():
+    """candidate_recalls counts labels; metrics.candidate_recall joins the lists with the truth: the same figures."""
+    from pipelines.metrics import candidate_recall
+
+    rng = np.random.default_rng(3)
+    pairs = np.unique(rng.integers(0, 40, (3000, 2)), axis=0)
+    cands = pd.DataFrame({C.USER_ID: pairs[:, 0], C.ARTICLE_ID: pairs[:, 1]})
+    for s in names():
+        cands[C.rank_col(s)] = rng.integers(0, 3, len(cands))
+    cands[C.rank_col(C.FUSED)] = cands.groupby(C.USER_ID).cumcount() + 1
+    targets = pd.DataFrame({C.USER_ID: rng.integers(0, 45, 400), C.ARTICLE_ID: rng.integers(0, 50, 400)})
+    targets[C.WARM] = targets[C.USER_ID] % 2 == 0
+    got = candidate_recalls(label_candidates(cands, targets), targets, [1, 5])
+    assert got.index.tolist() == sorted(targets[C.USER_ID].unique()) and (got["list_length"] > 0).any()
+    assert ((got["list_length"] == 0) == ~got.index.isin(cands[C.USER_ID])).all()  # users 40-44 have no list
+    lists = {s: cands[cands[C.rank_col(s)] > 0] for s in names()} | {"union": cands}
+    lists |= {f"fused@{k}": cands[cands[C.rank_col(C.FUSED)] <= k] for k in (1, 5)}
+    for name, rows in lists.items():
+        want = candidate_recall(rows, targets).reindex(got.index).to_numpy()
+        np.testing.assert_array_equal(got[name].to_numpy(), want, err_msg=name)
+
+
 @pytest.mark.data
 def test_stage_writes_labelled_candidates_and_indexes(tiny_validated, tmp_path, monkeypatch):
     from pipelines.config import load_params
