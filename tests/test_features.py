@@ -330,3 +330,23 @@ def test_features_stage_on_validated_data_is_point_in_time(tiny_validated, tmp_p
     target_users = set(everything.loc[everything[C.CLICK_TIMESTAMP] >= test.cutoff_ms, C.USER_ID])
     assert set(saved.context.index) <= target_users
     assert sorted(p.name for p in (tmp_path / "f").iterdir()) == sorted(s.name for s in snaps)
+
+
+@pytest.mark.unit
+def test_rowwise_dots_are_the_gathered_einsum_across_chunks():
+    """Runs of one user longer than a chunk, shorter, and straddling chunk edges (broadcast or gathered), rows of -1
+    on either side: each dot is the plain einsum of the two gathered rows, NaN where a row is missing."""
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((5_000, 250)).astype(np.float32)
+    runs = [5_000, 3, 2_048, 4_100, 1, 7_000]
+    art = rng.integers(-1, len(emb), sum(runs))
+    recent = np.repeat(rng.integers(-1, len(emb), len(runs)), runs)
+    profiles = rng.standard_normal((len(runs), 250)).astype(np.float32)
+    user = np.repeat(np.arange(len(runs)), runs)
+    got = F._rowwise_dots(emb, art, [(profiles, user), (emb, recent)])
+    for out, (a, rows) in zip(got, [(profiles, user), (emb, recent)], strict=True):
+        ok = (art >= 0) & (rows >= 0)
+        want = np.full(len(art), np.nan, dtype=np.float32)
+        want[ok] = np.einsum("ij,ij->i", a[rows[ok]], emb[art[ok]])
+        np.testing.assert_array_equal(out, want)
+        assert np.isnan(out).any() and np.isfinite(out).any()
