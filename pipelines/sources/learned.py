@@ -23,7 +23,7 @@ from pipelines.sources.base import (
 )
 
 USER_CHUNK = 4096  # users per block of the user tower: bounded memory ([block, history, 250] at a time)
-ROW_CHUNK = 65_536  # candidate rows per block of `score_rows`
+ROW_CHUNK = 8_192  # candidate rows per block of `score_rows`: its two gathered blocks (2.4 MB each) stay in the cache
 
 
 @register
