@@ -51,6 +51,25 @@ def test_rerank_works_per_user_within_depth():
 
 
 @pytest.mark.unit
+def test_rerank_of_many_users_is_each_list_alone():
+    """Users' vectors are fetched a block of users at a time: every user's picks are still MMR over their own
+    depth best rows, whichever block they fall in."""
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((300, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sizes = rng.integers(1, 70, 200)
+    users = np.repeat(np.arange(len(sizes)), sizes)
+    articles = rng.integers(0, len(vectors), len(users))
+    scores = rng.random(len(users))
+    params = {"diversity": "mmr", "mmr_lambda": 0.5, "mmr_depth": 50}
+    keep = rerank(users, articles, scores, lookup(vectors), 10, params)
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    want = [a + mmr(scores[a : a + min(n, 50)], vectors[articles[a : a + min(n, 50)]], 10, 0.5)
+            for a, n in zip(starts, sizes, strict=True)]
+    np.testing.assert_array_equal(keep, np.concatenate(want))
+
+
+@pytest.mark.unit
 def test_list_diversity_by_hand():
     recs = pd.DataFrame({C.USER_ID: [1, 1, 2, 2, 2], C.ARTICLE_ID: [0, 1, 0, 4, 9], C.RANK: [1, 2, 1, 2, 3]})
     got = list_diversity(recs, lookup(VECTORS), pd.Series({0: 5, 1: 5, 4: 6}), k=3)
