@@ -29,12 +29,18 @@ def rank_by_score(
     """Each user's articles ordered by `score` (desc; then `tiebreak` desc, then article id) with a 1-based
     `rank`; only the top `k` per user are kept when k is given. NaN scores rank last."""
     _check(scored, [USER_ID, ARTICLE_ID, score] + ([tiebreak] if tiebreak else []), "scored")
-    by = [USER_ID, score] + ([tiebreak] if tiebreak else []) + [ARTICLE_ID]
-    asc = [True, False] + ([False] if tiebreak else []) + [True]
-    ranked = scored.sort_values(by, ascending=asc, na_position="last", kind="mergesort")
-    ranked = ranked.assign(**{RANK: ranked.groupby(USER_ID, sort=False).cumcount().to_numpy() + 1})
+    from pipelines.sources.base import block_rank
+
+    # One stable sort on the raw columns (a frame's multi-column sort factorises each key first: 3x the time).
+    # Descending keys are negated; NaN stays NaN, which sorts last, as na_position="last" puts it.
+    keys = [scored[ARTICLE_ID].to_numpy()]
+    keys += [-scored[c].to_numpy(np.float64) for c in ([tiebreak] if tiebreak else []) + [score]]
+    order = np.lexsort([*keys, scored[USER_ID].to_numpy()])
+    ranked = scored.iloc[order]
+    rank = block_rank(ranked[USER_ID].to_numpy()) + 1
+    ranked = ranked.assign(**{RANK: rank})
     if k is not None:
-        ranked = ranked[ranked[RANK] <= k]
+        ranked = ranked[rank <= k]
     return ranked.reset_index(drop=True)
 
 

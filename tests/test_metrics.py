@@ -135,3 +135,23 @@ def test_impression_metrics_need_a_strict_order():
         impression_metrics(pd.DataFrame({"impression_id": [1, 1], RANK: [1, 3], "clicked": [1, 0]}))
     with pytest.raises(ValueError, match="lacks"):
         impression_metrics(pd.DataFrame({"impression_id": [1], RANK: [1]}))
+
+
+def test_rank_by_score_is_the_frames_own_sort():
+    """The one stable sort on raw columns orders rows as the frame's multi-column sort does: ties on score and
+    tiebreak, NaN in either, negative zero, users in any order."""
+    rng = np.random.default_rng(2)
+    n = 5_000
+    scored = pd.DataFrame({
+        USER_ID: rng.integers(0, 300, n),
+        ARTICLE_ID: rng.permutation(n),
+        "s": rng.choice([0.5, -0.0, 0.0, np.nan, 1.5, -2.0], n),
+        "t": rng.choice([1.0, np.nan, 0.0, 3.0], n),
+    })
+    for tiebreak, k in [("t", None), ("t", 3), (None, 5)]:
+        by = [USER_ID, "s"] + ([tiebreak] if tiebreak else []) + [ARTICLE_ID]
+        want = scored.sort_values(by, ascending=[True, False] + ([False] if tiebreak else []) + [True],
+                                  na_position="last", kind="mergesort")
+        want = want.assign(**{RANK: want.groupby(USER_ID, sort=False).cumcount().to_numpy() + 1})
+        want = (want if k is None else want[want[RANK] <= k]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(rank_by_score(scored, "s", k=k, tiebreak=tiebreak), want)
