@@ -153,12 +153,15 @@ class CandidateIndex:
         epoch_ms: int,
         similar: bool = True,
         given: Mapping[str, Any] | None = None,
+        normalised: bool = False,
     ) -> CandidateIndex:
         """Build the index from `<data_root>/aggregates` strictly before `cutoff_ms` (an hour boundary).
 
         `similar=False` skips the "similar articles" table (only the API's article page reads it); `given`
         (source name -> what that source fits from, e.g. {"learned": a pipelines.learned.LearnedModel}) is
-        handed to each source's fit; a source given nothing fits from the index alone or is left out."""
+        handed to each source's fit; a source given nothing fits from the index alone or is left out.
+        `normalised`: `embeddings` are already `features.normalise_embeddings`' rows (a caller that holds only
+        that copy), taken as they are: the same values the index would compute from the raw rows."""
         sources.check_names(params["per_source"], "candidates.per_source")
         sources.check_names(params["fusion_weights"], "candidates.fusion_weights")
         from pipelines.aggregates import read_coclick, read_popularity
@@ -217,7 +220,8 @@ class CandidateIndex:
             pool=pool,
             coclick=cocl,
             emb_ids=emb_ids,
-            emb=_normalise(np.asarray(embeddings[emb_ids], dtype=np.float32)),
+            emb=(np.asarray(embeddings[emb_ids], dtype=np.float32) if normalised
+                 else _normalise(np.asarray(embeddings[emb_ids], dtype=np.float32))),
             emb_meta=emb_meta,
         )
         given = dict(given or {})

@@ -539,7 +539,7 @@ def evaluate_as_served(
     snap,
     clicks: pd.DataFrame,
     catalogue: tuple[pd.DataFrame, np.ndarray],
-    embeddings: np.ndarray,
+    embeddings: np.ndarray | None,
     index_params: dict,
     feature_params: dict,
     epoch_ms: int,
@@ -561,10 +561,11 @@ def evaluate_as_served(
     the hourly refresh does for the API (`CandidateIndex.fit`, `features.fit_tables`); the ranker stays
     the one trained before the window. Each user with a click in hour h is one query, judged on their
     clicks in that hour on articles published before it and not read before it. Every baseline gets the
-    same refresh (the CF peer, with `cf_params`, is refitted every hour). `clicks` holds the validated clicks up to the window's end (ordered by time);
-    `catalogue` is (articles, the hour each was delivered: `catalogue.delivered_hours`), so each hour sees
-    the articles delivered before it; `embeddings` are the raw article embeddings. `learned` (the test index's
-    learned model) stays fixed like the ranker; each hour's pool gets its article vectors from it.
+    same refresh (the CF peer, with `cf_params`, is refitted every hour). `clicks` holds the validated clicks up
+    to the window's end (ordered by time); `catalogue` is (articles, the hour each was delivered:
+    `catalogue.delivered_hours`), so each hour sees the articles delivered before it; `embeddings` are the raw
+    article embeddings (or None, see `normalised`). `learned` (the test index's learned model) stays fixed like
+    the ranker; each hour's pool gets its article vectors from it.
 
     With `impressions` (the MIND importer's impressions.parquet: impression_id, user_id, hour, article_id,
     clicked), MIND's own protocol runs in the same replay: every method orders each impression of hour h by
@@ -573,8 +574,9 @@ def evaluate_as_served(
 
     With a `cluster`, each hour's candidate lists, user-side feature tables and rankings run in its user
     partitions; the index, the article-side tables, the CF peer and the metrics are fitted and computed here.
-    `normalised`: `embeddings` already L2-normalised, when the caller holds them (one copy of a Globo-sized
-    matrix instead of two); None normalises them here.
+    `normalised`: `embeddings` already L2-normalised (`normalise_embeddings`), when the caller holds them; then
+    `embeddings` may be None: the replay's rankers, tables and hourly indexes all read the normalised copy, so
+    a Globo-sized process holds one matrix, not two. None normalises `embeddings` here.
     """
     from pipelines.candidates import TREND, CandidateIndex
     from pipelines.catalogue import known_at
@@ -583,8 +585,9 @@ def evaluate_as_served(
     from pipelines.peers import CFPeer
     from pipelines.split import eval_targets, hour_start_ms
 
-    if normalised is None and ranker is not None:
+    if normalised is None:
         normalised = normalise_embeddings(embeddings)
+    del embeddings
     ts = clicks["click_timestamp"].to_numpy()
     depth = max(k, curve_k or 0)
     parts: dict[str, list[pd.DataFrame]] = {}
@@ -605,8 +608,8 @@ def evaluate_as_served(
         if targets.empty and (shown is None or shown.empty):
             continue
         users = np.unique(targets[USER_ID].to_numpy())
-        index = CandidateIndex.fit(data_root, articles, embeddings, cutoff, index_params, epoch_ms, similar=False,
-                                   given={LEARNED: learned})
+        index = CandidateIndex.fit(data_root, articles, normalised, cutoff, index_params, epoch_ms, similar=False,
+                                   given={LEARNED: learned}, normalised=True)
         peer = CFPeer.fit(history, cutoff, cf_params) if cf_params else None
         if shown is not None and len(shown):
             for method, ranked in _impression_hour(
@@ -851,9 +854,8 @@ def evaluate(
     if snap.role == "serve":
         raise InputError(f"snapshot {snap.name!r} has no target window to evaluate on")
     catalogue, embeddings = read_catalogue(root)
-    # One normalised copy for the reranker's tables, the diversity measure and the replay. The replay's hourly
-    # index normalises its own rows from the raw matrix: read again for it, not held through the frozen protocol.
-    normalised = normalise_embeddings(embeddings)
+    # One normalised copy for the reranker's tables, the diversity measure and the replay's hourly indexes.
+    normalised = normalise_embeddings(embeddings, in_place=True)
     del embeddings
     delivered = delivered_hours(root, catalogue)
     clicks = load_clicks(lake.validated_dir(root), None, snap.end_ms)
@@ -883,7 +885,7 @@ def evaluate(
             raise InputError("the as-served protocol needs the candidates and features params and the epoch")
         shown = lake.impressions_path(root)  # what an importer kept of the source's impressions (MIND)
         results["as_served"] = evaluate_as_served(
-            root, snap, clicks, (catalogue, delivered), read_catalogue(root)[1], index_params, feature_params, int(epoch_ms),
+            root, snap, clicks, (catalogue, delivered), None, index_params, feature_params, int(epoch_ms),
             int(params["k"]), int(params["recent_popular_hours"]), ranker=ranker, curve_k=int(params["curve_k"]),
             cf_params=params.get("cf"), impressions=pd.read_parquet(shown) if shown.exists() else None,
             rank_params=rank_params, diversity_of=measure, learned=index.learned, cluster=cluster,

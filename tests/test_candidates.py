@@ -93,6 +93,21 @@ def test_pool_is_published_before_the_cutoff_and_fresh_or_still_read(world):
 
 
 @pytest.mark.unit
+def test_an_index_fitted_on_normalised_embeddings_is_the_same_index(world):
+    """A caller holding only the normalised matrix (the evaluation's replay) gets the index the raw one gives."""
+    from pipelines.features import normalise_embeddings
+
+    raw = _embeddings() * np.arange(1, len(_embeddings()) + 1, dtype=np.float32)[:, None]  # norms other than 1
+    a = CandidateIndex.fit(world["root"], world["meta"], raw, CUTOFF, PARAMS, EPOCH)
+    b = CandidateIndex.fit(world["root"], world["meta"], normalise_embeddings(raw), CUTOFF, PARAMS, EPOCH,
+                           normalised=True)
+    np.testing.assert_array_equal(a.emb, b.emb)
+    pd.testing.assert_frame_equal(a.candidates(world["history"]), b.candidates(world["history"]))
+    as_given = CandidateIndex.fit(world["root"], world["meta"], raw, CUTOFF, PARAMS, EPOCH, normalised=True)
+    np.testing.assert_array_equal(as_given.emb, raw[as_given.emb_ids])  # taken as they are, not scaled again
+
+
+@pytest.mark.unit
 def test_each_source_on_a_hand_checked_world(world):
     cands = world["index"].candidates(world["history"], users=[1, 4])
     assert list(cands.columns) == OUTPUT_COLUMNS
