@@ -326,14 +326,45 @@ def _meta(curve: list[float], best: int, sizes: dict) -> dict:
     }
 
 
-def fit_ranker(train: Sequence[RankingSet], val: Sequence[RankingSet], params: dict) -> Ranker:
-    """Train LambdaRank on the `train` sets (one per snapshot), early-stopping on NDCG@eval_at of the `val` sets."""
+def bin_rows(sets: list[RankingSet], params: dict, consume: bool = False):
+    """`sets`' rows as one constructed LightGBM dataset, binned with the train params (`fit_ranker` and
+    `refit_ranker` take it in place of the sets). With `consume`, `sets` is emptied once its rows are binned:
+    the bins are a byte or less per value where the rows are four (a Globo-scale training set is gigabytes)."""
+    features, categorical, _, lgb_params = _lgb_setup(params)
+    data = _dataset(sets, features, categorical, params=lgb_params).construct()
+    if consume:
+        sets.clear()
+    memory.release()  # what binning the rows used and freed (and with `consume` the rows)
+    return data
+
+
+def head_rows(data, n: int):
+    """The first `n` rows of the constructed dataset `data` (whole queries), binned as they are there: LightGBM's
+    own subset, given its row indices as one array (`Dataset.subset` would first sort them as a list of Python
+    ints: ~0.7 GB for 20M rows)."""
+    if not 0 < n <= data.num_data():
+        raise InputError(f"cannot take the first {n} rows of a dataset of {data.num_data()}")
+    sub = data.subset([0])
+    sub.used_indices = np.arange(n, dtype=np.int32)
+    return sub.construct()
+
+
+def _sizes(data) -> tuple[int, int, int]:
+    """(queries, rows, clicks) of a list of ranking sets or of a constructed LightGBM dataset."""
+    if isinstance(data, Sequence):
+        return (sum(s.n_queries for s in data), sum(len(s.y) for s in data), int(sum(s.y.sum() for s in data)))
+    return len(data.get_group()), data.num_data(), int(np.asarray(data.get_label()).sum())
+
+
+def fit_ranker(train, val: Sequence[RankingSet], params: dict) -> Ranker:
+    """Train LambdaRank on the `train` sets (one per snapshot; or their rows already binned: `bin_rows`,
+    `head_rows`), early-stopping on NDCG@eval_at of the `val` sets."""
     import lightgbm as lgb
 
-    train_queries, val_queries = sum(s.n_queries for s in train), sum(s.n_queries for s in val)
-    _check_sets(train_queries, int(sum(s.y.sum() for s in train)), val_queries)
+    (train_queries, train_rows, train_clicks), (val_queries, val_rows, _) = _sizes(train), _sizes(val)
+    _check_sets(train_queries, train_clicks, val_queries)
     features, categorical, eval_at, lgb_params = _lgb_setup(params)
-    dtrain = _dataset(train, features, categorical, free_raw_data=False)
+    dtrain = train if not isinstance(train, Sequence) else _dataset(train, features, categorical, free_raw_data=False)
     dval = _dataset(val, features, categorical, reference=dtrain)
     evals: dict = {}
     booster = lgb.train(
@@ -349,29 +380,26 @@ def fit_ranker(train: Sequence[RankingSet], val: Sequence[RankingSet], params: d
             *([lgb.log_evaluation(int(params["log_every"]))] if params.get("log_every") else []),
         ],
     )
-    sizes = {"eval_at": eval_at, "train_queries": train_queries, "train_rows": sum(len(s.y) for s in train),
-             "val_queries": val_queries, "val_rows": sum(len(s.y) for s in val)}
+    sizes = {"eval_at": eval_at, "train_queries": train_queries, "train_rows": train_rows,
+             "val_queries": val_queries, "val_rows": val_rows}
     meta = _meta(evals["val"][f"ndcg@{eval_at}"], booster.best_iteration, sizes)
     return Ranker(booster=booster, features=features, meta=meta)
 
 
-def refit_ranker(ranker: Ranker, sets: list[RankingSet], params: dict, consume: bool = False) -> Ranker:
-    """`ranker`'s configuration trained again on `sets` (the train and val snapshots together) for the number
-    of rounds early stopping chose: the val window is the newest data before the cutoff, and in news the
-    newest hours are the ones most like the next. With `consume`, `sets` is emptied once LightGBM has binned
-    its rows, so the boosting rounds run without them (a Globo-scale refit's rows are 1.6 GB as float32)."""
+def refit_ranker(ranker: Ranker, sets, params: dict, consume: bool = False) -> Ranker:
+    """`ranker`'s configuration trained again on `sets` (the train and val snapshots together; or their rows
+    already binned: `bin_rows`) for the number of rounds early stopping chose: the val window is the newest data
+    before the cutoff, and in news the newest hours are the ones most like the next. With `consume`, a list of
+    sets is emptied once LightGBM has binned its rows, so the boosting rounds run without them."""
     import lightgbm as lgb
 
-    features, categorical, _, lgb_params = _lgb_setup(params)
+    features, _, _, lgb_params = _lgb_setup(params)
     if features != ranker.features:
         raise InputError(f"refit features {features} differ from the early-stopped ranker's {ranker.features}")
     rounds = int(ranker.meta["best_iteration"])
-    meta = {**ranker.meta, "refit_queries": int(sum(s.n_queries for s in sets)),
-            "refit_rows": int(sum(len(s.y) for s in sets))}
-    data = _dataset(sets, features, categorical, params=lgb_params).construct()
-    if consume:
-        sets.clear()
-    memory.release()  # what binning the rows used and freed (and with `consume` the rows), before boosting
+    queries, rows, _ = _sizes(sets)
+    meta = {**ranker.meta, "refit_queries": int(queries), "refit_rows": int(rows)}
+    data = bin_rows(sets, params, consume=consume) if isinstance(sets, Sequence) else sets
     booster = lgb.train(lgb_params, data, num_boost_round=rounds)
     return Ranker(booster=booster, features=features, meta=meta)
 
@@ -571,21 +599,27 @@ def train(
                 memory.release()
             return out
 
-        train_sets, val_sets = sets(train_names, **sampling), sets(val_names, **val_sampling)
-        del embeddings  # every set of the fit is built: the catalogue's vectors (364 MB at Globo) go meanwhile
+        # The rows are binned once: the training snapshots', then (with `refit_on_val`) every val query's, sampled
+        # like them (early stopping ranks whole lists, a refit does not). Early stopping trains on the bins of the
+        # first part, the refit on all of them: no float rows are held while boosting, none binned twice.
+        refit = bool(params.get("refit_on_val"))
+        rows = sets(train_names, **sampling)
+        n_train = sum(len(s.y) for s in rows)
+        rows += sets(val_names, **sampling) if refit else []
+        del embeddings  # the catalogue's vectors (364 MB at Globo) go while the rows are binned ...
+        binned = bin_rows(rows, params, consume=True)
+        fit_rows = head_rows(binned, n_train) if refit else binned
+        embeddings = catalogue_vectors()  # ... and are read again (seconds) for the early-stopping lists alone
+        val_sets = sets(val_names, **val_sampling)
+        del embeddings
         memory.release()
-        print(f"training on {sum(s.n_queries for s in train_sets)} queries ({sum(len(s.y) for s in train_sets)} "
-              f"rows), early stopping on {sum(s.n_queries for s in val_sets)} ...", file=sys.stderr, flush=True)
-        ranker = fit_ranker(train_sets, val_sets, params)
-        del val_sets  # early stopping is over: its whole lists go before the refit's sets are read
+        print(f"training on {len(fit_rows.get_group())} queries ({n_train} rows), early stopping on "
+              f"{sum(s.n_queries for s in val_sets)} ...", file=sys.stderr, flush=True)
+        ranker = fit_ranker(fit_rows, val_sets, params)
+        del val_sets, fit_rows  # early stopping is over: its lists and the first part's copy of the bins go
         memory.release()  # and the space LightGBM's fit freed
-        if params.get("refit_on_val"):
-            # Every val query, sampled like the training ones (early stopping needed whole lists, a refit not);
-            # the vectors read again for them (seconds) and dropped before the refit's rows are binned.
-            embeddings = catalogue_vectors()
-            refit_sets = train_sets + sets(val_names, **sampling)
-            del train_sets, embeddings  # the refit's list alone holds the sets: it empties once they are binned
-            ranker = refit_ranker(ranker, refit_sets, params, consume=True)
+        if refit:
+            ranker = refit_ranker(ranker, binned, params)
     else:
         shared = client.scatter(embeddings, broadcast=True, hash=False)
         # The workers read these folders from their own working folder: absolute, whatever the caller gave.

@@ -130,6 +130,34 @@ def test_refit_on_more_queries_keeps_the_chosen_rounds_and_the_signal(trained):
         T.refit_ranker(ranker, [more], {**PARAMS, "exclude_features": ["ua_emb_sim"]})
 
 
+@pytest.mark.model
+def test_binned_rows_train_the_same_models_as_the_sets_and_their_head_is_the_first_rows():
+    rng, articles, embeddings, history = _world()
+    snaps = [_snapshot(rng, articles, embeddings, history, c) for c in (20 * H, 25 * H, 30 * H)]
+    train_sets = [T.ranking_set(c, t) for c, t in snaps[:2]]
+    val_sets = [T.ranking_set(*snaps[2])]
+    # binned once, the sets train the model they train as sets: the early-stopped fit and the refit
+    ranker = T.fit_ranker(train_sets, val_sets, PARAMS)
+    binned = T.fit_ranker(T.bin_rows(list(train_sets), PARAMS), val_sets, PARAMS)
+    assert binned.booster.model_to_string() == ranker.booster.model_to_string() and binned.meta == ranker.meta
+    both = train_sets + val_sets
+    assert (T.refit_ranker(ranker, T.bin_rows(list(both), PARAMS), PARAMS).booster.model_to_string()
+            == T.refit_ranker(ranker, both, PARAMS).booster.model_to_string())
+    # the head of the train+val bins is the train rows, whole queries, in order; it trains on the planted signal
+    data = T.bin_rows(list(both), PARAMS)
+    n_train = sum(len(s.y) for s in train_sets)
+    head = T.head_rows(data, n_train)
+    assert head.num_data() == n_train and data.num_data() == n_train + len(val_sets[0].y)
+    np.testing.assert_array_equal(head.get_label(), np.concatenate([s.y for s in train_sets]))
+    np.testing.assert_array_equal(head.get_group(), np.concatenate([s.groups for s in train_sets]))
+    fitted = T.fit_ranker(head, val_sets, PARAMS)
+    assert fitted.meta["train_rows"] == n_train and fitted.meta["train_queries"] == ranker.meta["train_queries"]
+    assert fitted.meta["val_ndcg_at_10"] > 0.9
+    for n in (0, data.num_data() + 1):
+        with pytest.raises(ValueError, match="first"):
+            T.head_rows(data, n)
+
+
 @pytest.mark.unit
 def test_saved_ranker_scores_identically(tmp_path, trained):
     ranker, val_cands, val_tables = trained
