@@ -117,8 +117,11 @@ def main() -> int:
         earlier = [r for r in json.loads((work / "bench_pipeline.json").read_text())["stages"] if r["stage"] not in ran]
         order = ["synth", "validate"] + [name for name, _ in stages(root, work)]
         rows = sorted(earlier + rows, key=lambda r: order.index(r["stage"]))
+    from machine_speed import reference_ms
+
+    # The shared machine's speed drifts by 3x from day to day: the walls are read against this figure.
     summary = {"profile": args.profile, "hours": args.hours, "clicks": int(clicks), "cpus": os.cpu_count(),
-               "stages": rows}
+               "machine_reference_ms": reference_ms(), "stages": rows}
     (work / "bench_pipeline.json").write_text(json.dumps(summary, indent=2) + "\n")
     table = markdown(summary)
     print(table)
@@ -134,7 +137,9 @@ def markdown(summary: dict) -> str:
     making, not the flow's)."""
     rows = summary["stages"]
     flow = [r for r in rows if r["stage"] != "synth"]
-    lines = [(f"{summary['profile']} profile: {summary['clicks']:,} validated clicks, {summary['cpus']} CPUs, "
+    speed = (f" (`benchmarks/machine_speed.py` {summary['machine_reference_ms']} ms after the run; lower is faster)"
+             if summary.get("machine_reference_ms") else "")
+    lines = [(f"{summary['profile']} profile: {summary['clicks']:,} validated clicks, {summary['cpus']} CPUs{speed}, "
              f"{time.strftime('%Y-%m-%d')}; every stage its own process, as DVC runs it."), "",
              "| stage | wall s | peak RSS MiB |", "|---|---:|---:|"]
     lines += [f"| {r['stage']}{' (data)' if r['stage'] == 'synth' else ''} | {r['wall_s']:.1f} | "
