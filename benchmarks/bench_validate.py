@@ -1,7 +1,7 @@
 """Time and peak memory of `newsrec validate`: one hour, and every hour in one process.
 
 Each measurement runs in a fresh Python process, so its peak RSS and its start-up (GX import, context,
-metadata suite) are its own. Validation writes into a scratch data root whose raw/ links to the dataset's
+metadata suite) are its own. Validation writes into a scratch data root whose raw/ hard-links the dataset's
 files, so the dataset itself is never changed. Without --data-root the synthetic profile is written
 once under --cache and reused. Prints one line per measurement and a JSON summary.
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -59,10 +60,18 @@ def scratch_root(dataset: Path, into: Path) -> Path:
 
     raw = into / "raw"
     (raw / C.CLICKS_DIR).mkdir(parents=True)
-    (raw / C.METADATA_FILE).symlink_to((dataset / "raw" / C.METADATA_FILE).resolve())
+    _link(dataset / "raw" / C.METADATA_FILE, raw / C.METADATA_FILE)
     for f in sorted((dataset / "raw" / C.CLICKS_DIR).glob("clicks_hour_*.csv")):
-        (raw / C.CLICKS_DIR / f.name).symlink_to(f.resolve())
+        _link(f, raw / C.CLICKS_DIR / f.name)
     return into
+
+
+def _link(src: Path, dst: Path) -> None:
+    """A hard link (a copy across file systems): validation refuses a symlink out of raw/ unread."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def _validator(root: Path):
@@ -148,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-validate-") as tmp:
         one = _child("--phase", "one", "--data-root", str(scratch_root(dataset, Path(tmp) / "one")),
                      "--hour", str(busiest))
-        print(f"one hour ({one['rows']:,} rows, the busiest): start-up {one['init_s']:.1f} s, "
+        print(f"one hour ({one['rows']:,} rows, the busiest, {one['status']}): start-up {one['init_s']:.1f} s, "
               f"hour {one['hour_s']:.2f} s, peak RSS {one['peak_rss_mb']:.0f} MB")
         every = _child("--phase", "all", "--data-root", str(scratch_root(dataset, Path(tmp) / "all")))
         print(f"all {every['hours']} hours ({every['rows']:,} rows, {every['landed']} landed): start-up "
