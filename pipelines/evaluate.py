@@ -66,6 +66,7 @@ from pipelines.metrics import (
     per_user_metrics,
     rank_by_score,
     summarise,
+    tie_order,
 )
 from pipelines.sources import base as sources
 
@@ -276,22 +277,27 @@ def rank_methods(
     `methods`: the baselines to rank (`method_scores`)."""
     from pipelines import diversity
 
-    frame = candidates[[USER_ID, ARTICLE_ID]].copy()
-    frame[_TIE] = trend.reindex(frame[ARTICLE_ID]).fillna(0.0).to_numpy()
+    frame = candidates[[USER_ID, ARTICLE_ID]].assign(**{
+        _TIE: trend.reindex(candidates[ARTICLE_ID]).fillna(0.0).to_numpy(), "_row": np.arange(len(candidates))})
+    # Sorted by the ties' order once; each method's sort then needs two keys, not four (the same lists).
+    frame = tie_order(frame, _TIE)
+    rows = frame.pop("_row").to_numpy()
     out = {}
     for method, score in method_scores(candidates, dict(scorers or {}), methods=methods).items():
-        frame["_s"] = score
+        frame["_s"] = score[rows]
         if method == RERANKER and diversity.active(rank_params):
             if vectors is None:
                 raise InputError("the diversity re-rank needs the articles' embeddings (vectors)")
-            pool = rank_by_score(frame, "_s", k=max(depth, int(rank_params["mmr_depth"])), tiebreak=_TIE)
+            pool = rank_by_score(frame, "_s", k=max(depth, int(rank_params["mmr_depth"])), tiebreak=_TIE,
+                                 presorted=True)
             keep = diversity.rerank(pool[USER_ID].to_numpy(), pool[ARTICLE_ID].to_numpy(),
                                     pool["_s"].fillna(pool["_s"].min()).to_numpy(), vectors, depth, rank_params)
             picked = pool.iloc[keep]
             out[method] = picked.assign(**{RANK: picked.groupby(USER_ID, sort=False).cumcount().to_numpy() + 1})[
                 [USER_ID, ARTICLE_ID, RANK]].reset_index(drop=True)
             continue
-        out[method] = rank_by_score(frame, "_s", k=depth, tiebreak=_TIE)[[USER_ID, ARTICLE_ID, RANK]]
+        ranked = rank_by_score(frame, "_s", k=depth, tiebreak=_TIE, presorted=True)
+        out[method] = ranked[[USER_ID, ARTICLE_ID, RANK]]
     return out
 
 

@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 
 from pipelines.columns import ARTICLE_ID, RANK, USER_ID
-from pipelines.metrics import candidate_recall, coverage, per_user_metrics, rank_by_score, summarise
+from pipelines.metrics import (
+    candidate_recall,
+    coverage,
+    per_user_metrics,
+    rank_by_score,
+    summarise,
+    tie_order,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -155,3 +162,32 @@ def test_rank_by_score_is_the_frames_own_sort():
         want = want.assign(**{RANK: want.groupby(USER_ID, sort=False).cumcount().to_numpy() + 1})
         want = (want if k is None else want[want[RANK] <= k]).reset_index(drop=True)
         pd.testing.assert_frame_equal(rank_by_score(scored, "s", k=k, tiebreak=tiebreak), want)
+        # Sorted once into the ties' order, a frame ranks by any score with the user and score keys alone.
+        presorted = tie_order(scored, tiebreak)
+        assert not presorted.equals(scored)
+        pd.testing.assert_frame_equal(rank_by_score(presorted, "s", k=k, tiebreak=tiebreak, presorted=True), want)
+
+
+@pytest.mark.parametrize("step", [1, 2**56])  # packed pair keys; ids too far apart to pack
+def test_pair_metrics_match_a_merge_on_both_columns(step):
+    """Recall of the candidate list and the top-k metrics read the (user, article) pairs as a two-column merge
+    does: duplicated truth rows, users without a hit or without a list, ids of any size."""
+    rng = np.random.default_rng(5)
+    users = step * rng.integers(0, 40, 600)
+    cands = pd.DataFrame({USER_ID: users, ARTICLE_ID: rng.integers(0, 60, 600)}).drop_duplicates()
+    truth = pd.DataFrame({USER_ID: step * rng.integers(0, 50, 300), ARTICLE_ID: rng.integers(0, 60, 300)})
+    found = truth.drop_duplicates().merge(cands, how="left", indicator=True)
+    want = (found["_merge"] == "both").groupby(found[USER_ID]).mean().rename("candidate_recall")
+    pd.testing.assert_series_equal(candidate_recall(cands, truth), want)
+    ranked = rank_by_score(cands.assign(s=rng.random(len(cands))), "s")
+    got = per_user_metrics(ranked, truth, k=5)
+    hits = ranked[ranked[RANK] <= 5].merge(truth.drop_duplicates())
+    assert len(got) == truth[USER_ID].nunique()
+    hit_users = hits.groupby(USER_ID).size()
+    n_rel = truth.drop_duplicates().groupby(USER_ID).size()
+    np.testing.assert_array_equal(got.loc[hit_users.index, "recall"].to_numpy(),
+                                  hit_users.to_numpy() / n_rel[hit_users.index].to_numpy())
+    pd.testing.assert_series_equal(got.loc[hit_users.index, "hr"], pd.Series(1.0, index=hit_users.index, name="hr"))
+    assert (got.drop(hit_users.index)["hr"] == 0).all()
+    first = hits.groupby(USER_ID)[RANK].min()
+    np.testing.assert_array_equal(got.loc[first.index, "mrr"].to_numpy(), 1.0 / first.to_numpy())
