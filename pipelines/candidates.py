@@ -569,7 +569,8 @@ class CandidateIndex:
                 rk[c] = p.rank
                 fused[c] += float(weights.get(s, 0.0)) / (rrf_k + p.rank)
             by_source[s] = (sc, rk)
-        best = np.lexsort((articles, -fused, users))  # by user, fused score down, article id
+        # By user, fused score down, article id: `uniq` is already in (user, article) order, and the sort is stable.
+        best = np.lexsort((-fused, users))
         users = users[best]
         cols = {USER_ID: users, ARTICLE_ID: articles[best]}
         for s in names:
