@@ -27,8 +27,13 @@ def tie_order(scored: pd.DataFrame, tiebreak: str | None = None) -> pd.DataFrame
     """`scored`'s rows by user, then `tiebreak` desc, then article id: the order `rank_by_score` leaves ties
     in. A caller that ranks one frame by many scores sorts it so once and passes `presorted=True`."""
     _check(scored, [USER_ID, ARTICLE_ID] + ([tiebreak] if tiebreak else []), "scored")
-    keys = [scored[ARTICLE_ID].to_numpy()] + ([-scored[tiebreak].to_numpy(np.float64)] if tiebreak else [])
-    return scored.iloc[np.lexsort([*keys, scored[USER_ID].to_numpy()])].reset_index(drop=True)
+    return scored.iloc[np.lexsort([*_tie_keys(scored, tiebreak), scored[USER_ID].to_numpy()])].reset_index(drop=True)
+
+
+def _tie_keys(scored: pd.DataFrame, tiebreak: str | None) -> list[np.ndarray]:
+    """np.lexsort's keys for the ties' order inside a user, least significant first: article id, then
+    `tiebreak` desc (negated; NaN stays NaN, which sorts last, as na_position="last" puts it)."""
+    return [scored[ARTICLE_ID].to_numpy()] + ([-scored[tiebreak].to_numpy(np.float64)] if tiebreak else [])
 
 
 def rank_by_score(
@@ -42,9 +47,8 @@ def rank_by_score(
 
     # One stable sort on the raw columns (a frame's multi-column sort factorises each key first: 3x the time).
     # Descending keys are negated; NaN stays NaN, which sorts last, as na_position="last" puts it.
-    keys = [] if presorted else [scored[ARTICLE_ID].to_numpy()]
-    keys += [-scored[c].to_numpy(np.float64) for c in ([tiebreak] if tiebreak and not presorted else []) + [score]]
-    order = np.lexsort([*keys, scored[USER_ID].to_numpy()])
+    ties = [] if presorted else _tie_keys(scored, tiebreak)
+    order = np.lexsort([*ties, -scored[score].to_numpy(np.float64), scored[USER_ID].to_numpy()])
     ranked = scored.iloc[order]
     rank = block_rank(ranked[USER_ID].to_numpy()) + 1
     ranked = ranked.assign(**{RANK: rank})
