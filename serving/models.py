@@ -331,15 +331,6 @@ def _return_freed_memory() -> None:
     """Hand the memory a swap freed back to the system. glibc's malloc keeps freed heap that the replaced pair's
     many allocations left fragmented, and pyarrow's pool keeps what reading parquet used: at Globo scale a
     worker's RSS crept from 1.1 to 1.25 GB over a dozen index swaps. (ctypes calls release the GIL.)"""
-    import ctypes
+    from pipelines import memory
 
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim this way
-        pass
-    try:
-        import pyarrow
-
-        pyarrow.default_memory_pool().release_unused()
-    except ImportError:
-        pass
+    memory.release()

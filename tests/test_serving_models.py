@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import sys
@@ -107,6 +108,39 @@ def test_swaps_freeze_the_heap_yet_free_the_bundle_they_replace():
     finally:
         holder.stop()
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("own_state", [False, True])
+def test_a_version_loaded_from_the_registry_leaves_no_copy_of_what_it_read(serving_registry, monkeypatch,
+                                                                           own_state):
+    """The registry's pyfunc reads the whole bundle (every reader's history and feature rows). Once the service
+    keeps only what it serves (the ranker, over an hourly index with the users in Redis; or the prepared bundle,
+    until an index replaces its state), nothing else may keep the bundle alive: MLflow's loader held the last
+    model it loaded in a module global."""
+    import mlflow.pyfunc
+
+    from serving.registry_source import MlflowBundleSource
+
+    read = []
+    real = mlflow.pyfunc.load_model
+
+    def spy(uri, *args, **kwargs):
+        model = real(uri, *args, **kwargs)
+        read.append(weakref.ref(model.unwrap_python_model().bundle))
+        return model
+
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", spy)
+    source = MlflowBundleSource(serving_registry["tracking_uri"], serving_registry["model_name"], own_state=own_state)
+    served = source.load(source.resolve("champion"))
+    gc.collect()
+    assert len(read) == 1
+    if own_state:
+        assert served.base is read[0]()  # served as registered: the one copy is the one in use
+        served = dataclasses.replace(served, base=served.base.ranker_only(), bundle=None)  # an index took over
+        gc.collect()
+    assert served.base.tables is None and served.base.ranker is not None
+    assert read[0]() is None
 
 
 @pytest.mark.unit
