@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pipelines import memory
+
 log = logging.getLogger("newsrec.serving")
 
 
@@ -137,7 +139,10 @@ class ModelHolder:
                     _freeze_heap()
                 else:
                     gc.freeze()
-                _return_freed_memory()
+                # What the swap freed goes back to the system: glibc keeps the replaced pair's fragmented heap and
+                # pyarrow's pool what reading parquet used (at Globo scale a worker's RSS crept from 1.1 to 1.25 GB
+                # over a dozen index swaps).
+                memory.release()
             return changed
 
     def _swap_changed(self) -> bool:
@@ -326,11 +331,3 @@ def _freeze_heap() -> None:
     gc.collect()
     gc.freeze()
 
-
-def _return_freed_memory() -> None:
-    """Hand the memory a swap freed back to the system. glibc's malloc keeps freed heap that the replaced pair's
-    many allocations left fragmented, and pyarrow's pool keeps what reading parquet used: at Globo scale a
-    worker's RSS crept from 1.1 to 1.25 GB over a dozen index swaps. (ctypes calls release the GIL.)"""
-    from pipelines import memory
-
-    memory.release()

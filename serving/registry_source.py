@@ -56,8 +56,9 @@ class MlflowBundleSource:
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         model = mlflow.pyfunc.load_model(ref.uri)
-        bundle = model.unwrap_python_model().bundle
-        _forget_loaded(model.unwrap_python_model())
+        python_model = model.unwrap_python_model()
+        bundle = python_model.bundle
+        _forget_loaded(python_model)
         from serving.index_source import index_info
         from serving.recommend import prepare
 
